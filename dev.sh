@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine with Python 3.11+:
+#   ./dev.sh start   set everything up and run the relay on embedded defaults
+#   ./dev.sh test    set everything up and run the whole test suite
+#   ./dev.sh setup   only set up (.venv with the package and its test tools)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${CCC_VENV:-.venv}"
+# Debian packages the tests use: bubblewrap (sandboxes), nftables (firewall
+# checks), iproute2, util-linux (unshare/setpriv), python3-venv (the venv).
+DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz)
+
+need_root() { [ "$(id -u)" -eq 0 ] && echo "" || echo "sudo"; }
+
+install_debian_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "dev.sh: please install: ${missing[*]}" >&2
+        return 0
+    fi
+    local sudo; sudo="$(need_root)"
+    if [ -n "$sudo" ] && ! command -v sudo >/dev/null; then
+        echo "dev.sh: not root and no sudo; please install: ${missing[*]}" >&2
+        return 0
+    fi
+    echo "dev.sh: installing Debian packages: ${missing[*]}" >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+python_bin() {
+    for candidate in python3 python3.13 python3.12 python3.11; do
+        if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "$candidate"; return
+        fi
+    done
+    echo "dev.sh: Python 3.11 or newer is required" >&2
+    exit 1
+}
+
+setup() {
+    local with_test_packages="${1:-no}"
+    if [ "$with_test_packages" = yes ]; then
+        install_debian_packages "${DEBIAN_PACKAGES[@]}"
+    fi
+    local py; py="$(python_bin)"
+    if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+        install_debian_packages python3-venv
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$py" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q -e ".[test]" >&2
+}
+
+case "${1:-}" in
+    start)
+        shift
+        setup no
+        if [ "$(id -u)" -eq 0 ]; then
+            # A development convenience: production runs as daemon.user (docs/deploy.md).
+            echo "dev.sh: running as root; the relay runs with --allow-root" >&2
+            set -- --allow-root "$@"
+        fi
+        exec "$VENV/bin/ccc-statusd" start "$@"
+        ;;
+    test)
+        shift
+        setup yes
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    setup)
+        setup yes
+        ;;
+    *)
+        sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+        exit 2
+        ;;
+esac

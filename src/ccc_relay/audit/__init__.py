@@ -1,0 +1,5 @@
+"""The hash-chained audit log: one JSON line per decision."""
+
+from ccc_relay.audit.log import AuditLog, AuditRecord, GENESIS
+
+__all__ = ["GENESIS", "AuditLog", "AuditRecord"]

@@ -1,0 +1,1 @@
+"""The ``ccc`` and ``ccc-statusd`` commands: thin mappers from arguments to calls."""

@@ -1,0 +1,217 @@
+"""``ccc``: the agents' and the operator's command line.
+
+Agent side (in a container; the socket from CCC_SOCKET, the identity from the
+credential file in CCC_CREDENTIAL): send, inbox, watch, agents, whoami.
+Operator side (on the relay's host, through the admin socket): agent, allow,
+deny, policy, status.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from ccc_relay import __version__
+from ccc_relay.cli.common import config_option, emit_json, handle_errors, load_host_config
+from ccc_relay.client.base import message_dict
+from ccc_relay.client.endpoint import Endpoint
+from ccc_relay.client.sync import RelayClient
+
+
+class Context:
+    def __init__(self, config_path: str | None, socket_path: str | None,
+                 credential: str | None, as_agent: str | None) -> None:  # fmt: skip
+        self.config_path = config_path
+        self.socket_path = socket_path
+        self.credential = credential
+        self.as_agent = as_agent
+
+    @contextmanager
+    def client(self) -> Iterator[RelayClient]:
+        config = load_host_config(self.config_path)
+        endpoint = Endpoint.resolve(
+            socket_path=self.socket_path, credential_file=self.credential,
+            as_agent=self.as_agent, config=config,
+        )  # fmt: skip
+        client = RelayClient(endpoint)
+        client.connect()
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ccc")
+@config_option
+@click.option("--socket", "socket_path", envvar="CCC_SOCKET", type=click.Path(),
+              help="The relay's socket (env CCC_SOCKET).")  # fmt: skip
+@click.option("--credential", envvar="CCC_CREDENTIAL", type=click.Path(dir_okay=False),
+              help="This agent's credential file (env CCC_CREDENTIAL).")  # fmt: skip
+@click.option("--as", "as_agent", metavar="NAME",
+              help="On the relay's host: act as agent NAME using its stored credential.")  # fmt: skip
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, socket_path: str | None,
+         credential: str | None, as_agent: str | None) -> None:  # fmt: skip
+    """Message other agents through the ccc relay, and administer it.
+
+    \b
+    In a container (CCC_SOCKET and CCC_CREDENTIAL set by 'ccc run'):
+      ccc send bob "the API changed, please update the client"
+      ccc inbox            print waiting messages and acknowledge them
+      ccc watch            print messages as they arrive
+    On the relay's host, as its operator:
+      ccc agent add alice  create alice's credential file
+      ccc allow alice bob --both
+      ccc status
+    """
+    ctx.obj = Context(config_path, socket_path, credential, as_agent)
+
+
+# --- agent side ------------------------------------------------------------
+
+
+@main.command()
+@click.argument("to")
+@click.argument("text", required=False)
+@click.option("--thread", help="Thread id to group a conversation.")
+@click.option("--reply-to", help="Id of the message this answers.")
+@click.option("--at", "deliver_at", type=float, help="Deliver at this Unix time.")
+@click.option("--in", "delay", type=float, help="Deliver after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the relay's answer as JSON.")
+@pass_context
+@handle_errors
+def send(obj: Context, to: str, text: str | None, thread: str | None, reply_to: str | None,
+         deliver_at: float | None, delay: float | None, as_json: bool) -> None:  # fmt: skip
+    """Send TEXT (or standard input) to agent TO."""
+    body = text if text is not None else click.get_text_stream("stdin").read()
+    if delay is not None:
+        deliver_at = time.time() + delay
+    with obj.client() as client:
+        accepted = client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+    if as_json:
+        emit_json({"id": accepted.id, "seq": accepted.seq, "to": to, "changes": accepted.changes})
+    else:
+        click.echo(f"accepted {accepted.id} -> {to}")
+        for change in accepted.changes:
+            click.echo(f"note: {change}", err=True)
+
+
+@main.command()
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--peek", is_flag=True, help="Show without acknowledging (they stay queued).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+@handle_errors
+def inbox(obj: Context, limit: int, peek: bool, as_json: bool) -> None:
+    """Print waiting messages, then acknowledge them (unless --peek)."""
+    from ccc_relay.cli.render import print_messages
+
+    with obj.client() as client:
+        messages = client.fetch(limit)
+        if as_json:
+            for m in messages:
+                emit_json(message_dict(m))
+        elif messages:
+            print_messages(messages)
+        else:
+            click.echo("no messages", err=True)
+        # Acknowledge only after printing: a crash in between means a redelivery,
+        # never a lost message.
+        if messages and not peek:
+            client.ack([m.id for m in messages])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--count", type=int, help="Exit after this many messages.")
+@click.option("--timeout", type=float, help="Exit 0 after this many seconds without a message.")
+@pass_context
+@handle_errors
+def watch(obj: Context, as_json: bool, count: int | None, timeout: float | None) -> None:
+    """Print messages as they arrive (acknowledging each), until Ctrl-C."""
+    from ccc_relay.cli.render import print_messages
+
+    seen = 0
+    with obj.client() as client:
+        client.subscribe()
+        try:
+            while count is None or seen < count:
+                message = client.wait_for_message(timeout)
+                if message is None:
+                    return
+                if as_json:
+                    emit_json(message_dict(message))
+                else:
+                    print_messages([message])
+                sys.stdout.flush()
+                client.ack([message.id])
+                seen += 1
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_context
+@handle_errors
+def agents(obj: Context, as_json: bool) -> None:
+    """Agents this one may talk to, and whether they are online."""
+    with obj.client() as client:
+        rows = client.agents()
+    if as_json:
+        emit_json([{"name": a.name, "online": a.online, "may_send": a.may_send,
+                    "may_receive": a.may_receive} for a in rows])  # fmt: skip
+        return
+    if not rows:
+        click.echo("no agents you may talk to (ask the operator: ccc allow ...)", err=True)
+    for a in rows:
+        direction = {(True, True): "<->", (True, False): "->", (False, True): "<-"}[
+            (a.may_send, a.may_receive)
+        ]
+        click.echo(f"{direction} {a.name}  ({'online' if a.online else 'offline'})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_context
+@handle_errors
+def whoami(obj: Context, as_json: bool) -> None:
+    """The agent name and session this credential authenticates as."""
+    with obj.client() as client:
+        welcome = client.welcome
+    assert welcome is not None
+    data: dict[str, Any] = {
+        "agent": welcome.agent, "session": welcome.session, "expires_at": welcome.expires_at,
+        "max_message_size": welcome.max_message_size,
+        "rate_limit_per_minute": welcome.rate_limit_per_minute,
+        "socket": str(obj.socket_path or ""),
+    }  # fmt: skip
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"{welcome.agent} (session {welcome.session})")
+
+
+def _register_operator_commands() -> None:
+    from ccc_relay.cli import operator
+
+    for command in operator.COMMANDS:
+        main.add_command(command)
+    try:
+        from ccc_relay.cli.containers_cmd import firewall, run
+    except ImportError:  # pragma: no cover - the container commands ship with the package
+        return
+    main.add_command(run)
+    main.add_command(firewall)
+
+
+_register_operator_commands()

@@ -1,0 +1,209 @@
+"""Operator commands (``ccc agent ...``, ``ccc allow``, ``ccc status``...).
+
+They speak to the admin socket, which only the relay's own user can open.
+Credentials are made here, on the operator's side: the credential file is
+written locally and only its SHA-256 travels to the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ccc_relay.cli.common import (
+    EXIT_CONFIG,
+    config_option,
+    emit_json,
+    fail,
+    handle_errors,
+    load_host_config,
+)
+from ccc_relay.client.admin import AdminClient
+from ccc_relay.client.base import RelayError
+from ccc_relay.credentials import Credential, write_credential_file
+from ccc_relay.daemon.sockets import ensure_private_dir
+from ccc_relay.policy.config import Config
+from ccc_relay.protocol.names import agent_name_problem
+
+
+def _admin(config_path: str | None) -> tuple[Config, AdminClient]:
+    config = load_host_config(config_path)
+    return config, AdminClient(config.admin_socket_path)
+
+
+def _check_name(name: str) -> None:
+    problem = agent_name_problem(name)
+    if problem:
+        raise click.BadParameter(problem, param_hint="NAME")
+
+
+def _credential_path(config: Config, name: str, given: str | None) -> Path:
+    if given:
+        return Path(given).absolute()
+    ensure_private_dir(config.state_dir)
+    ensure_private_dir(config.credentials_dir)
+    return config.credentials_dir / f"{name}.cred"
+
+
+@click.group()
+def agent() -> None:
+    """Register, list, rotate and remove agents."""
+
+
+@agent.command("add")
+@click.argument("name")
+@click.option("--credential-file", type=click.Path(dir_okay=False),
+              help="Where to write the credential (default: in the relay's state dir).")  # fmt: skip
+@click.option("--uid", type=int, help="Accept this agent only from this peer uid.")
+@click.option("--gid", type=int, help="Accept this agent only from this peer gid.")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@handle_errors
+def agent_add(name: str, credential_file: str | None, uid: int | None, gid: int | None,
+              as_json: bool, config_path: str | None) -> None:  # fmt: skip
+    """Create agent NAME with a fresh 256-bit credential and print the file's path.
+
+    Mount that file read-only into NAME's container (ccc run does) and nowhere else.
+    """
+    _check_name(name)
+    config, admin = _admin(config_path)
+    path = _credential_path(config, name, credential_file)
+    credential = Credential.generate()
+    try:
+        write_credential_file(path, name, credential)
+    except FileExistsError:
+        fail(f"{path} already exists; remove it first or use 'ccc agent rotate {name}'",
+             EXIT_CONFIG)  # fmt: skip
+    try:
+        admin.request("agent_add", name=name, cred_hash=credential.digest(), uid=uid, gid=gid)
+    except RelayError:
+        with contextlib.suppress(OSError):
+            path.unlink()  # the relay refused: leave no orphan credential behind
+        raise
+    if as_json:
+        emit_json({"agent": name, "credential_file": str(path)})
+    else:
+        click.echo(f"agent {name} added; credential file: {path}")
+
+
+@agent.command("rotate")
+@click.argument("name")
+@click.option("--credential-file", type=click.Path(dir_okay=False),
+              help="The file to rewrite (default: NAME's file in the state dir).")  # fmt: skip
+@config_option
+@handle_errors
+def agent_rotate(name: str, credential_file: str | None, config_path: str | None) -> None:
+    """Give NAME a new credential; the old one stops working and its sessions end."""
+    _check_name(name)
+    config, admin = _admin(config_path)
+    path = _credential_path(config, name, credential_file)
+    credential = Credential.generate()
+    admin.request("agent_rotate", name=name, cred_hash=credential.digest())
+    write_credential_file(path, name, credential, replace=True)
+    click.echo(f"agent {name} rotated; new credential file: {path}")
+
+
+@agent.command("remove")
+@click.argument("name")
+@config_option
+@handle_errors
+def agent_remove(name: str, config_path: str | None) -> None:
+    """Remove NAME, its rules, sessions and queued messages, and its stored credential file."""
+    _check_name(name)
+    config, admin = _admin(config_path)
+    admin.request("agent_remove", name=name)
+    default_file = config.credentials_dir / f"{name}.cred"
+    with contextlib.suppress(FileNotFoundError):
+        default_file.unlink()
+    click.echo(f"agent {name} removed")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@handle_errors
+def agent_list(as_json: bool, config_path: str | None) -> None:
+    """Registered agents, online state and queue depth."""
+    _, admin = _admin(config_path)
+    rows = admin.request("agent_list")
+    if as_json:
+        emit_json(rows)
+        return
+    from ccc_relay.cli.render import print_agents
+
+    print_agents(rows)
+
+
+@click.command()
+@click.argument("sender")
+@click.argument("recipient")
+@click.option("--both", is_flag=True, help="Also let RECIPIENT send to SENDER.")
+@config_option
+@handle_errors
+def allow(sender: str, recipient: str, both: bool, config_path: str | None) -> None:
+    """Let SENDER send messages to RECIPIENT (everything else is denied)."""
+    _, admin = _admin(config_path)
+    result = admin.request("allow", sender=sender, recipient=recipient, both=both)
+    for a, b in result["pairs"]:
+        click.echo(f"allowed {a} -> {b}")
+
+
+@click.command()
+@click.argument("sender")
+@click.argument("recipient")
+@click.option("--both", is_flag=True, help="Also deny RECIPIENT -> SENDER.")
+@config_option
+@handle_errors
+def deny(sender: str, recipient: str, both: bool, config_path: str | None) -> None:
+    """Withdraw SENDER's permission to send to RECIPIENT."""
+    _, admin = _admin(config_path)
+    result = admin.request("deny", sender=sender, recipient=recipient, both=both)
+    click.echo(f"removed {result['removed']} rule(s)")
+    if result.get("note"):
+        click.echo(f"note: {result['note']}", err=True)
+
+
+@click.group()
+def policy() -> None:
+    """Show who may talk to whom."""
+
+
+@policy.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@handle_errors
+def policy_show(as_json: bool, config_path: str | None) -> None:
+    """Every allowed pair, with where it was declared (config file or 'ccc allow')."""
+    _, admin = _admin(config_path)
+    rows = admin.request("policy_show")
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no agent may message any other (default deny); use 'ccc allow A B'")
+    for r in rows:
+        click.echo(f"{r['from']} -> {r['to']}  {r['action']}  ({r['source']})")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@handle_errors
+def status(as_json: bool, config_path: str | None) -> None:
+    """Agents online and offline, queue depths and counters. Exits 3 when not running."""
+    _, admin = _admin(config_path)
+    data: dict[str, Any] = admin.request("status")
+    if as_json:
+        emit_json(data)
+        return
+    from ccc_relay.cli.render import print_status
+
+    print_status(data)
+
+
+COMMANDS = [agent, allow, deny, policy, status]
+
+__all__ = ["COMMANDS"]

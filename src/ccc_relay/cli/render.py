@@ -1,0 +1,73 @@
+"""Human-readable output: tables and message listings (rich, plain when piped)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ccc_relay.protocol.frames import Message
+
+
+def console() -> Console:
+    # Never interpret markup in data: bodies and names come from agents.
+    return Console(markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def print_status(data: dict[str, Any]) -> None:
+    out = console()
+    state = "accepting" if data["accepting"] else f"NOT ACCEPTING: {data['failure']}"
+    out.print(f"ccc-statusd running, pid {data['pid']}, up {data['uptime']:.0f}s, {state}")
+    out.print(f"socket {data['socket']}  state {data['state_dir']}")
+    counters = data["counters"]
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(counters["refused"].items())) or "none"
+    out.print(
+        f"messages: accepted {counters['accepted']}, delivered {counters['delivered']}, "
+        f"acked {counters['acked']}; refused: {refused}"
+    )
+    table = Table("agent", "online", "queued", title=f"{len(data['agents'])} agents")
+    for agent in data["agents"]:
+        online = Text(f"yes ({agent['online']})" if agent["online"] else "no")
+        table.add_row(Text(agent["name"]), online, str(agent["queued"]))
+    out.print(table)
+
+
+def print_sessions(rows: Iterable[dict[str, Any]]) -> None:
+    table = Table("session", "agent", "peer pid/uid/gid", "since", "expires", "seq", "in flight")
+    for r in rows:
+        table.add_row(
+            Text(str(r["session"])), Text(str(r["agent"])),
+            f"{r['peer_pid']}/{r['peer_uid']}/{r['peer_gid']}", when(r["connected_at"]),
+            when(r["expires_at"]), str(r["last_seq"]), str(r["inflight"]),
+        )  # fmt: skip
+    console().print(table)
+
+
+def print_agents(rows: Iterable[dict[str, Any]]) -> None:
+    table = Table("agent", "created", "bound uid/gid", "online", "queued")
+    for r in rows:
+        bound = f"{r['uid'] if r['uid'] is not None else '-'}/{r['gid'] if r['gid'] is not None else '-'}"
+        table.add_row(Text(r["name"]), when(r["created"]), bound, str(r["online"]), str(r["queued"]))
+    console().print(table)
+
+
+def print_messages(messages: Iterable[Message]) -> None:
+    out = console()
+    for m in messages:
+        header = f"--- {m.id} from {m.sender} at {when(m.sent_at)}"
+        if m.thread:
+            header += f" thread {m.thread}"
+        if m.reply_to:
+            header += f" reply to {m.reply_to}"
+        out.print(Text(header, style="bold"))
+        out.print(Text(m.body))

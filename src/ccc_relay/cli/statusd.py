@@ -1,0 +1,257 @@
+"""``ccc-statusd``: run and control the host relay daemon."""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import sys
+import time
+from typing import Any
+
+import click
+
+from ccc_relay import __version__
+from ccc_relay.cli.common import (
+    EXIT_CONFIG,
+    EXIT_UNAVAILABLE,
+    config_option,
+    emit_json,
+    fail,
+    handle_errors,
+    load_host_config,
+)
+from ccc_relay.client.admin import AdminClient
+from ccc_relay.client.base import RelayUnavailable
+from ccc_relay.daemon.sockets import SocketPathError
+from ccc_relay.policy.config import Config, ConfigError, load_config
+from ccc_relay.policy.units import format_duration, format_size
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ccc-statusd")
+def main() -> None:
+    """The ccc relay daemon: agents in containers message each other through it.
+
+    Without --config it runs on embedded defaults: state in $CCC_CACHE_DIR,
+    else $XDG_CACHE_HOME/ccc-status, else ~/.cache/ccc-status, with the agents'
+    socket daemon.sock and the operator's admin.sock there.
+    """
+
+
+def host_problems(config: Config) -> list[str]:
+    """What on this host stops ``config`` from running, each with how to fix it."""
+    problems: list[str] = []
+    euid = os.geteuid()
+    if config.user is not None:
+        try:
+            target = pwd.getpwnam(config.user)
+        except KeyError:
+            problems.append(
+                f"daemon.user {config.user!r} does not exist; create it with: sudo useradd "
+                f"--system --no-create-home --shell /usr/sbin/nologin {config.user}"
+            )
+        else:
+            if euid not in (0, target.pw_uid):
+                problems.append(
+                    f"daemon.user is {config.user!r} but this runs as uid {euid}; start it as "
+                    f"root (it drops to {config.user}) or as {config.user}"
+                )
+    if config.socket_group is not None:
+        try:
+            group = grp.getgrnam(config.socket_group)
+        except KeyError:
+            problems.append(
+                f"daemon.socket_group {config.socket_group!r} does not exist; create it with: "
+                f"sudo groupadd --system {config.socket_group}"
+                + (f" && sudo usermod -aG {config.socket_group} {config.user}" if config.user else "")
+            )
+        else:
+            if euid != 0 and group.gr_gid not in os.getgroups() and group.gr_gid != os.getegid():
+                problems.append(
+                    f"this user is not in group {config.socket_group!r}, so it cannot give the "
+                    f"socket that group; add it: sudo usermod -aG {config.socket_group} "
+                    f"{pwd.getpwuid(euid).pw_name}"
+                )
+    return problems
+
+
+def effective_settings(config: Config) -> dict[str, Any]:
+    limits = config.limits
+    return {
+        "config": str(config.source) if config.source else "(embedded defaults)",
+        "state_dir": str(config.state_dir),
+        "socket_path": str(config.socket_path),
+        "socket_mode": f"0{config.socket_mode:o}",
+        "socket_group": config.socket_group,
+        "admin_socket_path": str(config.admin_socket_path),
+        "user": config.user,
+        "max_message_size": f"{limits.max_message_size} bytes ({format_size(limits.max_message_size)})",
+        "rate_limit": f"{limits.rate_per_minute:g} msg/min/session",
+        "agent_rate_limit": f"{limits.agent_rate_per_minute:g} msg/min/agent",
+        "pair_rate_limit": f"{limits.pair_rate_per_minute:g} msg/min/pair",
+        "global_rate_limit": f"{limits.global_rate_per_minute:g} msg/min",
+        "session_timeout": format_duration(limits.session_timeout),
+        "require_session_auth": limits.require_session_auth,
+        "hello_timeout": format_duration(limits.hello_timeout),
+        "audit.log_path": str(config.audit.log_path),
+        "audit.log_all_messages": config.audit.log_all_messages,
+        "audit.retention": format_duration(config.audit.retention),
+        "policy": [f"{r.sender} -> {r.recipient} ({r.action})" for r in config.rules],
+    }
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+def check_config(file: str, as_json: bool) -> None:
+    """Validate FILE and print the settings the daemon would run with.
+
+    Exits 4 when the file is invalid, 1 when it is valid but this host lacks
+    what it names (a user or group), 0 otherwise.
+    """
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        fail(f"invalid config: {exc}", EXIT_CONFIG)
+    settings = effective_settings(config)
+    if as_json:
+        emit_json(settings)
+    else:
+        width = max(len(k) for k in settings)
+        for key, value in settings.items():
+            if isinstance(value, list):
+                value = ", ".join(value) or "(none)"
+            click.echo(f"{key:<{width}}  {value}")
+    problems = host_problems(config)
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    sys.exit(1 if problems else 0)
+
+
+@main.command()
+@config_option
+@click.option("--allow-root", is_flag=True, help="Run as root without daemon.user (not advised).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)  # fmt: skip
+def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
+    """Run the relay in the foreground until SIGTERM, Ctrl-C or 'ccc-statusd stop'."""
+    from ccc_relay.daemon.server import run_daemon
+
+    config = load_host_config(config_path)
+    problems = host_problems(config)
+    if os.geteuid() == 0 and config.user is None and not allow_root:
+        problems.append(
+            "refusing to run as root without daemon.user: set daemon.user in the config "
+            "(it drops privileges after binding) or pass --allow-root"
+        )
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_CONFIG)
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s ccc-statusd %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        run_daemon(config)
+    except SocketPathError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except PermissionError as exc:
+        fail(f"permission denied: {exc}", EXIT_CONFIG)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@config_option
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the exit.")
+@handle_errors
+def stop(config_path: str | None, timeout: float) -> None:
+    """Ask the running relay to shut down, and wait until it has."""
+    config = load_host_config(config_path)
+    AdminClient(config.admin_socket_path).request("shutdown")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not config.pid_path.exists():
+            click.echo("stopped")
+            return
+        time.sleep(0.05)
+    fail(f"the relay did not stop within {timeout:g}s", EXIT_UNAVAILABLE)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@handle_errors
+def status(config_path: str | None, as_json: bool) -> None:
+    """Is the relay running, and how is it doing? Exits 3 when it is not running."""
+    config = load_host_config(config_path)
+    try:
+        data = AdminClient(config.admin_socket_path).request("status")
+    except RelayUnavailable:
+        if as_json:
+            emit_json({"running": False, "socket": str(config.socket_path)})
+        else:
+            click.echo(f"not running (socket {config.socket_path})")
+        sys.exit(EXIT_UNAVAILABLE)
+    if as_json:
+        emit_json({"running": True, **data})
+        return
+    from ccc_relay.cli.render import print_status
+
+    print_status(data)
+
+
+@main.command()
+@config_option
+@click.option("--socket", "what", flag_value="socket", default=True, help="The agents' socket.")
+@click.option("--admin", "what", flag_value="admin", help="The admin socket.")
+@click.option("--state", "what", flag_value="state", help="The state directory.")
+@click.option("--audit", "what", flag_value="audit", help="The audit log directory.")
+def path(config_path: str | None, what: str) -> None:
+    """Print where the relay keeps its socket (or admin socket, state, audit log)."""
+    config = load_host_config(config_path)
+    paths = {
+        "socket": config.socket_path,
+        "admin": config.admin_socket_path,
+        "state": config.state_dir,
+        "audit": config.audit.log_path,
+    }
+    click.echo(str(paths[what]))
+
+
+@main.group()
+def session() -> None:
+    """Inspect sessions and write to agents as the operator."""
+
+
+@session.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@handle_errors
+def session_list(config_path: str | None, as_json: bool) -> None:
+    """Authenticated sessions connected right now."""
+    config = load_host_config(config_path)
+    rows = AdminClient(config.admin_socket_path).request("session_list")
+    if as_json:
+        emit_json(rows)
+        return
+    from ccc_relay.cli.render import print_sessions
+
+    print_sessions(rows)
+
+
+@session.command("send")
+@click.argument("agent")
+@click.argument("text", required=False)
+@config_option
+@handle_errors
+def session_send(agent: str, text: str | None, config_path: str | None) -> None:
+    """Send TEXT (or stdin) to AGENT as 'operator'."""
+    config = load_host_config(config_path)
+    body = text if text is not None else click.get_text_stream("stdin").read()
+    result = AdminClient(config.admin_socket_path).request("session_send", to=agent, body=body)
+    click.echo(f"accepted {result['id']} -> {agent}")

@@ -1,0 +1,60 @@
+"""Finding the relay and the agent's identity: flags, then environment, then defaults.
+
+Inside a container ``CCC_SOCKET`` and ``CCC_CREDENTIAL`` (a file path) are
+set by ``ccc run``. On the host the defaults come from the config
+(``--config``/``CCC_CONFIG``) or the embedded defaults, and ``--as NAME``
+picks NAME's credential file from the state dir.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccc_relay.credentials import Credential, CredentialError, read_credential_file
+from ccc_relay.policy.config import Config, embedded_defaults, load_config
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    socket_path: Path
+    agent: str
+    credential: Credential
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        credential_file: str | os.PathLike[str] | None = None,
+        as_agent: str | None = None,
+        config: Config | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Endpoint:
+        """Raises CredentialError when no usable credential can be found."""
+        env = os.environ if env is None else env
+        config = config or host_config(env=env)
+        sock = Path(socket_path or env.get("CCC_SOCKET") or config.socket_path)
+        if credential_file is None and as_agent is not None:
+            credential_file = config.credentials_dir / f"{as_agent}.cred"
+        credential_file = credential_file or env.get("CCC_CREDENTIAL")
+        if not credential_file:
+            raise CredentialError(
+                "no credential: set CCC_CREDENTIAL to the agent's credential file, "
+                "or pass --credential FILE (or --as NAME on the relay's host)"
+            )
+        agent, credential = read_credential_file(credential_file)
+        return cls(sock, agent, credential)
+
+
+def host_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:  # fmt: skip
+    """The config the host's daemon was started with: ``path``, ``$CCC_CONFIG`` or defaults.
+
+    Raises ConfigError for a config file that does not validate.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get("CCC_CONFIG")
+    return load_config(path, env=env) if path else embedded_defaults(env)

@@ -1,0 +1,253 @@
+"""The admin plane: agent and policy administration on the owner-only socket.
+
+Only the daemon's own user (or root) may speak here: the socket is 0600 and
+every connection's SO_PEERCRED uid is checked as well, so a wrong mode on a
+shared filesystem cannot open administration to anyone else. Each request is
+one line, each answer one ``result`` or ``error`` line; every change is
+audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+from ccc_relay.daemon.committer import Job
+from ccc_relay.daemon.relay import OPERATOR, new_message_id
+from ccc_relay.daemon.sockets import peer_credentials
+from ccc_relay.protocol import admin as ops
+from ccc_relay.protocol.codec import LineBuffer, body_size, encode
+from ccc_relay.protocol.errors import ErrorCode, ProtocolError
+from ccc_relay.protocol.frames import Error
+from ccc_relay.protocol.names import agent_name_problem
+from ccc_relay.store import AgentRecord, StoredMessage, StoreFailure
+
+if TYPE_CHECKING:
+    from ccc_relay.daemon.relay import Relay
+
+log = logging.getLogger("ccc_relay.daemon")
+
+ADMIN_LINE_CAP = 64 * 1024 * 1024  # operator messages are capped by max_message_size anyway
+
+
+class AdminConnection(asyncio.Protocol):
+    def __init__(self, relay: Relay, shutdown: asyncio.Event) -> None:
+        self.relay = relay
+        self.shutdown = shutdown
+        self._transport: asyncio.Transport | None = None
+        self._buffer = LineBuffer(ADMIN_LINE_CAP)
+        self._lock = asyncio.Lock()  # answer requests in order
+        self.peer = (0, -1, -1)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        self.peer = peer_credentials(sock) if sock is not None else (0, -1, -1)
+        if self.peer[1] not in (0, os.geteuid()):
+            self.relay.audit("admin_refused", peer_pid=self.peer[0], peer_uid=self.peer[1],
+                             peer_gid=self.peer[2])  # fmt: skip
+            self._reply(Error(code=ErrorCode.FORBIDDEN.value,
+                              message="only the relay's own user may administer it"))  # fmt: skip
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            lines = self._buffer.feed(data)
+        except ProtocolError as exc:
+            self._reply(Error(code=exc.code.value, message=exc.message))
+            if self._transport is not None:
+                self._transport.close()
+            return
+        for line in lines:
+            if line.strip():
+                task = asyncio.get_running_loop().create_task(self._serve(line))
+                task.add_done_callback(_log_error)
+
+    def _reply(self, frame: Any) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode(frame))
+
+    async def _serve(self, line: bytes) -> None:
+        async with self._lock:
+            try:
+                request = ops.decode_admin_request(line)
+                data = await self._handle(request)
+                self._reply(ops.Result(data=data))
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+                self._reply(Error(code=ErrorCode.INVALID.value, message=f"invalid request: {exc}"))
+            except ProtocolError as exc:
+                self.relay.audit("admin_refused", code=exc.code.value, reason=exc.message)
+                self._reply(Error(code=exc.code.value, message=exc.message))
+            except StoreFailure as exc:
+                self._reply(Error(code=ErrorCode.UNAVAILABLE.value, message=str(exc)))
+
+    async def _write(self, fn: Any, event: str, **fields: Any) -> Any:
+        relay = self.relay
+        job = Job(run=fn, may_fail=True,
+                  audit=[relay.record(event, by_uid=self.peer[1], **fields)])  # fmt: skip
+        future = relay.committer.submit(job)
+        assert future is not None
+        result = await future
+        if isinstance(result, sqlite3.IntegrityError):
+            raise ProtocolError(ErrorCode.CONFLICT, f"conflict: {fields}")
+        if isinstance(result, BaseException):
+            raise ProtocolError(ErrorCode.INTERNAL, f"admin operation failed: {result}")
+        return result
+
+    async def _handle(self, request: ops.AdminRequest) -> Any:  # noqa: PLR0911, PLR0912
+        relay = self.relay
+        if isinstance(request, ops.AgentAdd):
+            _check_name(request.name)
+            if request.name in relay.agents:
+                raise ProtocolError(ErrorCode.CONFLICT, f"agent {request.name!r} already exists")
+            record = AgentRecord(request.name, request.cred_hash, relay.clock(),
+                                 request.uid, request.gid)  # fmt: skip
+            await self._write(lambda s: s.add_agent(record), "agent_added", agent=request.name,
+                              uid=request.uid, gid=request.gid)  # fmt: skip
+            relay.agents[request.name] = record
+            return {"name": request.name}
+        if isinstance(request, ops.AgentRotate):
+            record = self._agent(request.name)
+            await self._write(lambda s: s.set_credential(request.name, request.cred_hash),
+                              "agent_rotated", agent=request.name)  # fmt: skip
+            relay.agents[request.name] = msgspec.structs.replace(record, cred_hash=request.cred_hash)
+            self._end_sessions(request.name, "the agent's credential was rotated")
+            return {"name": request.name}
+        if isinstance(request, ops.AgentRemove):
+            self._agent(request.name)
+            await self._write(lambda s: s.remove_agent(request.name), "agent_removed",
+                              agent=request.name)  # fmt: skip
+            del relay.agents[request.name]
+            self._end_sessions(request.name, "the agent was removed")
+            relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
+            return {"name": request.name}
+        if isinstance(request, ops.AgentList):
+            depths = await relay.committer.read(lambda s: s.queue_depths())
+            return [
+                {"name": a.name, "created": a.created, "uid": a.uid, "gid": a.gid,
+                 "online": len(relay.online.get(a.name, ())), "queued": depths.get(a.name, 0)}
+                for a in relay.agents.values()
+            ]  # fmt: skip
+        if isinstance(request, ops.Allow):
+            pairs = _pairs(request.sender, request.recipient, request.both)
+            for sender, recipient in pairs:
+                self._agent(sender)
+                self._agent(recipient)
+
+            def allow(s: Any) -> None:
+                for a, b in pairs:
+                    s.set_rule(a, b, request.action)
+
+            await self._write(allow, "policy_changed", change=request.action,
+                              pairs=[f"{a} -> {b}" for a, b in pairs])  # fmt: skip
+            relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
+            return {"pairs": [[a, b] for a, b in pairs], "action": request.action}
+        if isinstance(request, ops.Deny):
+            pairs = _pairs(request.sender, request.recipient, request.both)
+
+            def deny(s: Any) -> int:
+                return sum(s.delete_rule(a, b) for a, b in pairs)
+
+            removed = await self._write(deny, "policy_changed", change="deny",
+                                        pairs=[f"{a} -> {b}" for a, b in pairs])  # fmt: skip
+            relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
+            configured = [r for r in relay.config.rules if (r.sender, r.recipient) in pairs]
+            note = ("still allowed by the config file; edit it to deny" if configured else None)
+            return {"removed": removed, "note": note}
+        if isinstance(request, ops.PolicyShow):
+            return relay.rules_with_source()
+        if isinstance(request, ops.Status):
+            return await self._status()
+        if isinstance(request, ops.SessionList):
+            return [
+                {"session": c.session_id, "agent": c.agent, "peer_pid": c.peer[0],
+                 "peer_uid": c.peer[1], "peer_gid": c.peer[2], "connected_at": c.connected_at,
+                 "expires_at": c.session.expires if c.session else None,
+                 "last_seq": c.session.last_seq if c.session else 0,
+                 "subscribed": c.subscribed, "inflight": len(c.inflight)}
+                for conns in relay.online.values() for c in conns
+            ]  # fmt: skip
+        if isinstance(request, ops.SessionSend):
+            return await self._operator_send(request)
+        if isinstance(request, ops.Shutdown):
+            relay.audit("admin_shutdown", by_uid=self.peer[1])
+            self.shutdown.set()
+            return {"stopping": True}
+        raise ProtocolError(ErrorCode.INVALID, "unknown operation")  # pragma: no cover
+
+    def _agent(self, name: str) -> AgentRecord:
+        record = self.relay.agents.get(name)
+        if record is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no agent named {name!r}")
+        return record
+
+    def _end_sessions(self, agent: str, why: str) -> None:
+        relay = self.relay
+        for sid in [sid for sid, s in relay.sessions.items() if s.agent == agent]:
+            del relay.sessions[sid]
+        relay.committer.submit(Job(run=lambda s: s.delete_sessions_of(agent)), want_result=False)
+        relay.close_agent(agent, ErrorCode.AUTH_FAILED, why)
+
+    async def _status(self) -> dict[str, Any]:
+        relay = self.relay
+        try:
+            depths = await relay.committer.read(lambda s: s.queue_depths())
+        except StoreFailure:
+            depths = {}  # status must still answer when the store has failed
+        return {
+            "pid": os.getpid(),
+            "uptime": round(relay.clock() - relay.started_at, 3),
+            "socket": str(relay.config.socket_path),
+            "state_dir": str(relay.config.state_dir),
+            "accepting": relay.committer.failure is None,
+            "failure": relay.committer.failure,
+            "connections": relay.connections,
+            "agents": [
+                {"name": name, "online": len(relay.online.get(name, ())),
+                 "queued": depths.get(name, 0)}
+                for name in sorted(relay.agents)
+            ],  # fmt: skip
+            "counters": {
+                "accepted": relay.counters.accepted,
+                "delivered": relay.counters.delivered,
+                "acked": relay.counters.acked,
+                "refused": dict(relay.counters.refused),
+                "commits": relay.committer.batches,
+            },
+        }
+
+    async def _operator_send(self, request: ops.SessionSend) -> dict[str, Any]:
+        relay = self.relay
+        self._agent(request.to)
+        size = body_size(request.body)
+        if size > relay.limits.max_message_size:
+            raise ProtocolError(ErrorCode.TOO_LARGE,
+                                f"body is {size} bytes; the limit is {relay.limits.max_message_size}")  # fmt: skip
+        message = StoredMessage(id=new_message_id(), sender=OPERATOR, recipient=request.to,
+                                body=request.body, sent_at=relay.clock(),
+                                delivery=relay.next_delivery())  # fmt: skip
+        await relay.enqueue(message, by_uid=self.peer[1])
+        relay.committed(message)
+        return {"id": message.id, "to": request.to}
+
+
+def _check_name(name: str) -> None:
+    problem = agent_name_problem(name)
+    if problem:
+        raise ProtocolError(ErrorCode.INVALID, problem)
+
+
+def _pairs(sender: str, recipient: str, both: bool) -> list[tuple[str, str]]:
+    if sender == recipient:
+        raise ProtocolError(ErrorCode.INVALID, "an agent does not message itself")
+    return [(sender, recipient), (recipient, sender)] if both else [(sender, recipient)]
+
+
+def _log_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("admin request failed", exc_info=task.exception())

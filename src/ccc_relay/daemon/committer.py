@@ -1,0 +1,178 @@
+"""Group commit: every durable effect goes through one queue and one thread.
+
+Jobs queue up while the previous batch is being written; the next batch takes
+them all at once. So an idle relay commits each message immediately (no timer,
+no waiting for company), and a busy one amortises one fsync over hundreds of
+messages. Within a batch the audit lines are written and fsynced first, then
+the SQLite transaction commits; a job's future resolves only after both.
+
+The queue is strictly FIFO and reads go through it too, so a read issued after
+a write always sees that write.
+
+When the audit file or the database fails (disk full, EIO, fsync error) the
+committer fails every job of the batch and every later one with StoreFailure:
+acceptance stops loudly and is never retried behind anyone's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccc_relay.audit.log import AuditLog, AuditRecord
+from ccc_relay.store import Store, StoredMessage, StoreFailure
+
+log = logging.getLogger("ccc_relay.daemon")
+
+MAX_BATCH = 4096  # jobs per transaction: bounds the latency of the first job in a burst
+
+
+@dataclass(slots=True)
+class Job:
+    """One unit of durable work.
+
+    ``message`` jobs are inserted together with ``executemany``; ``run`` jobs
+    call a function on the store (inside a savepoint when ``may_fail``, so one
+    failing admin operation cannot undo a batch of messages).
+    """
+
+    audit: list[AuditRecord] = field(default_factory=list)
+    message: StoredMessage | None = None
+    seq_update: tuple[str, int] | None = None
+    run: Callable[[Store], Any] | None = None
+    may_fail: bool = False
+    future: asyncio.Future[Any] | None = None
+
+
+class Committer:
+    def __init__(self, store: Store, audit: AuditLog) -> None:
+        self._store = store
+        self._audit = audit
+        self._queue: list[Job] = []
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-commit")
+        self.failure: str | None = None
+        self.batches = 0
+        self.jobs = 0
+        self.on_failure: Callable[[str], None] | None = None
+
+    def submit(self, job: Job, *, want_result: bool = True) -> asyncio.Future[Any] | None:
+        """Queue ``job``. Raises StoreFailure once the store has failed."""
+        if self.failure is not None:
+            raise StoreFailure(self.failure)
+        if want_result:
+            job.future = asyncio.get_running_loop().create_future()
+        self._queue.append(job)
+        self._wake.set()
+        return job.future
+
+    async def read(self, fn: Callable[[Store], Any]) -> Any:
+        """Run a read on the store, in order with queued writes."""
+        future = self.submit(Job(run=fn))
+        assert future is not None
+        return await future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    await self._commit(loop, batch)
+        finally:
+            await self._drain(loop)
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On shutdown, write what is queued before the store closes."""
+        while self._queue and self.failure is None:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            await asyncio.shield(self._commit(loop, batch))
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
+        if self.failure is not None:
+            self._fail(batch, self.failure)
+            return
+        try:
+            results = await loop.run_in_executor(self._executor, self._apply, batch)
+        except (OSError, sqlite3.Error) as exc:
+            self.failure = f"durable store failed: {exc}"
+            log.critical("%s; the relay stops accepting messages", self.failure)
+            self._fail(batch, self.failure)
+            self._fail(self._queue, self.failure)
+            self._queue = []
+            if self.on_failure is not None:
+                self.on_failure(self.failure)
+            return
+        self.batches += 1
+        self.jobs += len(batch)
+        for job, result in zip(batch, results, strict=True):
+            future = job.future
+            if future is None or future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    @staticmethod
+    def _fail(jobs: list[Job], reason: str) -> None:
+        for job in jobs:
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(StoreFailure(reason))
+
+    def _apply(self, batch: list[Job]) -> list[Any]:
+        """Runs on the committer thread."""
+        records = [record for job in batch for record in job.audit]
+        self._audit.append(records)
+        store = self._store
+        results: list[Any] = [None] * len(batch)
+        store.begin()
+        try:
+            messages: list[StoredMessage] = []
+            seqs: dict[str, int] = {}
+            for index, job in enumerate(batch):
+                if job.message is not None:
+                    messages.append(job.message)
+                if job.seq_update is not None:
+                    sid, seq = job.seq_update
+                    seqs[sid] = max(seq, seqs.get(sid, 0))
+                if job.run is None:
+                    continue
+                if messages:  # keep order: earlier inserts are visible to this job
+                    store.insert_messages(messages)
+                    messages = []
+                results[index] = self._run_one(store, job)
+            if messages:
+                store.insert_messages(messages)
+            if seqs:
+                store.update_session_seqs(seqs.items())
+            store.set_meta("audit_head", f"{self._audit.seq} {self._audit.head}")
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        return results
+
+    @staticmethod
+    def _run_one(store: Store, job: Job) -> Any:
+        assert job.run is not None
+        if not job.may_fail:
+            return job.run(store)
+        store.savepoint()
+        try:
+            result = job.run(store)
+        except (sqlite3.IntegrityError, LookupError, ValueError) as exc:
+            store.rollback_savepoint()
+            return exc
+        store.release()
+        return result
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

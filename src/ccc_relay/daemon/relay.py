@@ -1,0 +1,377 @@
+"""The relay's state and its decisions: identities, policy, limits, routing.
+
+Connections (``connection.py``) parse frames and call in here; everything that
+decides -- may this agent authenticate, may it send this, where does a
+committed message go -- lives in this one class. Time comes from the injected
+``clock`` so expiry and rate limits are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ccc_relay import credentials
+from ccc_relay.audit.log import AuditRecord, body_fields
+from ccc_relay.daemon.committer import Committer, Job
+from ccc_relay.policy.acl import Policy
+from ccc_relay.policy.config import Config, Rule
+from ccc_relay.policy.limits import WindowLimiter, admit
+from ccc_relay.protocol.errors import ErrorCode, ProtocolError
+from ccc_relay.store import AgentRecord, SessionRecord, Store, StoredMessage, StoreFailure
+
+if TYPE_CHECKING:
+    from ccc_relay.daemon.connection import AgentConnection
+
+log = logging.getLogger("ccc_relay.daemon")
+
+OPERATOR = "operator"  # the sender name of messages the operator writes
+MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
+RATE_WINDOW = 60.0
+
+
+def _round_up(seconds: float) -> float:
+    """Milliseconds, rounded up: waiting exactly retry_after must be enough."""
+    return math.ceil(seconds * 1000) / 1000
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_urlsafe(12)
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_urlsafe(12)
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    agent: str
+    expires: float
+    last_seq: int
+    limiter: WindowLimiter
+
+
+@dataclass(slots=True)
+class Counters:
+    accepted: int = 0
+    delivered: int = 0
+    acked: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+class Relay:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        committer: Committer,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.committer = committer
+        self.clock = clock
+        self.started_at = clock()
+        self.agents: dict[str, AgentRecord] = {a.name: a for a in store.agents()}
+        self._db_rules = [Rule(s, r, a) for s, r, a in store.rules()]
+        self.policy = Policy.from_rules([*config.rules, *self._db_rules])
+        self.sessions: dict[str, Session] = {}
+        self.online: dict[str, list[AgentConnection]] = {}
+        # message id -> the connection it is in flight on, per recipient
+        self.inflight: dict[str, dict[str, AgentConnection]] = {}
+        self._agent_limiters: dict[str, WindowLimiter] = {}
+        self._pair_limiters: dict[tuple[str, str], WindowLimiter] = {}
+        self._global_limiter = WindowLimiter(self.limits.global_rate_per_minute, RATE_WINDOW)
+        self._auth_failures: dict[int, WindowLimiter] = {}
+        self.connections = 0
+        self.unauthenticated = 0
+        self.counters = Counters()
+        self._schedule_wake = asyncio.Event()
+        self._last_delivery = store.max_delivery()
+
+    def next_delivery(self) -> int:
+        """Delivery numbers are handed out in submit order, which is commit order."""
+        self._last_delivery += 1
+        return self._last_delivery
+
+    @property
+    def known(self) -> set[str]:
+        return self.agents.keys()  # type: ignore[return-value]
+
+    # --- audit ----------------------------------------------------------------
+
+    def record(self, event: str, **fields: Any) -> AuditRecord:
+        return AuditRecord(self.clock(), event, fields)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Write an audit line that nothing waits for."""
+        try:
+            self.committer.submit(Job(audit=[self.record(event, **fields)]), want_result=False)
+        except StoreFailure:
+            log.error("audit line lost, the store has failed: %s %s", event, fields)
+
+    def refuse(self, who: str | None, exc: ProtocolError, **fields: Any) -> None:
+        self.counters.refused[exc.code.value] += 1
+        self.audit("refused", agent=who, code=exc.code.value, reason=exc.message, **fields)
+
+    # --- authentication -------------------------------------------------------
+
+    def authenticate(
+        self, agent: str, credential: str, peer: tuple[int, int, int], resume: str | None
+    ) -> Session:
+        """Check a hello; return its (new or resumed) session.
+
+        Raises ProtocolError: RATE_LIMITED when this peer uid failed too often,
+        AUTH_FAILED for a wrong name, credential or uid (one answer for all),
+        SESSION_EXPIRED for a resume of an unknown or expired session.
+        """
+        pid, uid, gid = peer
+        now = self.clock()
+        failures = self._auth_failures.get(uid)
+        if failures is not None:
+            wait = failures.retry_after(now)
+            if wait:
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    "too many failed hellos from this user; wait before trying again",
+                    fatal=True,
+                    retry_after=_round_up(wait),
+                )
+        record = self.agents.get(agent)
+        ok = credentials.matches(credential, record.cred_hash if record else None)
+        if ok and record is not None and record.uid is not None and record.uid != uid:
+            ok = False
+        if ok and record is not None and record.gid is not None and record.gid != gid:
+            ok = False
+        if not ok:
+            limiter = self._auth_failures.setdefault(
+                uid, WindowLimiter(self.limits.auth_failures_per_minute, RATE_WINDOW)
+            )
+            limiter.record(now)
+            raise ProtocolError(
+                ErrorCode.AUTH_FAILED,
+                "authentication failed: unknown agent, wrong credential, or wrong peer",
+                fatal=True,
+            )
+        if resume is not None:
+            session = self.sessions.get(resume)
+            if session is None or session.agent != agent or session.expires <= now:
+                raise ProtocolError(
+                    ErrorCode.SESSION_EXPIRED,
+                    "that session is unknown or expired; say hello without resume",
+                )
+            return session
+        session = Session(
+            id=new_session_id(),
+            agent=agent,
+            expires=now + self.limits.session_timeout,
+            last_seq=0,
+            limiter=WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
+        )
+        self.sessions[session.id] = session
+        record_ = SessionRecord(session.id, agent, now, session.expires, 0)
+        self.committer.submit(
+            Job(run=lambda s: s.create_session(record_)), want_result=False
+        )
+        return session
+
+    def load_sessions(self, records: Iterable[SessionRecord]) -> None:
+        now = self.clock()
+        for r in records:
+            if r.expires > now and r.agent in self.agents:
+                self.sessions[r.id] = Session(
+                    r.id, r.agent, r.expires, r.last_seq,
+                    WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
+                )  # fmt: skip
+
+    # --- sending --------------------------------------------------------------
+
+    def check_send(self, sender: str, session: Session, to: str, deliver_at: float | None) -> str:
+        """Policy and limits for one send; returns the pair's action.
+
+        Raises ProtocolError FORBIDDEN (unknown and forbidden recipients get
+        the same answer), INVALID for a deliver_at too far ahead, or
+        RATE_LIMITED with retry_after.
+        """
+        action = self.policy.action(sender, to, self.known)
+        if action is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not send to {to!r}")
+        now = self.clock()
+        if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
+            raise ProtocolError(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
+        wait = admit(
+            (
+                session.limiter,
+                self._agent_limiter(sender),
+                self._pair_limiter(sender, to),
+                self._global_limiter,
+            ),
+            now,
+        )
+        if wait:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit reached ({self.limits.rate_per_minute:g} msg/min); retry later",
+                retry_after=_round_up(wait),
+            )
+        return action
+
+    def _agent_limiter(self, agent: str) -> WindowLimiter:
+        limiter = self._agent_limiters.get(agent)
+        if limiter is None:
+            limiter = WindowLimiter(self.limits.agent_rate_per_minute, RATE_WINDOW)
+            self._agent_limiters[agent] = limiter
+        return limiter
+
+    def _pair_limiter(self, sender: str, to: str) -> WindowLimiter:
+        limiter = self._pair_limiters.get((sender, to))
+        if limiter is None:
+            limiter = WindowLimiter(self.limits.pair_rate_per_minute, RATE_WINDOW)
+            self._pair_limiters[(sender, to)] = limiter
+        return limiter
+
+    def enqueue(
+        self,
+        message: StoredMessage,
+        *,
+        seq_update: tuple[str, int] | None = None,
+        **audit_fields: Any,
+    ) -> asyncio.Future[Any]:
+        """Make a message durable; the future resolves after COMMIT.
+
+        Raises StoreFailure when the store has already failed.
+        """
+        fields = {
+            "id": message.id, "from": message.sender, "to": message.recipient,
+            **body_fields(message.body, self.config.audit.log_all_messages), **audit_fields,
+        }  # fmt: skip
+        if message.thread:
+            fields["thread"] = message.thread
+        if message.deliver_at:
+            fields["deliver_at"] = message.deliver_at
+        job = Job(audit=[self.record("accepted", **fields)], message=message, seq_update=seq_update)
+        future = self.committer.submit(job)
+        assert future is not None
+        return future
+
+    def committed(self, message: StoredMessage) -> None:
+        """A message is durable: count it and route it."""
+        self.counters.accepted += 1
+        if message.deliver_at is not None and message.deliver_at > self.clock():
+            self._schedule_wake.set()
+            return
+        self.route(message.recipient, message)
+
+    # --- routing --------------------------------------------------------------
+
+    def route(self, agent: str, message: StoredMessage | None = None) -> None:
+        """Push ``message`` to a subscribed session of ``agent`` or mark a backlog.
+
+        With ``message`` None, every subscribed session of ``agent`` is told
+        to look in the store (a session closed, a schedule fell due).
+        """
+        conns = [c for c in self.online.get(agent, ()) if c.subscribed]
+        if message is not None:
+            for conn in conns:
+                if not conn.backlog and not conn.topping_up and conn.room > 0:
+                    self.push(conn, message)
+                    return
+        for conn in conns:
+            conn.backlog = True
+            conn.top_up()
+
+    def push(self, conn: AgentConnection, message: StoredMessage) -> None:
+        assert conn.agent is not None
+        self.inflight.setdefault(conn.agent, {})[message.id] = conn
+        conn.deliver(message)
+        self.counters.delivered += 1
+        self.audit("delivered", id=message.id, to=message.recipient, session=conn.session_id)
+
+    def inflight_ids(self, agent: str) -> set[str]:
+        return set(self.inflight.get(agent, ()))
+
+    def settle(self, agent: str, ids: Iterable[str]) -> None:
+        """Acked messages leave the in-flight table."""
+        table = self.inflight.get(agent)
+        if table is None:
+            return
+        for mid in ids:
+            conn = table.pop(mid, None)
+            if conn is not None:
+                conn.inflight.discard(mid)
+
+    # --- connections ----------------------------------------------------------
+
+    def attach(self, conn: AgentConnection) -> None:
+        assert conn.agent is not None
+        self.online.setdefault(conn.agent, []).append(conn)
+
+    def detach(self, conn: AgentConnection) -> None:
+        agent = conn.agent
+        if agent is None:
+            return
+        conns = self.online.get(agent, [])
+        if conn in conns:
+            conns.remove(conn)
+        if not conns:
+            self.online.pop(agent, None)
+        if conn.inflight:
+            table = self.inflight.get(agent, {})
+            for mid in conn.inflight:
+                table.pop(mid, None)
+            conn.inflight.clear()
+            self.route(agent)  # unacked messages go back to the agent's other sessions
+
+    def close_agent(self, agent: str, reason: ErrorCode, message: str) -> None:
+        for conn in list(self.online.get(agent, ())):
+            conn.fail(ProtocolError(reason, message, fatal=True))
+
+    # --- scheduled delivery -------------------------------------------------
+
+    async def run_scheduler(self) -> None:
+        """Wake sessions when a ``deliver_at`` falls due."""
+        last = self.clock()
+        while True:
+            now = self.clock()
+            due = await self.committer.read(lambda s: s.recipients_due(now, last))
+            last = now
+            for agent in due:
+                self.route(agent)
+            upcoming = await self.committer.read(lambda s: s.next_scheduled(now))
+            self._schedule_wake.clear()
+            timeout = 60.0 if upcoming is None else max(0.0, upcoming - self.clock())
+            try:
+                await asyncio.wait_for(self._schedule_wake.wait(), timeout=min(timeout, 60.0))
+            except TimeoutError:
+                pass
+
+    def expire_sessions(self) -> None:
+        now = self.clock()
+        for sid, session in list(self.sessions.items()):
+            if session.expires <= now:
+                del self.sessions[sid]
+        for conns in list(self.online.values()):
+            for conn in list(conns):
+                conn.check_expiry(now)
+
+    # --- administration -----------------------------------------------------
+
+    def reload_policy(self, db_rules: list[tuple[str, str, str]]) -> None:
+        self._db_rules = [Rule(s, r, a) for s, r, a in db_rules]
+        self.policy = Policy.from_rules([*self.config.rules, *self._db_rules])
+
+    def rules_with_source(self) -> list[dict[str, str]]:
+        rows = [{"from": r.sender, "to": r.recipient, "action": r.action, "source": "config"}
+                for r in self.config.rules]  # fmt: skip
+        rows += [{"from": r.sender, "to": r.recipient, "action": r.action, "source": "admin"}
+                 for r in self._db_rules]  # fmt: skip
+        return sorted(rows, key=lambda r: (r["from"], r["to"], r["source"]))

@@ -1,0 +1,131 @@
+"""Creating listening sockets and private directories without being fooled.
+
+The rule: nothing at a socket's path is ever followed or clobbered blindly.
+
+* a symlink at the path is refused (bind() itself never follows the last
+  component, and we do not unlink what we did not make);
+* a file that is not a socket is refused;
+* a socket is replaced only when connecting to it is refused -- a stale socket
+  left by a crashed daemon -- and never while a daemon answers on it;
+* the socket is bound under a umask that makes it owner-only, and only then
+  opened up to the configured mode and group, so there is no window in which
+  it is wider than intended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import socket
+import stat
+from pathlib import Path
+
+LISTEN_BACKLOG = 512  # bursts of agents reconnecting after a relay restart
+
+
+class SocketPathError(RuntimeError):
+    pass
+
+
+def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` (and parents) and make sure it is a real dir we own, mode ``mode``.
+
+    Raises SocketPathError when it is a symlink, not a directory, or owned by
+    another user.
+    """
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise SocketPathError(f"{path} is a symlink; refusing to use it as a state directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise SocketPathError(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise SocketPathError(f"{path} belongs to uid {info.st_uid}, not to this user")
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def _clear_stale(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise SocketPathError(f"{path} is a symlink; refusing to follow or replace it")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise SocketPathError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        pass  # nobody listens: stale
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise SocketPathError(f"{path}: cannot tell whether a daemon answers: {exc}") from None
+    else:
+        raise SocketPathError(f"a daemon is already listening on {path}")
+    finally:
+        probe.close()
+    # Re-check right before unlinking: it must still be the socket we probed.
+    again = os.lstat(path)
+    if (again.st_ino, again.st_dev) != (info.st_ino, info.st_dev):
+        raise SocketPathError(f"{path} changed while it was checked; refusing to replace it")
+    os.unlink(path)
+
+
+def group_id(name: str) -> int:
+    """Raises SocketPathError (with how to create it) for an unknown group."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise SocketPathError(
+            f"group {name!r} does not exist; create it with: sudo groupadd --system {name}"
+        ) from None
+
+
+def bind_unix_socket(path: Path, *, mode: int, group: str | None = None) -> socket.socket:
+    """A listening AF_UNIX stream socket at ``path`` with ``mode`` and ``group``.
+
+    Raises SocketPathError for anything unsafe at the path, OSError otherwise.
+    """
+    gid = group_id(group) if group is not None else None
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        raise
+    return sock
+
+
+def remove_socket(path: Path, sock: socket.socket) -> None:
+    """Unlink ``path`` only if it is still the socket ``sock`` is bound to."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(path)
+        if stat.S_ISSOCK(info.st_mode) and sock.getsockname() == str(path):
+            os.unlink(path)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from SO_PEERCRED."""
+    import struct
+
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid

@@ -1,0 +1,84 @@
+"""Rate limiting: "at most N messages in any window", with bounded memory.
+
+A limiter counts events in fixed slots (60 per window by default) and counts
+the slot the window's start falls into as a whole, so it errs on the strict
+side: it never lets N+1 events through inside one window. Memory is a fixed
+ring of slot counters however high N is (benchmarks raise it to millions).
+
+The clock is always passed in; nothing here reads time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+SLOTS_PER_WINDOW = 60  # one-second slots for the seed's per-minute limit
+
+
+class WindowLimiter:
+    __slots__ = ("_counts", "_indexes", "_slots", "_total", "_width", "limit", "window")
+
+    def __init__(self, limit: float, window: float = 60.0, slots: int = SLOTS_PER_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._slots = slots
+        self._width = window / slots
+        # slots + 1 ring entries: the partial oldest slot is still counted.
+        self._counts = [0] * (slots + 1)
+        self._indexes = [-1] * (slots + 1)
+        self._total = 0
+
+    def _expire(self, idx: int) -> None:
+        oldest_kept = idx - self._slots
+        for pos, slot_idx in enumerate(self._indexes):
+            if slot_idx != -1 and slot_idx < oldest_kept:
+                self._total -= self._counts[pos]
+                self._counts[pos] = 0
+                self._indexes[pos] = -1
+
+    def retry_after(self, now: float) -> float:
+        """0.0 when one more event is allowed now; else seconds until it is."""
+        idx = math.floor(now / self._width)
+        self._expire(idx)
+        if self._total + 1 <= self.limit:
+            return 0.0
+        # Drop the oldest slots until one more event fits; the last dropped
+        # slot's expiry is when that happens.
+        excess = self._total + 1 - self.limit
+        for slot_idx, count in sorted(
+            (s, c) for s, c in zip(self._indexes, self._counts, strict=True) if s != -1
+        ):
+            excess -= count
+            if excess <= 0:
+                return max((slot_idx + self._slots + 1) * self._width - now, self._width / 1000)
+        return self.window  # unreachable with a positive limit; be strict anyway
+
+    def record(self, now: float) -> None:
+        idx = math.floor(now / self._width)
+        pos = idx % (self._slots + 1)
+        if self._indexes[pos] != idx:
+            self._total -= self._counts[pos]
+            self._counts[pos] = 0
+            self._indexes[pos] = idx
+        self._counts[pos] += 1
+        self._total += 1
+
+    @property
+    def count(self) -> int:
+        return self._total
+
+
+def admit(limiters: Sequence[WindowLimiter], now: float) -> float:
+    """Record one event against every limiter if all allow it.
+
+    Returns 0.0 on success, else the longest retry_after (nothing recorded).
+    """
+    wait = 0.0
+    for limiter in limiters:
+        wait = max(wait, limiter.retry_after(now))
+    if wait:
+        return wait
+    for limiter in limiters:
+        limiter.record(now)
+    return 0.0

@@ -1,0 +1,96 @@
+"""The admin plane's frames: requests on the owner-only admin socket.
+
+These types are decoded only by the admin listener. The agents' socket uses
+``ClientFrame`` and has no way to name an admin operation, so an agent cannot
+reach administration whatever it sends.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ccc_relay.protocol.frames import AgentName
+
+CredentialHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Id = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+
+class _Admin(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class AgentAdd(_Admin, tag="agent_add"):
+    name: AgentName
+    cred_hash: CredentialHash
+    uid: Id | None = None
+    gid: Id | None = None
+
+
+class AgentRemove(_Admin, tag="agent_remove"):
+    name: AgentName
+
+
+class AgentRotate(_Admin, tag="agent_rotate"):
+    name: AgentName
+    cred_hash: CredentialHash
+
+
+class AgentList(_Admin, tag="agent_list"):
+    pass
+
+
+class Allow(_Admin, tag="allow"):
+    sender: AgentName
+    recipient: AgentName
+    both: bool = False
+    action: Literal["allow", "hold"] = "allow"
+
+
+class Deny(_Admin, tag="deny"):
+    sender: AgentName
+    recipient: AgentName
+    both: bool = False
+
+
+class PolicyShow(_Admin, tag="policy_show"):
+    pass
+
+
+class Status(_Admin, tag="status"):
+    pass
+
+
+class SessionList(_Admin, tag="session_list"):
+    pass
+
+
+class SessionSend(_Admin, tag="session_send"):
+    """The operator writes to an agent; delivered as from ``operator``."""
+
+    to: AgentName
+    body: str
+
+
+class Shutdown(_Admin, tag="shutdown"):
+    pass
+
+
+AdminRequest = (
+    AgentAdd | AgentRemove | AgentRotate | AgentList | Allow | Deny | PolicyShow | Status
+    | SessionList | SessionSend | Shutdown
+)  # fmt: skip
+
+
+class Result(msgspec.Struct, tag="result", tag_field="type", forbid_unknown_fields=True):
+    data: Any = None
+
+
+_decoder = msgspec.json.Decoder(AdminRequest)
+
+
+def decode_admin_request(line: bytes) -> AdminRequest:
+    """Raises msgspec.ValidationError / DecodeError / UnicodeDecodeError."""
+    request: AdminRequest = _decoder.decode(line)
+    return request

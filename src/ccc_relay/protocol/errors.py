@@ -1,0 +1,61 @@
+"""Stable error codes: the one list every refusal is drawn from.
+
+A code is part of the wire contract -- clients and scripts branch on it -- so a
+code is never renamed or reused. The human sentence that travels with it may
+change. Codes are grouped by who is at fault: the peer (``invalid``,
+``too_large``...), policy (``forbidden``, ``rate_limited``...), or the relay
+itself (``unavailable``, ``internal``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    # The peer sent something malformed.
+    INVALID = "invalid"  # schema: unknown field, wrong type, missing field, bad UTF-8
+    TOO_LARGE = "too_large"  # body over max_message_size, or frame over the line cap
+    UNSUPPORTED_VERSION = "unsupported_version"
+    REPLAY = "replay"  # seq not above the session's high-water mark
+    OUT_OF_ORDER = "out_of_order"  # seq skipped ahead
+    # Identity and session.
+    AUTH_REQUIRED = "auth_required"  # a frame other than hello before authenticating
+    AUTH_FAILED = "auth_failed"
+    SESSION_EXPIRED = "session_expired"
+    HELLO_TIMEOUT = "hello_timeout"
+    # Policy.
+    FORBIDDEN = "forbidden"  # no allow rule (also: unknown recipient -- same answer)
+    RATE_LIMITED = "rate_limited"
+    QUARANTINED = "quarantined"
+    BUSY = "busy"  # too many connections
+    # Admin plane.
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    # The relay itself.
+    UNAVAILABLE = "unavailable"  # durable store failed; acceptance stopped
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A refusal with a stable code and a sentence a human can act on.
+
+    ``fatal`` errors close the connection after the error frame is sent.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        fatal: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code.value!r}, {self.message!r})"

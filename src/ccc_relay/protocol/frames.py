@@ -1,0 +1,163 @@
+"""Every frame of protocol v1, as strict msgspec structs.
+
+Frames are JSON objects tagged by ``type``. Unknown fields, wrong types and
+missing fields are refused by the decoder; bounds that do not depend on
+configuration (name lengths, seq range, batch sizes) are declared here so the
+decoder enforces them before any other code sees the frame.
+
+Client -> relay: hello, send, ack, fetch, subscribe, agents, ping, bye.
+Relay -> client: welcome, accepted, error, message, fetched, acked, agents,
+pong, bye.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from ccc_relay.protocol.names import AGENT_NAME_PATTERN, MAX_AGENT_NAME
+
+PROTOCOL_VERSION = 1
+
+MAX_CREDENTIAL_CHARS = 128  # credentials are 48 characters; room for a future format
+MAX_THREAD_CHARS = 128
+MAX_ACK_IDS = 1024  # one ack frame may settle a whole fetched batch
+MAX_FETCH = 1000  # messages per fetch: bounds one reply's size
+MAX_WINDOW = 1024  # pushed-but-unacked messages per subscribed session
+MAX_PING_CHARS = 256
+MAX_SEQ = 2**63 - 1  # fits SQLite's INTEGER
+
+AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_NAME_PATTERN, max_length=MAX_AGENT_NAME)]
+MessageId = Annotated[str, msgspec.Meta(pattern=r"^m_[A-Za-z0-9_-]{8,64}$")]
+SessionId = Annotated[str, msgspec.Meta(pattern=r"^s_[A-Za-z0-9_-]{8,64}$")]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
+Thread = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_THREAD_CHARS)]
+# Unix seconds; bounded so arithmetic on it can never overflow or go negative.
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=4102444800)]  # up to 2100-01-01
+
+
+class _Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+# --- client -> relay -------------------------------------------------------
+
+
+class Hello(_Frame, tag="hello"):
+    agent: AgentName
+    credential: Annotated[str, msgspec.Meta(max_length=MAX_CREDENTIAL_CHARS)]
+    version: int = PROTOCOL_VERSION
+    # Resume a session (after a reconnect or a relay restart) to keep its seq.
+    resume: SessionId | None = None
+
+    def __repr__(self) -> str:  # the credential never reaches a log through repr
+        return f"Hello(agent={self.agent!r}, credential='***', version={self.version})"
+
+
+class Send(_Frame, tag="send"):
+    seq: Seq
+    to: AgentName
+    body: str
+    thread: Thread | None = None
+    reply_to: MessageId | None = None
+    deliver_at: Timestamp | None = None
+
+
+class Ack(_Frame, tag="ack"):
+    ids: Annotated[list[MessageId], msgspec.Meta(min_length=1, max_length=MAX_ACK_IDS)]
+
+
+class Fetch(_Frame, tag="fetch"):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_FETCH)] = 100
+
+
+class Subscribe(_Frame, tag="subscribe"):
+    window: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = 64
+
+
+class ListAgents(_Frame, tag="agents"):
+    pass
+
+
+class Ping(_Frame, tag="ping"):
+    data: Annotated[str, msgspec.Meta(max_length=MAX_PING_CHARS)] | None = None
+
+
+class Bye(_Frame, tag="bye"):
+    pass
+
+
+ClientFrame = Hello | Send | Ack | Fetch | Subscribe | ListAgents | Ping | Bye
+
+
+# --- relay -> client -------------------------------------------------------
+
+
+class Welcome(_Frame, tag="welcome"):
+    session: str
+    agent: str
+    expires_at: float
+    last_seq: int
+    max_message_size: int
+    rate_limit_per_minute: float
+    version: int = PROTOCOL_VERSION
+
+
+class Accepted(_Frame, tag="accepted"):
+    seq: int
+    id: str
+    # What sanitisation changed in the body (kinds and counts, never content).
+    changes: list[str] = msgspec.field(default_factory=list)
+
+
+class Error(_Frame, tag="error"):
+    code: str
+    message: str
+    seq: int | None = None
+    retry_after: float | None = None
+
+
+class Message(_Frame, tag="message"):
+    id: str
+    sender: str = msgspec.field(name="from")  # always the authenticated identity
+    to: str
+    sent_at: float
+    body: str
+    delivery: int  # per-recipient, strictly increasing
+    thread: str | None = None
+    reply_to: str | None = None
+    signature: str | None = None
+
+
+class Fetched(_Frame, tag="fetched"):
+    count: int
+    pending: int
+
+
+class Acked(_Frame, tag="acked"):
+    count: int
+
+
+class AgentInfo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    name: str
+    online: bool
+    may_send: bool  # the asking agent may send to this one
+    may_receive: bool = False  # this one may send to the asking agent
+
+
+class AgentList(_Frame, tag="agents"):
+    agents: list[AgentInfo]
+
+
+class Pong(_Frame, tag="pong"):
+    data: str | None = None
+
+
+class Goodbye(_Frame, tag="bye"):
+    reason: str = "bye"
+
+
+RelayFrame = (
+    Welcome | Accepted | Error | Message | Fetched | Acked | AgentList | Pong | Goodbye
+)

@@ -1,0 +1,51 @@
+"""Fixtures: a real relay on real Unix sockets with a real SQLite file (see support.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ccc_relay.policy.config import Config
+from tests.support import FakeClock, RunningRelay, make_config, start_relay
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    # Unix socket paths are limited to 108 bytes; pytest's tmp paths can be long.
+    short = Path(f"/tmp/ccc-t-{os.getpid()}-{tmp_path.name[-24:]}")
+    short.mkdir(mode=0o700)
+    yield short
+    subprocess.run(["rm", "-rf", str(short)], check=False)
+
+
+@pytest.fixture
+def relay_factory(state_dir: Path) -> Iterator[Callable[..., RunningRelay]]:
+    running: list[RunningRelay] = []
+
+    def factory(clock: Callable[[], float] = time.time, config: Config | None = None,
+                **limits: Any) -> RunningRelay:  # fmt: skip
+        relay = start_relay(config or make_config(state_dir, **limits), clock)
+        running.append(relay)
+        return relay
+
+    yield factory
+    for relay in running:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(relay_factory: Callable[..., RunningRelay]) -> RunningRelay:
+    return relay_factory()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
