@@ -1,0 +1,140 @@
+"""The two commands as a newcomer uses them, in two terminals (README quickstart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import BIN, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemon(state_dir: Path) -> Iterator[dict[str, str]]:
+    env = {"CCC_CACHE_DIR": str(state_dir), "CCC_SOCKET": "", "CCC_CREDENTIAL": "",
+           "CCC_CONFIG": ""}  # fmt: skip
+    proc = subprocess.Popen([str(BIN / "ccc-statusd"), "start", "--allow-root"],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not (state_dir / "daemon.pid").exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    yield env
+    stopped = run_cli("ccc-statusd", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert proc.wait(10) == 0
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def ok(*args: str, env: dict[str, str], input: str | None = None) -> str:
+    result = run_cli(*args, env=env, input=input)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+def test_quickstart(daemon: dict[str, str], state_dir: Path) -> None:
+    env = daemon
+    out = ok("ccc", "agent", "add", "alice", env=env)
+    cred = state_dir / "credentials" / "alice.cred"
+    assert str(cred) in out and oct(cred.stat().st_mode & 0o777) == "0o600"
+    ok("ccc", "agent", "add", "bob", env=env)
+    assert "allowed bob -> alice" in ok("ccc", "allow", "alice", "bob", "--both", env=env)
+    assert "alice -> bob" in ok("ccc", "policy", "show", env=env)
+
+    sent = json.loads(ok("ccc", "--as", "alice", "send", "bob", "the API changed", "--json",
+                         env=env))  # fmt: skip
+    ok("ccc", "--as", "alice", "send", "bob", env=env, input="from stdin\n")
+    peek = ok("ccc", "--as", "bob", "inbox", "--peek", "--json", env=env)
+    assert [json.loads(line)["body"] for line in peek.splitlines()] == [
+        "the API changed", "from stdin\n"]
+    inbox = [json.loads(line) for line in ok("ccc", "--as", "bob", "inbox", "--json",
+                                              env=env).splitlines()]  # fmt: skip
+    assert inbox[0]["id"] == sent["id"] and inbox[0]["from"] == "alice"
+    assert ok("ccc", "--as", "bob", "inbox", "--json", env=env) == ""
+
+    # Inside a container the same works from the environment alone.
+    container_env = {**env, "CCC_SOCKET": str(state_dir / "daemon.sock"),
+                     "CCC_CREDENTIAL": str(state_dir / "credentials" / "bob.cred")}  # fmt: skip
+    assert json.loads(ok("ccc", "whoami", "--json", env=container_env))["agent"] == "bob"
+    agents = json.loads(ok("ccc", "agents", "--json", env=container_env))
+    assert agents == [{"name": "alice", "online": False, "may_send": True, "may_receive": True}]
+
+    status = json.loads(ok("ccc", "status", "--json", env=env))
+    assert status["counters"]["accepted"] == 2 and status["counters"]["acked"] == 2
+    assert json.loads(ok("ccc-statusd", "status", "--json", env=env))["running"] is True
+    audit = (state_dir / "audit").iterdir()
+    events = [json.loads(line)["event"] for path in audit for line in path.read_text().splitlines()]
+    assert events.count("accepted") == 2 and "policy_changed" in events
+
+
+def test_watch_prints_messages_as_they_arrive(daemon: dict[str, str]) -> None:
+    env = daemon
+    for name in ("alice", "bob"):
+        ok("ccc", "agent", "add", name, env=env)
+    ok("ccc", "allow", "alice", "bob", env=env)
+    watcher = subprocess.Popen([str(BIN / "ccc"), "--as", "bob", "watch", "--json", "--count", "1"],
+                               env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        ok("ccc", "--as", "alice", "send", "bob", "live", env=env)
+        out, _ = watcher.communicate(timeout=20)
+    finally:
+        watcher.kill()
+    assert json.loads(out)["body"] == "live"
+    assert watcher.returncode == 0
+
+
+def test_errors_print_the_relays_sentence_and_exit_non_zero(daemon: dict[str, str]) -> None:
+    env = daemon
+    ok("ccc", "agent", "add", "alice", env=env)
+    refused = run_cli("ccc", "--as", "alice", "send", "nobody", "hi", env=env)
+    assert refused.returncode == 1
+    assert "you may not send to 'nobody' [forbidden]" in refused.stderr
+    as_json = run_cli("ccc", "--as", "alice", "send", "nobody", "hi", "--json", env=env)
+    assert json.loads(as_json.stdout)["error"]["code"] == "forbidden"
+    duplicate = run_cli("ccc", "agent", "add", "alice", env=env)
+    assert duplicate.returncode == 4 and "already exists" in duplicate.stderr
+    bad_name = run_cli("ccc", "agent", "add", "../etc", env=env)
+    assert bad_name.returncode == 2 and "agent name" in bad_name.stderr
+    missing = run_cli("ccc", "--as", "zed", "inbox", env=env)
+    assert missing.returncode == 4 and "does not exist" in missing.stderr
+    no_cred = run_cli("ccc", "inbox", env=env)
+    assert no_cred.returncode == 4 and "CCC_CREDENTIAL" in no_cred.stderr
+    unknown_deny = run_cli("ccc", "allow", "alice", "ghost", env=env)
+    assert unknown_deny.returncode == 1 and "no agent named 'ghost'" in unknown_deny.stderr
+
+
+def test_operator_session_commands(daemon: dict[str, str]) -> None:
+    env = daemon
+    ok("ccc", "agent", "add", "bob", env=env)
+    assert "accepted" in ok("ccc-statusd", "session", "send", "bob", "hello from the operator",
+                            env=env)  # fmt: skip
+    assert json.loads(ok("ccc-statusd", "session", "list", "--json", env=env)) == []
+    [message] = [json.loads(x) for x in ok("ccc", "--as", "bob", "inbox", "--json",
+                                           env=env).splitlines()]  # fmt: skip
+    assert message["from"] == "operator"
+    rows = json.loads(ok("ccc", "agent", "list", "--json", env=env))
+    assert [r["name"] for r in rows] == ["bob"]
+    ok("ccc", "agent", "rotate", "bob", env=env)
+    ok("ccc", "--as", "bob", "whoami", env=env)  # the rewritten file works
+    ok("ccc", "agent", "remove", "bob", env=env)
+    assert json.loads(ok("ccc", "agent", "list", "--json", env=env)) == []
+
+
+def test_commands_without_a_relay_say_so(state_dir: Path) -> None:
+    env = {"CCC_CACHE_DIR": str(state_dir), "CCC_CONFIG": ""}
+    result = run_cli("ccc", "status", env=env)
+    assert result.returncode == 3 and "ccc-statusd start" in result.stderr
+    result = run_cli("ccc-statusd", "status", env=env)
+    assert result.returncode == 3 and "not running" in result.stdout
+    assert not list(state_dir.glob("credentials/*"))
