@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from ccc_relay.daemon.committer import Job
-from ccc_relay.daemon.relay import OPERATOR, new_message_id
+from ccc_relay.daemon.relay import OPERATOR
 from ccc_relay.daemon.sockets import peer_credentials
 from ccc_relay.protocol import admin as ops
 from ccc_relay.protocol.codec import LineBuffer, body_size, encode
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import Error
 from ccc_relay.protocol.names import agent_name_problem
-from ccc_relay.store import AgentRecord, StoredMessage, StoreFailure
+from ccc_relay.store import AgentRecord, StoreFailure
 
 if TYPE_CHECKING:
     from ccc_relay.daemon.relay import Relay
@@ -228,9 +228,7 @@ class AdminConnection(asyncio.Protocol):
         if size > relay.limits.max_message_size:
             raise ProtocolError(ErrorCode.TOO_LARGE,
                                 f"body is {size} bytes; the limit is {relay.limits.max_message_size}")  # fmt: skip
-        message = StoredMessage(id=new_message_id(), sender=OPERATOR, recipient=request.to,
-                                body=request.body, sent_at=relay.clock(),
-                                delivery=relay.next_delivery())  # fmt: skip
+        message = relay.new_message(OPERATOR, request.to, request.body)
         await relay.enqueue(message, by_uid=self.peer[1])
         relay.committed(message)
         return {"id": message.id, "to": request.to}

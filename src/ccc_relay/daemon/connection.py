@@ -43,7 +43,6 @@ from ccc_relay.protocol.frames import (
 )
 from ccc_relay.daemon.committer import Job
 from ccc_relay.daemon.sockets import peer_credentials
-from ccc_relay.daemon.relay import new_message_id
 from ccc_relay.store import StoredMessage, StoreFailure
 
 if TYPE_CHECKING:
@@ -314,11 +313,8 @@ class AgentConnection(asyncio.Protocol):
         except ProtocolError:
             relay.committer.submit(_seq_only(seq_update), want_result=False)
             raise
-        message = StoredMessage(
-            id=new_message_id(), sender=self.agent, recipient=frame.to, body=frame.body,
-            sent_at=relay.clock(), thread=frame.thread, reply_to=frame.reply_to,
-            deliver_at=frame.deliver_at, delivery=relay.next_delivery(),
-        )  # fmt: skip
+        message = relay.new_message(self.agent, frame.to, frame.body, thread=frame.thread,
+                                    reply_to=frame.reply_to, deliver_at=frame.deliver_at)  # fmt: skip
         future = relay.enqueue(message, seq_update=seq_update, send_seq=frame.seq,
                                session=session.id)  # fmt: skip
         future.add_done_callback(lambda f: self._on_committed(f, frame.seq, message))

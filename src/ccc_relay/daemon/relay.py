@@ -42,8 +42,9 @@ def _round_up(seconds: float) -> float:
     return math.ceil(seconds * 1000) / 1000
 
 
-def new_message_id() -> str:
-    return "m_" + secrets.token_urlsafe(12)
+def message_id(prefix: str, delivery: int) -> str:
+    """``m_`` + the run's 8-character prefix + the delivery number in hex."""
+    return f"m_{prefix}{delivery:x}"
 
 
 def new_session_id() -> str:
@@ -97,11 +98,22 @@ class Relay:
         self.counters = Counters()
         self._schedule_wake = asyncio.Event()
         self._last_delivery = store.max_delivery()
+        # Ids are this run's random prefix plus the delivery number: unique
+        # across restarts, and minted without a syscall per message.
+        self._id_prefix = secrets.token_urlsafe(6)  # 8 characters
 
-    def next_delivery(self) -> int:
-        """Delivery numbers are handed out in submit order, which is commit order."""
+    def new_message(self, sender: str, recipient: str, body: str, *, thread: str | None = None,
+                    reply_to: str | None = None,
+                    deliver_at: float | None = None) -> StoredMessage:  # fmt: skip
+        """A message with the next delivery number (numbers follow submit order,
+        which is commit order) and an id derived from it."""
         self._last_delivery += 1
-        return self._last_delivery
+        delivery = self._last_delivery
+        return StoredMessage(
+            id=message_id(self._id_prefix, delivery), sender=sender, recipient=recipient,
+            body=body, sent_at=self.clock(), thread=thread, reply_to=reply_to,
+            deliver_at=deliver_at, delivery=delivery,
+        )  # fmt: skip
 
     @property
     def known(self) -> set[str]:

@@ -17,7 +17,9 @@ SLOTS_PER_WINDOW = 60  # one-second slots for the seed's per-minute limit
 
 
 class WindowLimiter:
-    __slots__ = ("_counts", "_indexes", "_slots", "_total", "_width", "limit", "window")
+    __slots__ = (
+        "_counts", "_expired_at", "_indexes", "_slots", "_total", "_width", "limit", "window",
+    )  # fmt: skip
 
     def __init__(self, limit: float, window: float = 60.0, slots: int = SLOTS_PER_WINDOW) -> None:
         self.limit = limit
@@ -28,8 +30,12 @@ class WindowLimiter:
         self._counts = [0] * (slots + 1)
         self._indexes = [-1] * (slots + 1)
         self._total = 0
+        self._expired_at = -1
 
     def _expire(self, idx: int) -> None:
+        if idx == self._expired_at:
+            return  # nothing can have aged out within the same slot
+        self._expired_at = idx
         oldest_kept = idx - self._slots
         for pos, slot_idx in enumerate(self._indexes):
             if slot_idx != -1 and slot_idx < oldest_kept:

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 SCHEMA_VERSION = 1
+ID_PREFIX_END = len("m_") + 8  # message ids: "m_" + 8-character run prefix + hex delivery
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -184,13 +185,23 @@ class Store:
         )
 
     def ack(self, recipient: str, ids: Sequence[str]) -> int:
-        """Delete acknowledged messages; only the recipient's own count."""
-        placeholders = ",".join("?" * len(ids))
-        cursor = self._db.execute(
-            f"DELETE FROM messages WHERE recipient = ? AND id IN ({placeholders})",  # noqa: S608
-            (recipient, *ids),
+        """Delete acknowledged messages; only the recipient's own count.
+
+        An id is ``m_`` + an 8-character prefix + the delivery number in hex,
+        so each delete is a primary-key lookup; the full id and the recipient
+        must match as well. Ids of any other shape match nothing.
+        """
+        rows = []
+        for mid in ids:
+            try:
+                rows.append((int(mid[ID_PREFIX_END:], 16), mid, recipient))
+            except ValueError:
+                continue
+        before = self._db.total_changes
+        self._db.executemany(
+            "DELETE FROM messages WHERE delivery = ? AND id = ? AND recipient = ?", rows
         )
-        return cursor.rowcount
+        return self._db.total_changes - before
 
     def due(
         self, recipient: str, now: float, limit: int, exclude: frozenset[str] | set[str] = frozenset()
