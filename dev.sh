@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 
 VENV="${CCC_VENV:-.venv}"
 # Debian packages the tests use: bubblewrap (sandboxes), nftables (firewall
-# checks), iproute2, util-linux (unshare/setpriv), python3-venv (the venv).
-DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz)
+# checks), iproute2, util-linux (unshare/setpriv), python3-venv (the venv),
+# graphviz (policy graphs), apparmor (apparmor_parser checks the profile).
+DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor)
 
 need_root() { [ "$(id -u)" -eq 0 ] && echo "" || echo "sudo"; }
 

@@ -1,20 +1,38 @@
 """Appending to the audit log: one JSON line per decision, hash-chained.
 
 Each line carries ``seq`` (one more than the line before), ``ts`` (Unix
-seconds), ``prev`` (the SHA-256 of the previous line's bytes) and the event's
-own fields. Changing, removing, inserting or reordering any line breaks the
-chain at that point. Lines go into one file per UTC day, ``audit-YYYY-MM-DD.jsonl``,
-created 0600 (0640 when a group is configured) and never followed through a
-symlink.
+seconds), ``prev`` (the SHA-256 of the previous line's bytes, without its
+newline) and the event's own fields. Changing, removing, inserting or
+reordering any line breaks the chain at that point. Lines go into one file per
+UTC day, ``audit-YYYY-MM-DD.jsonl``, created 0600 (0640 when a group is
+configured) and never followed through a symlink.
 
-Only the committer thread calls ``append``; ``append`` writes and fsyncs, so a
-line is on disk before the decision it records is answered.
+A day's file opens with a ``file_opened`` line naming the file before it, so
+``verify`` can name a file deleted from the middle of the log. The writer never
+goes back to an earlier day's file (a clock stepping back keeps writing into
+the current one), so the files' order is always the chain's order.
+
+On start the chain continues from the last line on disk. An unfinished last
+line (a crash mid-write: never fsynced, so never acknowledged) is cut off and
+the cut is recorded as a ``torn_line_dropped`` line. A lock on the directory
+keeps a second writer (a second daemon starting up) from touching the files.
+
+Retention cuts (``apply_retention``; the rule is in ``retention.py``) and
+signed checkpoints (``checkpoint``; the rule is in ``signing.py``) are lines of
+the same chain. Only the committer thread calls the writing methods; each
+writes and fsyncs, so a line is on disk before the decision it records is
+answered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import logging
 import os
+import re
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,14 +40,27 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ccc_relay.audit import retention as _retention
+from ccc_relay.audit.signing import CHECKPOINT, checkpoint_fields
+
+log = logging.getLogger("ccc_relay.audit")
 
 GENESIS = "0" * 64  # ``prev`` of the very first line
 CHAIN_KEYS = ("seq", "ts", "prev", "event")  # an event's own fields never overwrite these
 FILE_PREFIX = "audit-"
 FILE_SUFFIX = ".jsonl"
-_TAIL_PROBE = 64 * 1024  # enough to hold the last line of any file we write
+FILE_OPENED = "file_opened"
+TORN_LINE = "torn_line_dropped"
+_FILE_NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.jsonl$")
+_READ_BLOCK = 64 * 1024  # first step when reading a file backwards; doubles for long lines
 
 _encoder = msgspec.json.Encoder()
+
+
+class AuditLogError(RuntimeError):
+    """The log cannot be written: another process holds it, or its last line is damaged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,110 +80,305 @@ def file_for_day(log_dir: Path, day: str) -> Path:
     return log_dir / f"{FILE_PREFIX}{day}{FILE_SUFFIX}"
 
 
+def day_of_file(path: Path) -> str | None:
+    """``audit-2024-05-01.jsonl`` -> ``2024-05-01``; None for any other name."""
+    match = _FILE_NAME.match(path.name)
+    return match.group(1) if match else None
+
+
 def audit_files(log_dir: Path) -> list[Path]:
-    """The log's files, oldest first (the names sort by day)."""
-    if not log_dir.is_dir():
+    """The log's files, oldest first (the names sort by day); symlinks are not the log's."""
+    try:
+        entries = list(log_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(
-        p for p in log_dir.iterdir()
-        if p.name.startswith(FILE_PREFIX) and p.name.endswith(FILE_SUFFIX) and not p.is_symlink()
-    )  # fmt: skip
+    found = []
+    for path in entries:
+        if day_of_file(path) is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                found.append(path)
+    return sorted(found)
 
 
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
-def _last_line(path: Path) -> bytes | None:
+@dataclass(frozen=True, slots=True)
+class Tail:
+    last: bytes | None  # the last complete line, without its newline
+    torn: int  # bytes after the last newline: an unfinished line
+    size: int
+
+
+def read_tail(path: Path) -> Tail:
+    """The last complete line of ``path``, however long. Raises OSError."""
     with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - _TAIL_PROBE))
-        chunk = f.read()
-    lines = [line for line in chunk.split(b"\n") if line.strip()]
-    return lines[-1] if lines else None
+        size = f.seek(0, os.SEEK_END)
+        buf = b""
+        pos = size
+        while True:
+            nl = buf.rfind(b"\n")
+            if nl != -1:
+                start = buf.rfind(b"\n", 0, nl)
+                if start != -1 or pos == 0:
+                    return Tail(buf[start + 1 : nl], len(buf) - nl - 1, size)
+            elif pos == 0:
+                return Tail(None, len(buf), size)
+            step = min(max(_READ_BLOCK, len(buf)), pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+
+
+def decode_line(line: bytes) -> dict[str, Any]:
+    """A line's record. Raises ValueError unless it is an object with the chain keys."""
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    seq, prev = record.get("seq"), record.get("prev")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise ValueError("no valid 'seq'")
+    if not isinstance(record.get("ts"), int | float) or isinstance(record.get("ts"), bool):
+        raise ValueError("no valid 'ts'")
+    if not isinstance(prev, str) or len(prev) != 64:
+        raise ValueError("no valid 'prev'")
+    if not isinstance(record.get("event"), str):
+        raise ValueError("no valid 'event'")
+    return record
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class AuditLog:
-    def __init__(self, log_dir: Path, *, file_mode: int = 0o600, group_id: int | None = None) -> None:
+    """The writer. Raises AuditLogError from the constructor when the log is held or damaged."""
+
+    def __init__(
+        self, log_dir: Path, *, file_mode: int = 0o600, group_id: int | None = None
+    ) -> None:
         self.log_dir = log_dir
         self._file_mode = file_mode
         self._group_id = group_id
         self._fd: int | None = None
-        self._day: str | None = None
+        self._lock_fd: int | None = None
+        self._day: str | None = None  # the day of the open file
+        self._floor: str | None = None  # the day of the file holding the last line
+        self._last_file: str | None = None  # that file's name
+        self._pending: list[tuple[str, dict[str, Any]]] = []  # recorded with the next line
+        self._checkpointed = 0  # seq of the last checkpoint line
         self.seq = 0
         self.head = GENESIS
-        self._recover_head()
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._recover_head()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditLogError(
+                f"another process (a running ccc-statusd?) is writing the audit log "
+                f"in {self.log_dir}"
+            ) from None
+        self._lock_fd = fd
 
     def _recover_head(self) -> None:
-        """Continue the chain from the last line on disk."""
+        """Continue the chain from the last complete line on disk."""
         for path in reversed(audit_files(self.log_dir)):
-            last = _last_line(path)
-            if last is None:
+            tail = read_tail(path)
+            if tail.torn:
+                self._drop_torn(path, tail)
+            if tail.last is None:
                 continue
             try:
-                record = msgspec.json.decode(last)
-                self.seq = int(record["seq"])
-            except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-                # A torn last line (power loss mid-write) is left for verify to
-                # report; the chain continues from it so nothing later is lost.
-                self.seq += 1
-            self.head = line_hash(last)
+                record = decode_line(tail.last)
+            except ValueError as exc:
+                raise AuditLogError(
+                    f"cannot continue the audit chain: the last line of {path} is damaged "
+                    f"({exc}); run 'ccc audit verify'"
+                ) from None
+            self.seq, self.head = int(record["seq"]), line_hash(tail.last)
+            self._floor, self._last_file = day_of_file(path), path.name
+            if record["event"] == CHECKPOINT:
+                self._checkpointed = self.seq
             return
 
-    def _open_for(self, ts: float) -> int:
-        day = day_of(ts)
-        if self._fd is not None and day == self._day:
-            return self._fd
-        self.close()
-        path = file_for_day(self.log_dir, day)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, self._file_mode)
-        os.fchmod(fd, self._file_mode)
-        if self._group_id is not None:
-            os.fchown(fd, -1, self._group_id)
-        self._fd, self._day = fd, day
-        return fd
+    def _drop_torn(self, path: Path, tail: Tail) -> None:
+        keep = tail.size - tail.torn
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.lseek(fd, keep, os.SEEK_SET)
+            dropped = os.read(fd, tail.torn)
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.warning("audit: dropped an unfinished last line of %d bytes from %s", tail.torn, path)
+        self._pending.append((TORN_LINE, {
+            "file": path.name, "bytes": tail.torn, "sha256": hashlib.sha256(dropped).hexdigest(),
+        }))  # fmt: skip
+
+    # --- writing ------------------------------------------------------------
 
     def append(self, records: Sequence[AuditRecord]) -> None:
         """Chain, write and fsync ``records``. Raises OSError on I/O failure."""
         if not records:
             return
-        pending: list[bytes] = []
-        fd = self._open_for(records[0].ts)
+        lines: list[bytes] = []
         for record in records:
-            if day_of(record.ts) != self._day:
-                self._flush(fd, pending)
-                pending = []
-                fd = self._open_for(record.ts)
-            self.seq += 1
-            fields = record.fields
-            if any(key in fields for key in CHAIN_KEYS):
-                fields = {(f"{k}_" if k in CHAIN_KEYS else k): v for k, v in fields.items()}
-            line = _encoder.encode(
-                {"seq": self.seq, "ts": round(record.ts, 6), "prev": self.head,
-                 "event": record.event, **fields}
-            )  # fmt: skip
-            self.head = line_hash(line)
-            pending.append(line)
-        self._flush(fd, pending)
+            self._enter(record.ts, lines)
+            lines.append(self._chain(record.ts, record.event, record.fields))
+        self._flush(lines)
 
-    @staticmethod
-    def _flush(fd: int, lines: list[bytes]) -> None:
+    def checkpoint(self, now: float, key: Ed25519PrivateKey) -> bool:
+        """Append a line signing the current head; False when the head already is one.
+
+        Raises OSError on I/O failure.
+        """
+        if self.seq == 0 or self._checkpointed == self.seq:
+            return False
+        ts = round(now, 6)  # what the line will hold, and so what the signature covers
+        lines: list[bytes] = []
+        self._enter(ts, lines)
+        lines.append(self._chain(ts, CHECKPOINT, checkpoint_fields(key, self.seq, self.head, ts)))
+        self._flush(lines)
+        self._checkpointed = self.seq
+        return True
+
+    def apply_retention(self, now: float, retention: float) -> list[Path]:
+        """Delete the whole day files past ``retention``, recording the cut first.
+
+        Returns the files deleted. A file that cannot be deleted is logged and
+        kept (the next run tries again). Raises OSError when the cut line
+        cannot be written; then nothing is deleted.
+        """
+        files = audit_files(self.log_dir)
+        days = [day_of_file(path) or "" for path in files]
+        expired = files[: _retention.expired_count(days, now, retention)]
+        current = self._day or self._floor
+        expired = [p for p in expired if current is None or (day_of_file(p) or "") < current]
+        if not expired:
+            return []
+        ending = next(
+            ((p, t.last) for p in reversed(expired) if (t := read_tail(p)).last is not None), None
+        )
+        if ending is None:
+            return self._unlink(expired)  # empty files hold nothing of the chain
+        path, last = ending
+        try:
+            seq = int(decode_line(last)["seq"])
+        except ValueError as exc:
+            # Deleting now would also delete the evidence; verify will name the damage.
+            log.error("audit retention skipped: the last line of %s is damaged (%s)", path, exc)
+            return []
+        fields = _retention.cut_fields([p.name for p in expired], seq, line_hash(last), retention)
+        self.append([AuditRecord(now, _retention.RETENTION_CUT, fields)])
+        return self._unlink(expired)
+
+    def _unlink(self, paths: Sequence[Path]) -> list[Path]:
+        deleted = []
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("audit retention could not delete %s: %s", path, exc)
+                continue
+            deleted.append(path)
+        if deleted:
+            _fsync_dir(self.log_dir)
+        return deleted
+
+    def _enter(self, ts: float, lines: list[bytes]) -> None:
+        """Make the file for ``ts`` the open one, flushing ``lines`` into the old one first."""
+        day = day_of(ts)
+        floor = self._day or self._floor
+        if floor is not None and day < floor:
+            day = floor
+        if day != self._day:
+            self._flush(lines)
+            lines.clear()
+            fresh = self._open(day)
+            name = file_for_day(self.log_dir, day).name
+            if fresh:
+                lines.append(self._chain(ts, FILE_OPENED, {"after": self._last_file}))
+            self._floor, self._last_file = day, name
+        for event, fields in self._pending:
+            lines.append(self._chain(ts, event, fields))
+        self._pending.clear()
+
+    def _chain(self, ts: float, event: str, fields: dict[str, Any]) -> bytes:
+        if any(key in fields for key in CHAIN_KEYS):
+            fields = {(f"{k}_" if k in CHAIN_KEYS else k): v for k, v in fields.items()}
+        line = _encoder.encode(
+            {"seq": self.seq + 1, "ts": round(ts, 6), "prev": self.head, "event": event, **fields}
+        )
+        self.seq += 1
+        self.head = line_hash(line)
+        return line
+
+    def _open(self, day: str) -> bool:
+        """Open ``day``'s file for appending; True when it is new (empty)."""
+        if self._lock_fd is None:
+            self._lock()
+        self._close_file()
+        path = file_for_day(self.log_dir, day)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, self._file_mode)
+        try:
+            os.fchmod(fd, self._file_mode)
+            if self._group_id is not None:
+                os.fchown(fd, -1, self._group_id)
+            fresh = os.fstat(fd).st_size == 0
+            if fresh:  # the file's name must survive a power cut as its lines do
+                _fsync_dir(self.log_dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._day = fd, day
+        return fresh
+
+    def _flush(self, lines: list[bytes]) -> None:
         if not lines:
             return
+        assert self._fd is not None
         data = b"\n".join(lines) + b"\n"
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
+            written = os.write(self._fd, view)
             view = view[written:]
-        os.fsync(fd)
+        os.fsync(self._fd)
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
             self._day = None
+
+    def close(self) -> None:
+        """Close the open file and release the directory lock."""
+        self._close_file()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def body_fields(body: str, log_all_messages: bool) -> dict[str, Any]:

@@ -22,9 +22,8 @@ from ccc_relay.cli.common import (
     load_host_config,
 )
 from ccc_relay.client.admin import AdminClient
-from ccc_relay.client.base import RelayError
+from ccc_relay.client.base import RelayError, RelayUnavailable
 from ccc_relay.credentials import Credential, write_credential_file
-from ccc_relay.daemon.sockets import ensure_private_dir
 from ccc_relay.policy.config import Config
 from ccc_relay.protocol.names import agent_name_problem
 
@@ -43,8 +42,13 @@ def _check_name(name: str) -> None:
 def _credential_path(config: Config, name: str, given: str | None) -> Path:
     if given:
         return Path(given).absolute()
-    ensure_private_dir(config.state_dir)
-    ensure_private_dir(config.credentials_dir)
+    if not config.state_dir.is_dir():
+        raise RelayUnavailable(
+            f"the relay's state dir {config.state_dir} does not exist; start the relay first "
+            "with 'ccc-statusd start'"
+        )
+    # Made by whoever administers (root or the relay's user); never group/world readable.
+    config.credentials_dir.mkdir(mode=0o700, exist_ok=True)
     return config.credentials_dir / f"{name}.cred"
 
 

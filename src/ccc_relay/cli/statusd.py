@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import grp
 import logging
-import os
-import pwd
 import sys
 import time
 from typing import Any
@@ -24,6 +21,8 @@ from ccc_relay.cli.common import (
 )
 from ccc_relay.client.admin import AdminClient
 from ccc_relay.client.base import RelayUnavailable
+from ccc_relay.daemon.landlock import LandlockError
+from ccc_relay.daemon.privileges import PrivilegeError, describe_missing, root_check
 from ccc_relay.daemon.sockets import SocketPathError
 from ccc_relay.policy.config import Config, ConfigError, load_config
 from ccc_relay.policy.units import format_duration, format_size
@@ -42,38 +41,12 @@ def main() -> None:
 
 def host_problems(config: Config) -> list[str]:
     """What on this host stops ``config`` from running, each with how to fix it."""
-    problems: list[str] = []
-    euid = os.geteuid()
-    if config.user is not None:
+    problems = describe_missing(config.user, config.socket_group)
+    if not problems:
         try:
-            target = pwd.getpwnam(config.user)
-        except KeyError:
-            problems.append(
-                f"daemon.user {config.user!r} does not exist; create it with: sudo useradd "
-                f"--system --no-create-home --shell /usr/sbin/nologin {config.user}"
-            )
-        else:
-            if euid not in (0, target.pw_uid):
-                problems.append(
-                    f"daemon.user is {config.user!r} but this runs as uid {euid}; start it as "
-                    f"root (it drops to {config.user}) or as {config.user}"
-                )
-    if config.socket_group is not None:
-        try:
-            group = grp.getgrnam(config.socket_group)
-        except KeyError:
-            problems.append(
-                f"daemon.socket_group {config.socket_group!r} does not exist; create it with: "
-                f"sudo groupadd --system {config.socket_group}"
-                + (f" && sudo usermod -aG {config.socket_group} {config.user}" if config.user else "")
-            )
-        else:
-            if euid != 0 and group.gr_gid not in os.getgroups() and group.gr_gid != os.getegid():
-                problems.append(
-                    f"this user is not in group {config.socket_group!r}, so it cannot give the "
-                    f"socket that group; add it: sudo usermod -aG {config.socket_group} "
-                    f"{pwd.getpwuid(euid).pw_name}"
-                )
+            root_check(config.user, allow_root=True)
+        except PrivilegeError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -141,11 +114,11 @@ def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
 
     config = load_host_config(config_path)
     problems = host_problems(config)
-    if os.geteuid() == 0 and config.user is None and not allow_root:
-        problems.append(
-            "refusing to run as root without daemon.user: set daemon.user in the config "
-            "(it drops privileges after binding) or pass --allow-root"
-        )
+    if not problems:
+        try:
+            root_check(config.user, allow_root)
+        except PrivilegeError as exc:
+            problems.append(str(exc))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
@@ -159,8 +132,8 @@ def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
         run_daemon(config)
     except SocketPathError as exc:
         fail(str(exc), EXIT_CONFIG)
-    except PermissionError as exc:
-        fail(f"permission denied: {exc}", EXIT_CONFIG)
+    except (PermissionError, PrivilegeError, LandlockError) as exc:
+        fail(f"{exc}", EXIT_CONFIG)
     except KeyboardInterrupt:
         pass
 
@@ -255,3 +228,7 @@ def session_send(agent: str, text: str | None, config_path: str | None) -> None:
     body = text if text is not None else click.get_text_stream("stdin").read()
     result = AdminClient(config.admin_socket_path).request("session_send", to=agent, body=body)
     click.echo(f"accepted {result['id']} -> {agent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,9 +36,11 @@ ADMIN_LINE_CAP = 64 * 1024 * 1024  # operator messages are capped by max_message
 
 
 class AdminConnection(asyncio.Protocol):
-    def __init__(self, relay: Relay, shutdown: asyncio.Event) -> None:
+    def __init__(self, relay: Relay, shutdown: asyncio.Event,
+                 sandbox: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.relay = relay
         self.shutdown = shutdown
+        self.sandbox = sandbox or {}
         self._transport: asyncio.Transport | None = None
         self._buffer = LineBuffer(ADMIN_LINE_CAP)
         self._lock = asyncio.Lock()  # answer requests in order
@@ -205,6 +207,8 @@ class AdminConnection(asyncio.Protocol):
             "socket": str(relay.config.socket_path),
             "state_dir": str(relay.config.state_dir),
             "accepting": relay.committer.failure is None,
+            "uid": os.getuid(),
+            "sandbox": self.sandbox,
             "failure": relay.committer.failure,
             "connections": relay.connections,
             "agents": [

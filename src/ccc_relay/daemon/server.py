@@ -1,11 +1,19 @@
 """Start-up and shut-down of the relay: the order of things is the security.
 
-1. validate the config (done by the caller, before anything here runs);
-2. create the state and log dirs private (0700), open the store and audit log;
-3. bind the agents' socket (configured mode and group) and the admin socket
-   (0600), refusing symlinks and live daemons at their paths;
-4. drop privileges when started as root with ``daemon.user``;
-5. serve until SIGTERM/SIGINT or an admin ``shutdown``; then stop listening,
+1. validate the config and refuse root without ``daemon.user`` (the caller,
+   before anything here runs);
+2. create the state and log dirs private (0700), owned by the account the
+   daemon will run as;
+3. take the agents' socket from systemd (socket activation) or bind it
+   (configured mode and group), and bind the admin socket (0600), refusing
+   symlinks and live daemons at their paths;
+4. drop privileges when started as root with ``daemon.user`` -- before any
+   thread exists, because the kernel applies no_new_privs and Landlock per
+   thread;
+5. open the store and the audit log as that user, then confine the process
+   with Landlock to its state, log and runtime dirs, and check the
+   confinement holds by trying to open a file outside it;
+6. serve until SIGTERM/SIGINT or an admin ``shutdown``; then stop listening,
    say bye to every connection, flush the committer, close the store.
 
 Every task has a parent: the committer, the scheduler and the sweeper run in
@@ -30,7 +38,14 @@ from ccc_relay.daemon.admin import AdminConnection
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.connection import AgentConnection
 from ccc_relay.daemon.relay import Relay
-from ccc_relay.daemon.sockets import bind_unix_socket, ensure_private_dir, remove_socket
+from ccc_relay.daemon.landlock import restrict_to
+from ccc_relay.daemon.privileges import drop_privileges
+from ccc_relay.daemon.sockets import (
+    bind_unix_socket,
+    ensure_private_dir,
+    inherited_socket,
+    remove_socket,
+)
 from ccc_relay.policy.config import Config
 from ccc_relay.protocol.frames import Goodbye
 from ccc_relay.store import Store
@@ -39,6 +54,11 @@ log = logging.getLogger("ccc_relay.daemon")
 
 T = TypeVar("T")
 
+# Directories that are never confined-to as a whole: the admin socket's parent
+# is added to the Landlock rules only when it is a directory of the relay's own.
+_SHARED_RUNTIME_DIRS = frozenset({Path("/run"), Path("/var/run"), Path("/tmp"), Path("/")})
+CONFINEMENT_PROBE = Path("/etc/hostname")  # must be unreadable once confined
+
 SWEEP_INTERVAL = 30.0  # how often expired sessions are looked for
 SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
 
@@ -46,49 +66,98 @@ SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
 class Daemon:
     """A running relay; ``run()`` serves until ``stop()`` or a signal."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, *, clock: Callable[[], float] = time.time, harden: bool = False
+    ) -> None:
+        """``harden`` drops privileges and confines the whole process; only for a
+        process that is the daemon and nothing else (not for in-process tests)."""
         self.config = config
         self.clock = clock
+        self.harden = harden
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.relay: Relay | None = None
+        self.sandbox: dict[str, Any] = {"landlock": "not applied (in-process relay)"}
 
     def stop(self) -> None:
         self.stopping.set()
 
     async def run(self, *, install_signals: bool = True) -> None:
         config = self.config
-        ensure_private_dir(config.state_dir)
-        ensure_private_dir(config.audit.log_path)
+        owner = self._service_account()
+        ensure_private_dir(config.state_dir, owner=owner)
+        ensure_private_dir(config.audit.log_path, owner=owner)
+        inherited = inherited_socket(config.socket_path)
+        agent_sock = inherited or bind_unix_socket(
+            config.socket_path, mode=config.socket_mode, group=config.socket_group
+        )
+        try:
+            admin_sock = bind_unix_socket(config.admin_socket_path, mode=0o600)
+            if owner is not None:
+                os.chown(config.admin_socket_path, owner[0], owner[1])
+                if inherited is None:
+                    os.chown(config.socket_path, owner[0], -1)
+            if self.harden and config.user is not None:
+                # As root: become the user for good. Already the user (systemd's
+                # User=): only verify, set no_new_privs, refuse core dumps.
+                drop_privileges(config.user, group=config.socket_group)
+        except BaseException:
+            if inherited is None:
+                remove_socket(config.socket_path, agent_sock)
+            agent_sock.close()
+            raise
         store = Store(config.db_path)
         audit = AuditLog(config.audit.log_path)
+        if self.harden:
+            self._confine()
         committer = Committer(store, audit)
         relay = Relay(config, store, committer, clock=self.clock)
         relay.load_sessions(store.live_sessions(self.clock()))
         self.relay = relay
         committer.on_failure = lambda reason: log.critical("acceptance stopped: %s", reason)
-
-        agent_sock = bind_unix_socket(
-            config.socket_path, mode=config.socket_mode, group=config.socket_group
-        )
-        try:
-            admin_sock = bind_unix_socket(config.admin_socket_path, mode=0o600)
-        except BaseException:
-            remove_socket(config.socket_path, agent_sock)
-            agent_sock.close()
-            raise
         try:
             await self._serve(relay, committer, agent_sock, admin_sock, install_signals)
         finally:
-            remove_socket(config.socket_path, agent_sock)
+            if inherited is None:  # systemd owns (and removes) a socket it passed
+                remove_socket(config.socket_path, agent_sock)
             remove_socket(config.admin_socket_path, admin_sock)
             agent_sock.close()
             admin_sock.close()
             committer.close()
             store.close()
             audit.close()
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 config.pid_path.unlink()
+
+    def _service_account(self) -> tuple[int, int] | None:
+        """(uid, gid) of ``daemon.user`` when this root process will drop to it."""
+        if not self.harden or os.geteuid() != 0 or self.config.user is None:
+            return None
+        import pwd
+
+        entry = pwd.getpwnam(self.config.user)
+        return entry.pw_uid, entry.pw_gid
+
+    def _confine(self) -> None:
+        """Landlock: read-write only in the state, log and admin-socket dirs."""
+        config = self.config
+        writable = [config.state_dir, config.audit.log_path]
+        admin_dir = config.admin_socket_path.parent
+        if admin_dir not in _SHARED_RUNTIME_DIRS and admin_dir not in writable:
+            writable.append(admin_dir)
+        status = restrict_to(writable)
+        self.sandbox = {"landlock": status.message, "abi": status.abi,
+                        "writable": [str(p) for p in writable]}  # fmt: skip
+        if status.enforced:
+            try:
+                CONFINEMENT_PROBE.open("rb").close()
+            except PermissionError:
+                self.sandbox["probe"] = f"open({CONFINEMENT_PROBE}) denied"
+            except OSError as exc:
+                self.sandbox["probe"] = f"open({CONFINEMENT_PROBE}) failed: {exc.strerror}"
+            else:
+                raise RuntimeError(f"Landlock reported enforced but {CONFINEMENT_PROBE} opened")
+        log.info("%s", status.message)
 
     async def _serve(
         self,
@@ -106,7 +175,7 @@ class Daemon:
             lambda: AgentConnection(relay), sock=agent_sock
         )
         admin_server = await loop.create_unix_server(
-            lambda: AdminConnection(relay, self.stopping), sock=admin_sock
+            lambda: AdminConnection(relay, self.stopping, self.sandbox), sock=admin_sock
         )
         _write_pid(self.config.pid_path)
         async with asyncio.TaskGroup() as tasks:
@@ -170,5 +239,5 @@ def run_fast(main: Coroutine[Any, Any, T]) -> T:
 
 
 def run_daemon(config: Config) -> None:
-    """Run in the foreground until stopped. Raises what start-up raises."""
-    run_fast(Daemon(config).run())
+    """Run in the foreground until stopped, hardened. Raises what start-up raises."""
+    run_fast(Daemon(config, harden=True).run())

@@ -22,6 +22,7 @@ import socket
 import stat
 from pathlib import Path
 
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 LISTEN_BACKLOG = 512  # bursts of agents reconnecting after a relay restart
 
 
@@ -29,20 +30,33 @@ class SocketPathError(RuntimeError):
     pass
 
 
-def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
-    """Create ``path`` (and parents) and make sure it is a real dir we own, mode ``mode``.
+def ensure_private_dir(
+    path: Path, mode: int = 0o700, *, owner: tuple[int, int] | None = None
+) -> None:
+    """Create ``path`` (and parents) and make sure it is a real dir of ``owner``, mode ``mode``.
+
+    ``owner`` (uid, gid) is the account the daemon will drop to; a directory
+    created now is given to it, an existing one must already be its. Without
+    ``owner`` the directory must belong to this process's user.
 
     Raises SocketPathError when it is a symlink, not a directory, or owned by
     another user.
     """
+    created = not os.path.lexists(path)
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
         raise SocketPathError(f"{path} is a symlink; refusing to use it as a state directory")
     if not stat.S_ISDIR(info.st_mode):
         raise SocketPathError(f"{path} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise SocketPathError(f"{path} belongs to uid {info.st_uid}, not to this user")
+    uid = os.geteuid() if owner is None else owner[0]
+    if created and owner is not None and info.st_uid != uid:
+        os.chown(path, owner[0], owner[1])
+    elif info.st_uid != uid:
+        raise SocketPathError(
+            f"{path} belongs to uid {info.st_uid}, not to uid {uid} that the relay runs as; "
+            f"fix it with: sudo chown -R {uid} {path}"
+        )
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
 
@@ -120,6 +134,39 @@ def remove_socket(path: Path, sock: socket.socket) -> None:
         info = os.lstat(path)
         if stat.S_ISSOCK(info.st_mode) and sock.getsockname() == str(path):
             os.unlink(path)
+
+
+def inherited_socket(expected_path: Path) -> socket.socket | None:
+    """The listening socket systemd passed (socket activation), or None.
+
+    Honoured only when ``LISTEN_PID`` is this process; the socket must be a
+    listening AF_UNIX stream socket bound to ``expected_path``. The
+    ``LISTEN_*`` variables are removed so no child inherits them.
+
+    Raises SocketPathError when the passed socket is not what the config says.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise SocketPathError("the socket passed by systemd is not a listening AF_UNIX stream")
+    if sock.getsockname() != str(expected_path):
+        name = sock.getsockname()
+        sock.detach()
+        raise SocketPathError(
+            f"systemd passed a socket bound to {name!r} but daemon.socket_path is "
+            f"{str(expected_path)!r}; make ListenStream= and the config agree"
+        )
+    os.set_inheritable(SD_LISTEN_FDS_START, False)
+    sock.setblocking(False)
+    return sock
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -124,6 +124,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Temporary tables and sorts stay in memory: the confined daemon may
+        # not write outside its state directory (Landlock), /tmp included.
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
         self._db.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)

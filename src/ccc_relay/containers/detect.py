@@ -1,0 +1,225 @@
+"""What the launcher learns from the host: which runtime, which ids, which limits.
+
+The rule this module owns: a sandbox never runs as root. A root launcher
+runs it as ``--uid`` or else as the project directory's owner, and refuses
+when that owner is root; a non-root launcher runs it as itself. Everything
+here reads the host; the command lines themselves are built in ``sandbox``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import resource
+import shutil
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccc_relay.containers.sandbox import ETC_FILES, PODMAN_NOFILE, PODMAN_NPROC, RUNTIMES
+
+# The programs each runtime needs, in the order they are looked for, and how to get them.
+_TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
+    "bwrap": (("bwrap", "apt-get install bubblewrap"), ("prlimit", "apt-get install util-linux")),
+    "podman": (("podman", "apt-get install podman"), ("runc", "apt-get install runc")),
+    "docker": (("docker", "install Docker Engine (Debian: apt-get install docker.io)"),),
+}
+# Only a root launcher changes uid before starting bubblewrap.
+_ROOT_TOOLS = {"bwrap": (("setpriv", "apt-get install util-linux"),)}
+_TIOCSTI_SYSCTL = Path("/proc/sys/dev/tty/legacy_tiocsti")
+
+
+class HostError(RuntimeError):
+    """The host lacks something the sandbox needs; the message says how to get it."""
+
+
+def missing_tools(
+    runtime: str, *, as_root: bool, which: Callable[[str], str | None] = shutil.which
+) -> list[str]:
+    """Install hints for the programs ``runtime`` needs that are not on PATH."""
+    tools = _TOOLS[runtime] + (_ROOT_TOOLS.get(runtime, ()) if as_root else ())
+    return [f"{name} ({hint})" for name, hint in tools if which(name) is None]
+
+
+def detect_runtime(
+    requested: str | None,
+    *,
+    as_root: bool,
+    which: Callable[[str], str | None] = shutil.which,
+) -> str:
+    """``requested`` if its tools are installed, else the first of bwrap, podman, docker that is.
+
+    Raises HostError naming what to install.
+    """
+    if requested is not None:
+        if requested not in RUNTIMES:
+            raise HostError(f"unknown runtime {requested!r} (one of {', '.join(RUNTIMES)})")
+        missing = missing_tools(requested, as_root=as_root, which=which)
+        if missing:
+            raise HostError(f"runtime {requested} is not usable; missing: {'; '.join(missing)}")
+        return requested
+    for runtime in RUNTIMES:
+        if not missing_tools(runtime, as_root=as_root, which=which):
+            return runtime
+    raise HostError(
+        "no sandbox runtime found; install bubblewrap (apt-get install bubblewrap), "
+        "or podman and runc (apt-get install podman runc), or Docker"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    uid: int
+    gid: int
+    extra_gids: tuple[int, ...] = ()
+
+
+def choose_identity(
+    *,
+    euid: int,
+    project: os.stat_result,
+    uid: int | None = None,
+    gid: int | None = None,
+    groups: Sequence[int] = (),
+    socket: os.stat_result | None = None,
+    primary_gid: Callable[[int], int | None] | None = None,
+    current: tuple[int, int] | None = None,
+) -> Identity:
+    """The host ids the sandbox runs with.
+
+    As root: ``uid`` or the project's owner; ``gid`` or that uid's primary
+    group from passwd, else the same number as the uid; plus ``groups`` and,
+    when the socket is group read-write, the socket's group -- the launcher is
+    mounting that socket on purpose, so the sandbox may connect to it.
+    Not as root: the caller's own ids (``current``, default getuid/getgid).
+
+    Raises HostError for root ids or for asking a non-root launcher for other ids.
+    """
+    if euid != 0:
+        mine = current if current is not None else (os.getuid(), os.getgid())
+        if (uid not in (None, mine[0])) or (gid not in (None, mine[1])) or groups:
+            raise HostError(
+                "only root can choose the sandbox's uid, gid or groups; as a normal "
+                "user the sandbox runs as you"
+            )
+        if mine[0] == 0:
+            raise HostError("refusing to run a sandbox as uid 0")
+        return Identity(*mine)
+    if uid is None:
+        uid = project.st_uid
+        if uid == 0:
+            raise HostError(
+                "the project directory is owned by root, so there is no user to run the "
+                "sandbox as: pass --uid (a dedicated unprivileged uid for this agent)"
+            )
+    if uid <= 0:
+        raise HostError("refusing to run a sandbox as uid 0: pass a non-root --uid")
+    if gid is None:
+        lookup = primary_gid if primary_gid is not None else _passwd_gid
+        found = lookup(uid)
+        gid = found if found else uid
+    if gid <= 0:
+        raise HostError("refusing to run a sandbox with group 0: pass a non-root --gid")
+    extra = [g for g in groups if g != gid]
+    if any(g <= 0 for g in extra):
+        raise HostError("refusing to give the sandbox group 0")
+    if socket is not None and socket.st_uid != uid and socket.st_gid not in (0, gid):
+        if socket.st_mode & 0o060 == 0o060:
+            extra.append(socket.st_gid)
+    return Identity(uid, gid, tuple(dict.fromkeys(extra)))
+
+
+def group_id(text: str) -> int:
+    """A group given as a name or a number. Raises HostError for an unknown name."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise HostError(f"no group named {text!r} on this host") from None
+
+
+def _passwd_gid(uid: int) -> int | None:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
+
+
+def access_problem(path: Path, ident: Identity, want: int, *, traverse: bool) -> str | None:
+    """Why ``ident`` cannot use ``path`` by its mode bits, or None when it can.
+
+    ``want`` is a mask of 4 (read), 2 (write), 1 (search/execute). With
+    ``traverse``, every directory on the way needs search permission too (a
+    bwrap started as that uid walks the path itself; a container engine
+    running as root does not). ACLs are not modelled: a path carrying one is
+    given the benefit of the doubt.
+    """
+    gids = {ident.gid, *ident.extra_gids}
+    steps = [(parent, 1) for parent in reversed(path.parents)] if traverse else []
+    for step, need in [*steps, (path, want)]:
+        try:
+            info = step.stat()
+        except OSError as exc:
+            return f"{step}: {exc.strerror}"
+        if _has_acl(step):
+            continue
+        if info.st_uid == ident.uid:
+            bits = (info.st_mode >> 6) & 7
+        elif info.st_gid in gids:
+            bits = (info.st_mode >> 3) & 7
+        else:
+            bits = info.st_mode & 7
+        if bits & need != need:
+            kind = "search" if need == 1 and step != path else _wanted(need)
+            return (
+                f"uid {ident.uid} (groups {', '.join(map(str, sorted(gids)))}) has no {kind} "
+                f"permission on {step} ({stat.filemode(info.st_mode)} "
+                f"{info.st_uid}:{info.st_gid})"
+            )
+    return None
+
+
+def _wanted(mask: int) -> str:
+    return "+".join(name for bit, name in ((4, "read"), (2, "write"), (1, "search")) if mask & bit)
+
+
+def _has_acl(path: Path) -> bool:
+    try:
+        return "system.posix_acl_access" in os.listxattr(path)
+    except OSError:
+        return False
+
+
+def capped_ulimits() -> tuple[int, int]:
+    """Podman's (nofile, nproc), each at or under this host's hard limit."""
+    return (
+        _capped(resource.RLIMIT_NOFILE, PODMAN_NOFILE),
+        _capped(resource.RLIMIT_NPROC, PODMAN_NPROC),
+    )
+
+
+def _capped(which: int, wanted: int) -> int:
+    _soft, hard = resource.getrlimit(which)
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def present_etc_files(candidates: Iterable[str] = ETC_FILES) -> tuple[str, ...]:
+    """The ones of ``candidates`` this host has (podman fails on a missing bind source)."""
+    return tuple(path for path in candidates if os.path.exists(path))
+
+
+def needs_new_session() -> bool:
+    """Whether a bwrap sandbox must leave the launcher's terminal session.
+
+    Anything in the session can open /dev/tty and push keystrokes into the
+    host shell with TIOCSTI, unless the kernel refuses that
+    (dev.tty.legacy_tiocsti = 0). Staying in the session keeps resize signals
+    and job control, so it is allowed only when it is safe.
+    """
+    try:
+        return _TIOCSTI_SYSCTL.read_text().strip() != "0"
+    except OSError:
+        return True  # a kernel without the switch allows TIOCSTI

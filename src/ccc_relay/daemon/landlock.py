@@ -1,0 +1,339 @@
+"""Landlock self-confinement: once started, the daemon touches only its own directories.
+
+The rule: after ``restrict_to`` the process may read and write beneath the
+directories it was given, read (never execute) what the running Python needs
+to keep importing, open no TCP connection, reach no abstract Unix socket and
+signal no process outside itself -- for the rest of its life. Every access right
+the kernel's Landlock ABI knows is handled, none it does not. Where Landlock is
+missing the answer is a status that says why, for the caller to log; anything
+else that goes wrong is an error.
+
+Landlock does not mediate connecting to a Unix socket by path: file modes and
+the socket's group remain the control there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import stat
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccc_relay.daemon.privileges import PrivilegeError, count_threads, set_no_new_privs
+
+# (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self). Since
+# Linux 5.1 a new syscall gets the same number on every architecture, arm64's
+# generic table included; alpha and mips offset theirs and are not listed.
+_SYSCALLS = (444, 445, 446)
+_ARCHITECTURES = frozenset(
+    {"x86_64", "amd64", "aarch64", "arm64", "i386", "i686", "armv7l", "armv6l",
+     "riscv64", "ppc64le", "ppc64", "s390x", "loongarch64"}
+)  # fmt: skip
+
+LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RESTRICT_SELF_TSYNC = 1 << 3  # ABI 8: confine every thread at once
+
+# Filesystem access rights (enum landlock_access_fs) and the ABI that added them.
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+_FS_ABI1 = (1 << 13) - 1  # EXECUTE through MAKE_SYM
+# The only rights a rule on a non-directory may carry.
+_FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+
+READ_ONLY = FS_READ_FILE | FS_READ_DIR
+# Everything a state directory needs -- files, subdirectories, sockets, renames --
+# and nothing it does not: no exec, no device nodes, fifos or symlinks.
+READ_WRITE = (
+    READ_ONLY | FS_WRITE_FILE | FS_TRUNCATE | FS_REMOVE_DIR | FS_REMOVE_FILE
+    | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SOCK | FS_REFER
+)  # fmt: skip
+
+# Files outside the interpreter's prefixes that an already-running Python
+# still opens: the dynamic linker's cache (a lazily imported C extension pulls
+# in a shared library) and the time zone (log and audit timestamps).
+_RUNTIME_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+_RUNTIME_TREES = ("/usr",)  # shared libraries, zoneinfo, the system interpreter
+
+
+class LandlockError(RuntimeError):
+    """Landlock is present but the confinement could not be applied as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class LandlockStatus:
+    """What ``restrict_to`` achieved; ``message`` is the sentence to log."""
+
+    enforced: bool
+    abi: int  # 0 when Landlock is unavailable
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LandlockSyscalls:
+    """The kernel calls ``restrict_to`` makes, as thin wrappers that raise OSError.
+
+    The seam for tests: a subclass answers as a kernel without Landlock would.
+    """
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.syscall.restype = ctypes.c_long
+
+    def abi_version(self) -> int:
+        """The kernel's Landlock ABI version. Raises OSError as the kernel answers."""
+        return self._call(0, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+
+    def create_ruleset(self, attr: bytes) -> int:
+        """A new ruleset file descriptor. Raises OSError as the kernel answers."""
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        return self._call(0, buf, len(attr), 0)
+
+    def add_rule(self, ruleset_fd: int, allowed_access: int, parent_fd: int) -> None:
+        """Allow ``allowed_access`` beneath ``parent_fd``. Raises OSError as the kernel answers."""
+        # struct landlock_path_beneath_attr is packed: u64 then s32, 12 bytes.
+        attr = struct.pack("=Qi", allowed_access, parent_fd)
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        self._call(1, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, buf, 0)
+
+    def restrict_self(self, ruleset_fd: int, flags: int) -> None:
+        """Enforce the ruleset, irreversibly. Raises OSError as the kernel answers."""
+        self._call(2, ruleset_fd, flags)
+
+    def set_no_new_privs(self) -> None:
+        """Required before an unprivileged restrict_self. Raises PrivilegeError if refused."""
+        set_no_new_privs()
+
+    def count_threads(self) -> int:
+        """Threads in this process. Raises nothing."""
+        return count_threads()
+
+    def _call(self, which: int, *args: object) -> int:
+        if sys.platform != "linux":
+            raise OSError(errno.ENOSYS, f"Landlock exists only on Linux, not {sys.platform}")
+        if platform.machine().lower() not in _ARCHITECTURES:
+            raise OSError(
+                errno.ENOSYS, f"no Landlock syscall numbers known for {platform.machine()}"
+            )
+        # syscall(2) is variadic: pass every argument at its full C width.
+        c_args = [_c_arg(arg) for arg in args]
+        result: int = self._libc.syscall(ctypes.c_long(_SYSCALLS[which]), *c_args)
+        if result < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return result
+
+
+def runtime_read_paths() -> list[Path]:
+    """What the running interpreter may still read once confined. Raises nothing.
+
+    The interpreter's prefixes (the venv and the base installation: stdlib,
+    site-packages), every directory on ``sys.path``, the package directory of
+    every module already imported from elsewhere (editable installs), ``/usr``,
+    the linker cache and the time zone. The current directory and ``/`` are
+    never included, whatever ``sys.path`` says.
+    """
+    candidates: list[str] = [*_RUNTIME_TREES, *_RUNTIME_FILES]
+    candidates += [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    candidates += [entry for entry in sys.path if entry not in ("", ".")]
+    candidates += _imported_package_dirs()
+    resolved: set[Path] = set()
+    for candidate in candidates:
+        path = Path(candidate)
+        if path.is_absolute() and path.exists():
+            resolved.add(path.resolve())
+    resolved.discard(Path("/"))
+    # A path beneath another one on the list adds nothing: keep the outermost.
+    return sorted(path for path in resolved if not any(other in path.parents for other in resolved))
+
+
+def restrict_to(
+    paths_rw: Sequence[Path],
+    paths_ro: Sequence[Path] = (),
+    *,
+    syscalls: LandlockSyscalls | None = None,
+) -> LandlockStatus:
+    """Confine this process for good to ``paths_rw`` (read-write) and ``paths_ro`` (read-only).
+
+    ``runtime_read_paths()`` are always added read-only, so lazy imports keep
+    working. Call it after privileges are dropped and every file the daemon
+    needs outside these directories is open. Before Landlock ABI 8 it confines
+    only the calling thread, so it must run before any other thread starts.
+    ``syscalls`` replaces the kernel calls (tests simulate a kernel without
+    Landlock through it).
+
+    Returns a status whose message begins "Landlock unavailable:" when the
+    kernel has no usable Landlock. Raises LandlockError when a read-write path
+    is missing, when other threads run and the ABI cannot confine them, or when
+    the kernel refuses a rule or the restriction.
+    """
+    return _restrict(paths_rw, paths_ro, syscalls or LandlockSyscalls())
+
+
+def handled_rights(abi: int) -> tuple[int, int, int]:
+    """(filesystem, network, scope) rights a ruleset handles at ``abi``. Raises nothing."""
+    if abi < 1:
+        return 0, 0, 0
+    fs = _FS_ABI1
+    fs |= FS_REFER if abi >= 2 else 0
+    fs |= FS_TRUNCATE if abi >= 3 else 0
+    fs |= FS_IOCTL_DEV if abi >= 5 else 0
+    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+    scope = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+    return fs, net, scope
+
+
+def ruleset_attr(abi: int) -> bytes:
+    """struct landlock_ruleset_attr, only as long as ``abi`` knows it. Raises nothing."""
+    fs, net, scope = handled_rights(abi)
+    if abi >= 6:
+        return struct.pack("=QQQ", fs, net, scope)
+    if abi >= 4:
+        return struct.pack("=QQ", fs, net)
+    return struct.pack("=Q", fs)
+
+
+# --- internals ----------------------------------------------------------------
+
+
+def _restrict(
+    paths_rw: Sequence[Path], paths_ro: Sequence[Path], syscalls: LandlockSyscalls
+) -> LandlockStatus:
+    try:
+        abi = syscalls.abi_version()
+    except OSError as exc:
+        return LandlockStatus(False, 0, f"Landlock unavailable: {_why_unavailable(exc)}")
+    if abi < 1:
+        return LandlockStatus(False, 0, f"Landlock unavailable: the kernel reports ABI {abi}")
+    flags = LANDLOCK_RESTRICT_SELF_TSYNC if abi >= 8 else 0
+    threads = syscalls.count_threads()
+    if not flags and threads > 1:
+        raise LandlockError(
+            f"cannot apply Landlock with {threads} threads running: ABI {abi} confines only "
+            "the calling thread; confine the daemon before the event loop or any executor "
+            "starts a thread"
+        )
+    fs, net, scope = handled_rights(abi)
+    rules = [(Path(p), READ_WRITE & fs, True) for p in paths_rw]
+    rules += [(Path(p), READ_ONLY & fs, False) for p in (*paths_ro, *runtime_read_paths())]
+    try:
+        ruleset_fd = syscalls.create_ruleset(ruleset_attr(abi))
+    except OSError as exc:
+        raise LandlockError(f"landlock_create_ruleset failed: {exc.strerror}") from None
+    try:
+        for path, access, required in rules:
+            _add_path(syscalls, ruleset_fd, path, access, required=required)
+        try:
+            syscalls.set_no_new_privs()
+        except PrivilegeError as exc:
+            raise LandlockError(str(exc)) from None
+        try:
+            syscalls.restrict_self(ruleset_fd, flags)
+        except OSError as exc:
+            raise LandlockError(f"landlock_restrict_self failed: {exc.strerror}") from None
+    finally:
+        os.close(ruleset_fd)
+    return LandlockStatus(True, abi, _describe(abi, paths_rw, net, scope))
+
+
+def _add_path(
+    syscalls: LandlockSyscalls, ruleset_fd: int, path: Path, access: int, *, required: bool
+) -> None:
+    try:
+        # O_PATH follows a symlink to what it names, which is what gets the rule.
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        if required:
+            raise LandlockError(
+                f"{path}: cannot open it to allow access beneath it ({exc.strerror}); "
+                "create the directory before confining the daemon"
+            ) from None
+        return  # a read-only convenience path this system lacks
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            access &= _FS_FILE_RIGHTS
+        syscalls.add_rule(ruleset_fd, access, fd)
+    except OSError as exc:
+        raise LandlockError(f"{path}: landlock_add_rule failed: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _c_arg(arg: object) -> ctypes.c_long | ctypes.c_void_p:
+    if isinstance(arg, int):
+        return ctypes.c_long(arg)
+    if arg is None:
+        return ctypes.c_void_p(None)
+    if isinstance(arg, ctypes.Array):
+        return ctypes.cast(arg, ctypes.c_void_p)
+    raise TypeError(f"not a syscall argument: {arg!r}")
+
+
+def _imported_package_dirs() -> Iterable[str]:
+    for name, module in list(sys.modules.items()):
+        if "." in name:
+            continue
+        origin = getattr(module, "__file__", None)
+        if not isinstance(origin, str):
+            continue
+        # A package's whole directory, so its not-yet-imported submodules load too.
+        yield os.path.dirname(origin) if getattr(module, "__path__", None) else origin
+
+
+def _why_unavailable(exc: OSError) -> str:
+    if exc.errno == errno.ENOSYS and exc.strerror != os.strerror(errno.ENOSYS):
+        return str(exc.strerror)  # refused before asking the kernel: which platform and why
+    if exc.errno == errno.ENOSYS:
+        return (
+            "the kernel has no Landlock system calls (Linux before 5.13, or built "
+            "without CONFIG_SECURITY_LANDLOCK)"
+        )
+    if exc.errno == errno.EOPNOTSUPP:
+        return (
+            "Landlock is built into the kernel but not enabled at boot "
+            "(add landlock to the lsm= kernel parameter)"
+        )
+    if exc.errno == errno.EPERM:
+        return (
+            "a seccomp filter refuses the Landlock system calls (allow "
+            "landlock_create_ruleset, landlock_add_rule and landlock_restrict_self)"
+        )
+    return f"landlock_create_ruleset answered {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+
+
+def _describe(abi: int, paths_rw: Sequence[Path], net: int, scope: int) -> str:
+    writable = ", ".join(str(p) for p in paths_rw) or "nothing"
+    parts = [f"Landlock enforced (ABI {abi}): read-write only beneath {writable}"]
+    parts.append("TCP denied" if net else "TCP not restricted (ABI before 4)")
+    if scope:
+        parts.append("abstract Unix sockets and signals scoped to the daemon")
+    else:
+        parts.append("abstract Unix sockets and signals not scoped (ABI before 6)")
+    return "; ".join(parts)
