@@ -29,8 +29,8 @@ def relay_factory(state_dir: Path) -> Iterator[Callable[..., RunningRelay]]:
     running: list[RunningRelay] = []
 
     def factory(clock: Callable[[], float] = time.time, config: Config | None = None,
-                **limits: Any) -> RunningRelay:  # fmt: skip
-        relay = start_relay(config or make_config(state_dir, **limits), clock)
+                **options: Any) -> RunningRelay:  # fmt: skip
+        relay = start_relay(config or make_config(state_dir, **options), clock)
         running.append(relay)
         return relay
 

@@ -23,7 +23,8 @@ import pytest
 from ccc_relay.client import AdminClient, Endpoint, RelayClient
 from ccc_relay.credentials import Credential, write_credential_file
 from ccc_relay.daemon.server import Daemon
-from ccc_relay.policy.config import AuditConfig, Config, Limits
+from ccc_relay.policy.anomaly import AnomalyConfig
+from ccc_relay.policy.config import AuditConfig, Config, Limits, Rule
 
 BIN = Path(sys.executable).parent
 
@@ -41,13 +42,16 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(state: Path, **limits: Any) -> Config:
+def make_config(state: Path, *, anomaly: AnomalyConfig | None = None,
+                rules: tuple[Rule, ...] = (), **limits: Any) -> Config:  # fmt: skip
     return Config(
         state_dir=state,
         socket_path=state / "daemon.sock",
         admin_socket_path=state / "admin.sock",
         audit=AuditConfig(log_path=state / "audit"),
         limits=replace(Limits(), **limits),
+        anomaly=anomaly or AnomalyConfig(),
+        rules=rules,
     )
 
 

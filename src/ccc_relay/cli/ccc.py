@@ -21,6 +21,7 @@ from ccc_relay.cli.common import config_option, emit_json, handle_errors, load_h
 from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.sync import RelayClient
+from ccc_relay.protocol.frames import Held
 
 
 class Context:
@@ -96,12 +97,17 @@ def send(obj: Context, to: str, text: str | None, thread: str | None, reply_to: 
     if delay is not None:
         deliver_at = time.time() + delay
     with obj.client() as client:
-        accepted = client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+        answer = client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+    held = isinstance(answer, Held)
     if as_json:
-        emit_json({"id": accepted.id, "seq": accepted.seq, "to": to, "changes": accepted.changes})
+        emit_json({"id": answer.id, "seq": answer.seq, "to": to, "changes": answer.changes,
+                   "held": held})  # fmt: skip
     else:
-        click.echo(f"accepted {accepted.id} -> {to}")
-        for change in accepted.changes:
+        if held:
+            click.echo(f"held {answer.id} -> {to}: it waits for the operator's approval")
+        else:
+            click.echo(f"accepted {answer.id} -> {to}")
+        for change in answer.changes:
             click.echo(f"note: {change}", err=True)
 
 

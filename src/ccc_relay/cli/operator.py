@@ -125,6 +125,18 @@ def agent_remove(name: str, config_path: str | None) -> None:
     click.echo(f"agent {name} removed")
 
 
+@agent.command("release")
+@click.argument("name")
+@config_option
+@handle_errors
+def agent_release(name: str, config_path: str | None) -> None:
+    """Lift NAME's quarantine (set by an anomaly rule with quarantine: true)."""
+    _check_name(name)
+    _, admin = _admin(config_path)
+    admin.request("agent_release", name=name)
+    click.echo(f"agent {name} released from quarantine")
+
+
 @agent.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @config_option
@@ -145,14 +157,17 @@ def agent_list(as_json: bool, config_path: str | None) -> None:
 @click.argument("sender")
 @click.argument("recipient")
 @click.option("--both", is_flag=True, help="Also let RECIPIENT send to SENDER.")
+@click.option("--hold", is_flag=True,
+              help="Hold these messages until the operator approves each ('ccc held').")  # fmt: skip
 @config_option
 @handle_errors
-def allow(sender: str, recipient: str, both: bool, config_path: str | None) -> None:
+def allow(sender: str, recipient: str, both: bool, hold: bool, config_path: str | None) -> None:
     """Let SENDER send messages to RECIPIENT (everything else is denied)."""
     _, admin = _admin(config_path)
-    result = admin.request("allow", sender=sender, recipient=recipient, both=both)
+    action = "hold" if hold else "allow"
+    result = admin.request("allow", sender=sender, recipient=recipient, both=both, action=action)
     for a, b in result["pairs"]:
-        click.echo(f"allowed {a} -> {b}")
+        click.echo(f"{'held for approval' if hold else 'allowed'} {a} -> {b}")
 
 
 @click.command()
@@ -208,6 +223,62 @@ def status(as_json: bool, config_path: str | None) -> None:
     print_status(data)
 
 
-COMMANDS = [agent, allow, deny, policy, status]
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@handle_errors
+def held(as_json: bool, config_path: str | None) -> None:
+    """Messages waiting for the operator's approval (pairs allowed with --hold)."""
+    from ccc_relay.cli.render import print_held
+
+    _, admin = _admin(config_path)
+    rows = admin.request("held_list")
+    if as_json:
+        emit_json(rows)
+    elif rows:
+        print_held(rows)
+    else:
+        click.echo("no held messages", err=True)
+
+
+@click.command()
+@click.argument("message_id", metavar="ID")
+@config_option
+@handle_errors
+def approve(message_id: str, config_path: str | None) -> None:
+    """Deliver held message ID to its recipient."""
+    _, admin = _admin(config_path)
+    result = admin.request("approve", id=message_id)
+    click.echo(f"approved {result['id']} -> {result['to']}")
+
+
+@click.command()
+@click.argument("message_id", metavar="ID")
+@click.option("--reason", help="Told to the sender.")
+@config_option
+@handle_errors
+def reject(message_id: str, reason: str | None, config_path: str | None) -> None:
+    """Drop held message ID and tell its sender (with --reason, why)."""
+    _, admin = _admin(config_path)
+    result = admin.request("reject", id=message_id, reason=reason)
+    click.echo(f"rejected {result['id']}; {result['notified']} was told")
+
+
+def _graph() -> click.Command:
+    from ccc_relay.cli.graph import graph
+
+    return graph
+
+
+policy.add_command(_graph())
+
+
+def _top() -> click.Command:
+    from ccc_relay.cli.top import top
+
+    return top
+
+
+COMMANDS = [agent, allow, deny, policy, status, held, approve, reject, _top()]
 
 __all__ = ["COMMANDS"]

@@ -35,11 +35,21 @@ def print_status(data: dict[str, Any]) -> None:
         f"messages: accepted {counters['accepted']}, delivered {counters['delivered']}, "
         f"acked {counters['acked']}; refused: {refused}"
     )
-    table = Table("agent", "online", "queued", title=f"{len(data['agents'])} agents")
+    held = data.get("held")
+    out.print(f"held for approval: {held if held is not None else 'unknown'}; "
+              f"anomalies: {data.get('anomalies', 0)}")  # fmt: skip
+    sandbox = data.get("sandbox", {})
+    if sandbox:
+        out.print(f"sandbox: {sandbox.get('landlock')}")
+    table = Table("agent", "online", "queued", "state", title=f"{len(data['agents'])} agents")
     for agent in data["agents"]:
         online = Text(f"yes ({agent['online']})" if agent["online"] else "no")
-        table.add_row(Text(agent["name"]), online, str(agent["queued"]))
+        state = Text("QUARANTINED", style="bold red") if agent.get("quarantined") else Text("ok")
+        table.add_row(Text(agent["name"]), online, str(agent["queued"]), state)
     out.print(table)
+    for alert in data.get("alerts", [])[-5:]:
+        out.print(Text(f"alert {when(alert['ts'])} {alert['agent']}: {alert['rule']} "
+                       f"({alert['value']:g} >= {alert['threshold']:g})", style="yellow"))  # fmt: skip
 
 
 def print_sessions(rows: Iterable[dict[str, Any]]) -> None:
@@ -58,6 +68,15 @@ def print_agents(rows: Iterable[dict[str, Any]]) -> None:
     for r in rows:
         bound = f"{r['uid'] if r['uid'] is not None else '-'}/{r['gid'] if r['gid'] is not None else '-'}"
         table.add_row(Text(r["name"]), when(r["created"]), bound, str(r["online"]), str(r["queued"]))
+    console().print(table)
+
+
+def print_held(rows: Iterable[dict[str, Any]]) -> None:
+    table = Table("id", "from", "to", "sent", "size", "body")
+    for r in rows:
+        preview = r["body"] if len(r["body"]) <= 60 else r["body"][:57] + "..."
+        table.add_row(Text(r["id"]), Text(r["from"]), Text(r["to"]), when(r["sent_at"]),
+                      str(r["size"]), Text(preview))  # fmt: skip
     console().print(table)
 
 

@@ -28,6 +28,7 @@ from ccc_relay.protocol.frames import (
     Fetch,
     Fetched,
     Goodbye,
+    Held,
     Hello,
     ListAgents,
     Message,
@@ -51,7 +52,7 @@ class AsyncRelayClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sends: dict[int, asyncio.Future[Accepted]] = {}
+        self._sends: dict[int, asyncio.Future[Accepted | Held]] = {}
         self._waiting: dict[type, deque[asyncio.Future[Any]]] = {k: deque() for k in _ANSWERS}
         self._fetched: list[Message] | None = None
         self._seen = SeenIds()
@@ -109,17 +110,17 @@ class AsyncRelayClient:
 
     def send_nowait(self, to: str, text: str, *, thread: str | None = None,
                     reply_to: str | None = None,
-                    deliver_at: float | None = None) -> asyncio.Future[Accepted]:  # fmt: skip
-        """Queue a send; the future resolves to ``accepted`` or raises RelayError."""
+                    deliver_at: float | None = None) -> asyncio.Future[Accepted | Held]:  # fmt: skip
+        """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError."""
         self._check_open()
         self._seq += 1
-        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
         self._sends[self._seq] = future
         self._write(Send(seq=self._seq, to=to, body=text, thread=thread, reply_to=reply_to,
                          deliver_at=deliver_at))  # fmt: skip
         return future
 
-    async def send(self, to: str, text: str, **options: Any) -> Accepted:
+    async def send(self, to: str, text: str, **options: Any) -> Accepted | Held:
         return await self.send_nowait(to, text, **options)
 
     async def fetch(self, limit: int = 100) -> list[Message]:
@@ -205,7 +206,7 @@ class AsyncRelayClient:
                 else:
                     self.messages.put_nowait(frame)
             return None
-        if isinstance(frame, Accepted):
+        if isinstance(frame, Accepted | Held):
             future = self._sends.pop(frame.seq, None)
             if future is not None and not future.done():
                 future.set_result(frame)

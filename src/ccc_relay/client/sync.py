@@ -27,6 +27,7 @@ from ccc_relay.protocol.frames import (
     Fetch,
     Fetched,
     Goodbye,
+    Held,
     Hello,
     ListAgents,
     Message,
@@ -110,19 +111,20 @@ class RelayClient:
     # --- requests ------------------------------------------------------------
 
     def send(self, to: str, text: str, *, thread: str | None = None, reply_to: str | None = None,
-             deliver_at: float | None = None) -> Accepted:  # fmt: skip
-        """Send one message; return the relay's ``accepted``. Raises RelayError."""
+             deliver_at: float | None = None) -> Accepted | Held:  # fmt: skip
+        """Send one message; return the relay's ``accepted`` (or ``held`` when the
+        pair's policy holds messages for the operator). Raises RelayError."""
         self._seq += 1
         seq = self._seq
         self._write(Send(seq=seq, to=to, body=text, thread=thread, reply_to=reply_to,
                          deliver_at=deliver_at))  # fmt: skip
         while True:
             frame = self._next_reply()
-            if isinstance(frame, Accepted) and frame.seq == seq:
+            if isinstance(frame, Accepted | Held) and frame.seq == seq:
                 return frame
             if isinstance(frame, Error) and frame.seq in (seq, None):
                 raise RelayError.from_frame(frame)
-            if not isinstance(frame, Accepted | Error):
+            if not isinstance(frame, Accepted | Held | Error):
                 raise _unexpected(frame)
 
     def fetch(self, limit: int = 100) -> list[Message]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from ccc_relay.daemon.committer import Job
-from ccc_relay.daemon.relay import OPERATOR
+from ccc_relay.daemon.relay import OPERATOR, RELAY
 from ccc_relay.daemon.sockets import peer_credentials
 from ccc_relay.protocol import admin as ops
 from ccc_relay.protocol.codec import LineBuffer, body_size, encode
@@ -176,11 +176,61 @@ class AdminConnection(asyncio.Protocol):
             ]  # fmt: skip
         if isinstance(request, ops.SessionSend):
             return await self._operator_send(request)
+        if isinstance(request, ops.HeldList):
+            held = await relay.committer.read(lambda s: s.held())
+            return [
+                {"id": m.id, "from": m.sender, "to": m.recipient, "sent_at": m.sent_at,
+                 "size": len(m.body.encode()), "body": m.body, "thread": m.thread}
+                for m in held
+            ]  # fmt: skip
+        if isinstance(request, ops.Approve):
+            return await self._approve(request.id)
+        if isinstance(request, ops.Reject):
+            return await self._reject(request.id, request.reason)
+        if isinstance(request, ops.AgentRelease):
+            record = self._agent(request.name)
+            if not record.quarantined:
+                raise ProtocolError(ErrorCode.CONFLICT, f"agent {request.name!r} is not quarantined")
+            await self._write(lambda s: s.set_quarantine(request.name, None), "released",
+                              agent=request.name)  # fmt: skip
+            relay.agents[request.name] = msgspec.structs.replace(record, quarantined=None)
+            relay.anomaly.forget(request.name)
+            return {"name": request.name}
         if isinstance(request, ops.Shutdown):
             relay.audit("admin_shutdown", by_uid=self.peer[1])
             self.shutdown.set()
             return {"stopping": True}
         raise ProtocolError(ErrorCode.INVALID, "unknown operation")  # pragma: no cover
+
+    async def _approve(self, message_id: str) -> dict[str, Any]:
+        relay = self.relay
+        held = await relay.committer.read(lambda s: s.take_held(message_id))
+        if held is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
+        # A new delivery number keeps the recipient's deliveries in order; the id stays.
+        fresh = relay.new_message(held.sender, held.recipient, held.body, thread=held.thread,
+                                  reply_to=held.reply_to, deliver_at=held.deliver_at)  # fmt: skip
+        message = msgspec.structs.replace(fresh, id=held.id, sent_at=held.sent_at)
+        await relay.enqueue(message, by_uid=self.peer[1], approved=True)
+        relay.audit("approved", id=held.id, by_uid=self.peer[1])
+        relay.committed(message)
+        return {"id": held.id, "to": held.recipient}
+
+    async def _reject(self, message_id: str, reason: str | None) -> dict[str, Any]:
+        relay = self.relay
+        held = await relay.committer.read(lambda s: s.take_held(message_id))
+        if held is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
+        relay.audit("rejected", id=held.id, by_uid=self.peer[1], reason=reason)
+        notice = relay.new_message(
+            RELAY, held.sender,
+            f"Your message {held.id} to {held.recipient} was rejected by the operator."
+            + (f" Reason: {reason}" if reason else ""),
+            reply_to=held.id,
+        )  # fmt: skip
+        await relay.enqueue(notice, notice_for=held.id)
+        relay.committed(notice)
+        return {"id": held.id, "to": held.recipient, "notified": held.sender}
 
     def _agent(self, name: str) -> AgentRecord:
         record = self.relay.agents.get(name)
@@ -198,9 +248,9 @@ class AdminConnection(asyncio.Protocol):
     async def _status(self) -> dict[str, Any]:
         relay = self.relay
         try:
-            depths = await relay.committer.read(lambda s: s.queue_depths())
+            depths, held = await relay.committer.read(lambda s: (s.queue_depths(), s.held_count()))
         except StoreFailure:
-            depths = {}  # status must still answer when the store has failed
+            depths, held = {}, None  # status must still answer when the store has failed
         return {
             "pid": os.getpid(),
             "uptime": round(relay.clock() - relay.started_at, 3),
@@ -211,15 +261,23 @@ class AdminConnection(asyncio.Protocol):
             "sandbox": self.sandbox,
             "failure": relay.committer.failure,
             "connections": relay.connections,
+            "held": held,
+            "anomalies": relay.counters.anomalies,
+            "alerts": list(relay.counters.alerts)[-20:],
             "agents": [
                 {"name": name, "online": len(relay.online.get(name, ())),
-                 "queued": depths.get(name, 0)}
+                 "queued": depths.get(name, 0),
+                 "quarantined": relay.agents[name].quarantined,
+                 **{k: relay.activity.get(name, {}).get(k, 0)
+                    for k in ("sent", "delivered", "refused")},
+                 "sessions": [c.session_id for c in relay.online.get(name, ())]}
                 for name in sorted(relay.agents)
             ],  # fmt: skip
             "counters": {
                 "accepted": relay.counters.accepted,
                 "delivered": relay.counters.delivered,
                 "acked": relay.counters.acked,
+                "held": relay.counters.held,
                 "refused": dict(relay.counters.refused),
                 "commits": relay.committer.batches,
             },

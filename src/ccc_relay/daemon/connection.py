@@ -32,6 +32,7 @@ from ccc_relay.protocol.frames import (
     Fetch,
     Fetched,
     Goodbye,
+    Held,
     Hello,
     ListAgents,
     Message,
@@ -43,6 +44,7 @@ from ccc_relay.protocol.frames import (
 )
 from ccc_relay.daemon.committer import Job
 from ccc_relay.daemon.sockets import peer_credentials
+from ccc_relay.policy.acl import HOLD
 from ccc_relay.store import StoredMessage, StoreFailure
 
 if TYPE_CHECKING:
@@ -69,13 +71,14 @@ class AgentConnection(asyncio.Protocol):
         self.bound_agent = bound_agent
         self.state = "hello"
         self.agent: str | None = None
+        self.claimed: str | None = None  # the name a hello claimed, before it is proven
         self.session: Session | None = None
         self.peer: tuple[int, int, int] = (0, -1, -1)
         self.subscribed = False
         self.window = 0
         self.backlog = False
         self.topping_up = False
-        self.inflight: set[str] = set()
+        self.inflight: dict[str, int] = {}  # message id -> delivery number
         self.connected_at = relay.clock()
         self._transport: asyncio.Transport | None = None
         self._buffer = LineBuffer(line_cap_for(relay.limits.max_message_size))
@@ -187,7 +190,7 @@ class AgentConnection(asyncio.Protocol):
     def refuse(self, exc: ProtocolError, *, seq: int | None = None) -> None:
         """Answer a refusal, audit it, and close when it is fatal."""
         self.relay.refuse(
-            self.agent or self.bound_agent, exc, session=self.session_id,
+            self.agent, exc, claimed=self.claimed or self.bound_agent, session=self.session_id,
             peer_pid=self.peer[0], peer_uid=self.peer[1], peer_gid=self.peer[2],
             **({"send_seq": seq} if seq is not None else {}),
         )  # fmt: skip
@@ -243,6 +246,7 @@ class AgentConnection(asyncio.Protocol):
                 fatal=True,
             )
         relay = self.relay
+        self.claimed = hello.agent
         if self.bound_agent is not None and hello.agent != self.bound_agent:
             # Same answer as a wrong credential; the audit line says which.
             relay.audit("auth_refused", agent=hello.agent, socket_agent=self.bound_agent,
@@ -309,21 +313,27 @@ class AgentConnection(asyncio.Protocol):
                     f"body is {size} bytes; the limit is {limit} bytes; the connection is closed",
                     fatal=True,
                 )
-            relay.check_send(self.agent, session, frame.to, frame.deliver_at)
+            action = relay.check_send(self.agent, session, frame.to, frame.deliver_at)
         except ProtocolError:
             relay.committer.submit(_seq_only(seq_update), want_result=False)
             raise
         message = relay.new_message(self.agent, frame.to, frame.body, thread=frame.thread,
                                     reply_to=frame.reply_to, deliver_at=frame.deliver_at)  # fmt: skip
-        future = relay.enqueue(message, seq_update=seq_update, send_seq=frame.seq,
+        hold = action == HOLD
+        future = relay.enqueue(message, seq_update=seq_update, hold=hold, send_seq=frame.seq,
                                session=session.id)  # fmt: skip
-        future.add_done_callback(lambda f: self._on_committed(f, frame.seq, message))
+        future.add_done_callback(lambda f: self._on_committed(f, frame.seq, message, hold))
 
-    def _on_committed(self, future: asyncio.Future[Any], seq: int, message: StoredMessage) -> None:
+    def _on_committed(self, future: asyncio.Future[Any], seq: int, message: StoredMessage,
+                      hold: bool) -> None:  # fmt: skip
         exc = future.exception()
         if exc is not None:
             self.write(Error(code=ErrorCode.UNAVAILABLE.value, seq=seq,
                              message=f"the relay cannot store messages right now: {exc}"))  # fmt: skip
+            return
+        if hold:
+            self.relay.counters.held += 1
+            self.write(Held(seq=seq, id=message.id))
             return
         self.write(Accepted(seq=seq, id=message.id))
         self.relay.committed(message)
@@ -335,7 +345,7 @@ class AgentConnection(asyncio.Protocol):
         return self.window - len(self.inflight)
 
     def deliver(self, message: StoredMessage) -> None:
-        self.inflight.add(message.id)
+        self.inflight[message.id] = message.delivery
         self.write(Message(
             id=message.id, sender=message.sender, to=message.recipient, sent_at=message.sent_at,
             body=message.body, delivery=message.delivery, thread=message.thread,
@@ -392,7 +402,8 @@ class AgentConnection(asyncio.Protocol):
         assert agent is not None
         relay = self.relay
         ids = list(dict.fromkeys(frame.ids))
-        job = _ack_job(relay, agent, ids, self.session_id)
+        items = [(relay.delivery_of(agent, mid), mid) for mid in ids]
+        job = _ack_job(relay, agent, items, self.session_id)
         future = relay.committer.submit(job)
         assert future is not None
         future.add_done_callback(lambda f: self._on_acked(f, agent, ids))
@@ -422,10 +433,11 @@ def _seq_only(seq_update: tuple[str, int]) -> Job:
     return Job(seq_update=seq_update)
 
 
-def _ack_job(relay: Relay, agent: str, ids: list[str], session: str | None) -> Job:
+def _ack_job(relay: Relay, agent: str, items: list[tuple[int | None, str]],
+             session: str | None) -> Job:  # fmt: skip
     return Job(
-        audit=[relay.record("acked", agent=agent, ids=ids, session=session)],
-        run=lambda s: s.ack(agent, ids),
+        audit=[relay.record("acked", agent=agent, ids=[mid for _, mid in items], session=session)],
+        run=lambda s: s.ack(agent, items),
     )
 
 

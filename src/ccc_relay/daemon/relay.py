@@ -13,15 +13,18 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from ccc_relay import credentials
 from ccc_relay.audit.log import AuditRecord, body_fields
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.policy.acl import Policy
+from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config import Config, Rule
 from ccc_relay.policy.limits import WindowLimiter, admit
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ccc_relay.daemon")
 
 OPERATOR = "operator"  # the sender name of messages the operator writes
+RELAY = "relay"  # the sender name of the relay's own notices (e.g. a rejected message)
+RECENT_ALERTS = 100  # anomaly alerts kept for status and top
 MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
 RATE_WINDOW = 60.0
 
@@ -65,7 +70,10 @@ class Counters:
     accepted: int = 0
     delivered: int = 0
     acked: int = 0
+    held: int = 0
+    anomalies: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+    alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_ALERTS))
 
 
 class Relay:
@@ -96,6 +104,9 @@ class Relay:
         self.connections = 0
         self.unauthenticated = 0
         self.counters = Counters()
+        # Per agent: sent (committed), delivered (pushed to it), refused.
+        self.activity: dict[str, Counter[str]] = {}
+        self.anomaly = AnomalyDetector(config.anomaly)
         self._schedule_wake = asyncio.Event()
         self._last_delivery = store.max_delivery()
         # Ids are this run's random prefix plus the delivery number: unique
@@ -131,9 +142,50 @@ class Relay:
         except StoreFailure:
             log.error("audit line lost, the store has failed: %s %s", event, fields)
 
-    def refuse(self, who: str | None, exc: ProtocolError, **fields: Any) -> None:
+    def refuse(self, who: str | None, exc: ProtocolError, *, claimed: str | None = None,
+               **fields: Any) -> None:  # fmt: skip
+        """Count, audit and watch a refusal.
+
+        ``who`` is the authenticated agent; before authentication ``claimed``
+        is the name the peer claimed, recorded as such and counted against that
+        name's failed-auth rule (never quarantining on it by default: anyone can
+        claim a name).
+        """
         self.counters.refused[exc.code.value] += 1
+        name = who or claimed
+        if name is not None and name in self.agents:
+            self.activity.setdefault(name, Counter())["refused"] += 1
+        if who is None and claimed is not None:
+            fields["claimed"] = claimed
         self.audit("refused", agent=who, code=exc.code.value, reason=exc.message, **fields)
+        if name is not None and name in self.agents:
+            self.alert(self.anomaly.refused(name, exc.code.value, self.clock()))
+
+    # --- anomalies and quarantine -------------------------------------------
+
+    def alert(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.counters.anomalies += 1
+            fields = {"agent": alert.agent, "rule": alert.rule, "value": alert.value,
+                      "threshold": alert.threshold, "window": alert.window,
+                      "quarantine": alert.quarantine}  # fmt: skip
+            self.counters.alerts.append({"ts": self.clock(), **fields})
+            self.audit("anomaly", **fields, detail=alert.describe())
+            log.warning("anomaly: %s", alert.describe())
+            if alert.quarantine:
+                self.quarantine(alert.agent, f"anomaly rule {alert.rule}: {alert.describe()}")
+
+    def quarantine(self, agent: str, reason: str) -> None:
+        record = self.agents.get(agent)
+        if record is None or record.quarantined:
+            return
+        self.agents[agent] = msgspec.structs.replace(record, quarantined=reason)
+        self.committer.submit(
+            Job(run=lambda s: s.set_quarantine(agent, reason),
+                audit=[self.record("quarantined", agent=agent, reason=reason)]),
+            want_result=False,
+        )  # fmt: skip
+        self.close_agent(agent, ErrorCode.QUARANTINED, f"agent quarantined: {reason}")
 
     # --- authentication -------------------------------------------------------
 
@@ -172,6 +224,14 @@ class Relay:
             raise ProtocolError(
                 ErrorCode.AUTH_FAILED,
                 "authentication failed: unknown agent, wrong credential, or wrong peer",
+                fatal=True,
+            )
+        assert record is not None
+        if record.quarantined:
+            raise ProtocolError(
+                ErrorCode.QUARANTINED,
+                "this agent is quarantined; the operator must release it "
+                f"(ccc agent release {agent})",
                 fatal=True,
             )
         if resume is not None:
@@ -214,6 +274,9 @@ class Relay:
         the same answer), INVALID for a deliver_at too far ahead, or
         RATE_LIMITED with retry_after.
         """
+        record = self.agents.get(sender)
+        if record is not None and record.quarantined:
+            raise ProtocolError(ErrorCode.QUARANTINED, "this agent is quarantined", fatal=True)
         action = self.policy.action(sender, to, self.known)
         if action is None:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not send to {to!r}")
@@ -256,9 +319,13 @@ class Relay:
         message: StoredMessage,
         *,
         seq_update: tuple[str, int] | None = None,
+        hold: bool = False,
         **audit_fields: Any,
     ) -> asyncio.Future[Any]:
         """Make a message durable; the future resolves after COMMIT.
+
+        With ``hold`` it waits in the held table for an operator's decision
+        instead of the delivery queue.
 
         Raises StoreFailure when the store has already failed.
         """
@@ -270,14 +337,22 @@ class Relay:
             fields["thread"] = message.thread
         if message.deliver_at:
             fields["deliver_at"] = message.deliver_at
-        job = Job(audit=[self.record("accepted", **fields)], message=message, seq_update=seq_update)
+        if hold:
+            job = Job(audit=[self.record("held", **fields)], run=lambda s: s.hold(message),
+                      seq_update=seq_update)  # fmt: skip
+        else:
+            job = Job(audit=[self.record("accepted", **fields)], message=message,
+                      seq_update=seq_update)  # fmt: skip
         future = self.committer.submit(job)
         assert future is not None
+        if message.sender in self.agents:
+            self.alert(self.anomaly.accepted(message.sender, message.recipient, self.clock()))
         return future
 
     def committed(self, message: StoredMessage) -> None:
         """A message is durable: count it and route it."""
         self.counters.accepted += 1
+        self.activity.setdefault(message.sender, Counter())["sent"] += 1
         if message.deliver_at is not None and message.deliver_at > self.clock():
             self._schedule_wake.set()
             return
@@ -306,7 +381,13 @@ class Relay:
         self.inflight.setdefault(conn.agent, {})[message.id] = conn
         conn.deliver(message)
         self.counters.delivered += 1
+        self.activity.setdefault(conn.agent, Counter())["delivered"] += 1
         self.audit("delivered", id=message.id, to=message.recipient, session=conn.session_id)
+
+    def delivery_of(self, agent: str, message_id: str) -> int | None:
+        """The delivery number of a message in flight to ``agent``, if it is."""
+        conn = self.inflight.get(agent, {}).get(message_id)
+        return None if conn is None else conn.inflight.get(message_id)
 
     def inflight_ids(self, agent: str) -> set[str]:
         return set(self.inflight.get(agent, ()))
@@ -319,7 +400,7 @@ class Relay:
         for mid in ids:
             conn = table.pop(mid, None)
             if conn is not None:
-                conn.inflight.discard(mid)
+                conn.inflight.pop(mid, None)
 
     # --- connections ----------------------------------------------------------
 

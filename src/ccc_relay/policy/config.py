@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ccc_relay.policy.anomaly import DEFAULT_RULES, RULES, AnomalyConfig
+from ccc_relay.policy.anomaly import Rule as AnomalyRule
 from ccc_relay.policy.units import UnitError, parse_duration, parse_rate, parse_size
 from ccc_relay.protocol.names import agent_name_problem
 
@@ -75,6 +77,7 @@ class Config:
     socket_group: str | None = None
     user: str | None = None
     rules: tuple[Rule, ...] = ()
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     source: Path | None = None  # the file this came from; None for embedded defaults
 
     @property
@@ -117,8 +120,10 @@ def embedded_defaults(env: Mapping[str, str] | None = None) -> Config:
 
 _DAEMON_KEYS = {
     "user", "socket_path", "socket_mode", "socket_group", "state_dir", "admin_socket_path",
-    "security", "audit",
+    "security", "audit", "anomaly",
 }  # fmt: skip
+_ANOMALY_KEYS = {"window", "jump_min_messages", "rules"}
+_ANOMALY_RULE_KEYS = {"threshold", "quarantine"}
 _SECURITY_KEYS = {
     "max_message_size", "rate_limit", "agent_rate_limit", "pair_rate_limit",
     "global_rate_limit", "session_timeout", "require_session_auth", "hello_timeout",
@@ -177,6 +182,7 @@ def config_from_mapping(
             retention=_duration(audit, "retention", "daemon.audit.", DEFAULT_RETENTION),
         ),
         rules=_rules(data.get("policy")),
+        anomaly=_anomaly(_section(daemon, "anomaly", "daemon.")),
         source=source,
     )
     if config.socket_path == config.admin_socket_path:
@@ -348,6 +354,32 @@ def parse_rule(text: str, action: str = "allow") -> list[Rule]:
     if both:
         rules.append(Rule(right, left, action))
     return rules
+
+
+def _anomaly(section: Mapping[str, Any]) -> AnomalyConfig:
+    p = "daemon.anomaly."
+    _no_unknown(section, _ANOMALY_KEYS, p)
+    rules = dict(DEFAULT_RULES)
+    given = _section(section, "rules", p)
+    _no_unknown(given, set(RULES), f"{p}rules.")
+    for name, spec in given.items():
+        prefix = f"{p}rules.{name}."
+        if spec is False or spec is None:
+            del rules[name]  # "rule: false" switches a rule off
+            continue
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{p}rules.{name}: expected a mapping with threshold/quarantine")
+        _no_unknown(spec, _ANOMALY_RULE_KEYS, prefix)
+        default = DEFAULT_RULES[name]
+        rules[name] = AnomalyRule(
+            threshold=_number(spec, "threshold", prefix, default.threshold),
+            quarantine=_bool(spec, "quarantine", prefix, default.quarantine),
+        )
+    return AnomalyConfig(
+        window=_duration(section, "window", p, 300.0, 1.0),
+        rules=rules,
+        jump_min_messages=_int(section, "jump_min_messages", p, 50),
+    )
 
 
 def _rules(policy: object) -> tuple[Rule, ...]:

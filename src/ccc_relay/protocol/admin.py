@@ -77,9 +77,26 @@ class Shutdown(_Admin, tag="shutdown"):
     pass
 
 
+class HeldList(_Admin, tag="held_list"):
+    pass
+
+
+class Approve(_Admin, tag="approve"):
+    id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class Reject(_Admin, tag="reject"):
+    id: Annotated[str, msgspec.Meta(max_length=80)]
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class AgentRelease(_Admin, tag="agent_release"):
+    name: AgentName
+
+
 AdminRequest = (
     AgentAdd | AgentRemove | AgentRotate | AgentList | Allow | Deny | PolicyShow | Status
-    | SessionList | SessionSend | Shutdown
+    | SessionList | SessionSend | Shutdown | HeldList | Approve | Reject | AgentRelease
 )  # fmt: skip
 
 

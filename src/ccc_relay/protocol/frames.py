@@ -6,8 +6,8 @@ configuration (name lengths, seq range, batch sizes) are declared here so the
 decoder enforces them before any other code sees the frame.
 
 Client -> relay: hello, send, ack, fetch, subscribe, agents, ping, bye.
-Relay -> client: welcome, accepted, error, message, fetched, acked, agents,
-pong, bye.
+Relay -> client: welcome, accepted, held, error, message, fetched, acked,
+agents, pong, bye.
 """
 
 from __future__ import annotations
@@ -111,6 +111,14 @@ class Accepted(_Frame, tag="accepted"):
     changes: list[str] = msgspec.field(default_factory=list)
 
 
+class Held(_Frame, tag="held"):
+    """The pair's policy is ``hold``: the message waits for an operator's approval."""
+
+    seq: int
+    id: str
+    changes: list[str] = msgspec.field(default_factory=list)
+
+
 class Error(_Frame, tag="error"):
     code: str
     message: str
@@ -159,5 +167,5 @@ class Goodbye(_Frame, tag="bye"):
 
 
 RelayFrame = (
-    Welcome | Accepted | Error | Message | Fetched | Acked | AgentList | Pong | Goodbye
+    Welcome | Accepted | Held | Error | Message | Fetched | Acked | AgentList | Pong | Goodbye
 )

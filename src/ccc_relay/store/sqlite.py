@@ -20,7 +20,6 @@ from pathlib import Path
 import msgspec
 
 SCHEMA_VERSION = 1
-ID_PREFIX_END = len("m_") + 8  # message ids: "m_" + 8-character run prefix + hex delivery
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,7 +28,8 @@ CREATE TABLE IF NOT EXISTS agents (
     cred_hash TEXT NOT NULL,
     created REAL NOT NULL,
     uid INTEGER,
-    gid INTEGER
+    gid INTEGER,
+    quarantined TEXT
 );
 CREATE TABLE IF NOT EXISTS rules (
     sender TEXT NOT NULL,
@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS messages (
     deliver_at REAL
 );
 CREATE INDEX IF NOT EXISTS messages_recipient ON messages (recipient, delivery);
+CREATE TABLE IF NOT EXISTS held (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    body TEXT NOT NULL,
+    thread TEXT,
+    reply_to TEXT,
+    sent_at REAL NOT NULL,
+    deliver_at REAL
+);
 CREATE INDEX IF NOT EXISTS messages_scheduled ON messages (deliver_at) WHERE deliver_at IS NOT NULL;
 """
 
@@ -83,6 +93,7 @@ class AgentRecord(msgspec.Struct, frozen=True):
     created: float
     uid: int | None = None
     gid: int | None = None
+    quarantined: str | None = None  # why, while the agent is quarantined
 
 
 class SessionRecord(msgspec.Struct, frozen=True):
@@ -128,6 +139,7 @@ class Store:
         # not write outside its state directory (Landlock), /tmp included.
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
@@ -135,6 +147,11 @@ class Store:
             side = path.with_name(path.name + suffix)
             if side.exists():
                 os.chmod(side, 0o600)
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
+        if "quarantined" not in columns:
+            self._db.execute("ALTER TABLE agents ADD COLUMN quarantined TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -187,23 +204,22 @@ class Store:
             [(seq, sid, seq) for sid, seq in updates],
         )
 
-    def ack(self, recipient: str, ids: Sequence[str]) -> int:
+    def ack(self, recipient: str, items: Sequence[tuple[int | None, str]]) -> int:
         """Delete acknowledged messages; only the recipient's own count.
 
-        An id is ``m_`` + an 8-character prefix + the delivery number in hex,
-        so each delete is a primary-key lookup; the full id and the recipient
-        must match as well. Ids of any other shape match nothing.
+        ``items`` are (delivery number when known, id): with the number the
+        delete is a primary-key lookup, without it the id's index is used. The
+        id and the recipient must match either way.
         """
-        rows = []
-        for mid in ids:
-            try:
-                rows.append((int(mid[ID_PREFIX_END:], 16), mid, recipient))
-            except ValueError:
-                continue
+        by_key = [(d, mid, recipient) for d, mid in items if d is not None]
+        by_id = [(mid, recipient) for d, mid in items if d is None]
         before = self._db.total_changes
-        self._db.executemany(
-            "DELETE FROM messages WHERE delivery = ? AND id = ? AND recipient = ?", rows
-        )
+        if by_key:
+            self._db.executemany(
+                "DELETE FROM messages WHERE delivery = ? AND id = ? AND recipient = ?", by_key
+            )
+        if by_id:
+            self._db.executemany("DELETE FROM messages WHERE id = ? AND recipient = ?", by_id)
         return self._db.total_changes - before
 
     def due(
@@ -242,19 +258,55 @@ class Store:
         )
         return [str(r[0]) for r in rows]
 
+    # --- held for approval --------------------------------------------------
+
+    def hold(self, m: StoredMessage) -> None:
+        self._db.execute(
+            "INSERT INTO held (id, sender, recipient, body, thread, reply_to, sent_at, deliver_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (m.id, m.sender, m.recipient, m.body, m.thread, m.reply_to, m.sent_at, m.deliver_at),
+        )
+
+    def held(self) -> list[StoredMessage]:
+        rows = self._db.execute(
+            "SELECT 0, id, sender, recipient, body, thread, reply_to, sent_at, deliver_at"
+            " FROM held ORDER BY sent_at"
+        )
+        return [_message(row) for row in rows]
+
+    def take_held(self, message_id: str) -> StoredMessage | None:
+        """Remove a held message and return it (None when there is no such id)."""
+        row = self._db.execute(
+            "SELECT 0, id, sender, recipient, body, thread, reply_to, sent_at, deliver_at"
+            " FROM held WHERE id = ?", (message_id,),
+        ).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM held WHERE id = ?", (message_id,))
+        return _message(row)
+
+    def held_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM held").fetchone()[0])
+
     # --- agents and policy -------------------------------------------------
 
     def agents(self) -> list[AgentRecord]:
         rows = self._db.execute(
-            "SELECT name, cred_hash, created, uid, gid FROM agents ORDER BY name"
+            "SELECT name, cred_hash, created, uid, gid, quarantined FROM agents ORDER BY name"
         )
         return [AgentRecord(*row) for row in rows]
 
+    def set_quarantine(self, name: str, reason: str | None) -> bool:
+        cur = self._db.execute("UPDATE agents SET quarantined = ? WHERE name = ?", (reason, name))
+        return cur.rowcount == 1
+
     def add_agent(self, record: AgentRecord) -> None:
         self._db.execute(
-            "INSERT INTO agents (name, cred_hash, created, uid, gid) VALUES (?, ?, ?, ?, ?)",
-            (record.name, record.cred_hash, record.created, record.uid, record.gid),
-        )
+            "INSERT INTO agents (name, cred_hash, created, uid, gid, quarantined)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (record.name, record.cred_hash, record.created, record.uid, record.gid,
+             record.quarantined),
+        )  # fmt: skip
 
     def set_credential(self, name: str, cred_hash: str) -> bool:
         cur = self._db.execute("UPDATE agents SET cred_hash = ? WHERE name = ?", (cred_hash, name))
@@ -266,6 +318,7 @@ class Store:
         self._db.execute("DELETE FROM rules WHERE sender = ? OR recipient = ?", (name, name))
         self._db.execute("DELETE FROM sessions WHERE agent = ?", (name,))
         self._db.execute("DELETE FROM messages WHERE recipient = ?", (name,))
+        self._db.execute("DELETE FROM held WHERE sender = ? OR recipient = ?", (name, name))
         return cur.rowcount == 1
 
     def rules(self) -> list[tuple[str, str, str]]:
