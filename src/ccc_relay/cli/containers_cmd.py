@@ -63,6 +63,17 @@ def _config(path: str | None) -> Config:
         raise click.ClickException(f"invalid config: {exc}") from None
 
 
+# Where a root launcher keeps what it lays out for sandboxes (podman's root
+# skeleton, credential copies for container engines): root's own, on tmpfs,
+# never inside the relay's state dir, which the relay's user could rearrange.
+ROOT_LAUNCHER_DIR = Path("/run/ccc-run")
+
+
+def launcher_dir(config: Config, as_root: bool) -> Path:
+    """The private directory for the launcher's own files (see ``sandbox.private_dir``)."""
+    return ROOT_LAUNCHER_DIR if as_root else config.state_dir / "launcher"
+
+
 def agent_socket(config: Config, name: str) -> Path:
     """The socket to mount for ``name``: its own when the relay made one, else the shared one."""
     own = config.state_dir / "agents" / f"{name}.sock"
@@ -94,7 +105,8 @@ def agent_socket(config: Config, name: str) -> Path:
     "--print",
     "print_only",
     is_flag=True,
-    help="Print the command (shell-quoted) instead of running it.",
+    help="Print the command (shell-quoted) instead of running it. The podman root "
+    "skeleton and credential copies are still prepared, so the printed command works.",
 )
 @click.option(
     "--uid",
@@ -144,7 +156,8 @@ def agent_socket(config: Config, name: str) -> Path:
 @click.option(
     "--rootfs",
     type=click.Path(path_type=Path),
-    help="Podman's root skeleton. Default: STATE_DIR/podman-rootfs.",
+    help="Podman's root skeleton; its parent must be mode 0700. "
+    "Default: /run/ccc-run/podman-rootfs (root), else STATE_DIR/launcher/podman-rootfs.",
 )
 @click.option(
     "--config",
@@ -187,7 +200,9 @@ def run(
     as_root = os.geteuid() == 0
     project_dir, socket_path, credential = _host_paths(config, name, project)
     try:
-        chosen = detect_runtime(runtime, as_root=as_root)
+        # bubblewrap has no guarded network, so egress looks only at the engines.
+        candidates = ("podman", "docker") if network == "egress" else RUNTIMES
+        chosen = detect_runtime(runtime, as_root=as_root, candidates=candidates)
         identity = choose_identity(
             euid=os.geteuid(),
             project=project_dir.stat(),
@@ -220,12 +235,16 @@ def run(
         rootfs_dir = None
         if chosen == "podman":
             rootfs_dir = prepare_podman_rootfs(
-                rootfs or config.state_dir / "podman-rootfs", etc_files=present_etc_files()
+                rootfs or launcher_dir(config, as_root) / "podman-rootfs",
+                etc_files=present_etc_files(),
             )
         unreadable = access_problem(credential, identity, 4, traverse=False)
         if chosen != "bwrap" and as_root and unreadable:
             staged = stage_credential(
-                credential, config.state_dir / "sandbox" / name, identity.uid, identity.gid
+                credential,
+                launcher_dir(config, as_root) / "credentials" / name,
+                identity.uid,
+                identity.gid,
             )
             spec = replace(spec, credential_path=staged)
         argv = launch_command(

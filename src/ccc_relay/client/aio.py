@@ -14,7 +14,7 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds
+from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
 from ccc_relay.protocol.frames import (
@@ -113,6 +113,7 @@ class AsyncRelayClient:
                     deliver_at: float | None = None) -> asyncio.Future[Accepted | Held]:  # fmt: skip
         """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError."""
         self._check_open()
+        check_recipient(to)
         self._seq += 1
         future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
         self._sends[self._seq] = future

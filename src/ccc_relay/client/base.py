@@ -6,6 +6,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ccc_relay.protocol.frames import Error, Message
+from ccc_relay.protocol.names import agent_name_problem
 
 SEEN_IDS = 65536  # ids remembered to drop redeliveries; bounded so a long-lived client stays small
 
@@ -37,6 +38,13 @@ class RelayUnavailable(RelayError):
 
     def __init__(self, message: str) -> None:
         super().__init__("relay_unavailable", message)
+
+
+def check_recipient(name: str) -> None:
+    """Refuse a malformed agent name before it goes on the wire (RelayError "invalid")."""
+    problem = agent_name_problem(name)
+    if problem:
+        raise RelayError("invalid", f"{name!r} is not an agent name: {problem}")
 
 
 class SeenIds:

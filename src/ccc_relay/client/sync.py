@@ -13,7 +13,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any
 
-from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds
+from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
 from ccc_relay.protocol.frames import (
@@ -114,6 +114,7 @@ class RelayClient:
              deliver_at: float | None = None) -> Accepted | Held:  # fmt: skip
         """Send one message; return the relay's ``accepted`` (or ``held`` when the
         pair's policy holds messages for the operator). Raises RelayError."""
+        check_recipient(to)
         self._seq += 1
         seq = self._seq
         self._write(Send(seq=seq, to=to, body=text, thread=thread, reply_to=reply_to,

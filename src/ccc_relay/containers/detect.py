@@ -26,6 +26,11 @@ _TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     "podman": (("podman", "apt-get install podman"), ("runc", "apt-get install runc")),
     "docker": (("docker", "install Docker Engine (Debian: apt-get install docker.io)"),),
 }
+_RUNTIME_HINTS = {
+    "bwrap": "bubblewrap (apt-get install bubblewrap)",
+    "podman": "podman and runc (apt-get install podman runc)",
+    "docker": "Docker Engine (apt-get install docker.io)",
+}
 # Only a root launcher changes uid before starting bubblewrap.
 _ROOT_TOOLS = {"bwrap": (("setpriv", "apt-get install util-linux"),)}
 _TIOCSTI_SYSCTL = Path("/proc/sys/dev/tty/legacy_tiocsti")
@@ -47,9 +52,10 @@ def detect_runtime(
     requested: str | None,
     *,
     as_root: bool,
+    candidates: Sequence[str] = RUNTIMES,
     which: Callable[[str], str | None] = shutil.which,
 ) -> str:
-    """``requested`` if its tools are installed, else the first of bwrap, podman, docker that is.
+    """``requested`` if its tools are installed, else the first usable of ``candidates``.
 
     Raises HostError naming what to install.
     """
@@ -60,13 +66,11 @@ def detect_runtime(
         if missing:
             raise HostError(f"runtime {requested} is not usable; missing: {'; '.join(missing)}")
         return requested
-    for runtime in RUNTIMES:
+    for runtime in candidates:
         if not missing_tools(runtime, as_root=as_root, which=which):
             return runtime
-    raise HostError(
-        "no sandbox runtime found; install bubblewrap (apt-get install bubblewrap), "
-        "or podman and runc (apt-get install podman runc), or Docker"
-    )
+    wanted = " or ".join(_RUNTIME_HINTS[c] for c in candidates)
+    raise HostError(f"no usable sandbox runtime found; install {wanted}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 import stat
 import subprocess
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from ccc_relay.credentials import MAX_CREDENTIAL_FILE
 from ccc_relay.protocol.names import agent_name_problem
 
 SANDBOX_WORKSPACE = "/workspace"
@@ -46,9 +48,9 @@ CREDENTIAL_FD = 3
 DEFAULT_MEMORY_LIMIT = 4 * 1024**3  # room for an agent plus a compiler, not for a runaway
 DEFAULT_PIDS_LIMIT = 4096  # a parallel build fits; a fork bomb stops here
 DEFAULT_TMP_SIZE = 1024**3  # /tmp is memory-backed; cap it so it cannot eat the host's RAM
-# Podman here must be given ulimits at or under the host's hard limits (its
-# defaults are above them and the container fails to start); these are the
-# values it is asked for before capping.
+# Podman's default ulimits can exceed a host's hard limits, and then the
+# container fails to start; it is given these instead, each capped at the
+# host's hard limit (detect.capped_ulimits).
 PODMAN_NOFILE = 20000
 PODMAN_NPROC = 32768
 
@@ -415,28 +417,42 @@ def open_credential(path: Path) -> int:
     return fd
 
 
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (if missing) and insist it is a directory only this uid can enter.
+
+    The launcher may run as root and lays out what every sandbox will see;
+    nobody else -- not the relay's user, not an agent -- may plant anything
+    there (a stray etc/ld.so.preload in the podman root would run in every
+    container). Raises LaunchError.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise LaunchError(f"cannot make {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise LaunchError(
+            f"{path} must be a directory owned by uid {os.geteuid()} with mode 0700 "
+            f"(it is {stat.filemode(info.st_mode)} owned by {info.st_uid})"
+        )
+    return path
+
+
 def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FILES) -> Path:
     """Create (idempotently) the empty root that podman's binds are laid over.
 
     It holds only directories, the /usr links and mount points; no host data.
-    Its /tmp is 1777 because podman copies the mode of the directory under a
-    tmpfs onto the tmpfs. Raises LaunchError when it cannot be made.
+    Its parent must be private (see ``private_dir``). Its /tmp is 1777 because
+    podman copies the mode of the directory under a tmpfs onto the tmpfs.
+    Raises LaunchError when it cannot be made.
     """
+    private_dir(rootfs_dir.parent)
     try:
-        rootfs_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        rootfs_dir.mkdir(mode=0o755, exist_ok=True)
         if rootfs_dir.is_symlink() or not rootfs_dir.is_dir():
             raise LaunchError(f"{rootfs_dir} is not a directory")
-        for name in (
-            "usr",
-            "etc",
-            "etc/ssl",
-            "proc",
-            "dev",
-            "sys",
-            "run",
-            "run/ccc",
-            SANDBOX_WORKSPACE.lstrip("/"),
-        ):
+        for name in ("usr", "etc", "etc/ssl", "proc", "dev", "sys", "run", "run/ccc",
+                     SANDBOX_WORKSPACE.lstrip("/")):  # fmt: skip
             (rootfs_dir / name).mkdir(mode=0o755, exist_ok=True)
         tmp = rootfs_dir / "tmp"
         tmp.mkdir(exist_ok=True)
@@ -463,24 +479,23 @@ def stage_credential(source: Path, staging_dir: Path, uid: int, gid: int) -> Pat
     """Copy the credential to a file only ``uid`` can read, for podman/docker to mount.
 
     The relay keeps credentials 0600 to itself; a container engine mounts the
-    inode, so the container's uid needs a copy it owns. ``staging_dir`` is made
-    0700 (the engine, as root, does not need to traverse it). Raises LaunchError.
+    inode, so the container's uid needs a copy it owns. ``staging_dir`` must be
+    private (see ``private_dir``); the engine, as root, need not walk into it.
+    Raises LaunchError.
     """
     fd = open_credential(source)
     try:
-        data = os.read(fd, 65536)
+        data = os.read(fd, MAX_CREDENTIAL_FILE + 1)
     finally:
         os.close(fd)
+    if len(data) > MAX_CREDENTIAL_FILE:
+        raise LaunchError(f"{source} is too large to be a credential file")
+    private_dir(staging_dir)
+    target = staging_dir / "credential"
+    temp = staging_dir / f".credential.{secrets.token_hex(4)}.tmp"
     try:
-        staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if staging_dir.is_symlink():
-            raise LaunchError(f"{staging_dir} is a symlink; refusing to stage a credential there")
-        target = staging_dir / "credential"
-        temp = staging_dir / ".credential.tmp"
-        temp.unlink(missing_ok=True)
-        out = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400
-        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(temp, flags, 0o400)
         try:
             os.write(out, data)
             os.fchown(out, uid, gid)

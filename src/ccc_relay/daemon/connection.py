@@ -17,6 +17,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from ccc_relay.protocol.codec import LineBuffer, body_size, decode_client_frame, encode, line_cap_for
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import (
@@ -157,6 +159,8 @@ class AgentConnection(asyncio.Protocol):
                     return
             self._dispatch(frame)
         except ProtocolError as exc:
+            if seq is None and exc.code is ErrorCode.INVALID:
+                seq = salvage_seq(line)
             self.refuse(exc, seq=seq)
         except StoreFailure as exc:
             self.refuse(ProtocolError(ErrorCode.UNAVAILABLE, str(exc)), seq=seq)
@@ -427,6 +431,17 @@ class AgentConnection(asyncio.Protocol):
             AgentInfo(name=name, online=name in relay.online, may_send=send, may_receive=recv)
             for name, send, recv in relay.policy.peers_of(self.agent, relay.known)
         ]))  # fmt: skip
+
+
+def salvage_seq(line: bytes) -> int | None:
+    """The ``seq`` of an invalid ``send`` frame, when one can be read, so the
+    client can match the error to its request. Never raises."""
+    try:
+        data = msgspec.json.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    seq = data.get("seq") if isinstance(data, dict) and data.get("type") == "send" else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
 
 
 def _seq_only(seq_update: tuple[str, int]) -> Job:
