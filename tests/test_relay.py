@@ -507,3 +507,33 @@ def test_every_refusal_has_an_audit_line(relay: RunningRelay) -> None:
     refused = [x for x in audit_lines(relay) if x["event"] == "refused"]
     assert {x["code"] for x in refused} == {"forbidden", "auth_failed"}
     assert all(x["reason"] for x in refused)
+
+
+def test_per_agent_socket_authenticates_only_its_own_agent(relay_factory, state_dir: Path) -> None:
+    from dataclasses import replace as dc_replace
+
+    from tests.support import make_config
+
+    config = dc_replace(make_config(state_dir), per_agent_sockets=True)
+    relay = relay_factory(config=config)
+    alice, bob = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    alice_sock = config.agent_socket("alice")
+    assert oct(alice_sock.stat().st_mode & 0o777) == "0o660"
+    assert oct(config.agent_sockets.stat().st_mode & 0o777) == "0o711"
+    with RelayClient(Endpoint(alice_sock, "alice", alice.credential)) as a:
+        a.send("bob", "via my own socket")
+    # bob's valid credential on alice's socket is refused
+    with pytest.raises(RelayError, match="auth_failed"):
+        RelayClient(Endpoint(alice_sock, "bob", bob.credential)).connect()
+    wait_for(lambda: any(x.get("socket_agent") == "alice" for x in audit_lines(relay)))
+    relay.admin.request("agent_remove", name="bob")
+    assert not config.agent_socket("bob").exists()
+
+
+def test_invalid_send_frames_are_answered_with_their_seq(relay: RunningRelay) -> None:
+    alice = relay.add_agent("alice")
+    sock = raw(relay)
+    send_frames(sock, hello(alice), {"type": "send", "seq": 1, "to": "../x", "body": "b"})
+    _, error = read_frames(sock, 2)
+    assert (error["code"], error["seq"]) == ("invalid", 1)

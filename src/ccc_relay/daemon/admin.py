@@ -112,6 +112,8 @@ class AdminConnection(asyncio.Protocol):
             await self._write(lambda s: s.add_agent(record), "agent_added", agent=request.name,
                               uid=request.uid, gid=request.gid)  # fmt: skip
             relay.agents[request.name] = record
+            if relay.on_agent_added is not None:
+                await relay.on_agent_added(request.name)
             return {"name": request.name}
         if isinstance(request, ops.AgentRotate):
             record = self._agent(request.name)
@@ -126,6 +128,8 @@ class AdminConnection(asyncio.Protocol):
                               agent=request.name)  # fmt: skip
             del relay.agents[request.name]
             self._end_sessions(request.name, "the agent was removed")
+            if relay.on_agent_removed is not None:
+                relay.on_agent_removed(request.name)
             relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
             return {"name": request.name}
         if isinstance(request, ops.AgentList):

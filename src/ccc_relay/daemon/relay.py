@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,9 @@ class Relay:
         # Per agent: sent (committed), delivered (pushed to it), refused.
         self.activity: dict[str, Counter[str]] = {}
         self.anomaly = AnomalyDetector(config.anomaly)
+        # Set by the server when per-agent sockets are on.
+        self.on_agent_added: Callable[[str], Awaitable[None]] | None = None
+        self.on_agent_removed: Callable[[str], object] | None = None
         self._schedule_wake = asyncio.Event()
         self._last_delivery = store.max_delivery()
         # Ids are this run's random prefix plus the delivery number: unique

@@ -78,6 +78,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.relay: Relay | None = None
         self.sandbox: dict[str, Any] = {"landlock": "not applied (in-process relay)"}
+        self._agent_servers: dict[str, tuple[asyncio.AbstractServer, socket.socket]] = {}
 
     def stop(self) -> None:
         self.stopping.set()
@@ -87,6 +88,10 @@ class Daemon:
         owner = self._service_account()
         ensure_private_dir(config.state_dir, owner=owner)
         ensure_private_dir(config.audit.log_path, owner=owner)
+        if config.per_agent_sockets:
+            # 0711: containers' launchers may reach a socket whose name they
+            # know; nobody but the relay may list or create entries.
+            ensure_private_dir(config.agent_sockets, 0o711, owner=owner)
         inherited = inherited_socket(config.socket_path)
         agent_sock = inherited or bind_unix_socket(
             config.socket_path, mode=config.socket_mode, group=config.socket_group
@@ -129,6 +134,27 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 config.pid_path.unlink()
 
+    async def _open_agent_socket(self, relay: Relay, agent: str) -> None:
+        """Listen on ``agent``'s own socket; connections there can only be ``agent``."""
+        config = self.config
+        path = config.agent_socket(agent)
+        if agent in self._agent_servers:
+            return
+        sock = bind_unix_socket(path, mode=config.socket_mode, group=config.socket_group)
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: AgentConnection(relay, bound_agent=agent), sock=sock
+        )
+        self._agent_servers[agent] = (server, sock)
+
+    def _close_agent_socket(self, agent: str) -> None:
+        entry = self._agent_servers.pop(agent, None)
+        if entry is None:
+            return
+        server, sock = entry
+        server.close()
+        remove_socket(self.config.agent_socket(agent), sock)
+        sock.close()
+
     def _service_account(self) -> tuple[int, int] | None:
         """(uid, gid) of ``daemon.user`` when this root process will drop to it."""
         if not self.harden or os.geteuid() != 0 or self.config.user is None:
@@ -142,6 +168,8 @@ class Daemon:
         """Landlock: read-write only in the state, log and admin-socket dirs."""
         config = self.config
         writable = [config.state_dir, config.audit.log_path]
+        if config.per_agent_sockets and config.agent_sockets not in writable:
+            writable.append(config.agent_sockets)  # sockets of agents added later
         admin_dir = config.admin_socket_path.parent
         if admin_dir not in _SHARED_RUNTIME_DIRS and admin_dir not in writable:
             writable.append(admin_dir)
@@ -177,6 +205,11 @@ class Daemon:
         admin_server = await loop.create_unix_server(
             lambda: AdminConnection(relay, self.stopping, self.sandbox), sock=admin_sock
         )
+        if self.config.per_agent_sockets:
+            for agent in sorted(relay.agents):
+                await self._open_agent_socket(relay, agent)
+            relay.on_agent_added = lambda name: self._open_agent_socket(relay, name)
+            relay.on_agent_removed = self._close_agent_socket
         _write_pid(self.config.pid_path)
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="committer")
@@ -194,6 +227,8 @@ class Daemon:
             log.info("ccc-statusd stopping")
             agent_server.close()
             admin_server.close()
+            for agent in list(self._agent_servers):
+                self._close_agent_socket(agent)
             for conns in list(relay.online.values()):
                 for conn in list(conns):
                     conn.write(Goodbye(reason="relay shutting down"))

@@ -22,6 +22,10 @@ import socket
 import stat
 from pathlib import Path
 
+# path -> (device, inode) of every socket this process bound, so shutdown
+# removes exactly those and never a file someone else put there since.
+_bound: dict[str, tuple[int, int]] = {}
+
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 LISTEN_BACKLOG = 512  # bursts of agents reconnecting after a relay restart
 
@@ -117,6 +121,8 @@ def bind_unix_socket(path: Path, *, mode: int, group: str | None = None) -> sock
         if gid is not None:
             os.chown(path, -1, gid)
         os.chmod(path, mode)
+        info = os.lstat(path)
+        _bound[str(path)] = (info.st_dev, info.st_ino)
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
@@ -129,10 +135,15 @@ def bind_unix_socket(path: Path, *, mode: int, group: str | None = None) -> sock
 
 
 def remove_socket(path: Path, sock: socket.socket) -> None:
-    """Unlink ``path`` only if it is still the socket ``sock`` is bound to."""
+    """Unlink ``path`` only if it is still the socket this process bound there.
+
+    (The listening socket itself may already be closed by its server, so the
+    check is against the inode recorded at bind time.) Never raises.
+    """
+    identity = _bound.pop(str(path), None)
     with contextlib.suppress(OSError):
         info = os.lstat(path)
-        if stat.S_ISSOCK(info.st_mode) and sock.getsockname() == str(path):
+        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == identity:
             os.unlink(path)
 
 

@@ -77,12 +77,23 @@ class Config:
     socket_group: str | None = None
     user: str | None = None
     rules: tuple[Rule, ...] = ()
+    # One socket per agent in agent_socket_dir: the socket a container mounts is
+    # its identity; a connection on it can only authenticate as that agent.
+    per_agent_sockets: bool = False
+    agent_socket_dir: Path | None = None  # None: <state_dir>/agents
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     source: Path | None = None  # the file this came from; None for embedded defaults
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "relay.db"
+
+    @property
+    def agent_sockets(self) -> Path:
+        return self.agent_socket_dir or self.state_dir / "agents"
+
+    def agent_socket(self, agent: str) -> Path:
+        return self.agent_sockets / f"{agent}.sock"
 
     @property
     def credentials_dir(self) -> Path:
@@ -120,7 +131,7 @@ def embedded_defaults(env: Mapping[str, str] | None = None) -> Config:
 
 _DAEMON_KEYS = {
     "user", "socket_path", "socket_mode", "socket_group", "state_dir", "admin_socket_path",
-    "security", "audit", "anomaly",
+    "security", "audit", "anomaly", "per_agent_sockets", "agent_socket_dir",
 }  # fmt: skip
 _ANOMALY_KEYS = {"window", "jump_min_messages", "rules"}
 _ANOMALY_RULE_KEYS = {"threshold", "quarantine"}
@@ -182,6 +193,8 @@ def config_from_mapping(
             retention=_duration(audit, "retention", "daemon.audit.", DEFAULT_RETENTION),
         ),
         rules=_rules(data.get("policy")),
+        per_agent_sockets=_bool(daemon, "per_agent_sockets", "daemon.", False),
+        agent_socket_dir=_path(daemon, "agent_socket_dir", "daemon.", state_dir / "agents"),
         anomaly=_anomaly(_section(daemon, "anomaly", "daemon.")),
         source=source,
     )
