@@ -537,3 +537,63 @@ def test_invalid_send_frames_are_answered_with_their_seq(relay: RunningRelay) ->
     send_frames(sock, hello(alice), {"type": "send", "seq": 1, "to": "../x", "body": "b"})
     _, error = read_frames(sock, 2)
     assert (error["code"], error["seq"]) == ("invalid", 1)
+
+
+def test_deliveries_are_signed_for_clients_that_verify(relay: RunningRelay, monkeypatch) -> None:
+    import base64
+
+    from ccc_relay.daemon.signing import public_key_of
+
+    alice, bob = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    key = public_key_of(relay.config.state_dir)
+    assert key is not None and len(base64.b64decode(key)) == 32
+    monkeypatch.setenv("CCC_RELAY_PUBKEY", key)
+    bob_checked = Endpoint.resolve(socket_path=bob.socket_path,
+                                   credential_file=relay.config.credentials_dir / "bob.cred")  # fmt: skip
+    assert bob_checked.relay_pubkey is not None
+    with relay.client(alice) as a:
+        a.send("bob", "signed, please", thread="t")
+    with RelayClient(bob_checked) as b:
+        [m] = b.inbox()
+        assert m.signature and m.body == "signed, please"
+    # A different key: the same delivery is refused, and stays queued.
+    with relay.client(alice) as a:
+        a.send("bob", "second")
+    other = Credential.generate()  # any 32 bytes that are not the relay's key
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    wrong = Ed25519PrivateKey.generate().public_key()
+    with RelayClient(Endpoint(bob.socket_path, "bob", bob.credential, wrong)) as b:
+        with pytest.raises(RelayError) as caught:
+            b.fetch()
+        assert caught.value.code == "bad_signature"
+    with relay.client(bob) as b:
+        assert [m.body for m in b.inbox()] == ["second"]
+    assert other.reveal() != key
+
+
+def test_signature_covers_every_field() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ccc_relay.client.signatures import verify_message
+    from ccc_relay.daemon.signing import MessageSigner
+    from ccc_relay.protocol.frames import Message
+    from ccc_relay.store import StoredMessage
+
+    key = Ed25519PrivateKey.generate()
+    signer = MessageSigner(key)
+    stored = StoredMessage(id="m_abcdefgh1", sender="alice", recipient="bob", body="hi",
+                           sent_at=1.5, thread="t", reply_to=None, delivery=1)  # fmt: skip
+    message = Message(id=stored.id, sender="alice", to="bob", sent_at=1.5, body="hi",
+                      delivery=1, thread="t", signature=signer.sign(stored))  # fmt: skip
+    verify_message(key.public_key(), message)
+    import msgspec
+
+    for change in ({"sender": "mallory"}, {"body": "hi!"}, {"to": "eve"}, {"sent_at": 1.6},
+                   {"thread": None}, {"id": "m_abcdefgh2"}, {"signature": None}):  # fmt: skip
+        with pytest.raises(RelayError, match="bad_signature"):
+            verify_message(key.public_key(), msgspec.structs.replace(message, **change))
+    assert base64.b64decode(message.signature)

@@ -196,6 +196,27 @@ def path(config_path: str | None, what: str) -> None:
     click.echo(str(paths[what]))
 
 
+@main.command()
+@config_option
+def pubkey(config_path: str | None) -> None:
+    """Print the relay's message-signing public key (for CCC_RELAY_PUBKEY).
+
+    Agents that set CCC_RELAY_PUBKEY to it get every delivered message signed
+    and refuse any message that is unsigned or altered.
+    """
+    from ccc_relay.daemon.signing import public_key_of
+
+    config = load_host_config(config_path)
+    try:
+        key = public_key_of(config.state_dir)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the relay's signing key: {exc}", EXIT_CONFIG)
+    if key is None:
+        fail("the relay has not run yet with this state dir; start it once to create its key",
+             EXIT_UNAVAILABLE)  # fmt: skip
+    click.echo(key)
+
+
 @main.group()
 def session() -> None:
     """Inspect sessions and write to agents as the operator."""

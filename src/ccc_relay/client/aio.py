@@ -16,6 +16,7 @@ from typing import Any
 
 from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
 from ccc_relay.client.endpoint import Endpoint
+from ccc_relay.client.signatures import verify_message
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
 from ccc_relay.protocol.frames import (
     Accepted,
@@ -77,7 +78,8 @@ class AsyncRelayClient:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         try:
             welcome: Welcome = await self._request(
-                Hello(agent=self.endpoint.agent, credential=self.endpoint.credential.reveal()),
+                Hello(agent=self.endpoint.agent, credential=self.endpoint.credential.reveal(),
+                      signatures=self.endpoint.relay_pubkey is not None),
                 Welcome,
             )
         except BaseException:
@@ -201,6 +203,8 @@ class AsyncRelayClient:
 
     def _route(self, frame: Any) -> RelayError | None:
         if isinstance(frame, Message):
+            if self.endpoint.relay_pubkey is not None:
+                verify_message(self.endpoint.relay_pubkey, frame)  # a failure ends the session
             if self._seen.first_time(frame):
                 if self._fetched is not None:
                     self._fetched.append(frame)

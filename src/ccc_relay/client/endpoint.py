@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from ccc_relay.credentials import Credential, CredentialError, read_credential_file
 from ccc_relay.policy.config import Config, embedded_defaults, load_config
 
@@ -22,6 +24,9 @@ class Endpoint:
     socket_path: Path
     agent: str
     credential: Credential
+    # With the relay's public key the client asks for signed deliveries and
+    # refuses unsigned or badly signed messages.
+    relay_pubkey: Ed25519PublicKey | None = None
 
     @classmethod
     def resolve(
@@ -33,7 +38,7 @@ class Endpoint:
         config: Config | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Endpoint:
-        """Raises CredentialError when no usable credential can be found."""
+        """Raises CredentialError when no usable credential (or relay key) can be found."""
         env = os.environ if env is None else env
         config = config or host_config(env=env)
         sock = Path(socket_path or env.get("CCC_SOCKET") or config.socket_path)
@@ -46,7 +51,13 @@ class Endpoint:
                 "or pass --credential FILE (or --as NAME on the relay's host)"
             )
         agent, credential = read_credential_file(credential_file)
-        return cls(sock, agent, credential)
+        from ccc_relay.client.signatures import public_key_from_env
+
+        try:
+            pubkey = public_key_from_env(env)
+        except ValueError as exc:
+            raise CredentialError(str(exc)) from None
+        return cls(sock, agent, credential, pubkey)
 
 
 def host_config(path: str | os.PathLike[str] | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
 from ccc_relay.client.endpoint import Endpoint
+from ccc_relay.client.signatures import verify_message
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
 from ccc_relay.protocol.frames import (
     Accepted,
@@ -78,7 +79,8 @@ class RelayClient:
         self._sock = sock
         try:
             self._write(Hello(agent=self.endpoint.agent,
-                              credential=self.endpoint.credential.reveal()))  # fmt: skip
+                              credential=self.endpoint.credential.reveal(),
+                              signatures=self.endpoint.relay_pubkey is not None))  # fmt: skip
             frame = self._next_reply()
         except BaseException:
             self.close()
@@ -235,6 +237,8 @@ class RelayClient:
         for line in self._buffer.feed(data):
             frame = decode_relay_frame(line)
             if isinstance(frame, Message):
+                if self.endpoint.relay_pubkey is not None:
+                    verify_message(self.endpoint.relay_pubkey, frame)
                 if self._seen.first_time(frame):
                     self._inbox.append(frame)
             else:

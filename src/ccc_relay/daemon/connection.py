@@ -77,6 +77,7 @@ class AgentConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.peer: tuple[int, int, int] = (0, -1, -1)
         self.subscribed = False
+        self.wants_signatures = False
         self.window = 0
         self.backlog = False
         self.topping_up = False
@@ -266,6 +267,7 @@ class AgentConnection(asyncio.Protocol):
             self._hello_timer.cancel()
         self.state = "ready"
         self.agent = hello.agent
+        self.wants_signatures = hello.signatures
         self.session = session
         if self._counted_unauthenticated:
             relay.unauthenticated -= 1
@@ -354,6 +356,7 @@ class AgentConnection(asyncio.Protocol):
             id=message.id, sender=message.sender, to=message.recipient, sent_at=message.sent_at,
             body=message.body, delivery=message.delivery, thread=message.thread,
             reply_to=message.reply_to,
+            signature=self.relay.signer.sign(message) if self.wants_signatures else None,
         ))  # fmt: skip
 
     def top_up(self) -> None:

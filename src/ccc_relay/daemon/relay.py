@@ -23,6 +23,7 @@ import msgspec
 from ccc_relay import credentials
 from ccc_relay.audit.log import AuditRecord, body_fields
 from ccc_relay.daemon.committer import Committer, Job
+from ccc_relay.daemon.signing import MessageSigner
 from ccc_relay.policy.acl import Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config import Config, Rule
@@ -84,8 +85,10 @@ class Relay:
         committer: Committer,
         *,
         clock: Callable[[], float] = time.time,
+        signer: MessageSigner | None = None,
     ) -> None:
         self.config = config
+        self.signer = signer or MessageSigner.load_or_create(config.state_dir)
         self.limits = config.limits
         self.committer = committer
         self.clock = clock

@@ -50,6 +50,8 @@ class Hello(_Frame, tag="hello"):
     version: int = PROTOCOL_VERSION
     # Resume a session (after a reconnect or a relay restart) to keep its seq.
     resume: SessionId | None = None
+    # Ask the relay to sign every delivered message (the client verifies them).
+    signatures: bool = False
 
     def __repr__(self) -> str:  # the credential never reaches a log through repr
         return f"Hello(agent={self.agent!r}, credential='***', version={self.version})"
