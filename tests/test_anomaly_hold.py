@@ -90,10 +90,10 @@ def test_misbehaving_agent_trips_every_rule_and_a_good_pair_is_unaffected(
                 {"type": "send", "seq": 1, "to": "t0", "body": "x"},
                 *({"type": "send", "seq": 1, "to": "t0", "body": "x"} for _ in range(3)))  # fmt: skip
     read_frames(sock, 8)
-    # fan-out: four distinct recipients (threshold 3)
+    # fan-out: four distinct recipients (threshold 3), with invisible instructions
     with relay.client(eve) as e:
         for t in targets:
-            e.send(t.agent, "hello")
+            e.send(t.agent, "hello\u202e\U000e0041\u200b")
     # rate_jump: a quiet baseline, then a burst; it also trips rate_limited (40/min)
     for _ in range(4):
         clock.advance(61)
@@ -112,7 +112,7 @@ def test_misbehaving_agent_trips_every_rule_and_a_good_pair_is_unaffected(
     good_pair_still_talks()
     wait_for(lambda: {a["rule"] for a in anomalies(relay)} >= {
         "auth_failures", "forbidden", "invalid_frames", "replays", "fan_out", "rate_jump",
-        "rate_limited"})  # fmt: skip
+        "rate_limited", "sanitized"})  # fmt: skip
     assert {a["agent"] for a in anomalies(relay)} == {"eve"}
     status = relay.admin.request("status")
     assert status["anomalies"] >= 7

@@ -47,12 +47,20 @@ from ccc_relay.protocol.frames import (
 from ccc_relay.daemon.committer import Job
 from ccc_relay.daemon.sockets import peer_credentials
 from ccc_relay.policy.acl import HOLD
+from ccc_relay.policy.sanitize import Sanitized, sanitize
 from ccc_relay.store import StoredMessage, StoreFailure
 
 if TYPE_CHECKING:
     from ccc_relay.daemon.relay import Relay, Session
 
 log = logging.getLogger("ccc_relay.daemon")
+
+# Bodies longer than this are sanitised on a worker thread (their frames still
+# in order), so one hostile megabyte cannot stall every other agent's frames.
+SANITIZE_INLINE_LIMIT = 64 * 1024
+# Normalisations that say nothing about intent; the rest count towards the
+# "sanitized" anomaly rule.
+BENIGN_CHANGES = frozenset({"newline", "nfc"})
 
 # A peer that stops reading is not allowed to grow our write buffer without
 # bound: above the high mark we stop reading its frames until it drains.
@@ -84,6 +92,10 @@ class AgentConnection(asyncio.Protocol):
         self.inflight: dict[str, int] = {}  # message id -> delivery number
         self.connected_at = relay.clock()
         self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._input_held = False  # a frame is being finished off the loop; later ones wait
+        self._queued_lines: list[bytes] = []
+        self._flush_scheduled = False
         self._buffer = LineBuffer(line_cap_for(relay.limits.max_message_size))
         self._hello_timer: asyncio.TimerHandle | None = None
         self._counted_unauthenticated = False
@@ -123,6 +135,9 @@ class AgentConnection(asyncio.Protocol):
         for line in lines:
             if self.state == "closed":
                 return
+            if self._input_held:
+                self._queued_lines.append(line)
+                continue
             self._handle_line(line)
 
     def eof_received(self) -> bool:
@@ -189,8 +204,24 @@ class AgentConnection(asyncio.Protocol):
             self.close()
 
     def write(self, frame: Any) -> None:
-        if self._transport is not None and self.state != "closed":
-            self._transport.write(encode(frame))
+        """Queue a frame; all frames queued in one loop turn go out in one write.
+
+        A burst of sends answered by a burst of ``accepted`` frames (or a top-up
+        of pushed messages) then costs one syscall instead of one per frame.
+        """
+        if self._transport is None or self.state == "closed":
+            return
+        self._out.append(encode(frame))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._transport.write(data)
+        self._out.clear()
 
     def refuse(self, exc: ProtocolError, *, seq: int | None = None) -> None:
         """Answer a refusal, audit it, and close when it is fatal."""
@@ -210,6 +241,7 @@ class AgentConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
+            self._flush()  # the last frames (an error, a bye) go out before the close
             self._transport.close()
         self._close_state()
 
@@ -323,15 +355,62 @@ class AgentConnection(asyncio.Protocol):
         except ProtocolError:
             relay.committer.submit(_seq_only(seq_update), want_result=False)
             raise
-        message = relay.new_message(self.agent, frame.to, frame.body, thread=frame.thread,
+        options = relay.limits.sanitize
+        if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
+            self._hold_input()
+            work = asyncio.get_running_loop().run_in_executor(None, sanitize, frame.body, options)
+            work.add_done_callback(lambda f: self._after_sanitize(f, frame, action, seq_update))
+            return
+        cleaned = sanitize(frame.body, options) if options.enabled else None
+        self._finish_send(frame, action, seq_update, cleaned)
+
+    def _after_sanitize(self, future: asyncio.Future[Sanitized], frame: Send, action: str,
+                        seq_update: tuple[str, int]) -> None:  # fmt: skip
+        try:
+            if self.state != "closed":
+                try:
+                    self._finish_send(frame, action, seq_update, future.result())
+                except StoreFailure as exc:
+                    self.refuse(ProtocolError(ErrorCode.UNAVAILABLE, str(exc)), seq=frame.seq)
+        finally:
+            self._release_input()
+
+    def _hold_input(self) -> None:
+        self._input_held = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _release_input(self) -> None:
+        self._input_held = False
+        while self._queued_lines and not self._input_held and self.state != "closed":
+            self._handle_line(self._queued_lines.pop(0))
+        if not self._input_held and self._transport is not None and self.state != "closed":
+            self._transport.resume_reading()
+
+    def _finish_send(self, frame: Send, action: str, seq_update: tuple[str, int],
+                     cleaned: Sanitized | None) -> None:  # fmt: skip
+        relay = self.relay
+        session = self.session
+        assert session is not None and self.agent is not None
+        body = frame.body if cleaned is None else cleaned.text
+        changes = cleaned.describe() if cleaned is not None and cleaned.changes else []
+        extra: dict[str, Any] = {}
+        if cleaned is not None and cleaned.changes:
+            extra["sanitized"] = dict(cleaned.changes)
+            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
+            if findings:
+                relay.alert(relay.anomaly.sanitized(self.agent, findings, relay.clock()))
+        message = relay.new_message(self.agent, frame.to, body, thread=frame.thread,
                                     reply_to=frame.reply_to, deliver_at=frame.deliver_at)  # fmt: skip
         hold = action == HOLD
         future = relay.enqueue(message, seq_update=seq_update, hold=hold, send_seq=frame.seq,
-                               session=session.id)  # fmt: skip
-        future.add_done_callback(lambda f: self._on_committed(f, frame.seq, message, hold))
+                               session=session.id, **extra)  # fmt: skip
+        future.add_done_callback(
+            lambda f: self._on_committed(f, frame.seq, message, hold, changes)
+        )
 
     def _on_committed(self, future: asyncio.Future[Any], seq: int, message: StoredMessage,
-                      hold: bool) -> None:  # fmt: skip
+                      hold: bool, changes: list[str]) -> None:  # fmt: skip
         exc = future.exception()
         if exc is not None:
             self.write(Error(code=ErrorCode.UNAVAILABLE.value, seq=seq,
@@ -339,9 +418,9 @@ class AgentConnection(asyncio.Protocol):
             return
         if hold:
             self.relay.counters.held += 1
-            self.write(Held(seq=seq, id=message.id))
+            self.write(Held(seq=seq, id=message.id, changes=changes))
             return
-        self.write(Accepted(seq=seq, id=message.id))
+        self.write(Accepted(seq=seq, id=message.id, changes=changes))
         self.relay.committed(message)
 
     # --- receive ----------------------------------------------------------------

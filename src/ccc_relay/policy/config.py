@@ -19,6 +19,7 @@ import yaml
 
 from ccc_relay.policy.anomaly import DEFAULT_RULES, RULES, AnomalyConfig
 from ccc_relay.policy.anomaly import Rule as AnomalyRule
+from ccc_relay.policy.sanitize import SanitizeOptions
 from ccc_relay.policy.units import UnitError, parse_duration, parse_rate, parse_size
 from ccc_relay.protocol.names import agent_name_problem
 
@@ -48,6 +49,7 @@ class Limits:
     max_connections: int = 4096
     max_unauthenticated: int = 64
     auth_failures_per_minute: float = 10.0  # per peer uid, before hellos are throttled
+    sanitize: SanitizeOptions = field(default_factory=SanitizeOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ _SECURITY_KEYS = {
     "max_message_size", "rate_limit", "agent_rate_limit", "pair_rate_limit",
     "global_rate_limit", "session_timeout", "require_session_auth", "hello_timeout",
     "max_connections", "max_unauthenticated", "auth_failures_per_minute",
+    "sanitize", "sanitize_paths", "redact_secrets",
 }  # fmt: skip
 _AUDIT_KEYS = {"log_all_messages", "log_path", "retention"}
 _POLICY_KEYS = {"allow", "hold"}
@@ -246,6 +249,18 @@ def _limits(security: Mapping[str, Any]) -> Limits:
         max_connections=_int(security, "max_connections", p, 4096),
         max_unauthenticated=_int(security, "max_unauthenticated", p, 64),
         auth_failures_per_minute=_number(security, "auth_failures_per_minute", p, 10.0),
+        sanitize=_sanitize(security, p),
+    )
+
+
+def _sanitize(security: Mapping[str, Any], p: str) -> SanitizeOptions:
+    paths = security.get("sanitize_paths", "escape")
+    if paths not in ("escape", "redact", "off"):
+        raise ConfigError(f"{p}sanitize_paths: {paths!r} -- expected escape, redact or off")
+    return SanitizeOptions(
+        enabled=_bool(security, "sanitize", p, True),
+        paths=paths,
+        redact_secrets=_bool(security, "redact_secrets", p, True),
     )
 
 
