@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ccc_relay.audit import retention as _retention
 from ccc_relay.audit.signing import CHECKPOINT, checkpoint_fields
+from ccc_relay.policy.sanitize import SanitizeOptions, sanitize
 
 log = logging.getLogger("ccc_relay.audit")
 
@@ -55,6 +56,7 @@ FILE_OPENED = "file_opened"
 TORN_LINE = "torn_line_dropped"
 _FILE_NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.jsonl$")
 _READ_BLOCK = 64 * 1024  # first step when reading a file backwards; doubles for long lines
+_AUDIT_COPY = SanitizeOptions(paths="off")  # secrets out; paths are not the audit's business
 
 _encoder = msgspec.json.Encoder()
 
@@ -137,8 +139,8 @@ def decode_line(line: bytes) -> dict[str, Any]:
     """A line's record. Raises ValueError unless it is an object with the chain keys."""
     try:
         record = msgspec.json.decode(line)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not JSON ({exc})") from None
+    except msgspec.DecodeError:
+        raise ValueError("not JSON") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     seq, prev = record.get("seq"), record.get("prev")
@@ -381,9 +383,23 @@ class AuditLog:
             self._lock_fd = None
 
 
-def body_fields(body: str, log_all_messages: bool) -> dict[str, Any]:
-    """What the audit keeps of a body: all of it, or only its size and hash."""
+def body_fields(
+    body: str, log_all_messages: bool, *, secrets_removed: bool = False
+) -> dict[str, Any]:
+    """What the audit keeps of a body: all of it less any secret, or only its size and hash.
+
+    A credential must never reach an audit line: unless the caller says the
+    body already went through secret redaction (``secrets_removed``, the
+    relay's own pass), the audit copy is scrubbed here. ``size`` is the body's
+    size as stored.
+    """
     data = body.encode("utf-8")
-    if log_all_messages:
+    if not log_all_messages:
+        return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if secrets_removed:
         return {"body": body, "size": len(data)}
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    kept = sanitize(body, _AUDIT_COPY)
+    fields: dict[str, Any] = {"body": kept.text, "size": len(data)}
+    if kept.secret_kinds:
+        fields["redacted"] = sorted(kept.secret_kinds)
+    return fields

@@ -179,7 +179,7 @@ def checkpoint_fields(key: Ed25519PrivateKey, seq: int, head: str, ts: float) ->
 def signature_problem(record: dict[str, Any], key: Ed25519PublicKey) -> str | None:
     """Why the checkpoint ``record`` is not signed by ``key``, or None when it is."""
     if record.get("key_id") != key_id(key):
-        return f"signed by key {record.get('key_id')!r}, not by the given key {key_id(key)}"
+        return f"it names key {record.get('key_id')!r}, not the given key {key_id(key)}"
     try:
         signature = base64.b64decode(str(record.get("sig", "")), validate=True)
         message = checkpoint_message(

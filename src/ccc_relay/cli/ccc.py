@@ -25,8 +25,13 @@ from ccc_relay.protocol.frames import Held
 
 
 class Context:
-    def __init__(self, config_path: str | None, socket_path: str | None,
-                 credential: str | None, as_agent: str | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config_path: str | None,
+        socket_path: str | None,
+        credential: str | None,
+        as_agent: str | None,
+    ) -> None:
         self.config_path = config_path
         self.socket_path = socket_path
         self.credential = credential
@@ -36,9 +41,11 @@ class Context:
     def client(self) -> Iterator[RelayClient]:
         config = load_host_config(self.config_path)
         endpoint = Endpoint.resolve(
-            socket_path=self.socket_path, credential_file=self.credential,
-            as_agent=self.as_agent, config=config,
-        )  # fmt: skip
+            socket_path=self.socket_path,
+            credential_file=self.credential,
+            as_agent=self.as_agent,
+            config=config,
+        )
         client = RelayClient(endpoint)
         client.connect()
         try:
@@ -53,15 +60,33 @@ pass_context = click.make_pass_decorator(Context)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ccc")
 @config_option
-@click.option("--socket", "socket_path", envvar="CCC_SOCKET", type=click.Path(),
-              help="The relay's socket (env CCC_SOCKET).")  # fmt: skip
-@click.option("--credential", envvar="CCC_CREDENTIAL", type=click.Path(dir_okay=False),
-              help="This agent's credential file (env CCC_CREDENTIAL).")  # fmt: skip
-@click.option("--as", "as_agent", metavar="NAME",
-              help="On the relay's host: act as agent NAME using its stored credential.")  # fmt: skip
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="CCC_SOCKET",
+    type=click.Path(),
+    help="The relay's socket (env CCC_SOCKET).",
+)
+@click.option(
+    "--credential",
+    envvar="CCC_CREDENTIAL",
+    type=click.Path(dir_okay=False),
+    help="This agent's credential file (env CCC_CREDENTIAL).",
+)
+@click.option(
+    "--as",
+    "as_agent",
+    metavar="NAME",
+    help="On the relay's host: act as agent NAME using its stored credential.",
+)
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, socket_path: str | None,
-         credential: str | None, as_agent: str | None) -> None:  # fmt: skip
+def main(
+    ctx: click.Context,
+    config_path: str | None,
+    socket_path: str | None,
+    credential: str | None,
+    as_agent: str | None,
+) -> None:
     """Message other agents through the ccc relay, and administer it.
 
     \b
@@ -90,8 +115,16 @@ def main(ctx: click.Context, config_path: str | None, socket_path: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the relay's answer as JSON.")
 @pass_context
 @handle_errors
-def send(obj: Context, to: str, text: str | None, thread: str | None, reply_to: str | None,
-         deliver_at: float | None, delay: float | None, as_json: bool) -> None:  # fmt: skip
+def send(
+    obj: Context,
+    to: str,
+    text: str | None,
+    thread: str | None,
+    reply_to: str | None,
+    deliver_at: float | None,
+    delay: float | None,
+    as_json: bool,
+) -> None:
     """Send TEXT (or standard input) to agent TO."""
     body = text if text is not None else click.get_text_stream("stdin").read()
     if delay is not None:
@@ -100,8 +133,9 @@ def send(obj: Context, to: str, text: str | None, thread: str | None, reply_to: 
         answer = client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
     held = isinstance(answer, Held)
     if as_json:
-        emit_json({"id": answer.id, "seq": answer.seq, "to": to, "changes": answer.changes,
-                   "held": held})  # fmt: skip
+        emit_json(
+            {"id": answer.id, "seq": answer.seq, "to": to, "changes": answer.changes, "held": held}
+        )
     else:
         if held:
             click.echo(f"held {answer.id} -> {to}: it waits for the operator's approval")
@@ -174,8 +208,17 @@ def agents(obj: Context, as_json: bool) -> None:
     with obj.client() as client:
         rows = client.agents()
     if as_json:
-        emit_json([{"name": a.name, "online": a.online, "may_send": a.may_send,
-                    "may_receive": a.may_receive} for a in rows])  # fmt: skip
+        emit_json(
+            [
+                {
+                    "name": a.name,
+                    "online": a.online,
+                    "may_send": a.may_send,
+                    "may_receive": a.may_receive,
+                }
+                for a in rows
+            ]
+        )
         return
     if not rows:
         click.echo("no agents you may talk to (ask the operator: ccc allow ...)", err=True)
@@ -196,28 +239,27 @@ def whoami(obj: Context, as_json: bool) -> None:
         welcome = client.welcome
     assert welcome is not None
     data: dict[str, Any] = {
-        "agent": welcome.agent, "session": welcome.session, "expires_at": welcome.expires_at,
+        "agent": welcome.agent,
+        "session": welcome.session,
+        "expires_at": welcome.expires_at,
         "max_message_size": welcome.max_message_size,
         "rate_limit_per_minute": welcome.rate_limit_per_minute,
         "socket": str(obj.socket_path or ""),
-    }  # fmt: skip
+    }
     if as_json:
         emit_json(data)
     else:
         click.echo(f"{welcome.agent} (session {welcome.session})")
 
 
-def _register_operator_commands() -> None:
+def _register_commands() -> None:
     from ccc_relay.cli import operator
+    from ccc_relay.cli.audit_cmd import audit
+    from ccc_relay.cli.containers_cmd import firewall, run
+    from ccc_relay.cli.integrations_cmd import hook, install, mcp
 
-    for command in operator.COMMANDS:
+    for command in (*operator.COMMANDS, audit, run, firewall, mcp, hook, install):
         main.add_command(command)
-    try:
-        from ccc_relay.cli.containers_cmd import firewall, run
-    except ImportError:  # pragma: no cover - the container commands ship with the package
-        return
-    main.add_command(run)
-    main.add_command(firewall)
 
 
-_register_operator_commands()
+_register_commands()

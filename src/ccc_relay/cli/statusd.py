@@ -21,6 +21,8 @@ from ccc_relay.cli.common import (
 )
 from ccc_relay.client.admin import AdminClient
 from ccc_relay.client.base import RelayUnavailable
+from ccc_relay.audit.log import AuditLogError
+from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.daemon.landlock import LandlockError
 from ccc_relay.daemon.privileges import PrivilegeError, describe_missing, root_check
 from ccc_relay.daemon.sockets import SocketPathError
@@ -60,7 +62,9 @@ def effective_settings(config: Config) -> dict[str, Any]:
         "socket_group": config.socket_group,
         "admin_socket_path": str(config.admin_socket_path),
         "user": config.user,
-        "max_message_size": f"{limits.max_message_size} bytes ({format_size(limits.max_message_size)})",
+        "max_message_size": (
+            f"{limits.max_message_size} bytes ({format_size(limits.max_message_size)})"
+        ),
         "rate_limit": f"{limits.rate_per_minute:g} msg/min/session",
         "agent_rate_limit": f"{limits.agent_rate_per_minute:g} msg/min/agent",
         "pair_rate_limit": f"{limits.pair_rate_per_minute:g} msg/min/pair",
@@ -106,8 +110,12 @@ def check_config(file: str, as_json: bool) -> None:
 @main.command()
 @config_option
 @click.option("--allow-root", is_flag=True, help="Run as root without daemon.user (not advised).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True)  # fmt: skip
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
 def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
     """Run the relay in the foreground until SIGTERM, Ctrl-C or 'ccc-statusd stop'."""
     from ccc_relay.daemon.server import run_daemon
@@ -132,7 +140,7 @@ def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
         run_daemon(config)
     except SocketPathError as exc:
         fail(str(exc), EXIT_CONFIG)
-    except (PermissionError, PrivilegeError, LandlockError) as exc:
+    except (PermissionError, PrivilegeError, LandlockError, AuditLogError, SigningKeyError) as exc:
         fail(f"{exc}", EXIT_CONFIG)
     except KeyboardInterrupt:
         pass
@@ -212,8 +220,10 @@ def pubkey(config_path: str | None) -> None:
     except (OSError, ValueError) as exc:
         fail(f"cannot read the relay's signing key: {exc}", EXIT_CONFIG)
     if key is None:
-        fail("the relay has not run yet with this state dir; start it once to create its key",
-             EXIT_UNAVAILABLE)  # fmt: skip
+        fail(
+            "the relay has not run yet with this state dir; start it once to create its key",
+            EXIT_UNAVAILABLE,
+        )
     click.echo(key)
 
 

@@ -119,18 +119,31 @@ class Relay:
         # across restarts, and minted without a syscall per message.
         self._id_prefix = secrets.token_urlsafe(6)  # 8 characters
 
-    def new_message(self, sender: str, recipient: str, body: str, *, thread: str | None = None,
-                    reply_to: str | None = None,
-                    deliver_at: float | None = None) -> StoredMessage:  # fmt: skip
+    def new_message(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        *,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        deliver_at: float | None = None,
+    ) -> StoredMessage:
         """A message with the next delivery number (numbers follow submit order,
         which is commit order) and an id derived from it."""
         self._last_delivery += 1
         delivery = self._last_delivery
         return StoredMessage(
-            id=message_id(self._id_prefix, delivery), sender=sender, recipient=recipient,
-            body=body, sent_at=self.clock(), thread=thread, reply_to=reply_to,
-            deliver_at=deliver_at, delivery=delivery,
-        )  # fmt: skip
+            id=message_id(self._id_prefix, delivery),
+            sender=sender,
+            recipient=recipient,
+            body=body,
+            sent_at=self.clock(),
+            thread=thread,
+            reply_to=reply_to,
+            deliver_at=deliver_at,
+            delivery=delivery,
+        )
 
     @property
     def known(self) -> set[str]:
@@ -148,8 +161,9 @@ class Relay:
         except StoreFailure:
             log.error("audit line lost, the store has failed: %s %s", event, fields)
 
-    def refuse(self, who: str | None, exc: ProtocolError, *, claimed: str | None = None,
-               **fields: Any) -> None:  # fmt: skip
+    def refuse(
+        self, who: str | None, exc: ProtocolError, *, claimed: str | None = None, **fields: Any
+    ) -> None:
         """Count, audit and watch a refusal.
 
         ``who`` is the authenticated agent; before authentication ``claimed``
@@ -172,9 +186,14 @@ class Relay:
     def alert(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             self.counters.anomalies += 1
-            fields = {"agent": alert.agent, "rule": alert.rule, "value": alert.value,
-                      "threshold": alert.threshold, "window": alert.window,
-                      "quarantine": alert.quarantine}  # fmt: skip
+            fields = {
+                "agent": alert.agent,
+                "rule": alert.rule,
+                "value": alert.value,
+                "threshold": alert.threshold,
+                "window": alert.window,
+                "quarantine": alert.quarantine,
+            }
             self.counters.alerts.append({"ts": self.clock(), **fields})
             self.audit("anomaly", **fields, detail=alert.describe())
             log.warning("anomaly: %s", alert.describe())
@@ -187,10 +206,12 @@ class Relay:
             return
         self.agents[agent] = msgspec.structs.replace(record, quarantined=reason)
         self.committer.submit(
-            Job(run=lambda s: s.set_quarantine(agent, reason),
-                audit=[self.record("quarantined", agent=agent, reason=reason)]),
+            Job(
+                run=lambda s: s.set_quarantine(agent, reason),
+                audit=[self.record("quarantined", agent=agent, reason=reason)],
+            ),
             want_result=False,
-        )  # fmt: skip
+        )
         self.close_agent(agent, ErrorCode.QUARANTINED, f"agent quarantined: {reason}")
 
     # --- authentication -------------------------------------------------------
@@ -204,7 +225,7 @@ class Relay:
         AUTH_FAILED for a wrong name, credential or uid (one answer for all),
         SESSION_EXPIRED for a resume of an unknown or expired session.
         """
-        pid, uid, gid = peer
+        _pid, uid, gid = peer
         now = self.clock()
         failures = self._auth_failures.get(uid)
         if failures is not None:
@@ -257,9 +278,7 @@ class Relay:
         )
         self.sessions[session.id] = session
         record_ = SessionRecord(session.id, agent, now, session.expires, 0)
-        self.committer.submit(
-            Job(run=lambda s: s.create_session(record_)), want_result=False
-        )
+        self.committer.submit(Job(run=lambda s: s.create_session(record_)), want_result=False)
         return session
 
     def load_sessions(self, records: Iterable[SessionRecord]) -> None:
@@ -267,9 +286,12 @@ class Relay:
         for r in records:
             if r.expires > now and r.agent in self.agents:
                 self.sessions[r.id] = Session(
-                    r.id, r.agent, r.expires, r.last_seq,
+                    r.id,
+                    r.agent,
+                    r.expires,
+                    r.last_seq,
                     WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
-                )  # fmt: skip
+                )
 
     # --- sending --------------------------------------------------------------
 
@@ -335,20 +357,30 @@ class Relay:
 
         Raises StoreFailure when the store has already failed.
         """
+        options = self.limits.sanitize
+        scrubbed = options.enabled and options.redact_secrets and message.sender in self.agents
         fields = {
-            "id": message.id, "from": message.sender, "to": message.recipient,
-            **body_fields(message.body, self.config.audit.log_all_messages), **audit_fields,
-        }  # fmt: skip
+            "id": message.id,
+            "from": message.sender,
+            "to": message.recipient,
+            **body_fields(message.body, self.config.audit.log_all_messages,
+                          secrets_removed=scrubbed),
+            **audit_fields,
+        }
         if message.thread:
             fields["thread"] = message.thread
         if message.deliver_at:
             fields["deliver_at"] = message.deliver_at
         if hold:
-            job = Job(audit=[self.record("held", **fields)], run=lambda s: s.hold(message),
-                      seq_update=seq_update)  # fmt: skip
+            job = Job(
+                audit=[self.record("held", **fields)],
+                run=lambda s: s.hold(message),
+                seq_update=seq_update,
+            )
         else:
-            job = Job(audit=[self.record("accepted", **fields)], message=message,
-                      seq_update=seq_update)  # fmt: skip
+            job = Job(
+                audit=[self.record("accepted", **fields)], message=message, seq_update=seq_update
+            )
         future = self.committer.submit(job)
         assert future is not None
         if message.sender in self.agents:
@@ -441,11 +473,13 @@ class Relay:
         last = self.clock()
         while True:
             now = self.clock()
-            due = await self.committer.read(lambda s: s.recipients_due(now, last))
+            due = await self.committer.read(
+                lambda s, now=now, last=last: s.recipients_due(now, last)
+            )
             last = now
             for agent in due:
                 self.route(agent)
-            upcoming = await self.committer.read(lambda s: s.next_scheduled(now))
+            upcoming = await self.committer.read(lambda s, now=now: s.next_scheduled(now))
             self._schedule_wake.clear()
             timeout = 60.0 if upcoming is None else max(0.0, upcoming - self.clock())
             try:
@@ -469,8 +503,12 @@ class Relay:
         self.policy = Policy.from_rules([*self.config.rules, *self._db_rules])
 
     def rules_with_source(self) -> list[dict[str, str]]:
-        rows = [{"from": r.sender, "to": r.recipient, "action": r.action, "source": "config"}
-                for r in self.config.rules]  # fmt: skip
-        rows += [{"from": r.sender, "to": r.recipient, "action": r.action, "source": "admin"}
-                 for r in self._db_rules]  # fmt: skip
+        rows = [
+            {"from": r.sender, "to": r.recipient, "action": r.action, "source": "config"}
+            for r in self.config.rules
+        ]
+        rows += [
+            {"from": r.sender, "to": r.recipient, "action": r.action, "source": "admin"}
+            for r in self._db_rules
+        ]
         return sorted(rows, key=lambda r: (r["from"], r["to"], r["source"]))

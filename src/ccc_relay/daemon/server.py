@@ -34,14 +34,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ccc_relay.audit.log import AuditLog
+from ccc_relay.audit.signing import load_or_create_signing_key
 from ccc_relay.daemon.admin import AdminConnection
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.connection import AgentConnection
-from ccc_relay.daemon.relay import Relay
 from ccc_relay.daemon.landlock import restrict_to
 from ccc_relay.daemon.privileges import drop_privileges
+from ccc_relay.daemon.relay import Relay
 from ccc_relay.daemon.sockets import (
     bind_unix_socket,
+    group_id,
     ensure_private_dir,
     inherited_socket,
     remove_socket,
@@ -56,10 +58,12 @@ T = TypeVar("T")
 
 # Directories that are never confined-to as a whole: the admin socket's parent
 # is added to the Landlock rules only when it is a directory of the relay's own.
-_SHARED_RUNTIME_DIRS = frozenset({Path("/run"), Path("/var/run"), Path("/tmp"), Path("/")})
+_SHARED_RUNTIME_DIRS = frozenset({Path("/run"), Path("/var/run"), Path("/tmp"), Path("/")})  # noqa: S108
 CONFINEMENT_PROBE = Path("/etc/hostname")  # must be unreadable once confined
 
-SWEEP_INTERVAL = 30.0  # how often expired sessions are looked for
+SWEEP_INTERVAL = 30.0
+CHECKPOINT_INTERVAL = 300.0  # a signed checkpoint at most every 5 minutes (if lines were added)
+RETENTION_EVERY_CHECKPOINTS = 12  # retention runs hourly  # how often expired sessions are looked for
 SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
 
 
@@ -112,10 +116,17 @@ class Daemon:
             agent_sock.close()
             raise
         store = Store(config.db_path)
-        audit = AuditLog(config.audit.log_path)
+        if config.audit.log_group is not None:
+            audit = AuditLog(config.audit.log_path, file_mode=0o640,
+                             group_id=group_id(config.audit.log_group))
+        else:
+            audit = AuditLog(config.audit.log_path)
+        # Loaded (or created, owned by the relay's user) before the confinement.
+        self.checkpoint_key = load_or_create_signing_key(config.state_dir)
         if self.harden:
             self._confine()
         committer = Committer(store, audit)
+        self._audit = audit
         relay = Relay(config, store, committer, clock=self.clock)
         relay.load_sessions(store.live_sessions(self.clock()))
         self.relay = relay
@@ -174,8 +185,11 @@ class Daemon:
         if admin_dir not in _SHARED_RUNTIME_DIRS and admin_dir not in writable:
             writable.append(admin_dir)
         status = restrict_to(writable)
-        self.sandbox = {"landlock": status.message, "abi": status.abi,
-                        "writable": [str(p) for p in writable]}  # fmt: skip
+        self.sandbox = {
+            "landlock": status.message,
+            "abi": status.abi,
+            "writable": [str(p) for p in writable],
+        }
         if status.enforced:
             try:
                 CONFINEMENT_PROBE.open("rb").close()
@@ -215,13 +229,25 @@ class Daemon:
             commit_task = tasks.create_task(committer.run(), name="committer")
             scheduler = tasks.create_task(relay.run_scheduler(), name="scheduler")
             sweeper = tasks.create_task(self._sweep(relay), name="sweeper")
-            await committer.submit(Job(audit=[relay.record(
-                "daemon_started", pid=os.getpid(), uid=os.getuid(),
-                socket=str(self.config.socket_path),
-                config=str(self.config.source) if self.config.source else None,
-            )]))  # fmt: skip
-            log.info("ccc-statusd listening on %s (admin %s)", self.config.socket_path,
-                     self.config.admin_socket_path)  # fmt: skip
+            upkeep = tasks.create_task(self._audit_upkeep(relay, committer), name="audit upkeep")
+            await committer.submit(
+                Job(
+                    audit=[
+                        relay.record(
+                            "daemon_started",
+                            pid=os.getpid(),
+                            uid=os.getuid(),
+                            socket=str(self.config.socket_path),
+                            config=str(self.config.source) if self.config.source else None,
+                        )
+                    ]
+                )
+            )
+            log.info(
+                "ccc-statusd listening on %s (admin %s)",
+                self.config.socket_path,
+                self.config.admin_socket_path,
+            )
             self.ready.set()
             await self.stopping.wait()
             log.info("ccc-statusd stopping")
@@ -235,8 +261,11 @@ class Daemon:
                     conn.close()
             scheduler.cancel()
             sweeper.cancel()
+            upkeep.cancel()
             with contextlib.suppress(Exception):
-                final = committer.submit(Job(audit=[relay.record("daemon_stopped")]))
+                committer.submit(Job(audit=[relay.record("daemon_stopped")]), want_result=False)
+                # The last line of a run is a signed checkpoint over everything before it.
+                final = committer.submit(self.checkpoint_job(relay))
                 if final is not None:
                     await asyncio.wait_for(final, SHUTDOWN_GRACE)
             commit_task.cancel()
@@ -244,14 +273,35 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
+    def retention_job(self, relay: Relay) -> Job:
+        """Delete audit files past ``retention``; the cut is recorded in the log."""
+        now, retention = relay.clock(), self.config.audit.retention
+        return Job(run=lambda _store: self._audit.apply_retention(now, retention))
+
+    def checkpoint_job(self, relay: Relay) -> Job:
+        """A signed checkpoint line over the chain head (nothing when no line was added)."""
+        now, key = relay.clock(), self.checkpoint_key
+        return Job(run=lambda _store: self._audit.checkpoint(now, key))
+
+    async def _audit_upkeep(self, relay: Relay, committer: Committer) -> None:
+        """Retention at start and hourly; a signed checkpoint at start and every 5 minutes."""
+        ticks = 0
+        while True:
+            if ticks % RETENTION_EVERY_CHECKPOINTS == 0:
+                committer.submit(self.retention_job(relay), want_result=False)
+            committer.submit(self.checkpoint_job(relay), want_result=False)
+            ticks += 1
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+
     async def _sweep(self, relay: Relay) -> None:
         interval = min(SWEEP_INTERVAL, relay.limits.session_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             relay.expire_sessions()
             now = relay.clock()
-            relay.committer.submit(Job(run=lambda s: s.delete_expired_sessions(now)),
-                                   want_result=False)  # fmt: skip
+            relay.committer.submit(
+                Job(run=lambda s, now=now: s.delete_expired_sessions(now)), want_result=False
+            )
 
 
 def _write_pid(path: Path) -> None:

@@ -57,6 +57,7 @@ class AuditConfig:
     log_path: Path
     log_all_messages: bool = True
     retention: float = DEFAULT_RETENTION
+    log_group: str | None = None  # files become 0640 with this group (readers of the log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +133,37 @@ def embedded_defaults(env: Mapping[str, str] | None = None) -> Config:
 # --- loading ----------------------------------------------------------------
 
 _DAEMON_KEYS = {
-    "user", "socket_path", "socket_mode", "socket_group", "state_dir", "admin_socket_path",
-    "security", "audit", "anomaly", "per_agent_sockets", "agent_socket_dir",
-}  # fmt: skip
+    "user",
+    "socket_path",
+    "socket_mode",
+    "socket_group",
+    "state_dir",
+    "admin_socket_path",
+    "security",
+    "audit",
+    "anomaly",
+    "per_agent_sockets",
+    "agent_socket_dir",
+}
 _ANOMALY_KEYS = {"window", "jump_min_messages", "rules"}
 _ANOMALY_RULE_KEYS = {"threshold", "quarantine"}
 _SECURITY_KEYS = {
-    "max_message_size", "rate_limit", "agent_rate_limit", "pair_rate_limit",
-    "global_rate_limit", "session_timeout", "require_session_auth", "hello_timeout",
-    "max_connections", "max_unauthenticated", "auth_failures_per_minute",
-    "sanitize", "sanitize_paths", "redact_secrets",
-}  # fmt: skip
-_AUDIT_KEYS = {"log_all_messages", "log_path", "retention"}
+    "max_message_size",
+    "rate_limit",
+    "agent_rate_limit",
+    "pair_rate_limit",
+    "global_rate_limit",
+    "session_timeout",
+    "require_session_auth",
+    "hello_timeout",
+    "max_connections",
+    "max_unauthenticated",
+    "auth_failures_per_minute",
+    "sanitize",
+    "sanitize_paths",
+    "redact_secrets",
+}
+_AUDIT_KEYS = {"log_all_messages", "log_path", "retention", "log_group"}
 _POLICY_KEYS = {"allow", "hold"}
 
 
@@ -194,6 +214,7 @@ def config_from_mapping(
             log_path=_path(audit, "log_path", "daemon.audit.", state_dir / "audit"),
             log_all_messages=_bool(audit, "log_all_messages", "daemon.audit.", True),
             retention=_duration(audit, "retention", "daemon.audit.", DEFAULT_RETENTION),
+            log_group=_optional_name(audit, "log_group", "daemon.audit."),
         ),
         rules=_rules(data.get("policy")),
         per_agent_sockets=_bool(daemon, "per_agent_sockets", "daemon.", False),
@@ -336,7 +357,9 @@ def _mode(value: object) -> int:
         try:
             mode = int(value, 8)
         except ValueError:
-            raise ConfigError(f"daemon.socket_mode: {value!r} -- expected an octal mode such as 0660") from None
+            raise ConfigError(
+                f"daemon.socket_mode: {value!r} -- expected an octal mode such as 0660"
+            ) from None
     elif isinstance(value, int) and not isinstance(value, bool):
         mode = value
     else:
@@ -351,7 +374,9 @@ def _mode(value: object) -> int:
             "use 0660 with daemon.socket_group"
         )
     if mode & 0o600 != 0o600:
-        raise ConfigError(f"daemon.socket_mode: {oct(mode)} -- the owner needs read and write (0600)")
+        raise ConfigError(
+            f"daemon.socket_mode: {oct(mode)} -- the owner needs read and write (0600)"
+        )
     return mode
 
 
@@ -366,7 +391,7 @@ def _optional_name(section: Mapping[str, Any], key: str, prefix: str) -> str | N
 
 def parse_rule(text: str, action: str = "allow") -> list[Rule]:
     """``"a -> b"`` is one rule; ``"a <-> b"`` is two."""
-    for arrow, both in (("<->", True), ("->", False)):
+    for arrow, both in (("<->", True), ("->", False)):  # noqa: B007 - used after the loop
         if arrow in text:
             left, right = (part.strip() for part in text.split(arrow, 1))
             break
@@ -414,7 +439,9 @@ def _rules(policy: object) -> tuple[Rule, ...]:
     if policy is None:
         return ()
     if not isinstance(policy, dict):
-        raise ConfigError(f"policy: expected a mapping with 'allow:' and/or 'hold:', got {policy!r}")
+        raise ConfigError(
+            f"policy: expected a mapping with 'allow:' and/or 'hold:', got {policy!r}"
+        )
     _no_unknown(policy, _POLICY_KEYS, "policy.")
     rules: list[Rule] = []
     for action in ("allow", "hold"):

@@ -1,0 +1,445 @@
+"""Checking the audit chain: the first break, named by file, line number and kind.
+
+The rules, checked along the files oldest first:
+
+* every line ends with a newline and is a JSON object with ``seq``, ``ts``,
+  ``prev`` and ``event``;
+* ``seq`` grows by exactly one and ``prev`` is the SHA-256 of the line before;
+* the first line is seq 1 after GENESIS, or is explained by a ``retention_cut``
+  line later in the chain, and that cut is vouched for by the recorded head or
+  a verified checkpoint (lines past every anchor could have been appended by
+  anyone);
+* a ``checkpoint`` signs the line before it and, given a public key, its
+  signature verifies;
+* the head recorded outside the log (``audit_head`` in relay.db) is a line of
+  the chain. The log may run ahead of it (lines are fsynced before the
+  database commits) but may not stop short of it or differ at it.
+
+Where a check fails the neighbourhood decides the kind: a line whose true
+predecessor comes later was reordered; a line the chain skips over was
+inserted; a gap in seq that nothing later fills is a deletion (of a whole file
+when the next file's ``file_opened`` line names a file that is gone); a hash
+that no longer matches is an edit. Only the first break is reported: nothing
+after it is anchored any more.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ccc_relay.audit.log import FILE_OPENED, GENESIS, audit_files, decode_line, line_hash
+from ccc_relay.audit.retention import RETENTION_CUT, explains_start
+from ccc_relay.audit.signing import CHECKPOINT, signature_problem
+
+LOOKAHEAD = 1000  # lines examined to tell a moved line from a deleted one
+_KEPT_EVENTS = {FILE_OPENED, CHECKPOINT, RETENTION_CUT}  # lines whose fields verify reads
+
+
+class Kind(StrEnum):
+    EDITED = "edited"
+    DELETED = "deleted"
+    FILE_DELETED = "file deleted"
+    REORDERED = "reordered"
+    INSERTED = "inserted"
+    TRUNCATED = "truncated"
+    FORGED = "forged checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class Break:
+    """The first place the chain does not hold."""
+
+    kind: Kind
+    file: str | None
+    line: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        if self.file is None:
+            return f"{self.kind}: {self.detail}"
+        where = self.file if self.line is None else f"{self.file} line {self.line}"
+        return f"{self.kind} at {where}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        """``"<seq> <sha256>"`` as relay.db keeps it. Raises ValueError if malformed."""
+        seq, digest = text.split()
+        if not seq.isdigit() or len(digest) != 64:
+            raise ValueError(f"not '<seq> <sha256>': {text!r}")
+        int(digest, 16)
+        return cls(int(seq), digest)
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.hash}"
+
+
+class HeadUnavailable(OSError):
+    """relay.db exists but its recorded head cannot be read."""
+
+
+@dataclass(slots=True)
+class Report:
+    files: int = 0
+    lines: int = 0
+    head: Head = field(default_factory=lambda: Head(0, GENESIS))
+    checkpoints: int = 0
+    signatures: int = 0  # checkpoints whose signature was verified with a key
+    starts_after_cut: bool = False
+    problem: Break | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_dict(self) -> dict[str, Any]:
+        problem = self.problem
+        return {
+            "ok": self.ok,
+            "files": self.files,
+            "lines": self.lines,
+            "head": {"seq": self.head.seq, "hash": self.head.hash},
+            "checkpoints": self.checkpoints,
+            "signatures_verified": self.signatures,
+            "starts_after_retention_cut": self.starts_after_cut,
+            "notes": self.notes,
+            "problem": None
+            if problem is None
+            else {
+                "kind": str(problem.kind),
+                "file": problem.file,
+                "line": problem.line,
+                "detail": problem.detail,
+            },
+        }
+
+
+def read_recorded_head(db_path: Path) -> Head | None:
+    """The head relay.db recorded; None when there is no database or no head yet.
+
+    Opens the database read-only. Raises HeadUnavailable when it cannot be
+    read or its ``audit_head`` is malformed.
+    """
+    if not db_path.exists():
+        return None
+    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise HeadUnavailable(f"cannot read the recorded head from {db_path}: {exc}") from None
+    if row is None:
+        return None
+    try:
+        return Head.parse(str(row[0]))
+    except ValueError as exc:
+        raise HeadUnavailable(f"{db_path}: audit_head is malformed: {exc}") from None
+
+
+# --- reading ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Line:
+    path: Path
+    number: int
+    complete: bool
+    hash: str
+    seq: int
+    prev: str
+    event: str
+    fields: dict[str, Any] | None  # kept only for the events verify reads
+    problem: str | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.name} line {self.number}"
+
+
+def _read(files: list[Path]) -> Iterator[_Line]:
+    for path in files:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                complete = raw.endswith(b"\n")
+                data = raw[:-1] if complete else raw
+                digest = line_hash(data)
+                try:
+                    record = decode_line(data)
+                except ValueError as exc:
+                    yield _Line(path, number, complete, digest, 0, "", "", None, str(exc))
+                    continue
+                event = record["event"]
+                fields = record if event in _KEPT_EVENTS else None
+                yield _Line(
+                    path,
+                    number,
+                    complete,
+                    digest,
+                    record["seq"],
+                    record["prev"],
+                    event,
+                    fields,
+                    None,
+                )
+
+
+def _cuts(files: list[Path]) -> list[tuple[int, dict[str, Any]]]:
+    """Every retention_cut line: (its seq, its record)."""
+    found = []
+    for path in files:
+        with open(path, "rb") as f:
+            for raw in f:
+                if RETENTION_CUT.encode() not in raw:
+                    continue
+                try:
+                    record = decode_line(raw.rstrip(b"\n"))
+                except ValueError:
+                    continue
+                if record["event"] == RETENTION_CUT:
+                    found.append((int(record["seq"]), record))
+    return found
+
+
+class _Ahead:
+    """An iterator that can look ahead without consuming."""
+
+    def __init__(self, it: Iterator[_Line]) -> None:
+        self._it = it
+        self._buf: deque[_Line] = deque()
+
+    def __iter__(self) -> _Ahead:
+        return self
+
+    def __next__(self) -> _Line:
+        return self._buf.popleft() if self._buf else next(self._it)
+
+    def peek(self, count: int) -> list[_Line]:
+        while len(self._buf) < count:
+            try:
+                self._buf.append(next(self._it))
+            except StopIteration:
+                break
+        return list(islice(self._buf, count))
+
+
+# --- checking ---------------------------------------------------------------
+
+
+def _at(kind: Kind, line: _Line, detail: str) -> Break:
+    return Break(kind, line.path.name, line.number, detail)
+
+
+def verify_log(
+    log_dir: Path, *, recorded: Head | None = None, public_key: Ed25519PublicKey | None = None
+) -> Report:
+    """Walk the chain in ``log_dir`` and report the first break, if any.
+
+    ``recorded`` is the head kept outside the log (relay.db); ``public_key``
+    checks checkpoint signatures. Raises OSError when a file cannot be read.
+    """
+    files = audit_files(log_dir)
+    report = Report(files=len(files))
+    names = {p.name for p in files}
+    cuts = _cuts(files)
+    lines = _Ahead(_read(files))
+    prev: _Line | None = None
+    before: _Line | None = None
+    head_seen = False
+    start_cut: int | None = None  # seq of the cut line that explains the start
+    anchor = recorded.seq if recorded is not None else 0  # lines up to here are vouched for
+    for line in lines:
+        if not line.complete:
+            if lines.peek(1):
+                report.problem = _at(Kind.TRUNCATED, line, "the file ends inside this line")
+                return report
+            report.notes.append(f"the last line ({line.where}) is unfinished (being written, "
+                                "or cut off) and was not checked")  # fmt: skip
+            break
+        if prev is None:
+            problem, start_cut = _check_start(line, cuts, names, lines.peek(1))
+        elif line.problem is None and line.seq == prev.seq + 1 and line.prev == prev.hash:
+            problem = None
+        else:
+            problem = _classify(line, prev, before, lines.peek(LOOKAHEAD), names, recorded)
+        if problem is None and line.event == CHECKPOINT:
+            problem = _check_checkpoint(line, prev, public_key, report)
+            if problem is None and public_key is not None:
+                anchor = max(anchor, line.seq - 1)
+        if problem is None and recorded is not None and line.seq == recorded.seq:
+            head_seen = True
+            if line.hash != recorded.hash:
+                problem = _at(Kind.EDITED, line, f"this line (seq {line.seq}) is not the "
+                              "head relay.db recorded: it was changed")  # fmt: skip
+        if problem is not None:
+            report.problem = problem
+            return report
+        report.lines += 1
+        before, prev = prev, line
+    if prev is not None:
+        report.head = Head(prev.seq, prev.hash)
+    report.problem = _check_tail(prev, recorded, head_seen)
+    if report.problem is None and start_cut is not None:
+        report.starts_after_cut = True
+        if recorded is None and start_cut > anchor:
+            report.notes.append("the log starts after a retention cut that nothing outside "
+                                "the log vouches for (no recorded head or checkpoint)")  # fmt: skip
+        elif start_cut > anchor:
+            first = report.head.seq - report.lines + 1
+            report.problem = Break(Kind.DELETED, None, None, f"the log starts at seq {first}, "
+                                   f"explained only by a retention cut (seq {start_cut}) past the "
+                                   "recorded head and every verified checkpoint")  # fmt: skip
+    if report.problem is None and recorded is not None and prev is not None:
+        if (extra := prev.seq - recorded.seq) > 0:
+            report.notes.append(f"{extra} line(s) follow the head relay.db recorded (written "
+                                "before the database committed, or appended since)")  # fmt: skip
+    return report
+
+
+def _check_start(
+    line: _Line, cuts: list[tuple[int, dict[str, Any]]], names: set[str], ahead: list[_Line]
+) -> tuple[Break | None, int | None]:
+    """The first line: genesis, or explained by a retention cut; else what is missing."""
+
+    def starts(x: _Line) -> bool:
+        return x.problem is None and (x.seq == 1 and x.prev == GENESIS)
+
+    if starts(line):
+        return None, None
+    if line.problem is None:
+        for seq, cut in cuts:
+            if explains_start(cut, line.seq, line.prev):
+                return None, seq
+    if ahead and (starts(ahead[0]) or (ahead[0].problem is None and any(
+            explains_start(cut, ahead[0].seq, ahead[0].prev) for _, cut in cuts))):  # fmt: skip
+        return _at(Kind.INSERTED, line, "this line stands before the start of the chain"), None
+    if line.problem is not None:
+        return _at(Kind.EDITED, line, f"not a valid audit line: {line.problem}"), None
+    if line.seq == 1:
+        return _at(Kind.EDITED, line, "the first line's prev is not the genesis value"), None
+    # Lines an earlier cut accounts for are not missing; the ones after it are.
+    cut_off = [c["last_seq"] for _, c in cuts if isinstance(c.get("last_seq"), int)]
+    missing = _span(max((s for s in cut_off if s < line.seq), default=0) + 1, line.seq - 1)
+    after = line.fields.get("after") if line.fields and line.event == FILE_OPENED else None
+    if isinstance(after, str) and after not in names:
+        gone = f"{line.where} says it follows this file, which is gone ({missing} missing)"
+        return Break(Kind.FILE_DELETED, after, None, f"{gone}; no retention cut records it"), None
+    return _at(Kind.DELETED, line, f"the log starts at seq {line.seq}: {missing} missing "
+               "and no retention cut records their removal"), None  # fmt: skip
+
+
+def _classify(
+    line: _Line, prev: _Line, before: _Line | None, ahead: list[_Line], names: set[str],
+    recorded: Head | None,
+) -> Break:  # fmt: skip
+    """Name what happened where ``line`` does not follow ``prev``."""
+    exp = prev.seq + 1
+    nxt = ahead[0] if ahead else None
+    skips = nxt is not None and nxt.problem is None and nxt.seq == exp and nxt.prev == prev.hash
+    if line.problem is not None:
+        if skips:
+            return _at(Kind.INSERTED, line, f"not part of the chain ({line.problem}); the next "
+                       f"line continues from {prev.where}")  # fmt: skip
+        return _at(Kind.EDITED, line, f"not a valid audit line: {line.problem}")
+    seq = line.seq
+    if line.prev == prev.hash:
+        return _at(Kind.EDITED, line, f"seq {seq} where {exp} belongs; the line chains "
+                   "correctly, so its seq was changed")  # fmt: skip
+    if before is not None and line.prev == before.hash and seq == before.seq + 1:
+        return _at(Kind.INSERTED, prev, f"this line (seq {prev.seq}) does not belong: "
+                   f"{line.where} chains straight from the line before it")  # fmt: skip
+    if (copy := next((a for a in ahead if a.hash == line.hash), None)) is not None:
+        return _at(Kind.INSERTED, line, f"a copy of {copy.where} (seq {seq})")
+    origin = next((a for a in ahead if a.hash == line.prev and a.seq == seq - 1), None)
+    if origin is not None:
+        return _at(Kind.REORDERED, line, f"seq {seq} stands before seq {exp}; it belongs "
+                   f"after {origin.where} (lines swapped or moved)")  # fmt: skip
+    if skips:
+        return _at(Kind.INSERTED, line, f"this line (seq {seq}) does not belong: the next "
+                   f"line chains straight from {prev.where}")  # fmt: skip
+    if seq == exp:
+        return _edited(line, prev, nxt, recorded)
+    if seq < exp:
+        return _at(Kind.INSERTED, line, f"seq {seq} repeats or goes back after seq {prev.seq}")
+    missing = _span(exp, seq - 1)
+    later = next((a for a in ahead if a.problem is None and exp <= a.seq < seq), None)
+    if later is not None:
+        return _at(Kind.REORDERED, line, f"seq {seq} stands before {later.where} "
+                   f"(seq {later.seq}): lines out of order")  # fmt: skip
+    if line.path == prev.path:
+        return _at(Kind.DELETED, line, f"{missing} missing before this line "
+                   f"({seq - exp} line(s) deleted)")  # fmt: skip
+    after = line.fields.get("after") if line.fields and line.event == FILE_OPENED else None
+    if isinstance(after, str) and after not in names and after != prev.path.name:
+        return Break(Kind.FILE_DELETED, after, None, f"{line.where} says it follows this "
+                     f"file, which is gone ({missing} missing after {prev.where})")  # fmt: skip
+    return _at(Kind.DELETED, line, f"{missing} missing between {prev.where} and this line, "
+               "the first of its file (lines or a whole file deleted)")  # fmt: skip
+
+
+def _edited(line: _Line, prev: _Line, nxt: _Line | None, recorded: Head | None) -> Break:
+    """``line`` has the right seq but its prev does not name ``prev``: which one changed?"""
+    if nxt is not None:
+        intact = nxt.prev == line.hash
+    else:
+        intact = recorded is not None and recorded.seq == line.seq and recorded.hash == line.hash
+    if intact:
+        return _at(Kind.EDITED, prev, f"this line (seq {prev.seq}) was changed: its SHA-256 "
+                   f"no longer matches the prev of {line.where}")  # fmt: skip
+    if nxt is None:
+        return _at(Kind.EDITED, prev, f"this line (seq {prev.seq}) was changed, or the prev "
+                   f"of {line.where} was")  # fmt: skip
+    return _at(Kind.EDITED, line, f"this line (seq {line.seq}) was changed: its prev no longer "
+               f"names {prev.where}, nor does the next line's prev name it")  # fmt: skip
+
+
+def _check_checkpoint(
+    line: _Line, prev: _Line | None, key: Ed25519PublicKey | None, report: Report
+) -> Break | None:
+    report.checkpoints += 1
+    fields = line.fields or {}
+    seq, head = (prev.seq, prev.hash) if prev is not None else (line.seq - 1, line.prev)
+    if fields.get("signed_seq") != seq or fields.get("signed_head") != head:
+        return _at(Kind.EDITED, line, "this checkpoint does not sign the line before it")
+    if key is None:
+        return None
+    if (problem := signature_problem(fields, key)) is not None:
+        return _at(Kind.FORGED, line, f"not signed by the given key: {problem}")
+    report.signatures += 1
+    return None
+
+
+def _check_tail(prev: _Line | None, recorded: Head | None, head_seen: bool) -> Break | None:
+    if recorded is None or recorded.seq == 0 or head_seen:
+        return None
+    if prev is None:
+        return Break(Kind.DELETED, None, None, "there are no audit lines, but relay.db "
+                     f"records head seq {recorded.seq}")  # fmt: skip
+    if prev.seq < recorded.seq:
+        return _at(Kind.TRUNCATED, prev, f"the log ends here at seq {prev.seq} but relay.db "
+                   f"records head seq {recorded.seq}: {_span(prev.seq + 1, recorded.seq)} cut "
+                   "from the end (lines removed, or the newest file deleted)")  # fmt: skip
+    return Break(Kind.DELETED, None, None, f"relay.db records head seq {recorded.seq}, "
+                 "which lies before the start of the log")  # fmt: skip
+
+
+def _span(first: int, last: int) -> str:
+    return f"seq {first}" if first == last else f"seq {first}..{last}"
