@@ -28,8 +28,9 @@ def state_dir(tmp_path: Path) -> Path:
 def relay_factory(state_dir: Path) -> Iterator[Callable[..., RunningRelay]]:
     running: list[RunningRelay] = []
 
-    def factory(clock: Callable[[], float] = time.time, config: Config | None = None,
-                **options: Any) -> RunningRelay:  # fmt: skip
+    def factory(
+        clock: Callable[[], float] = time.time, config: Config | None = None, **options: Any
+    ) -> RunningRelay:
         relay = start_relay(config or make_config(state_dir, **options), clock)
         running.append(relay)
         return relay
@@ -47,5 +48,3 @@ def relay(relay_factory: Callable[..., RunningRelay]) -> RunningRelay:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-

@@ -13,12 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from ccc_relay.client import AdminClient, Endpoint, RelayClient
 from ccc_relay.credentials import Credential, write_credential_file
@@ -42,8 +40,13 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(state: Path, *, anomaly: AnomalyConfig | None = None,
-                rules: tuple[Rule, ...] = (), **limits: Any) -> Config:  # fmt: skip
+def make_config(
+    state: Path,
+    *,
+    anomaly: AnomalyConfig | None = None,
+    rules: tuple[Rule, ...] = (),
+    **limits: Any,
+) -> Config:
     return Config(
         state_dir=state,
         socket_path=state / "daemon.sock",
@@ -140,9 +143,17 @@ def start_relay(config: Config, clock: Callable[[], float] = time.time) -> Runni
     return RunningRelay(config, daemon_box[0], loop, thread, clock)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``ccc``/``ccc-statusd`` from the venv, as a user types them."""
     command = [str(BIN / args[0]), *args[1:]]
-    return subprocess.run(command, env={**os.environ, **(env or {})}, input=input,
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        command,
+        env={**os.environ, **(env or {})},
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

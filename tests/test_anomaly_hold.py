@@ -20,8 +20,18 @@ from ccc_relay.protocol.frames import Held
 from tests.support import FakeClock, RunningRelay
 from tests.test_relay import audit_lines, hello, raw, read_frames, send_frames, wait_for
 
-LOW = {name: Rule(3) for name in ("auth_failures", "forbidden", "rate_limited",
-                                  "invalid_frames", "replays", "sanitized", "fan_out")}  # fmt: skip
+LOW = {
+    name: Rule(3)
+    for name in (
+        "auth_failures",
+        "forbidden",
+        "rate_limited",
+        "invalid_frames",
+        "replays",
+        "sanitized",
+        "fan_out",
+    )
+}
 
 
 def anomalies(relay: RunningRelay) -> list[dict]:
@@ -56,9 +66,12 @@ def test_misbehaving_agent_trips_every_rule_and_a_good_pair_is_unaffected(
 ) -> None:
     relay = relay_factory(
         clock=clock,
-        anomaly=AnomalyConfig(window=300, rules={**LOW, "rate_jump": Rule(10)},
-                              jump_min_messages=30),  # fmt: skip
-        rate_per_minute=40, agent_rate_per_minute=40, pair_rate_per_minute=40,
+        anomaly=AnomalyConfig(
+            window=300, rules={**LOW, "rate_jump": Rule(10)}, jump_min_messages=30
+        ),
+        rate_per_minute=40,
+        agent_rate_per_minute=40,
+        pair_rate_per_minute=40,
         auth_failures_per_minute=100,
     )
     eve = relay.add_agent("eve")
@@ -86,9 +99,15 @@ def test_misbehaving_agent_trips_every_rule_and_a_good_pair_is_unaffected(
     good_pair_still_talks()
     # invalid frames and replays, on a raw connection
     sock = raw(relay)
-    send_frames(sock, hello(eve), b'{"type":"send"}\n', b'{"type":"send","x":1}\n', b"[]\n",
-                {"type": "send", "seq": 1, "to": "t0", "body": "x"},
-                *({"type": "send", "seq": 1, "to": "t0", "body": "x"} for _ in range(3)))  # fmt: skip
+    send_frames(
+        sock,
+        hello(eve),
+        b'{"type":"send"}\n',
+        b'{"type":"send","x":1}\n',
+        b"[]\n",
+        {"type": "send", "seq": 1, "to": "t0", "body": "x"},
+        *({"type": "send", "seq": 1, "to": "t0", "body": "x"} for _ in range(3)),
+    )
     read_frames(sock, 8)
     # fan-out: four distinct recipients (threshold 3), with invisible instructions
     with relay.client(eve) as e:
@@ -110,9 +129,21 @@ def test_misbehaving_agent_trips_every_rule_and_a_good_pair_is_unaffected(
                 limited += 1
     assert limited >= 3
     good_pair_still_talks()
-    wait_for(lambda: {a["rule"] for a in anomalies(relay)} >= {
-        "auth_failures", "forbidden", "invalid_frames", "replays", "fan_out", "rate_jump",
-        "rate_limited", "sanitized"})  # fmt: skip
+    wait_for(
+        lambda: (
+            {a["rule"] for a in anomalies(relay)}
+            >= {
+                "auth_failures",
+                "forbidden",
+                "invalid_frames",
+                "replays",
+                "fan_out",
+                "rate_jump",
+                "rate_limited",
+                "sanitized",
+            }
+        )
+    )
     assert {a["agent"] for a in anomalies(relay)} == {"eve"}
     status = relay.admin.request("status")
     assert status["anomalies"] >= 7
@@ -122,7 +153,7 @@ def test_misbehaving_agent_trips_every_rule_and_a_good_pair_is_unaffected(
 
 def test_quarantine_closes_sessions_refuses_until_released(relay_factory) -> None:
     relay = relay_factory(anomaly=AnomalyConfig(rules={"forbidden": Rule(2, quarantine=True)}))
-    eve, bob = relay.add_agent("eve"), relay.add_agent("bob")
+    eve, _ = relay.add_agent("eve"), relay.add_agent("bob")
     relay.allow("eve", "bob")
     carol = relay.add_agent("carol")
     relay.allow("carol", "bob")
@@ -236,8 +267,9 @@ def test_policy_graph_renders_svg_with_graphviz(relay: RunningRelay, tmp_path) -
     config = relay.config.state_dir / "relay.yaml"
     config.write_text(f"daemon:\n  state_dir: {relay.config.state_dir}\n")
     out = tmp_path / "policy.svg"
-    result = run_cli("ccc", "policy", "graph", "--format", "svg", "-o", str(out),
-                     "--config", str(config))  # fmt: skip
+    result = run_cli(
+        "ccc", "policy", "graph", "--format", "svg", "-o", str(out), "--config", str(config)
+    )
     assert result.returncode == 0, result.stderr
     svg = out.read_text()
     assert svg.lstrip().startswith("<?xml") and "alice" in svg and "<svg" in svg

@@ -70,9 +70,14 @@ class Host:
 
     def spec(self, *command: str, **changes: object) -> SandboxSpec:
         spec = SandboxSpec(
-            agent="alice", project_dir=self.alice_project, socket_path=self.socket_path,
-            credential_path=self.credential, uid=self.uid, gid=self.gid, command=command,
-        )  # fmt: skip
+            agent="alice",
+            project_dir=self.alice_project,
+            socket_path=self.socket_path,
+            credential_path=self.credential,
+            uid=self.uid,
+            gid=self.gid,
+            command=command,
+        )
         return replace(spec, **changes)  # type: ignore[arg-type]
 
 
@@ -200,12 +205,30 @@ print(json.dumps(seen))
 def _probe_facts(host: Host, tcp_port: int) -> str:
     facts = {
         "tcp_port": tcp_port,
-        "write": ["/workspace/written-inside", "/tmp/scratch", "/x", "/etc/passwd",
-                  "/etc/new", "/usr/x", "/run/x", str(host.bob_project / "x")],
-        "look": [str(host.bob_project), str(host.bob_project / "secret.txt"),
-                 str(host.state_dir), str(host.state_dir / "audit.log"), str(host.credential),
-                 str(host.base), "/root", "/home", "/var", "/etc/shadow", "/etc/ssh"],
-    }  # fmt: skip
+        "write": [
+            "/workspace/written-inside",
+            "/tmp/scratch",
+            "/x",
+            "/etc/passwd",
+            "/etc/new",
+            "/usr/x",
+            "/run/x",
+            str(host.bob_project / "x"),
+        ],
+        "look": [
+            str(host.bob_project),
+            str(host.bob_project / "secret.txt"),
+            str(host.state_dir),
+            str(host.state_dir / "audit.log"),
+            str(host.credential),
+            str(host.base),
+            "/root",
+            "/home",
+            "/var",
+            "/etc/shadow",
+            "/etc/ssh",
+        ],
+    }
     return json.dumps(facts)
 
 
@@ -245,8 +268,19 @@ def test_other_projects_relay_state_and_homes_are_invisible(probe: dict[str, Any
     exists = probe["exists"]
     assert isinstance(exists, dict)
     assert not any(exists.values()), {path: seen for path, seen in exists.items() if seen}
-    assert probe["root"] == ["bin", "dev", "etc", "lib", "lib64", "proc", "run", "sbin", "tmp",
-                             "usr", "workspace"]  # fmt: skip
+    assert probe["root"] == [
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib64",
+        "proc",
+        "run",
+        "sbin",
+        "tmp",
+        "usr",
+        "workspace",
+    ]
     assert "shadow" not in probe["etc"]
     assert "ssh" not in probe["etc"]
 
@@ -290,9 +324,12 @@ def test_environment_is_clean(probe: dict[str, Any]) -> None:
     assert env.pop("PWD") == "/workspace"  # bwrap's --chdir sets it
     assert env == {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/workspace", "LANG": "C.UTF-8", "CCC_AGENT": "alice",
-        "CCC_SOCKET": "/run/ccc.sock", "CCC_CREDENTIAL": "/run/ccc/credential",
-    }  # fmt: skip
+        "HOME": "/workspace",
+        "LANG": "C.UTF-8",
+        "CCC_AGENT": "alice",
+        "CCC_SOCKET": "/run/ccc.sock",
+        "CCC_CREDENTIAL": "/run/ccc/credential",
+    }
     assert probe["cwd"] == "/workspace"
 
 
@@ -312,12 +349,16 @@ def test_sandbox_dies_with_its_launcher(host: Host) -> None:
     try:
         argv = launch_command(spec, as_root=os.geteuid() == 0, credential_fd=fd)
         launcher = subprocess.Popen(
-            [sys.executable, "-c",
-             "import subprocess, sys, time\n"
-             f"subprocess.Popen(sys.argv[1:], pass_fds=({fd},))\n"
-             "time.sleep(300)\n", *argv],
+            [
+                sys.executable,
+                "-c",
+                "import subprocess, sys, time\n"
+                f"subprocess.Popen(sys.argv[1:], pass_fds=({fd},))\n"
+                "time.sleep(300)\n",
+                *argv,
+            ],
             pass_fds=(fd,),
-        )  # fmt: skip
+        )
     finally:
         os.close(fd)
     try:
@@ -370,10 +411,21 @@ def test_podman_sandbox_keeps_the_same_promises(host: Host) -> None:
     tcp.bind(("127.0.0.1", 0))
     tcp.listen()
     with tcp:
-        spec = host.spec(PYTHON, "-c", _PROBE, _probe_facts(host, tcp.getsockname()[1]),
-                         runtime="podman", credential_path=credential)  # fmt: skip
-        argv = launch_command(spec, as_root=True, rootfs_dir=rootfs,
-                              etc_files=present_etc_files(), ulimits=capped_ulimits())  # fmt: skip
+        spec = host.spec(
+            PYTHON,
+            "-c",
+            _PROBE,
+            _probe_facts(host, tcp.getsockname()[1]),
+            runtime="podman",
+            credential_path=credential,
+        )
+        argv = launch_command(
+            spec,
+            as_root=True,
+            rootfs_dir=rootfs,
+            etc_files=present_etc_files(),
+            ulimits=capped_ulimits(),
+        )
         result = subprocess.run(argv, capture_output=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     seen = json.loads(result.stdout)
@@ -409,9 +461,27 @@ def test_ccc_run_starts_the_sandbox_from_the_relays_config(host: Host) -> None:
     )
     program = "from ccc_relay.cli.containers_cmd import run; run.main()"
     result = subprocess.run(
-        [sys.executable, "-c", program, "alice", "--project", str(host.alice_project),
-         "--runtime", "bwrap", "--config", str(config), "--", PYTHON, "-c", show],
-        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            program,
+            "alice",
+            "--project",
+            str(host.alice_project),
+            "--runtime",
+            "bwrap",
+            "--config",
+            str(config),
+            "--",
+            PYTHON,
+            "-c",
+            show,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{host.uid} alice {CREDENTIAL_TEXT}\n"

@@ -52,8 +52,11 @@ def test_stop_blocks_while_messages_wait_and_never_loops(relay: RunningRelay) ->
 
 @pytest.mark.parametrize("event", ["session-start", "user-prompt-submit", "stop"])
 def test_hooks_are_quiet_without_a_relay(event: str, tmp_path: Path) -> None:
-    env = {"CCC_SOCKET": str(tmp_path / "no.sock"), "CCC_CREDENTIAL": str(tmp_path / "no.cred"),
-           "CCC_CONFIG": ""}  # fmt: skip
+    env = {
+        "CCC_SOCKET": str(tmp_path / "no.sock"),
+        "CCC_CREDENTIAL": str(tmp_path / "no.cred"),
+        "CCC_CONFIG": "",
+    }
     result = run_cli("ccc", "hook", event, env=env, input='{"stop_hook_active": false}')
     assert (result.returncode, result.stdout) == (0, "")
     garbage = run_cli("ccc", "hook", event, env=env, input="not json")
@@ -63,8 +66,10 @@ def test_hooks_are_quiet_without_a_relay(event: str, tmp_path: Path) -> None:
 def test_install_merges_idempotently_and_never_clobbers(tmp_path: Path) -> None:
     (tmp_path / ".claude").mkdir()
     (tmp_path / ".mcp.json").write_text(json.dumps({"mcpServers": {"other": {"command": "x"}}}))
-    settings = {"model": "opus", "hooks": {"Stop": [{"hooks": [{"type": "command",
-                                                                "command": "mine"}]}]}}  # fmt: skip
+    settings = {
+        "model": "opus",
+        "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "mine"}]}]},
+    }
     (tmp_path / ".claude" / "settings.json").write_text(json.dumps(settings))
     changes = install_claude(tmp_path)
     assert len(changes) == 4

@@ -18,11 +18,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def daemon(state_dir: Path) -> Iterator[dict[str, str]]:
-    env = {"CCC_CACHE_DIR": str(state_dir), "CCC_SOCKET": "", "CCC_CREDENTIAL": "",
-           "CCC_CONFIG": ""}  # fmt: skip
-    proc = subprocess.Popen([str(BIN / "ccc-statusd"), "start", "--allow-root"],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    env = {
+        "CCC_CACHE_DIR": str(state_dir),
+        "CCC_SOCKET": "",
+        "CCC_CREDENTIAL": "",
+        "CCC_CONFIG": "",
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "ccc-statusd"), "start", "--allow-root"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while not (state_dir / "daemon.pid").exists():
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -51,20 +58,28 @@ def test_quickstart(daemon: dict[str, str], state_dir: Path) -> None:
     assert "allowed bob -> alice" in ok("ccc", "allow", "alice", "bob", "--both", env=env)
     assert "alice -> bob" in ok("ccc", "policy", "show", env=env)
 
-    sent = json.loads(ok("ccc", "--as", "alice", "send", "bob", "the API changed", "--json",
-                         env=env))  # fmt: skip
+    sent = json.loads(
+        ok("ccc", "--as", "alice", "send", "bob", "the API changed", "--json", env=env)
+    )
     ok("ccc", "--as", "alice", "send", "bob", env=env, input="from stdin\n")
     peek = ok("ccc", "--as", "bob", "inbox", "--peek", "--json", env=env)
     assert [json.loads(line)["body"] for line in peek.splitlines()] == [
-        "the API changed", "from stdin\n"]
-    inbox = [json.loads(line) for line in ok("ccc", "--as", "bob", "inbox", "--json",
-                                              env=env).splitlines()]  # fmt: skip
+        "the API changed",
+        "from stdin\n",
+    ]
+    inbox = [
+        json.loads(line)
+        for line in ok("ccc", "--as", "bob", "inbox", "--json", env=env).splitlines()
+    ]
     assert inbox[0]["id"] == sent["id"] and inbox[0]["from"] == "alice"
     assert ok("ccc", "--as", "bob", "inbox", "--json", env=env) == ""
 
     # Inside a container the same works from the environment alone.
-    container_env = {**env, "CCC_SOCKET": str(state_dir / "daemon.sock"),
-                     "CCC_CREDENTIAL": str(state_dir / "credentials" / "bob.cred")}  # fmt: skip
+    container_env = {
+        **env,
+        "CCC_SOCKET": str(state_dir / "daemon.sock"),
+        "CCC_CREDENTIAL": str(state_dir / "credentials" / "bob.cred"),
+    }
     assert json.loads(ok("ccc", "whoami", "--json", env=container_env))["agent"] == "bob"
     agents = json.loads(ok("ccc", "agents", "--json", env=container_env))
     assert agents == [{"name": "alice", "online": False, "may_send": True, "may_receive": True}]
@@ -82,8 +97,12 @@ def test_watch_prints_messages_as_they_arrive(daemon: dict[str, str]) -> None:
     for name in ("alice", "bob"):
         ok("ccc", "agent", "add", name, env=env)
     ok("ccc", "allow", "alice", "bob", env=env)
-    watcher = subprocess.Popen([str(BIN / "ccc"), "--as", "bob", "watch", "--json", "--count", "1"],
-                               env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    watcher = subprocess.Popen(
+        [str(BIN / "ccc"), "--as", "bob", "watch", "--json", "--count", "1"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(0.5)
         ok("ccc", "--as", "alice", "send", "bob", "live", env=env)
@@ -117,11 +136,13 @@ def test_errors_print_the_relays_sentence_and_exit_non_zero(daemon: dict[str, st
 def test_operator_session_commands(daemon: dict[str, str]) -> None:
     env = daemon
     ok("ccc", "agent", "add", "bob", env=env)
-    assert "accepted" in ok("ccc-statusd", "session", "send", "bob", "hello from the operator",
-                            env=env)  # fmt: skip
+    assert "accepted" in ok(
+        "ccc-statusd", "session", "send", "bob", "hello from the operator", env=env
+    )
     assert json.loads(ok("ccc-statusd", "session", "list", "--json", env=env)) == []
-    [message] = [json.loads(x) for x in ok("ccc", "--as", "bob", "inbox", "--json",
-                                           env=env).splitlines()]  # fmt: skip
+    [message] = [
+        json.loads(x) for x in ok("ccc", "--as", "bob", "inbox", "--json", env=env).splitlines()
+    ]
     assert message["from"] == "operator"
     rows = json.loads(ok("ccc", "agent", "list", "--json", env=env))
     assert [r["name"] for r in rows] == ["bob"]

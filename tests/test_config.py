@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ccc_relay.policy.config import ConfigError, Rule, config_from_mapping, embedded_defaults, load_config
+from ccc_relay.policy.config import (
+    ConfigError,
+    Rule,
+    config_from_mapping,
+    embedded_defaults,
+    load_config,
+)
 from ccc_relay.policy.units import UnitError, parse_duration, parse_rate, parse_size
-
 from tests.support import run_cli
 
 SEED_BLOCK = """\
@@ -51,9 +56,17 @@ def test_the_seed_block_loads_verbatim(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("1MB", 1_000_000), ("1MiB", 1_048_576), ("1KB", 1000), ("1KiB", 1024), ("512", 512),
-     ("2 GB", 2_000_000_000), ("1.5KB", 1500), (64, 64)],
-)  # fmt: skip
+    [
+        ("1MB", 1_000_000),
+        ("1MiB", 1_048_576),
+        ("1KB", 1000),
+        ("1KiB", 1024),
+        ("512", 512),
+        ("2 GB", 2_000_000_000),
+        ("1.5KB", 1500),
+        (64, 64),
+    ],
+)
 def test_sizes_follow_iec_and_si(text: object, size: int) -> None:
     assert parse_size(text) == size
 
@@ -81,21 +94,41 @@ def test_durations_and_rates() -> None:
 @pytest.mark.parametrize(
     ("data", "key", "value"),
     [
-        ({"daemon": {"security": {"max_message_size": "1XB"}}}, "daemon.security.max_message_size", "1XB"),
-        ({"daemon": {"security": {"rate_limt": "1/s"}}}, "daemon.security.rate_limt", "unknown key"),
+        (
+            {"daemon": {"security": {"max_message_size": "1XB"}}},
+            "daemon.security.max_message_size",
+            "1XB",
+        ),
+        (
+            {"daemon": {"security": {"rate_limt": "1/s"}}},
+            "daemon.security.rate_limt",
+            "unknown key",
+        ),
         ({"daemon": {"socket_mode": 0o666}}, "daemon.socket_mode", "every local user"),
         ({"daemon": {"socket_mode": 660}}, "daemon.socket_mode", "660"),
         ({"daemon": {"socket_mode": "rw"}}, "daemon.socket_mode", "'rw'"),
-        ({"daemon": {"security": {"session_timeout": "soon"}}}, "daemon.security.session_timeout", "soon"),
-        ({"daemon": {"security": {"require_session_auth": False}}}, "require_session_auth", "false"),
-        ({"daemon": {"audit": {"log_all_messages": "yes"}}}, "daemon.audit.log_all_messages", "yes"),
+        (
+            {"daemon": {"security": {"session_timeout": "soon"}}},
+            "daemon.security.session_timeout",
+            "soon",
+        ),
+        (
+            {"daemon": {"security": {"require_session_auth": False}}},
+            "require_session_auth",
+            "false",
+        ),
+        (
+            {"daemon": {"audit": {"log_all_messages": "yes"}}},
+            "daemon.audit.log_all_messages",
+            "yes",
+        ),
         ({"daemon": {"socket_path": "relative.sock"}}, "daemon.socket_path", "absolute"),
         ({"daemon": {"security": {"max_message_size": "1GB"}}}, "max_message_size", "out of range"),
         ({"policy": {"allow": ["alice => bob"]}}, "policy.allow", "alice => bob"),
         ({"policy": {"allow": ["alice -> ../x"]}}, "policy.allow", "../x"),
         ({"demon": {}}, "demon", "unknown key"),
     ],
-)  # fmt: skip
+)
 def test_invalid_configs_name_the_key_and_value(data: dict, key: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         config_from_mapping(data)
@@ -104,16 +137,21 @@ def test_invalid_configs_name_the_key_and_value(data: dict, key: str, value: str
 
 
 def test_policy_rules_from_the_config() -> None:
-    config = config_from_mapping({"policy": {"allow": ["alice -> bob", "carol <-> dave"],
-                                             "hold": ["eve -> bob"]}})  # fmt: skip
+    config = config_from_mapping(
+        {"policy": {"allow": ["alice -> bob", "carol <-> dave"], "hold": ["eve -> bob"]}}
+    )
     assert set(config.rules) == {
-        Rule("alice", "bob"), Rule("carol", "dave"), Rule("dave", "carol"),
+        Rule("alice", "bob"),
+        Rule("carol", "dave"),
+        Rule("dave", "carol"),
         Rule("eve", "bob", "hold"),
-    }  # fmt: skip
+    }
 
 
 def test_defaults_follow_the_cache_dir_rules(tmp_path: Path) -> None:
-    assert embedded_defaults({"CCC_CACHE_DIR": str(tmp_path)}).socket_path == tmp_path / "daemon.sock"
+    assert (
+        embedded_defaults({"CCC_CACHE_DIR": str(tmp_path)}).socket_path == tmp_path / "daemon.sock"
+    )
     xdg = embedded_defaults({"XDG_CACHE_HOME": str(tmp_path)})
     assert xdg.state_dir == tmp_path / "ccc-status"
     home = embedded_defaults({})
@@ -124,8 +162,12 @@ def test_path_prints_the_default_socket(tmp_path: Path) -> None:
     result = run_cli("ccc-statusd", "path", "--socket", env={"CCC_CACHE_DIR": str(tmp_path)})
     assert result.returncode == 0
     assert result.stdout.strip() == str(tmp_path / "daemon.sock")
-    result = run_cli("ccc-statusd", "path", "--socket",
-                     env={"CCC_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path)})  # fmt: skip
+    result = run_cli(
+        "ccc-statusd",
+        "path",
+        "--socket",
+        env={"CCC_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path)},
+    )
     assert result.stdout.strip() == str(tmp_path / "ccc-status" / "daemon.sock")
 
 
@@ -150,8 +192,10 @@ def test_check_config_rejects_a_bad_file_with_key_and_value(tmp_path: Path) -> N
 def test_start_with_invalid_config_binds_nothing(tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
     path = tmp_path / "bad.yaml"
-    path.write_text(f"daemon:\n  socket_path: {sock}\n  state_dir: {tmp_path}/st\n"
-                    "  security:\n    rate_limit: fast\n")  # fmt: skip
+    path.write_text(
+        f"daemon:\n  socket_path: {sock}\n  state_dir: {tmp_path}/st\n"
+        "  security:\n    rate_limit: fast\n"
+    )
     result = run_cli("ccc-statusd", "start", "--config", str(path), "--allow-root")
     assert result.returncode == 4
     assert "daemon.security.rate_limit" in result.stderr and "fast" in result.stderr

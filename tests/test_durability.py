@@ -7,7 +7,6 @@ the same state dir and drains the queue.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -28,8 +27,11 @@ def start_daemon(state: Path) -> subprocess.Popen[bytes]:
     config.write_text(
         f"daemon:\n  state_dir: {state}\n  security:\n    rate_limit: 100000 msg/min/session\n"
     )
-    proc = subprocess.Popen([str(BIN / "ccc-statusd"), "start", "--allow-root", "--config",
-                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN / "ccc-statusd"), "start", "--allow-root", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while not (state / "daemon.pid").exists():
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""

@@ -272,10 +272,28 @@ def test_parse_refuses_an_unquoted_line_inside_a_fence() -> None:
 # --- properties -------------------------------------------------------------------
 
 FRAGMENTS = [
-    "\n", "\r", "\r\n", "\u2028", "\x85", "\x0b", "> ", ">", "from: ", '"operator"', "system:",
-    "Human:", "=====", " END AGENT MESSAGE ", " BEGIN AGENT MESSAGE ", COPIED_NONCE,
-    "0123456789abcdef", "notice: ", "</message>", "\u200b", "\u202e",
-]  # fmt: skip
+    "\n",
+    "\r",
+    "\r\n",
+    "\u2028",
+    "\x85",
+    "\x0b",
+    "> ",
+    ">",
+    "from: ",
+    '"operator"',
+    "system:",
+    "Human:",
+    "=====",
+    " END AGENT MESSAGE ",
+    " BEGIN AGENT MESSAGE ",
+    COPIED_NONCE,
+    "0123456789abcdef",
+    "notice: ",
+    "</message>",
+    "\u200b",
+    "\u202e",
+]
 bodies = st.one_of(
     st.text(),
     st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=5)), max_size=30).map("".join),

@@ -33,8 +33,14 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("CCC_UPDATE_GOLDEN") == "1"
 
 # The ranges the seed and the brief name; each must be dropped as it is or inside a larger one.
-REQUIRED_V4 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-               "169.254.0.0/16", "127.0.0.0/8"]  # fmt: skip
+REQUIRED_V4 = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+]
 REQUIRED_V6 = ["fc00::/7", "fe80::/10", "::1/128"]
 
 
@@ -58,8 +64,11 @@ def _need_tools(*tools: str) -> None:
 def _in_netns(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*_private_netns(), "sh", "-euc", script],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _sample_ruleset() -> str:
@@ -140,8 +149,11 @@ def test_addresses_are_read_from_ip_json() -> None:
       {"family":"inet6","local":"fe80::fc:ff:fe00:1","scope":"link"}]},
       {"ifname":"down0","addr_info":[]}]"""
     assert [str(a) for a in addresses_from_ip_json(sample)] == [
-        "127.0.0.1", "::1", "192.0.2.2", "fe80::fc:ff:fe00:1",
-    ]  # fmt: skip
+        "127.0.0.1",
+        "::1",
+        "192.0.2.2",
+        "fe80::fc:ff:fe00:1",
+    ]
 
 
 @pytest.mark.parametrize("text", ["not json", '[{"addr_info": [{"local": "nope"}]}]'])
@@ -152,9 +164,18 @@ def test_unreadable_ip_json_is_an_error(text: str) -> None:
 
 def test_cli_prints_the_ruleset_with_given_addresses() -> None:
     result = CliRunner().invoke(
-        firewall, ["--print", "--bridge", "br-agents", "--no-detect-host-addresses",
-                   "--host-address", "198.51.100.20", "--allow-dns-to", "10.89.0.1"],
-    )  # fmt: skip
+        firewall,
+        [
+            "--print",
+            "--bridge",
+            "br-agents",
+            "--no-detect-host-addresses",
+            "--host-address",
+            "198.51.100.20",
+            "--allow-dns-to",
+            "10.89.0.1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert 'iifname "br-agents" jump from_sandbox' in result.output
     assert "elements = { 198.51.100.20 }" in result.output
@@ -196,11 +217,24 @@ def test_loaded_ruleset_lists_the_drops(tmp_path: Path) -> None:
     assert listing.count(f"table inet {TABLE}") == 1
     assert "type filter hook prerouting priority raw; policy accept;" in listing
     assert 'iifname "ccc0" jump from_sandbox' in listing
-    for rule in ("ip daddr @blocked_ip counter", "ip6 daddr @blocked_ip6 counter",
-                 "ip daddr @host_ip counter", "fib daddr type local counter"):  # fmt: skip
+    for rule in (
+        "ip daddr @blocked_ip counter",
+        "ip6 daddr @blocked_ip6 counter",
+        "ip daddr @host_ip counter",
+        "fib daddr type local counter",
+    ):
         assert rule in listing, rule
-    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-                 "169.254.0.0/16", "127.0.0.0/8", "fc00::/7", "fe80::/10", "::1"):  # fmt: skip
+    for cidr in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1",
+    ):
         assert cidr in listing, cidr
 
 
@@ -340,18 +374,28 @@ def test_bridge_side_reaches_public_but_not_private_or_host(tmp_path: Path) -> N
     # 93.184.216.1 is on the namespace's uplink; listing it also exercises the
     # explicit host set (fib would catch it anyway).
     ruleset.write_text(nft_ruleset(host_addresses=[parse_address("93.184.216.1")]))
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "SERVE": _SERVE, "PROBE": _PROBE}  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "SERVE": _SERVE,
+        "PROBE": _PROBE,
+    }
     result = subprocess.run(
         [*_private_netns(), "bash", "-euc", _TOPOLOGY, "topology", sys.executable, str(ruleset)],
-        capture_output=True, text=True, timeout=90, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     seen = dict(
         ((label, host), state)
-        for label, host, state in (line.split() for line in result.stdout.splitlines()
-                                   if line.startswith(("before ", "after ")))
-    )  # fmt: skip
+        for label, host, state in (
+            line.split()
+            for line in result.stdout.splitlines()
+            if line.startswith(("before ", "after "))
+        )
+    )
     # Without the ruleset everything answers: the drops below are the ruleset's doing.
     assert {state for (label, _), state in seen.items() if label == "before"} == {"open"}, seen
     after = {host: state for (label, host), state in seen.items() if label == "after"}

@@ -27,8 +27,10 @@ from tests.support import BIN, run_cli
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
-                       reason="needs root and useradd to create the service user"),  # fmt: skip
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("useradd") is None,
+        reason="needs root and useradd to create the service user",
+    ),
 ]
 
 
@@ -37,8 +39,19 @@ def service_account() -> Iterator[tuple[str, str]]:
     suffix = secrets.token_hex(3)
     user, group = f"ccc-test-d{suffix}", f"ccc-test-a{suffix}"
     subprocess.run(["groupadd", "--system", group], check=True)
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    "--groups", group, user], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--groups",
+            group,
+            user,
+        ],
+        check=True,
+    )
     try:
         yield user, group
     finally:
@@ -97,9 +110,13 @@ def test_root_start_drops_to_the_user_and_confines_itself(
         f"  audit:\n    log_path: {state_dir}/log\n"
     )
     command, env = daemon_command()
-    proc = subprocess.Popen([*command, "start", "--config", str(config)],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*command, "start", "--config", str(config)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while not (state / "daemon.pid").exists():
@@ -145,8 +162,9 @@ def test_root_start_drops_to_the_user_and_confines_itself(
 
 
 def test_root_without_a_user_is_refused(state_dir: Path) -> None:
-    result = run_cli("ccc-statusd", "start", env={"CCC_CACHE_DIR": str(state_dir / "x"),
-                                                  "CCC_CONFIG": ""})  # fmt: skip
+    result = run_cli(
+        "ccc-statusd", "start", env={"CCC_CACHE_DIR": str(state_dir / "x"), "CCC_CONFIG": ""}
+    )
     assert result.returncode == 4
     assert "--allow-root" in result.stderr and "daemon.user" in result.stderr
     assert not (state_dir / "x").exists()

@@ -40,8 +40,10 @@ from tests.test_relay import audit_lines, wait_for
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes run as other uids: needs root"),
-    pytest.mark.skipif(any(shutil.which(t) is None for t in ("bwrap", "setpriv", "groupadd")),
-                       reason="needs bubblewrap and util-linux (apt-get install bubblewrap)"),
+    pytest.mark.skipif(
+        any(shutil.which(t) is None for t in ("bwrap", "setpriv", "groupadd")),
+        reason="needs bubblewrap and util-linux (apt-get install bubblewrap)",
+    ),
 ]
 
 ALICE_UID, BOB_UID = 4331, 4332
@@ -132,11 +134,13 @@ class World:
     def spec(self, agent: str, uid: int, **changes: object) -> SandboxSpec:
         config = self.relay.config
         spec = SandboxSpec(
-            agent=agent, project_dir=self.projects[agent],
+            agent=agent,
+            project_dir=self.projects[agent],
             socket_path=config.agent_socket(agent),
             credential_path=config.credentials_dir / f"{agent}.cred",
-            uid=uid, gid=self.group_gid,
-        )  # fmt: skip
+            uid=uid,
+            gid=self.group_gid,
+        )
         return replace(spec, **changes)  # type: ignore[arg-type]
 
     def probe(self, spec: SandboxSpec, **args: object) -> dict:
@@ -165,8 +169,12 @@ def world() -> Iterator[World]:
             os.chown(project, uid, gid)
             project.chmod(0o755)  # readable on the host: only the mounts keep it apart
             projects[name] = project
-        config = replace(make_config(base / "state"), per_agent_sockets=True,
-                         agent_socket_dir=base / "sockets", socket_group=group)  # fmt: skip
+        config = replace(
+            make_config(base / "state"),
+            per_agent_sockets=True,
+            agent_socket_dir=base / "sockets",
+            socket_group=group,
+        )
         relay = start_relay(config)
         relay.add_agent("alice", uid=ALICE_UID)
         relay.add_agent("bob", uid=BOB_UID)
@@ -182,8 +190,11 @@ def world() -> Iterator[World]:
 def test_isolation_proof(world: World) -> None:
     config = world.relay.config
     bob_credential = (config.credentials_dir / "bob.cred").read_text()
-    bob_fields = dict(line.split(": ", 1) for line in bob_credential.splitlines()
-                      if ": " in line and not line.startswith("#"))  # fmt: skip
+    bob_fields = dict(
+        line.split(": ", 1)
+        for line in bob_credential.splitlines()
+        if ": " in line and not line.startswith("#")
+    )
     listener = socket.create_server(("127.0.0.1", 0))
     try:
         tcp_port = listener.getsockname()[1]
@@ -192,13 +203,24 @@ def test_isolation_proof(world: World) -> None:
             send=["bob", "the API changed, please update the client"],
             own_cred_as="bob",
             as_other=["bob", bob_fields["credential"]],  # even a stolen credential
-            look=[str(world.projects["bob"]), str(config.state_dir), str(config.credentials_dir),
-                  str(config.credentials_dir / "bob.cred"), str(config.audit.log_path),
-                  "/workspace"],
-            write=["/workspace/ok.txt", "/tmp/ok.txt", "/usr/evil", "/etc/evil", "/evil",
-                   "/run/ccc/credential"],
+            look=[
+                str(world.projects["bob"]),
+                str(config.state_dir),
+                str(config.credentials_dir),
+                str(config.credentials_dir / "bob.cred"),
+                str(config.audit.log_path),
+                "/workspace",
+            ],
+            write=[
+                "/workspace/ok.txt",
+                "/tmp/ok.txt",
+                "/usr/evil",
+                "/etc/evil",
+                "/evil",
+                "/run/ccc/credential",
+            ],
             tcp_port=tcp_port,
-        )  # fmt: skip
+        )
     finally:
         listener.close()
 
@@ -213,8 +235,13 @@ def test_isolation_proof(world: World) -> None:
     assert [m["body"] for m in reply["messages"]] == ["done, updated"]
 
     # ... but sees nothing of bob, the relay's state, or the credential store
-    for path in (world.projects["bob"], config.state_dir, config.credentials_dir,
-                 config.credentials_dir / "bob.cred", config.audit.log_path):  # fmt: skip
+    for path in (
+        world.projects["bob"],
+        config.state_dir,
+        config.credentials_dir,
+        config.credentials_dir / "bob.cred",
+        config.audit.log_path,
+    ):
         assert alice["exists"][str(path)] is False, path
         assert alice["listdir"][str(path)][0] == "ENOENT", path
     assert alice["exists"]["/workspace"] is True
@@ -239,8 +266,7 @@ def test_isolation_proof(world: World) -> None:
 
     # every refusal is in the audit with the sandboxed peer's uid
     def refusals() -> list[dict]:
-        return [x for x in audit_lines(world.relay)
-                if x["event"] in ("refused", "auth_refused")]  # fmt: skip
+        return [x for x in audit_lines(world.relay) if x["event"] in ("refused", "auth_refused")]
 
     wait_for(lambda: len(refusals()) >= 3)
     assert {x["peer_uid"] for x in refusals()} == {ALICE_UID}

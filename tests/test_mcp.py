@@ -23,11 +23,14 @@ TOOLS = {"send_message", "read_inbox", "wait_for_message", "list_agents", "whoam
 @asynccontextmanager
 async def mcp_session(relay: RunningRelay, agent: str) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
-        command=str(BIN / "ccc"), args=["mcp"],
-        env={"CCC_SOCKET": str(relay.config.socket_path),
-             "CCC_CREDENTIAL": str(relay.config.credentials_dir / f"{agent}.cred"),
-             "CCC_CONFIG": ""},
-    )  # fmt: skip
+        command=str(BIN / "ccc"),
+        args=["mcp"],
+        env={
+            "CCC_SOCKET": str(relay.config.socket_path),
+            "CCC_CREDENTIAL": str(relay.config.credentials_dir / f"{agent}.cred"),
+            "CCC_CONFIG": "",
+        },
+    )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         yield session
@@ -55,14 +58,18 @@ def test_two_agents_exchange_messages_through_mcp(relay: RunningRelay) -> None:
             agents = await alice.call_tool("list_agents", {})
             assert agents.structured_content["result"][0]["name"] == "bob"
 
-            sent = await alice.call_tool("send_message", {"to": "bob", "text": "API changed",
-                                                          "thread": "api"})  # fmt: skip
+            sent = await alice.call_tool(
+                "send_message", {"to": "bob", "text": "API changed", "thread": "api"}
+            )
             assert not sent.is_error, text_of(sent)
             assert sent.structured_content["status"] == "accepted"
             inbox = await bob.call_tool("read_inbox", {"limit": 10})
             [fenced] = parse_fences(inbox.structured_content["result"])
             assert (fenced.sender, fenced.body, fenced.message_id) == (
-                "alice", "API changed", sent.structured_content["id"])
+                "alice",
+                "API changed",
+                sent.structured_content["id"],
+            )
             empty = await bob.call_tool("read_inbox", {})
             assert "No messages" in empty.structured_content["result"]
 
@@ -93,10 +100,14 @@ def test_two_agents_exchange_messages_through_mcp(relay: RunningRelay) -> None:
 def test_mcp_server_starts_without_a_relay_and_says_so(state_dir: Path) -> None:
     async def scenario() -> None:
         params = StdioServerParameters(
-            command=str(BIN / "ccc"), args=["mcp"],
-            env={"CCC_SOCKET": str(state_dir / "none.sock"),
-                 "CCC_CREDENTIAL": str(state_dir / "missing.cred"), "CCC_CONFIG": ""},
-        )  # fmt: skip
+            command=str(BIN / "ccc"),
+            args=["mcp"],
+            env={
+                "CCC_SOCKET": str(state_dir / "none.sock"),
+                "CCC_CREDENTIAL": str(state_dir / "missing.cred"),
+                "CCC_CONFIG": "",
+            },
+        )
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             result = await session.call_tool("whoami", {})

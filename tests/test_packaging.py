@@ -104,13 +104,19 @@ def _verify(tmp_path: Path, service_text: str) -> subprocess.CompletedProcess[st
     stand_in.write_text("#!/bin/sh\nexit 0\n")
     stand_in.chmod(0o755)
     return subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}", "--man=no",
-         "ccc-statusd.service", "ccc-statusd.socket"],
+        [
+            "systemd-analyze",
+            "verify",
+            f"--root={root}",
+            "--man=no",
+            "ccc-statusd.service",
+            "ccc-statusd.socket",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-    )  # fmt: skip
+    )
 
 
 @needs_systemd_analyze
@@ -199,13 +205,19 @@ def test_apparmor_profile_compiles_without_warnings() -> None:
     # machine; never load anything into the kernel.
     features = [f"--kernel-features={FEATURES}", "--Werror"] if FEATURES.exists() else []
     result = subprocess.run(
-        ["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--skip-read-cache",
-         *features, str(PROFILE)],
+        [
+            "apparmor_parser",
+            "--skip-kernel-load",
+            "--skip-cache",
+            "--skip-read-cache",
+            *features,
+            str(PROFILE),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -256,8 +268,13 @@ def test_apparmor_profile_allows_exactly_the_configured_places(config: Config) -
     for path in writable:
         assert _allows(path, "w"), path
     assert _allows("/etc/ccc-statusd/ccc-statusd.yaml", "r")
-    for path in ("/etc/ccc-statusd/ccc-statusd.yaml", "/etc/shadow", "/home/alice/project/x",
-                 "/var/lib/other/db", "/tmp/x"):  # fmt: skip
+    for path in (
+        "/etc/ccc-statusd/ccc-statusd.yaml",
+        "/etc/shadow",
+        "/home/alice/project/x",
+        "/var/lib/other/db",
+        "/tmp/x",
+    ):
         assert not _allows(path, "w"), path
 
 

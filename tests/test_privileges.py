@@ -56,10 +56,18 @@ def account() -> Iterator[Account]:
             subprocess.run(["groupadd", "--system", group], check=True)
             created_groups.append(group)
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             "--groups", member_of, user],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--groups",
+                member_of,
+                user,
+            ],
             check=True,
-        )  # fmt: skip
+        )
         entry = pwd.getpwnam(user)
         yield Account(
             user=user,

@@ -109,18 +109,27 @@ def test_good_agent_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "Alice", "a/b", "..", "a..b", ".hidden", "-x", "x" * 65, "a b", "operator",
-             "a\nb", "ä"],
-)  # fmt: skip
+    "name",
+    ["", "Alice", "a/b", "..", "a..b", ".hidden", "-x", "x" * 65, "a b", "operator", "a\nb", "ä"],
+)
 def test_bad_agent_names(name: str) -> None:
     assert agent_name_problem(name) is not None
 
 
 frames = st.one_of(
-    st.builds(Send, seq=st.integers(1, 2**63 - 1), to=st.sampled_from(["bob", "a.b", "x-1"]),
-              body=st.text(), thread=st.none() | st.text(min_size=1, max_size=128)),  # fmt: skip
-    st.builds(Ack, ids=st.lists(st.from_regex(r"^m_[A-Za-z0-9_-]{8,20}$", fullmatch=True),
-                                min_size=1, max_size=5)),  # fmt: skip
+    st.builds(
+        Send,
+        seq=st.integers(1, 2**63 - 1),
+        to=st.sampled_from(["bob", "a.b", "x-1"]),
+        body=st.text(),
+        thread=st.none() | st.text(min_size=1, max_size=128),
+    ),
+    st.builds(
+        Ack,
+        ids=st.lists(
+            st.from_regex(r"^m_[A-Za-z0-9_-]{8,20}$", fullmatch=True), min_size=1, max_size=5
+        ),
+    ),
     st.builds(Fetch, limit=st.integers(1, 1000)),
     st.builds(Subscribe, window=st.integers(1, 1024)),
 )

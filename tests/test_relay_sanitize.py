@@ -37,8 +37,10 @@ def test_hostile_body_is_cleaned_and_the_sender_told(relay_factory) -> None:
     assert "ghp_" not in line["body"]
 
 
-@pytest.mark.parametrize(("paths", "expected"), [
-    ("escape", "[path:%2Fetc%2Fpasswd]"), ("redact", "[path]"), ("off", "/etc/passwd")])
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [("escape", "[path:%2Fetc%2Fpasswd]"), ("redact", "[path]"), ("off", "/etc/passwd")],
+)
 def test_path_modes(relay_factory, paths: str, expected: str) -> None:
     _, _, message = exchange(relay_factory, SanitizeOptions(paths=paths), "read /etc/passwd")
     assert expected in message.body

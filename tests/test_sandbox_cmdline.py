@@ -130,8 +130,14 @@ def test_bwrap_credential_comes_from_a_descriptor_read_only() -> None:
 def test_bwrap_isolates_namespaces_and_privileges() -> None:
     argv = bwrap_command(SPEC)
     options = argv[: argv.index("--")]
-    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                 "--new-session", "--clearenv"):  # fmt: skip
+    for flag in (
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ):
         assert flag in options
     assert options[options.index("--cap-drop") + 1] == "ALL"
     assert "--share-net" not in options
@@ -147,20 +153,34 @@ def test_bwrap_environment_is_exactly_the_sandbox_one() -> None:
     env = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "--setenv"}
     assert env == {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/workspace", "LANG": "C.UTF-8", "CCC_AGENT": "alice",
-        "CCC_SOCKET": "/run/ccc.sock", "CCC_CREDENTIAL": "/run/ccc/credential",
+        "HOME": "/workspace",
+        "LANG": "C.UTF-8",
+        "CCC_AGENT": "alice",
+        "CCC_SOCKET": "/run/ccc.sock",
+        "CCC_CREDENTIAL": "/run/ccc/credential",
         "TERM": "xterm-256color",
-    }  # fmt: skip
+    }
 
 
 def test_root_launch_drops_to_the_uid_and_keeps_the_death_signal() -> None:
     argv = launch_command(SPEC, as_root=True)
-    assert argv[:7] == ["setpriv", "--reuid=1001", "--regid=1001", "--groups=2001",
-                        "--no-new-privs", "--pdeathsig=KILL", "--"]  # fmt: skip
+    assert argv[:7] == [
+        "setpriv",
+        "--reuid=1001",
+        "--regid=1001",
+        "--groups=2001",
+        "--no-new-privs",
+        "--pdeathsig=KILL",
+        "--",
+    ]
     # setpriv --reuid clears the parent-death signal; it must be set after it.
     assert argv.index("--pdeathsig=KILL") > argv.index("--reuid=1001")
-    assert argv[7:11] == ["prlimit", "--nproc=4096:4096", f"--data={4 * 1024**3}:{4 * 1024**3}",
-                          "--"]  # fmt: skip
+    assert argv[7:11] == [
+        "prlimit",
+        "--nproc=4096:4096",
+        f"--data={4 * 1024**3}:{4 * 1024**3}",
+        "--",
+    ]
     assert argv[11] == "bwrap"
 
 
@@ -197,12 +217,22 @@ def test_podman_takes_every_option_before_rootfs() -> None:
 
 
 def test_podman_and_docker_harden_the_container() -> None:
-    for argv in (podman_command(replace(SPEC, runtime="podman"), ROOTFS),
-                 docker_command(replace(SPEC, runtime="docker", image="img"))):  # fmt: skip
+    for argv in (
+        podman_command(replace(SPEC, runtime="podman"), ROOTFS),
+        docker_command(replace(SPEC, runtime="docker", image="img")),
+    ):
         joined = " ".join(argv)
-        for piece in ("--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
-                      "--network none", "--ipc private", "--user 1001:1001",
-                      "--group-add 2001", "--pids-limit 4096", "--rm"):  # fmt: skip
+        for piece in (
+            "--read-only",
+            "--cap-drop ALL",
+            "--security-opt no-new-privileges",
+            "--network none",
+            "--ipc private",
+            "--user 1001:1001",
+            "--group-add 2001",
+            "--pids-limit 4096",
+            "--rm",
+        ):
             assert piece in joined, piece
         assert f"--memory {4 * 1024**3} --memory-swap {4 * 1024**3}" in joined
         assert "source=/var/lib/ccc-status/credentials/alice.cred" in joined
@@ -299,8 +329,16 @@ def test_egress_looks_only_at_the_engines(host: dict[str, Path]) -> None:
     )
     with pytest.raises(HostError, match="podman and runc"):
         detect_runtime(None, as_root=True, candidates=("podman", "docker"), which=_which("bwrap"))
-    code, out = _invoke("alice", "--project", str(host["project"]), "--network", "egress",
-                        "--print", "--config", str(host["config"]))  # fmt: skip
+    code, out = _invoke(
+        "alice",
+        "--project",
+        str(host["project"]),
+        "--network",
+        "egress",
+        "--print",
+        "--config",
+        str(host["config"]),
+    )
     if code == 0:
         assert "--network ccc-egress" in out
     else:
@@ -483,8 +521,19 @@ def _invoke(*args: str) -> tuple[int, str]:
 
 
 def test_cli_prints_a_bwrap_command(host: dict[str, Path]) -> None:
-    code, out = _invoke("alice", "--project", str(host["project"]), "--runtime", "bwrap",
-                        "--print", "--config", str(host["config"]), "--", "ls", "-la")  # fmt: skip
+    code, out = _invoke(
+        "alice",
+        "--project",
+        str(host["project"]),
+        "--runtime",
+        "bwrap",
+        "--print",
+        "--config",
+        str(host["config"]),
+        "--",
+        "ls",
+        "-la",
+    )
     assert code == 0, out
     argv = shlex.split(out)
     assert argv[-2:] == ["3<", str(host["state"] / "credentials" / "alice.cred")]
@@ -510,8 +559,16 @@ def test_cli_prefers_the_agents_own_socket(host: dict[str, Path]) -> None:
         os.chown(host["state"] / "agents" / "alice.sock", 4321, 4321)
     try:
         assert agent_socket(config, "alice") == host["state"] / "agents" / "alice.sock"
-        code, out = _invoke("alice", "--project", str(host["project"]), "--runtime", "bwrap",
-                            "--print", "--config", str(host["config"]))  # fmt: skip
+        code, out = _invoke(
+            "alice",
+            "--project",
+            str(host["project"]),
+            "--runtime",
+            "bwrap",
+            "--print",
+            "--config",
+            str(host["config"]),
+        )
         assert code == 0, out
         assert str(host["state"] / "agents" / "alice.sock") in out
     finally:
@@ -521,9 +578,18 @@ def test_cli_prefers_the_agents_own_socket(host: dict[str, Path]) -> None:
 def test_cli_prints_a_docker_command_with_a_staged_credential(
     host: dict[str, Path],
 ) -> None:
-    code, out = _invoke("alice", "--project", str(host["project"]), "--runtime", "docker",
-                        "--image", "ccc-agent:1", "--print",
-                        "--config", str(host["config"]))  # fmt: skip
+    code, out = _invoke(
+        "alice",
+        "--project",
+        str(host["project"]),
+        "--runtime",
+        "docker",
+        "--image",
+        "ccc-agent:1",
+        "--print",
+        "--config",
+        str(host["config"]),
+    )
     if code != 0 and "runtime docker is not usable" in out:
         pytest.skip("no docker client on PATH")
     assert code == 0, out
@@ -539,8 +605,18 @@ def test_cli_prints_a_docker_command_with_a_staged_credential(
 def test_cli_prints_a_podman_command_over_a_private_skeleton(
     host: dict[str, Path],
 ) -> None:
-    code, out = _invoke("alice", "--project", str(host["project"]), "--runtime", "podman",
-                        "--print", "--config", str(host["config"]), "--", "true")  # fmt: skip
+    code, out = _invoke(
+        "alice",
+        "--project",
+        str(host["project"]),
+        "--runtime",
+        "podman",
+        "--print",
+        "--config",
+        str(host["config"]),
+        "--",
+        "true",
+    )
     if code != 0 and "runtime podman is not usable" in out:
         pytest.skip("podman or runc is not installed")
     assert code == 0, out
@@ -574,8 +650,9 @@ def test_cli_errors_say_what_to_do(host: dict[str, Path], args: list[str], messa
 
 def test_cli_missing_socket_says_to_start_the_relay(host: dict[str, Path]) -> None:
     (host["state"] / "daemon.sock").unlink()
-    code, out = _invoke("alice", "--project", str(host["project"]), "--print",
-                        "--config", str(host["config"]))  # fmt: skip
+    code, out = _invoke(
+        "alice", "--project", str(host["project"]), "--print", "--config", str(host["config"])
+    )
     assert code == 1
     assert "ccc-statusd start" in out
 
@@ -584,8 +661,9 @@ def test_cli_missing_runtime_says_what_to_install(
     host: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(host["tmp"]))
-    code, out = _invoke("alice", "--project", str(host["project"]), "--print",
-                        "--config", str(host["config"]))  # fmt: skip
+    code, out = _invoke(
+        "alice", "--project", str(host["project"]), "--print", "--config", str(host["config"])
+    )
     assert code == 1
     assert "apt-get install bubblewrap" in out
 
@@ -593,8 +671,16 @@ def test_cli_missing_runtime_says_what_to_install(
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid default applies to a root launcher")
 def test_cli_root_owned_project_asks_for_uid(host: dict[str, Path]) -> None:
     os.chown(host["project"], 0, 0)
-    code, out = _invoke("alice", "--project", str(host["project"]), "--runtime", "bwrap",
-                        "--print", "--config", str(host["config"]))  # fmt: skip
+    code, out = _invoke(
+        "alice",
+        "--project",
+        str(host["project"]),
+        "--runtime",
+        "bwrap",
+        "--print",
+        "--config",
+        str(host["config"]),
+    )
     assert code == 1
     assert "pass --uid" in out
 
@@ -602,8 +688,16 @@ def test_cli_root_owned_project_asks_for_uid(host: dict[str, Path]) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="reachability is checked for a root launcher")
 def test_cli_unreachable_socket_is_reported_with_the_fix(host: dict[str, Path]) -> None:
     host["state"].chmod(0o700)
-    code, out = _invoke("alice", "--project", str(host["project"]), "--runtime", "bwrap",
-                        "--print", "--config", str(host["config"]))  # fmt: skip
+    code, out = _invoke(
+        "alice",
+        "--project",
+        str(host["project"]),
+        "--runtime",
+        "bwrap",
+        "--print",
+        "--config",
+        str(host["config"]),
+    )
     assert code == 1
     assert "no search permission" in out
     assert "socket_group" in out

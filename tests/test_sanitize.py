@@ -23,13 +23,42 @@ BIDI = [
     *map(chr, range(0x2066, 0x206A)),
 ]
 INVISIBLE = [
-    "\u00ad", "\u034f", "\u115f", "\u1160", "\u17b4", "\u180e", "\u200b", "\u2060", "\u2061",
-    "\u2064", "\u206a", "\u3164", "\ufe00", "\ufeff", "\uffa0", "\ufff9", "\U0001d173",
-    "\U000e0100", "\U000e01ef",
-]  # fmt: skip
+    "\u00ad",
+    "\u034f",
+    "\u115f",
+    "\u1160",
+    "\u17b4",
+    "\u180e",
+    "\u200b",
+    "\u2060",
+    "\u2061",
+    "\u2064",
+    "\u206a",
+    "\u3164",
+    "\ufe00",
+    "\ufeff",
+    "\uffa0",
+    "\ufff9",
+    "\U0001d173",
+    "\U000e0100",
+    "\U000e01ef",
+]
 # Format characters that are drawn (Arabic number signs and the like): not hidden, so kept.
-VISIBLE_FORMAT = {0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605, 0x06DD, 0x070F, 0x0890, 0x0891,
-                  0x08E2, 0x110BD, 0x110CD}  # fmt: skip
+VISIBLE_FORMAT = {
+    0x0600,
+    0x0601,
+    0x0602,
+    0x0603,
+    0x0604,
+    0x0605,
+    0x06DD,
+    0x070F,
+    0x0890,
+    0x0891,
+    0x08E2,
+    0x110BD,
+    0x110CD,
+}
 
 
 def only(text: str, **options: object) -> Sanitized:
@@ -225,10 +254,15 @@ ENCRYPTED_KEY = (
 SECRETS = [
     (PRIVATE_KEY, "private-key"),
     (ENCRYPTED_KEY, "private-key"),
-    ("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGRz\n-----END PGP PRIVATE KEY BLOCK-----",
-     "private-key"),
-    ("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk3yByxZpYRTBnVJk5oNTgVQ==\n"
-     "-----END EC PRIVATE KEY-----", "private-key"),
+    (
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGRz\n-----END PGP PRIVATE KEY BLOCK-----",
+        "private-key",
+    ),
+    (
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk3yByxZpYRTBnVJk5oNTgVQ==\n"
+        "-----END EC PRIVATE KEY-----",
+        "private-key",
+    ),
     ("sk-ant-api03-" + "Zx9_kQ2-vB7mN4pL8wR1tY6uI3oE5aS0dF" * 3, "anthropic-key"),
     ("sk-" + "T3BlbkFJ4kQ2vB7mN4pL8wR1tY6uI3oE5aS0dF9g", "openai-key"),
     ("sk-proj-" + "Ab3_cD5-eF7gH9iJ1kL3mN5oP7qR9sT1uV3wX5yZ7" * 2, "openai-key"),
@@ -242,8 +276,11 @@ SECRETS = [
     ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
     ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "slack-token"),
     ("xoxp-123456789012-123456789012-123456789012-0123456789abcdef", "slack-token"),
-    ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
-     ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "jwt"),
+    (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
+        ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+        "jwt",
+    ),
     ("password=hunter22", "password"),
     ('"password": "Tr0ub4dor&3"', "password"),
     ("DB_PASSWORD: correct-horse", "password"),
@@ -251,7 +288,7 @@ SECRETS = [
     ('api_key="0f8e7d6c5b4a39281706f5e4d3c2b1a0"', "assigned-secret"),
     ("Authorization: Bearer abcDEF123456ghiJKL789mnoPQR", "assigned-secret"),
     ("export CLIENT_SECRET=9aB8cD7eF6gH5iJ4kL3m", "assigned-secret"),
-]  # fmt: skip
+]
 
 
 def secret_value(text: str) -> str:
@@ -407,13 +444,65 @@ _ALWAYS_STRIPPED = re.compile(
     f"{sanitize_module._BIDI_CHARS}{sanitize_module._TAG_CHARS}{sanitize_module._INVISIBLE_CHARS}]"
 )
 FRAGMENTS = [
-    "\x1b", "[", "]", "\x07", "\\", "0;", "31m", "8;;", "\r", "\n", "\r\n", "\t", " ", ".", "..",
-    "/", "~", "%", ":", "=", "(", "a", "Z", "9", "-", "_", "sk-", "ghp_", "AKIA", "eyJ", "ccc1.",
-    "password", "token", "Bearer ", "file:", "-----BEGIN RSA PRIVATE KEY-----",
-    "-----END RSA PRIVATE KEY-----", "[path:", "[redacted:", ZWJ, ZWNJ, VS15, VS16, "\U0001f600",
-    "\U0001f3fd", "\u0915", "\u094d", "\u0645", "e\u0301", "\ufb2c", "\u202e", "\u200b",
-    "\U000e0041", "\U000e0100", "\ud800", "\u2028", "\x85", "\x9b",
-]  # fmt: skip
+    "\x1b",
+    "[",
+    "]",
+    "\x07",
+    "\\",
+    "0;",
+    "31m",
+    "8;;",
+    "\r",
+    "\n",
+    "\r\n",
+    "\t",
+    " ",
+    ".",
+    "..",
+    "/",
+    "~",
+    "%",
+    ":",
+    "=",
+    "(",
+    "a",
+    "Z",
+    "9",
+    "-",
+    "_",
+    "sk-",
+    "ghp_",
+    "AKIA",
+    "eyJ",
+    "ccc1.",
+    "password",
+    "token",
+    "Bearer ",
+    "file:",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "-----END RSA PRIVATE KEY-----",
+    "[path:",
+    "[redacted:",
+    ZWJ,
+    ZWNJ,
+    VS15,
+    VS16,
+    "\U0001f600",
+    "\U0001f3fd",
+    "\u0915",
+    "\u094d",
+    "\u0645",
+    "e\u0301",
+    "\ufb2c",
+    "\u202e",
+    "\u200b",
+    "\U000e0041",
+    "\U000e0100",
+    "\ud800",
+    "\u2028",
+    "\x85",
+    "\x9b",
+]
 hostile_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.characters()), max_size=60).map(
     "".join
 )
@@ -470,8 +559,11 @@ def test_sanitize_off_is_the_identity(text: str) -> None:
     assert only(text, enabled=False).text == text
 
 
-@given(text=st.lists(st.sampled_from(["a", "b", ".", "..", "/", " ", "(", "~", "-"]), max_size=40)
-       .map("".join))  # fmt: skip
+@given(
+    text=st.lists(st.sampled_from(["a", "b", ".", "..", "/", " ", "(", "~", "-"]), max_size=40).map(
+        "".join
+    )
+)
 @settings(max_examples=500, deadline=None)
 def test_the_traversal_scanner_matches_the_plain_regex(text: str) -> None:
     def mark(m: re.Match[str]) -> str:
@@ -481,9 +573,29 @@ def test_the_traversal_scanner_matches_the_plain_regex(text: str) -> None:
     assert sanitize_module._sub_traversals(text, mark) == expected
 
 
-@given(text=st.lists(st.sampled_from(["pass", "word", "Key", "TOKEN", "auth", "=", ":", " ", "\"",
-                                      "a1B2c3D4e5F6g7H8", "s", "_", "-", "Bearer "]), max_size=20)
-       .map("".join))  # fmt: skip
+@given(
+    text=st.lists(
+        st.sampled_from(
+            [
+                "pass",
+                "word",
+                "Key",
+                "TOKEN",
+                "auth",
+                "=",
+                ":",
+                " ",
+                '"',
+                "a1B2c3D4e5F6g7H8",
+                "s",
+                "_",
+                "-",
+                "Bearer ",
+            ]
+        ),
+        max_size=20,
+    ).map("".join)
+)
 @settings(max_examples=500, deadline=None)
 def test_the_keyword_scanner_matches_the_plain_regex(text: str) -> None:
     found = [m.span() for m in sanitize_module._keyword_matches(text)]

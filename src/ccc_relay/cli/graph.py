@@ -32,26 +32,40 @@ def policy_dot(rules: Iterable[Mapping[str, str]], agents: Iterable[Mapping[str,
     for agent in sorted(agents, key=lambda a: a["name"]):
         attrs = []
         if agent.get("quarantined"):
-            attrs += ['color="red"', 'style="rounded,filled"', 'fillcolor="mistyrose"',
-                      'xlabel="quarantined"']  # fmt: skip
+            attrs += [
+                'color="red"',
+                'style="rounded,filled"',
+                'fillcolor="mistyrose"',
+                'xlabel="quarantined"',
+            ]
         elif agent.get("online"):
-            attrs += ['penwidth=2', 'xlabel="online"']
-        lines.append(f"  {_quote(agent['name'])}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+            attrs += ["penwidth=2", 'xlabel="online"']
+        lines.append(
+            f"  {_quote(agent['name'])}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";"
+        )
     seen: set[tuple[str, str]] = set()
     for rule in sorted(rules, key=lambda r: (r["from"], r["to"])):
         pair = (rule["from"], rule["to"])
         if pair in seen:
             continue
         seen.add(pair)
-        style = ' [style=dashed, color="darkorange", label="hold"]' if rule["action"] == "hold" else ""
+        style = (
+            ' [style=dashed, color="darkorange", label="hold"]' if rule["action"] == "hold" else ""
+        )
         lines.append(f"  {_quote(rule['from'])} -> {_quote(rule['to'])}{style};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 @click.command("graph")
-@click.option("--format", "fmt", type=click.Choice(["dot", "svg", "png"]), default="dot",
-              show_default=True, help="svg and png need Graphviz (Debian: graphviz).")  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["dot", "svg", "png"]),
+    default="dot",
+    show_default=True,
+    help="svg and png need Graphviz (Debian: graphviz).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE.")
 @config_option
 @handle_errors
@@ -67,10 +81,14 @@ def graph(fmt: str, output: str | None, config_path: str | None) -> None:
     else:
         binary = shutil.which("dot")
         if binary is None:
-            fail(f"--format {fmt} needs Graphviz's 'dot'; install it (apt-get install graphviz) "
-                 "or use --format dot", 4)  # fmt: skip
-        data = subprocess.run([binary, f"-T{fmt}"], input=dot.encode(), capture_output=True,
-                              check=True, timeout=60).stdout  # fmt: skip
+            fail(
+                f"--format {fmt} needs Graphviz's 'dot'; install it (apt-get install graphviz) "
+                "or use --format dot",
+                4,
+            )
+        data = subprocess.run(
+            [binary, f"-T{fmt}"], input=dot.encode(), capture_output=True, check=True, timeout=60
+        ).stdout
     if output:
         with open(output, "wb") as f:
             f.write(data)

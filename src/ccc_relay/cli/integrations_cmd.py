@@ -17,9 +17,11 @@ def _endpoint_factory(ctx: click.Context) -> object:
         from ccc_relay.client.endpoint import host_config
 
         return Endpoint.resolve(
-            socket_path=obj.socket_path, credential_file=obj.credential, as_agent=obj.as_agent,
+            socket_path=obj.socket_path,
+            credential_file=obj.credential,
+            as_agent=obj.as_agent,
             config=host_config(obj.config_path),
-        )  # fmt: skip
+        )
 
     return factory
 
@@ -64,10 +66,20 @@ def install() -> None:
 
 
 @install.command("claude")
-@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="The Claude Code project to set up.")  # fmt: skip
-@click.option("--command", "command", default="ccc", show_default=True,
-              help="How Claude Code should invoke ccc (e.g. a full path).")  # fmt: skip
+@click.option(
+    "--project",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The Claude Code project to set up.",
+)
+@click.option(
+    "--command",
+    "command",
+    default="ccc",
+    show_default=True,
+    help="How Claude Code should invoke ccc (e.g. a full path).",
+)
 def install_claude_cmd(project: Path, command: str) -> None:
     """Add the ccc-relay MCP server (.mcp.json) and hooks (.claude/settings.json).
 

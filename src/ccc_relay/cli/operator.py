@@ -59,15 +59,24 @@ def agent() -> None:
 
 @agent.command("add")
 @click.argument("name")
-@click.option("--credential-file", type=click.Path(dir_okay=False),
-              help="Where to write the credential (default: in the relay's state dir).")  # fmt: skip
+@click.option(
+    "--credential-file",
+    type=click.Path(dir_okay=False),
+    help="Where to write the credential (default: in the relay's state dir).",
+)
 @click.option("--uid", type=int, help="Accept this agent only from this peer uid.")
 @click.option("--gid", type=int, help="Accept this agent only from this peer gid.")
 @click.option("--json", "as_json", is_flag=True)
 @config_option
 @handle_errors
-def agent_add(name: str, credential_file: str | None, uid: int | None, gid: int | None,
-              as_json: bool, config_path: str | None) -> None:  # fmt: skip
+def agent_add(
+    name: str,
+    credential_file: str | None,
+    uid: int | None,
+    gid: int | None,
+    as_json: bool,
+    config_path: str | None,
+) -> None:
     """Create agent NAME with a fresh 256-bit credential and print the file's path.
 
     Mount that file read-only into NAME's container (ccc run does) and nowhere else.
@@ -79,8 +88,9 @@ def agent_add(name: str, credential_file: str | None, uid: int | None, gid: int 
     try:
         write_credential_file(path, name, credential)
     except FileExistsError:
-        fail(f"{path} already exists; remove it first or use 'ccc agent rotate {name}'",
-             EXIT_CONFIG)  # fmt: skip
+        fail(
+            f"{path} already exists; remove it first or use 'ccc agent rotate {name}'", EXIT_CONFIG
+        )
     try:
         admin.request("agent_add", name=name, cred_hash=credential.digest(), uid=uid, gid=gid)
     except RelayError:
@@ -95,8 +105,11 @@ def agent_add(name: str, credential_file: str | None, uid: int | None, gid: int 
 
 @agent.command("rotate")
 @click.argument("name")
-@click.option("--credential-file", type=click.Path(dir_okay=False),
-              help="The file to rewrite (default: NAME's file in the state dir).")  # fmt: skip
+@click.option(
+    "--credential-file",
+    type=click.Path(dir_okay=False),
+    help="The file to rewrite (default: NAME's file in the state dir).",
+)
 @config_option
 @handle_errors
 def agent_rotate(name: str, credential_file: str | None, config_path: str | None) -> None:
@@ -157,8 +170,11 @@ def agent_list(as_json: bool, config_path: str | None) -> None:
 @click.argument("sender")
 @click.argument("recipient")
 @click.option("--both", is_flag=True, help="Also let RECIPIENT send to SENDER.")
-@click.option("--hold", is_flag=True,
-              help="Hold these messages until the operator approves each ('ccc held').")  # fmt: skip
+@click.option(
+    "--hold",
+    is_flag=True,
+    help="Hold these messages until the operator approves each ('ccc held').",
+)
 @config_option
 @handle_errors
 def allow(sender: str, recipient: str, both: bool, hold: bool, config_path: str | None) -> None:

@@ -36,8 +36,10 @@ def print_status(data: dict[str, Any]) -> None:
         f"acked {counters['acked']}; refused: {refused}"
     )
     held = data.get("held")
-    out.print(f"held for approval: {held if held is not None else 'unknown'}; "
-              f"anomalies: {data.get('anomalies', 0)}")  # fmt: skip
+    out.print(
+        f"held for approval: {held if held is not None else 'unknown'}; "
+        f"anomalies: {data.get('anomalies', 0)}"
+    )
     sandbox = data.get("sandbox", {})
     if sandbox:
         out.print(f"sandbox: {sandbox.get('landlock')}")
@@ -48,26 +50,39 @@ def print_status(data: dict[str, Any]) -> None:
         table.add_row(Text(agent["name"]), online, str(agent["queued"]), state)
     out.print(table)
     for alert in data.get("alerts", [])[-5:]:
-        out.print(Text(f"alert {when(alert['ts'])} {alert['agent']}: {alert['rule']} "
-                       f"({alert['value']:g} >= {alert['threshold']:g})", style="yellow"))  # fmt: skip
+        out.print(
+            Text(
+                f"alert {when(alert['ts'])} {alert['agent']}: {alert['rule']} "
+                f"({alert['value']:g} >= {alert['threshold']:g})",
+                style="yellow",
+            )
+        )
 
 
 def print_sessions(rows: Iterable[dict[str, Any]]) -> None:
     table = Table("session", "agent", "peer pid/uid/gid", "since", "expires", "seq", "in flight")
     for r in rows:
         table.add_row(
-            Text(str(r["session"])), Text(str(r["agent"])),
-            f"{r['peer_pid']}/{r['peer_uid']}/{r['peer_gid']}", when(r["connected_at"]),
-            when(r["expires_at"]), str(r["last_seq"]), str(r["inflight"]),
-        )  # fmt: skip
+            Text(str(r["session"])),
+            Text(str(r["agent"])),
+            f"{r['peer_pid']}/{r['peer_uid']}/{r['peer_gid']}",
+            when(r["connected_at"]),
+            when(r["expires_at"]),
+            str(r["last_seq"]),
+            str(r["inflight"]),
+        )
     console().print(table)
 
 
 def print_agents(rows: Iterable[dict[str, Any]]) -> None:
     table = Table("agent", "created", "bound uid/gid", "online", "queued")
     for r in rows:
-        bound = f"{r['uid'] if r['uid'] is not None else '-'}/{r['gid'] if r['gid'] is not None else '-'}"
-        table.add_row(Text(r["name"]), when(r["created"]), bound, str(r["online"]), str(r["queued"]))
+        uid = "-" if r["uid"] is None else r["uid"]
+        gid = "-" if r["gid"] is None else r["gid"]
+        bound = f"{uid}/{gid}"
+        table.add_row(
+            Text(r["name"]), when(r["created"]), bound, str(r["online"]), str(r["queued"])
+        )
     console().print(table)
 
 
@@ -75,8 +90,14 @@ def print_held(rows: Iterable[dict[str, Any]]) -> None:
     table = Table("id", "from", "to", "sent", "size", "body")
     for r in rows:
         preview = r["body"] if len(r["body"]) <= 60 else r["body"][:57] + "..."
-        table.add_row(Text(r["id"]), Text(r["from"]), Text(r["to"]), when(r["sent_at"]),
-                      str(r["size"]), Text(preview))  # fmt: skip
+        table.add_row(
+            Text(r["id"]),
+            Text(r["from"]),
+            Text(r["to"]),
+            when(r["sent_at"]),
+            str(r["size"]),
+            Text(preview),
+        )
     console().print(table)
 
 

@@ -26,11 +26,11 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None, elapsed: float
     header = Text(
         f"ccc-statusd pid {data['pid']}  up {data['uptime']:.0f}s  {state}\n"
         f"accepted {counters['accepted']}  delivered {counters['delivered']}  "
-        f"acked {counters['acked']}  held {data.get('held')}  anomalies {data.get('anomalies', 0)}\n"
+        f"acked {counters['acked']}  held {data.get('held')}  "
+        f"anomalies {data.get('anomalies', 0)}\n"
         f"refused: {refused}"
     )
-    table = Table("agent", "online", "sent/s", "recv/s", "queued", "refused", "state",
-                  expand=True)  # fmt: skip
+    table = Table("agent", "online", "sent/s", "recv/s", "queued", "refused", "state", expand=True)
     for agent in data["agents"]:
         old = before.get(agent["name"], {})
 
@@ -39,14 +39,28 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None, elapsed: float
                 return "-"
             return f"{(agent.get(key, 0) - old.get(key, 0)) / elapsed:.1f}"
 
-        state_text = (Text("QUARANTINED", style="bold red") if agent.get("quarantined")
-                      else Text("ok", style="green"))  # fmt: skip
-        table.add_row(Text(agent["name"]), str(agent["online"]), rate("sent"), rate("delivered"),
-                      str(agent["queued"]), str(agent.get("refused", 0)), state_text)  # fmt: skip
+        state_text = (
+            Text("QUARANTINED", style="bold red")
+            if agent.get("quarantined")
+            else Text("ok", style="green")
+        )
+        table.add_row(
+            Text(agent["name"]),
+            str(agent["online"]),
+            rate("sent"),
+            rate("delivered"),
+            str(agent["queued"]),
+            str(agent.get("refused", 0)),
+            state_text,
+        )
     alerts = Table("time", "agent", "rule", "value", expand=True, title="recent alerts")
     for alert in reversed(data.get("alerts", [])[-8:]):
-        alerts.add_row(when(alert["ts"]), Text(alert["agent"]), alert["rule"],
-                       f"{alert['value']:g} >= {alert['threshold']:g}")  # fmt: skip
+        alerts.add_row(
+            when(alert["ts"]),
+            Text(alert["agent"]),
+            alert["rule"],
+            f"{alert['value']:g} >= {alert['threshold']:g}",
+        )
     return Group(Panel(header, title="ccc top"), table, alerts)
 
 
@@ -65,8 +79,9 @@ def top(interval: float, once: bool, config_path: str | None) -> None:
         return
     previous, taken = data, time.monotonic()
     try:
-        with Live(render(data, None, 0.0), console=console(), refresh_per_second=4,
-                  screen=False) as live:  # fmt: skip
+        with Live(
+            render(data, None, 0.0), console=console(), refresh_per_second=4, screen=False
+        ) as live:
             while True:
                 time.sleep(interval)
                 data = admin.request("status")

@@ -24,7 +24,9 @@ class AdminClient:
 
         Raises RelayUnavailable when no daemon answers, RelayError for a refusal.
         """
-        payload = msgspec.json.encode({"op": op, **{k: v for k, v in args.items() if v is not None}})
+        payload = msgspec.json.encode(
+            {"op": op, **{k: v for k, v in args.items() if v is not None}}
+        )
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

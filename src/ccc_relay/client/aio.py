@@ -78,8 +78,11 @@ class AsyncRelayClient:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         try:
             welcome: Welcome = await self._request(
-                Hello(agent=self.endpoint.agent, credential=self.endpoint.credential.reveal(),
-                      signatures=self.endpoint.relay_pubkey is not None),
+                Hello(
+                    agent=self.endpoint.agent,
+                    credential=self.endpoint.credential.reveal(),
+                    signatures=self.endpoint.relay_pubkey is not None,
+                ),
                 Welcome,
             )
         except BaseException:
@@ -110,17 +113,31 @@ class AsyncRelayClient:
 
     # --- requests ---------------------------------------------------------------
 
-    def send_nowait(self, to: str, text: str, *, thread: str | None = None,
-                    reply_to: str | None = None,
-                    deliver_at: float | None = None) -> asyncio.Future[Accepted | Held]:  # fmt: skip
+    def send_nowait(
+        self,
+        to: str,
+        text: str,
+        *,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        deliver_at: float | None = None,
+    ) -> asyncio.Future[Accepted | Held]:
         """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError."""
         self._check_open()
         check_recipient(to)
         self._seq += 1
         future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
         self._sends[self._seq] = future
-        self._write(Send(seq=self._seq, to=to, body=text, thread=thread, reply_to=reply_to,
-                         deliver_at=deliver_at))  # fmt: skip
+        self._write(
+            Send(
+                seq=self._seq,
+                to=to,
+                body=text,
+                thread=thread,
+                reply_to=reply_to,
+                deliver_at=deliver_at,
+            )
+        )
         return future
 
     async def send(self, to: str, text: str, **options: Any) -> Accepted | Held:
@@ -135,7 +152,7 @@ class AsyncRelayClient:
     async def ack(self, ids: list[str]) -> int:
         settled = 0
         for start in range(0, len(ids), 1024):
-            answer: Acked = await self._request(Ack(ids=ids[start:start + 1024]), Acked)
+            answer: Acked = await self._request(Ack(ids=ids[start : start + 1024]), Acked)
             settled += answer.count
         return settled
 
@@ -156,7 +173,7 @@ class AsyncRelayClient:
         """Pushed messages then arrive on ``self.messages``."""
         self._write(Subscribe(window=window))
 
-    async def wait_for_message(self, timeout: float | None) -> Message | None:
+    async def wait_for_message(self, timeout: float | None) -> Message | None:  # noqa: ASYNC109
         """The next pushed message, or None when ``timeout`` passes first."""
         self._check_open()
         try:

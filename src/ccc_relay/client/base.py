@@ -14,8 +14,9 @@ SEEN_IDS = 65536  # ids remembered to drop redeliveries; bounded so a long-lived
 class RelayError(Exception):
     """A refusal from the relay: ``code`` is stable, ``message`` is for humans."""
 
-    def __init__(self, code: str, message: str, *, retry_after: float | None = None,
-                 seq: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, code: str, message: str, *, retry_after: float | None = None, seq: int | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -65,9 +66,13 @@ class SeenIds:
 
 def message_dict(message: Message) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "id": message.id, "from": message.sender, "to": message.to,
-        "sent_at": message.sent_at, "body": message.body, "delivery": message.delivery,
-    }  # fmt: skip
+        "id": message.id,
+        "from": message.sender,
+        "to": message.to,
+        "sent_at": message.sent_at,
+        "body": message.body,
+        "delivery": message.delivery,
+    }
     if message.thread is not None:
         data["thread"] = message.thread
     if message.reply_to is not None:

@@ -60,8 +60,9 @@ class Endpoint:
         return cls(sock, agent, credential, pubkey)
 
 
-def host_config(path: str | os.PathLike[str] | None = None,
-                env: Mapping[str, str] | None = None) -> Config:  # fmt: skip
+def host_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """The config the host's daemon was started with: ``path``, ``$CCC_CONFIG`` or defaults.
 
     Raises ConfigError for a config file that does not validate.

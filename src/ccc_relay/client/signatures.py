@@ -46,14 +46,20 @@ def public_key_from_env(env: Mapping[str, str] | None = None) -> Ed25519PublicKe
 def verify_message(key: Ed25519PublicKey, message: Message) -> None:
     """Raises RelayError("bad_signature") unless the relay's signature verifies."""
     if not message.signature:
-        raise RelayError("bad_signature",
-                         f"message {message.id} arrived unsigned; refusing it")  # fmt: skip
-    data = signed_bytes(message_id=message.id, sender=message.sender, to=message.to,
-                        sent_at=message.sent_at, body=message.body, thread=message.thread,
-                        reply_to=message.reply_to)  # fmt: skip
+        raise RelayError("bad_signature", f"message {message.id} arrived unsigned; refusing it")
+    data = signed_bytes(
+        message_id=message.id,
+        sender=message.sender,
+        to=message.to,
+        sent_at=message.sent_at,
+        body=message.body,
+        thread=message.thread,
+        reply_to=message.reply_to,
+    )
     try:
         key.verify(base64.b64decode(message.signature, validate=True), data)
     except (InvalidSignature, binascii.Error, ValueError):
-        raise RelayError("bad_signature",
-                         f"message {message.id} has a signature that does not verify; "
-                         "refusing it") from None  # fmt: skip
+        raise RelayError(
+            "bad_signature",
+            f"message {message.id} has a signature that does not verify; refusing it",
+        ) from None

@@ -78,9 +78,13 @@ class RelayClient:
             ) from None
         self._sock = sock
         try:
-            self._write(Hello(agent=self.endpoint.agent,
-                              credential=self.endpoint.credential.reveal(),
-                              signatures=self.endpoint.relay_pubkey is not None))  # fmt: skip
+            self._write(
+                Hello(
+                    agent=self.endpoint.agent,
+                    credential=self.endpoint.credential.reveal(),
+                    signatures=self.endpoint.relay_pubkey is not None,
+                )
+            )
             frame = self._next_reply()
         except BaseException:
             self.close()
@@ -107,20 +111,30 @@ class RelayClient:
             self.connect()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType] | Any) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException], BaseException, TracebackType] | Any
+    ) -> None:
         self.close()
 
     # --- requests ------------------------------------------------------------
 
-    def send(self, to: str, text: str, *, thread: str | None = None, reply_to: str | None = None,
-             deliver_at: float | None = None) -> Accepted | Held:  # fmt: skip
+    def send(
+        self,
+        to: str,
+        text: str,
+        *,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        deliver_at: float | None = None,
+    ) -> Accepted | Held:
         """Send one message; return the relay's ``accepted`` (or ``held`` when the
         pair's policy holds messages for the operator). Raises RelayError."""
         check_recipient(to)
         self._seq += 1
         seq = self._seq
-        self._write(Send(seq=seq, to=to, body=text, thread=thread, reply_to=reply_to,
-                         deliver_at=deliver_at))  # fmt: skip
+        self._write(
+            Send(seq=seq, to=to, body=text, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+        )
         while True:
             frame = self._next_reply()
             if isinstance(frame, Accepted | Held) and frame.seq == seq:
@@ -140,7 +154,7 @@ class RelayClient:
         """Tell the relay these messages are processed; returns how many it settled."""
         settled = 0
         for start in range(0, len(ids), 1024):
-            self._write(Ack(ids=ids[start:start + 1024]))
+            self._write(Ack(ids=ids[start : start + 1024]))
             settled += self._expect(Acked).count
         return settled
 
@@ -222,7 +236,9 @@ class RelayClient:
             data = self._sock.recv(READ_CHUNK)
         except TimeoutError:
             if timeout == self.timeout:
-                raise RelayUnavailable(f"the relay did not answer within {self.timeout:g}s") from None
+                raise RelayUnavailable(
+                    f"the relay did not answer within {self.timeout:g}s"
+                ) from None
             return False
         except OSError as exc:
             raise RelayUnavailable(f"the connection to the relay broke: {exc}") from None

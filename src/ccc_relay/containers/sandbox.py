@@ -199,8 +199,15 @@ def bwrap_command(spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD) -> l
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
     if spec.new_session:
         argv.append("--new-session")
-    argv += ["--uid", str(spec.uid), "--gid", str(spec.gid), "--hostname", spec.hostname,
-             "--clearenv"]  # fmt: skip
+    argv += [
+        "--uid",
+        str(spec.uid),
+        "--gid",
+        str(spec.gid),
+        "--hostname",
+        spec.hostname,
+        "--clearenv",
+    ]
     for name, value in spec.environment():
         argv += ["--setenv", name, value]
     argv += ["--ro-bind", "/usr", "/usr"]
@@ -208,17 +215,40 @@ def bwrap_command(spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD) -> l
         argv += ["--symlink", target, link]
     for path in ETC_FILES:
         argv += ["--ro-bind-try", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(spec.tmp_size), "--tmpfs", "/tmp",  # noqa: S108
-             "--bind", str(spec.project_dir), SANDBOX_WORKSPACE,
-             # connect(2) needs write permission on the socket inode, which a
-             # read-only mount does not take away; the agent cannot replace it.
-             "--ro-bind", str(spec.socket_path), SANDBOX_SOCKET,
-             "--perms", "0400", "--ro-bind-data", str(credential_fd), SANDBOX_CREDENTIAL,
-             # Last: every mount point above is made, now nothing else may be.
-             "--remount-ro", "/",
-             "--chdir", SANDBOX_WORKSPACE, "--cap-drop", "ALL",
-             "--", *(spec.command or DEFAULT_COMMAND)]  # fmt: skip
+    argv += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(spec.tmp_size),
+        "--tmpfs",
+        "/tmp",  # noqa: S108
+        "--bind",
+        str(spec.project_dir),
+        SANDBOX_WORKSPACE,
+        # connect(2) needs write permission on the socket inode, which a
+        # read-only mount does not take away; the agent cannot replace it.
+        "--ro-bind",
+        str(spec.socket_path),
+        SANDBOX_SOCKET,
+        "--perms",
+        "0400",
+        "--ro-bind-data",
+        str(credential_fd),
+        SANDBOX_CREDENTIAL,
+        # Last: every mount point above is made, now nothing else may be.
+        "--remount-ro",
+        "/",
+        "--chdir",
+        SANDBOX_WORKSPACE,
+        "--cap-drop",
+        "ALL",
+        "--",
+        *(spec.command or DEFAULT_COMMAND),
+    ]
     return argv
 
 
@@ -250,8 +280,15 @@ def setpriv_prefix(spec: SandboxSpec) -> list[str]:
         if spec.extra_gids
         else ["--clear-groups"]
     )
-    return ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.gid}", *groups,
-            "--no-new-privs", "--pdeathsig=KILL", "--"]  # fmt: skip
+    return [
+        "setpriv",
+        f"--reuid={spec.uid}",
+        f"--regid={spec.gid}",
+        *groups,
+        "--no-new-privs",
+        "--pdeathsig=KILL",
+        "--",
+    ]
 
 
 def podman_command(
@@ -309,13 +346,30 @@ def _engine_common(spec: SandboxSpec) -> list[str]:
     argv = ["--rm", "--interactive"]
     if spec.tty:
         argv.append("--tty")
-    argv += ["--name", spec.container_name, "--label", f"ccc.agent={spec.agent}",
-             "--hostname", spec.hostname, "--user", f"{spec.uid}:{spec.gid}"]  # fmt: skip
+    argv += [
+        "--name",
+        spec.container_name,
+        "--label",
+        f"ccc.agent={spec.agent}",
+        "--hostname",
+        spec.hostname,
+        "--user",
+        f"{spec.uid}:{spec.gid}",
+    ]
     for gid in spec.extra_gids:
         argv += ["--group-add", str(gid)]
     network = "none" if spec.network == "none" else EGRESS_NETWORK
-    argv += ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-             "--network", network, "--ipc", "private"]  # fmt: skip
+    argv += [
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--network",
+        network,
+        "--ipc",
+        "private",
+    ]
     if spec.memory_limit is not None:
         # Equal swap and memory limits: swap cannot stretch the memory limit.
         argv += ["--memory", str(spec.memory_limit), "--memory-swap", str(spec.memory_limit)]
@@ -451,8 +505,17 @@ def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FI
         rootfs_dir.mkdir(mode=0o755, exist_ok=True)
         if rootfs_dir.is_symlink() or not rootfs_dir.is_dir():
             raise LaunchError(f"{rootfs_dir} is not a directory")
-        for name in ("usr", "etc", "etc/ssl", "proc", "dev", "sys", "run", "run/ccc",
-                     SANDBOX_WORKSPACE.lstrip("/")):  # fmt: skip
+        for name in (
+            "usr",
+            "etc",
+            "etc/ssl",
+            "proc",
+            "dev",
+            "sys",
+            "run",
+            "run/ccc",
+            SANDBOX_WORKSPACE.lstrip("/"),
+        ):
             (rootfs_dir / name).mkdir(mode=0o755, exist_ok=True)
         tmp = rootfs_dir / "tmp"
         tmp.mkdir(exist_ok=True)

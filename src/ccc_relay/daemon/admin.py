@@ -36,8 +36,9 @@ ADMIN_LINE_CAP = 64 * 1024 * 1024  # operator messages are capped by max_message
 
 
 class AdminConnection(asyncio.Protocol):
-    def __init__(self, relay: Relay, shutdown: asyncio.Event,
-                 sandbox: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, relay: Relay, shutdown: asyncio.Event, sandbox: dict[str, Any] | None = None
+    ) -> None:
         self.relay = relay
         self.shutdown = shutdown
         self.sandbox = sandbox or {}
@@ -51,10 +52,15 @@ class AdminConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.peer = peer_credentials(sock) if sock is not None else (0, -1, -1)
         if self.peer[1] not in (0, os.geteuid()):
-            self.relay.audit("admin_refused", peer_pid=self.peer[0], peer_uid=self.peer[1],
-                             peer_gid=self.peer[2])  # fmt: skip
-            self._reply(Error(code=ErrorCode.FORBIDDEN.value,
-                              message="only the relay's own user may administer it"))  # fmt: skip
+            self.relay.audit(
+                "admin_refused", peer_pid=self.peer[0], peer_uid=self.peer[1], peer_gid=self.peer[2]
+            )
+            self._reply(
+                Error(
+                    code=ErrorCode.FORBIDDEN.value,
+                    message="only the relay's own user may administer it",
+                )
+            )
             transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -90,8 +96,7 @@ class AdminConnection(asyncio.Protocol):
 
     async def _write(self, fn: Any, event: str, **fields: Any) -> Any:
         relay = self.relay
-        job = Job(run=fn, may_fail=True,
-                  audit=[relay.record(event, by_uid=self.peer[1], **fields)])  # fmt: skip
+        job = Job(run=fn, may_fail=True, audit=[relay.record(event, by_uid=self.peer[1], **fields)])
         future = relay.committer.submit(job)
         assert future is not None
         result = await future
@@ -101,31 +106,43 @@ class AdminConnection(asyncio.Protocol):
             raise ProtocolError(ErrorCode.INTERNAL, f"admin operation failed: {result}")
         return result
 
-    async def _handle(self, request: ops.AdminRequest) -> Any:  # noqa: PLR0911, PLR0912
+    async def _handle(self, request: ops.AdminRequest) -> Any:
         relay = self.relay
         if isinstance(request, ops.AgentAdd):
             _check_name(request.name)
             if request.name in relay.agents:
                 raise ProtocolError(ErrorCode.CONFLICT, f"agent {request.name!r} already exists")
-            record = AgentRecord(request.name, request.cred_hash, relay.clock(),
-                                 request.uid, request.gid)  # fmt: skip
-            await self._write(lambda s: s.add_agent(record), "agent_added", agent=request.name,
-                              uid=request.uid, gid=request.gid)  # fmt: skip
+            record = AgentRecord(
+                request.name, request.cred_hash, relay.clock(), request.uid, request.gid
+            )
+            await self._write(
+                lambda s: s.add_agent(record),
+                "agent_added",
+                agent=request.name,
+                uid=request.uid,
+                gid=request.gid,
+            )
             relay.agents[request.name] = record
             if relay.on_agent_added is not None:
                 await relay.on_agent_added(request.name)
             return {"name": request.name}
         if isinstance(request, ops.AgentRotate):
             record = self._agent(request.name)
-            await self._write(lambda s: s.set_credential(request.name, request.cred_hash),
-                              "agent_rotated", agent=request.name)  # fmt: skip
-            relay.agents[request.name] = msgspec.structs.replace(record, cred_hash=request.cred_hash)
+            await self._write(
+                lambda s: s.set_credential(request.name, request.cred_hash),
+                "agent_rotated",
+                agent=request.name,
+            )
+            relay.agents[request.name] = msgspec.structs.replace(
+                record, cred_hash=request.cred_hash
+            )
             self._end_sessions(request.name, "the agent's credential was rotated")
             return {"name": request.name}
         if isinstance(request, ops.AgentRemove):
             self._agent(request.name)
-            await self._write(lambda s: s.remove_agent(request.name), "agent_removed",
-                              agent=request.name)  # fmt: skip
+            await self._write(
+                lambda s: s.remove_agent(request.name), "agent_removed", agent=request.name
+            )
             del relay.agents[request.name]
             self._end_sessions(request.name, "the agent was removed")
             if relay.on_agent_removed is not None:
@@ -135,10 +152,16 @@ class AdminConnection(asyncio.Protocol):
         if isinstance(request, ops.AgentList):
             depths = await relay.committer.read(lambda s: s.queue_depths())
             return [
-                {"name": a.name, "created": a.created, "uid": a.uid, "gid": a.gid,
-                 "online": len(relay.online.get(a.name, ())), "queued": depths.get(a.name, 0)}
+                {
+                    "name": a.name,
+                    "created": a.created,
+                    "uid": a.uid,
+                    "gid": a.gid,
+                    "online": len(relay.online.get(a.name, ())),
+                    "queued": depths.get(a.name, 0),
+                }
                 for a in relay.agents.values()
-            ]  # fmt: skip
+            ]
         if isinstance(request, ops.Allow):
             pairs = _pairs(request.sender, request.recipient, request.both)
             for sender, recipient in pairs:
@@ -149,8 +172,12 @@ class AdminConnection(asyncio.Protocol):
                 for a, b in pairs:
                     s.set_rule(a, b, request.action)
 
-            await self._write(allow, "policy_changed", change=request.action,
-                              pairs=[f"{a} -> {b}" for a, b in pairs])  # fmt: skip
+            await self._write(
+                allow,
+                "policy_changed",
+                change=request.action,
+                pairs=[f"{a} -> {b}" for a, b in pairs],
+            )
             relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
             return {"pairs": [[a, b] for a, b in pairs], "action": request.action}
         if isinstance(request, ops.Deny):
@@ -159,11 +186,12 @@ class AdminConnection(asyncio.Protocol):
             def deny(s: Any) -> int:
                 return sum(s.delete_rule(a, b) for a, b in pairs)
 
-            removed = await self._write(deny, "policy_changed", change="deny",
-                                        pairs=[f"{a} -> {b}" for a, b in pairs])  # fmt: skip
+            removed = await self._write(
+                deny, "policy_changed", change="deny", pairs=[f"{a} -> {b}" for a, b in pairs]
+            )
             relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
             configured = [r for r in relay.config.rules if (r.sender, r.recipient) in pairs]
-            note = ("still allowed by the config file; edit it to deny" if configured else None)
+            note = "still allowed by the config file; edit it to deny" if configured else None
             return {"removed": removed, "note": note}
         if isinstance(request, ops.PolicyShow):
             return relay.rules_with_source()
@@ -171,22 +199,37 @@ class AdminConnection(asyncio.Protocol):
             return await self._status()
         if isinstance(request, ops.SessionList):
             return [
-                {"session": c.session_id, "agent": c.agent, "peer_pid": c.peer[0],
-                 "peer_uid": c.peer[1], "peer_gid": c.peer[2], "connected_at": c.connected_at,
-                 "expires_at": c.session.expires if c.session else None,
-                 "last_seq": c.session.last_seq if c.session else 0,
-                 "subscribed": c.subscribed, "inflight": len(c.inflight)}
-                for conns in relay.online.values() for c in conns
-            ]  # fmt: skip
+                {
+                    "session": c.session_id,
+                    "agent": c.agent,
+                    "peer_pid": c.peer[0],
+                    "peer_uid": c.peer[1],
+                    "peer_gid": c.peer[2],
+                    "connected_at": c.connected_at,
+                    "expires_at": c.session.expires if c.session else None,
+                    "last_seq": c.session.last_seq if c.session else 0,
+                    "subscribed": c.subscribed,
+                    "inflight": len(c.inflight),
+                }
+                for conns in relay.online.values()
+                for c in conns
+            ]
         if isinstance(request, ops.SessionSend):
             return await self._operator_send(request)
         if isinstance(request, ops.HeldList):
             held = await relay.committer.read(lambda s: s.held())
             return [
-                {"id": m.id, "from": m.sender, "to": m.recipient, "sent_at": m.sent_at,
-                 "size": len(m.body.encode()), "body": m.body, "thread": m.thread}
+                {
+                    "id": m.id,
+                    "from": m.sender,
+                    "to": m.recipient,
+                    "sent_at": m.sent_at,
+                    "size": len(m.body.encode()),
+                    "body": m.body,
+                    "thread": m.thread,
+                }
                 for m in held
-            ]  # fmt: skip
+            ]
         if isinstance(request, ops.Approve):
             return await self._approve(request.id)
         if isinstance(request, ops.Reject):
@@ -194,9 +237,12 @@ class AdminConnection(asyncio.Protocol):
         if isinstance(request, ops.AgentRelease):
             record = self._agent(request.name)
             if not record.quarantined:
-                raise ProtocolError(ErrorCode.CONFLICT, f"agent {request.name!r} is not quarantined")
-            await self._write(lambda s: s.set_quarantine(request.name, None), "released",
-                              agent=request.name)  # fmt: skip
+                raise ProtocolError(
+                    ErrorCode.CONFLICT, f"agent {request.name!r} is not quarantined"
+                )
+            await self._write(
+                lambda s: s.set_quarantine(request.name, None), "released", agent=request.name
+            )
             relay.agents[request.name] = msgspec.structs.replace(record, quarantined=None)
             relay.anomaly.forget(request.name)
             return {"name": request.name}
@@ -212,8 +258,14 @@ class AdminConnection(asyncio.Protocol):
         if held is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
         # A new delivery number keeps the recipient's deliveries in order; the id stays.
-        fresh = relay.new_message(held.sender, held.recipient, held.body, thread=held.thread,
-                                  reply_to=held.reply_to, deliver_at=held.deliver_at)  # fmt: skip
+        fresh = relay.new_message(
+            held.sender,
+            held.recipient,
+            held.body,
+            thread=held.thread,
+            reply_to=held.reply_to,
+            deliver_at=held.deliver_at,
+        )
         message = msgspec.structs.replace(fresh, id=held.id, sent_at=held.sent_at)
         await relay.enqueue(message, by_uid=self.peer[1], approved=True)
         relay.audit("approved", id=held.id, by_uid=self.peer[1])
@@ -227,11 +279,12 @@ class AdminConnection(asyncio.Protocol):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
         relay.audit("rejected", id=held.id, by_uid=self.peer[1], reason=reason)
         notice = relay.new_message(
-            RELAY, held.sender,
+            RELAY,
+            held.sender,
             f"Your message {held.id} to {held.recipient} was rejected by the operator."
             + (f" Reason: {reason}" if reason else ""),
             reply_to=held.id,
-        )  # fmt: skip
+        )
         await relay.enqueue(notice, notice_for=held.id)
         relay.committed(notice)
         return {"id": held.id, "to": held.recipient, "notified": held.sender}
@@ -269,14 +322,19 @@ class AdminConnection(asyncio.Protocol):
             "anomalies": relay.counters.anomalies,
             "alerts": list(relay.counters.alerts)[-20:],
             "agents": [
-                {"name": name, "online": len(relay.online.get(name, ())),
-                 "queued": depths.get(name, 0),
-                 "quarantined": relay.agents[name].quarantined,
-                 **{k: relay.activity.get(name, {}).get(k, 0)
-                    for k in ("sent", "delivered", "refused")},
-                 "sessions": [c.session_id for c in relay.online.get(name, ())]}
+                {
+                    "name": name,
+                    "online": len(relay.online.get(name, ())),
+                    "queued": depths.get(name, 0),
+                    "quarantined": relay.agents[name].quarantined,
+                    **{
+                        k: relay.activity.get(name, {}).get(k, 0)
+                        for k in ("sent", "delivered", "refused")
+                    },
+                    "sessions": [c.session_id for c in relay.online.get(name, ())],
+                }
                 for name in sorted(relay.agents)
-            ],  # fmt: skip
+            ],
             "counters": {
                 "accepted": relay.counters.accepted,
                 "delivered": relay.counters.delivered,
@@ -292,8 +350,10 @@ class AdminConnection(asyncio.Protocol):
         self._agent(request.to)
         size = body_size(request.body)
         if size > relay.limits.max_message_size:
-            raise ProtocolError(ErrorCode.TOO_LARGE,
-                                f"body is {size} bytes; the limit is {relay.limits.max_message_size}")  # fmt: skip
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"body is {size} bytes; the limit is {relay.limits.max_message_size}",
+            )
         message = relay.new_message(OPERATOR, request.to, request.body)
         await relay.enqueue(message, by_uid=self.peer[1])
         relay.committed(message)

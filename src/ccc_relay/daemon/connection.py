@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from ccc_relay.protocol.codec import LineBuffer, body_size, decode_client_frame, encode, line_cap_for
+from ccc_relay.daemon.committer import Job
+from ccc_relay.daemon.sockets import peer_credentials
+from ccc_relay.policy.acl import HOLD
+from ccc_relay.policy.sanitize import Sanitized, sanitize
+from ccc_relay.protocol.codec import (
+    LineBuffer,
+    body_size,
+    decode_client_frame,
+    encode,
+    line_cap_for,
+)
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import (
     PROTOCOL_VERSION,
@@ -44,10 +54,6 @@ from ccc_relay.protocol.frames import (
     Subscribe,
     Welcome,
 )
-from ccc_relay.daemon.committer import Job
-from ccc_relay.daemon.sockets import peer_credentials
-from ccc_relay.policy.acl import HOLD
-from ccc_relay.policy.sanitize import Sanitized, sanitize
 from ccc_relay.store import StoredMessage, StoreFailure
 
 if TYPE_CHECKING:
@@ -226,12 +232,18 @@ class AgentConnection(asyncio.Protocol):
     def refuse(self, exc: ProtocolError, *, seq: int | None = None) -> None:
         """Answer a refusal, audit it, and close when it is fatal."""
         self.relay.refuse(
-            self.agent, exc, claimed=self.claimed or self.bound_agent, session=self.session_id,
-            peer_pid=self.peer[0], peer_uid=self.peer[1], peer_gid=self.peer[2],
+            self.agent,
+            exc,
+            claimed=self.claimed or self.bound_agent,
+            session=self.session_id,
+            peer_pid=self.peer[0],
+            peer_uid=self.peer[1],
+            peer_gid=self.peer[2],
             **({"send_seq": seq} if seq is not None else {}),
-        )  # fmt: skip
-        self.write(Error(code=exc.code.value, message=exc.message, seq=seq,
-                         retry_after=exc.retry_after))  # fmt: skip
+        )
+        self.write(
+            Error(code=exc.code.value, message=exc.message, seq=seq, retry_after=exc.retry_after)
+        )
         if exc.fatal:
             self.close()
 
@@ -270,9 +282,13 @@ class AgentConnection(asyncio.Protocol):
 
     def _hello_timed_out(self) -> None:
         if self.state == "hello":
-            self.fail(ProtocolError(
-                ErrorCode.HELLO_TIMEOUT, "no hello in time; the connection is closed", fatal=True
-            ))  # fmt: skip
+            self.fail(
+                ProtocolError(
+                    ErrorCode.HELLO_TIMEOUT,
+                    "no hello in time; the connection is closed",
+                    fatal=True,
+                )
+            )
 
     def _on_hello(self, hello: Hello) -> None:
         if hello.version != PROTOCOL_VERSION:
@@ -286,9 +302,15 @@ class AgentConnection(asyncio.Protocol):
         self.claimed = hello.agent
         if self.bound_agent is not None and hello.agent != self.bound_agent:
             # Same answer as a wrong credential; the audit line says which.
-            relay.audit("auth_refused", agent=hello.agent, socket_agent=self.bound_agent,
-                        reason="agent does not match this per-agent socket",
-                        peer_pid=self.peer[0], peer_uid=self.peer[1], peer_gid=self.peer[2])  # fmt: skip
+            relay.audit(
+                "auth_refused",
+                agent=hello.agent,
+                socket_agent=self.bound_agent,
+                reason="agent does not match this per-agent socket",
+                peer_pid=self.peer[0],
+                peer_uid=self.peer[1],
+                peer_gid=self.peer[2],
+            )
             raise ProtocolError(
                 ErrorCode.AUTH_FAILED,
                 "authentication failed: unknown agent, wrong credential, or wrong peer",
@@ -305,28 +327,42 @@ class AgentConnection(asyncio.Protocol):
             relay.unauthenticated -= 1
             self._counted_unauthenticated = False
         relay.attach(self)
-        relay.audit("authenticated", agent=hello.agent, session=session.id,
-                    resumed=hello.resume is not None, peer_pid=self.peer[0],
-                    peer_uid=self.peer[1], peer_gid=self.peer[2])  # fmt: skip
-        self.write(Welcome(
-            session=session.id, agent=hello.agent, expires_at=session.expires,
-            last_seq=session.last_seq, max_message_size=relay.limits.max_message_size,
-            rate_limit_per_minute=relay.limits.rate_per_minute,
-        ))  # fmt: skip
+        relay.audit(
+            "authenticated",
+            agent=hello.agent,
+            session=session.id,
+            resumed=hello.resume is not None,
+            peer_pid=self.peer[0],
+            peer_uid=self.peer[1],
+            peer_gid=self.peer[2],
+        )
+        self.write(
+            Welcome(
+                session=session.id,
+                agent=hello.agent,
+                expires_at=session.expires,
+                last_seq=session.last_seq,
+                max_message_size=relay.limits.max_message_size,
+                rate_limit_per_minute=relay.limits.rate_per_minute,
+            )
+        )
 
     def check_expiry(self, now: float) -> None:
         if self.session is not None and self.session.expires <= now and self.state == "ready":
-            self.fail(ProtocolError(
-                ErrorCode.SESSION_EXPIRED,
-                "the session expired (session_timeout); authenticate again",
-                fatal=True,
-            ))  # fmt: skip
+            self.fail(
+                ProtocolError(
+                    ErrorCode.SESSION_EXPIRED,
+                    "the session expired (session_timeout); authenticate again",
+                    fatal=True,
+                )
+            )
 
     # --- send -------------------------------------------------------------------
 
     def _on_send(self, frame: Send) -> None:
         session = self.session
-        assert session is not None and self.agent is not None
+        assert session is not None
+        assert self.agent is not None
         relay = self.relay
         if frame.seq <= session.last_seq:
             raise ProtocolError(
@@ -364,8 +400,13 @@ class AgentConnection(asyncio.Protocol):
         cleaned = sanitize(frame.body, options) if options.enabled else None
         self._finish_send(frame, action, seq_update, cleaned)
 
-    def _after_sanitize(self, future: asyncio.Future[Sanitized], frame: Send, action: str,
-                        seq_update: tuple[str, int]) -> None:  # fmt: skip
+    def _after_sanitize(
+        self,
+        future: asyncio.Future[Sanitized],
+        frame: Send,
+        action: str,
+        seq_update: tuple[str, int],
+    ) -> None:
         try:
             if self.state != "closed":
                 try:
@@ -387,11 +428,13 @@ class AgentConnection(asyncio.Protocol):
         if not self._input_held and self._transport is not None and self.state != "closed":
             self._transport.resume_reading()
 
-    def _finish_send(self, frame: Send, action: str, seq_update: tuple[str, int],
-                     cleaned: Sanitized | None) -> None:  # fmt: skip
+    def _finish_send(
+        self, frame: Send, action: str, seq_update: tuple[str, int], cleaned: Sanitized | None
+    ) -> None:
         relay = self.relay
         session = self.session
-        assert session is not None and self.agent is not None
+        assert session is not None
+        assert self.agent is not None
         body = frame.body if cleaned is None else cleaned.text
         changes = cleaned.describe() if cleaned is not None and cleaned.changes else []
         extra: dict[str, Any] = {}
@@ -400,21 +443,42 @@ class AgentConnection(asyncio.Protocol):
             findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
             if findings:
                 relay.alert(relay.anomaly.sanitized(self.agent, findings, relay.clock()))
-        message = relay.new_message(self.agent, frame.to, body, thread=frame.thread,
-                                    reply_to=frame.reply_to, deliver_at=frame.deliver_at)  # fmt: skip
-        hold = action == HOLD
-        future = relay.enqueue(message, seq_update=seq_update, hold=hold, send_seq=frame.seq,
-                               session=session.id, **extra)  # fmt: skip
-        future.add_done_callback(
-            lambda f: self._on_committed(f, frame.seq, message, hold, changes)
+        message = relay.new_message(
+            self.agent,
+            frame.to,
+            body,
+            thread=frame.thread,
+            reply_to=frame.reply_to,
+            deliver_at=frame.deliver_at,
         )
+        hold = action == HOLD
+        future = relay.enqueue(
+            message,
+            seq_update=seq_update,
+            hold=hold,
+            send_seq=frame.seq,
+            session=session.id,
+            **extra,
+        )
+        future.add_done_callback(lambda f: self._on_committed(f, frame.seq, message, hold, changes))
 
-    def _on_committed(self, future: asyncio.Future[Any], seq: int, message: StoredMessage,
-                      hold: bool, changes: list[str]) -> None:  # fmt: skip
+    def _on_committed(
+        self,
+        future: asyncio.Future[Any],
+        seq: int,
+        message: StoredMessage,
+        hold: bool,
+        changes: list[str],
+    ) -> None:
         exc = future.exception()
         if exc is not None:
-            self.write(Error(code=ErrorCode.UNAVAILABLE.value, seq=seq,
-                             message=f"the relay cannot store messages right now: {exc}"))  # fmt: skip
+            self.write(
+                Error(
+                    code=ErrorCode.UNAVAILABLE.value,
+                    seq=seq,
+                    message=f"the relay cannot store messages right now: {exc}",
+                )
+            )
             return
         if hold:
             self.relay.counters.held += 1
@@ -431,12 +495,19 @@ class AgentConnection(asyncio.Protocol):
 
     def deliver(self, message: StoredMessage) -> None:
         self.inflight[message.id] = message.delivery
-        self.write(Message(
-            id=message.id, sender=message.sender, to=message.recipient, sent_at=message.sent_at,
-            body=message.body, delivery=message.delivery, thread=message.thread,
-            reply_to=message.reply_to,
-            signature=self.relay.signer.sign(message) if self.wants_signatures else None,
-        ))  # fmt: skip
+        self.write(
+            Message(
+                id=message.id,
+                sender=message.sender,
+                to=message.recipient,
+                sent_at=message.sent_at,
+                body=message.body,
+                delivery=message.delivery,
+                thread=message.thread,
+                reply_to=message.reply_to,
+                signature=self.relay.signer.sign(message) if self.wants_signatures else None,
+            )
+        )
 
     def top_up(self) -> None:
         if self.subscribed and self.backlog and not self.topping_up and self.room > 0:
@@ -453,7 +524,9 @@ class AgentConnection(asyncio.Protocol):
                 room = self.room
                 exclude = relay.inflight_ids(agent)
                 now = relay.clock()
-                due = await relay.committer.read(lambda s: s.due(agent, now, room, exclude))
+                due = await relay.committer.read(
+                    lambda s, now=now, room=room, exclude=exclude: s.due(agent, now, room, exclude)
+                )
                 if self.state != "ready":
                     return
                 for message in due:
@@ -497,8 +570,12 @@ class AgentConnection(asyncio.Protocol):
     def _on_acked(self, future: asyncio.Future[Any], agent: str, ids: list[str]) -> None:
         exc = future.exception()
         if exc is not None:
-            self.write(Error(code=ErrorCode.UNAVAILABLE.value,
-                             message=f"the relay cannot record acks right now: {exc}"))  # fmt: skip
+            self.write(
+                Error(
+                    code=ErrorCode.UNAVAILABLE.value,
+                    message=f"the relay cannot record acks right now: {exc}",
+                )
+            )
             return
         count = future.result()
         self.relay.counters.acked += count
@@ -509,10 +586,16 @@ class AgentConnection(asyncio.Protocol):
     def _on_agents(self) -> None:
         relay = self.relay
         assert self.agent is not None
-        self.write(AgentList(agents=[
-            AgentInfo(name=name, online=name in relay.online, may_send=send, may_receive=recv)
-            for name, send, recv in relay.policy.peers_of(self.agent, relay.known)
-        ]))  # fmt: skip
+        self.write(
+            AgentList(
+                agents=[
+                    AgentInfo(
+                        name=name, online=name in relay.online, may_send=send, may_receive=recv
+                    )
+                    for name, send, recv in relay.policy.peers_of(self.agent, relay.known)
+                ]
+            )
+        )
 
 
 def salvage_seq(line: bytes) -> int | None:
@@ -530,8 +613,9 @@ def _seq_only(seq_update: tuple[str, int]) -> Job:
     return Job(seq_update=seq_update)
 
 
-def _ack_job(relay: Relay, agent: str, items: list[tuple[int | None, str]],
-             session: str | None) -> Job:  # fmt: skip
+def _ack_job(
+    relay: Relay, agent: str, items: list[tuple[int | None, str]], session: str | None
+) -> Job:
     return Job(
         audit=[relay.record("acked", agent=agent, ids=[mid for _, mid in items], session=session)],
         run=lambda s: s.ack(agent, items),

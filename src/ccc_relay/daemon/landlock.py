@@ -32,9 +32,22 @@ from ccc_relay.daemon.privileges import PrivilegeError, count_threads, set_no_ne
 # generic table included; alpha and mips offset theirs and are not listed.
 _SYSCALLS = (444, 445, 446)
 _ARCHITECTURES = frozenset(
-    {"x86_64", "amd64", "aarch64", "arm64", "i386", "i686", "armv7l", "armv6l",
-     "riscv64", "ppc64le", "ppc64", "s390x", "loongarch64"}
-)  # fmt: skip
+    {
+        "x86_64",
+        "amd64",
+        "aarch64",
+        "arm64",
+        "i386",
+        "i686",
+        "armv7l",
+        "armv6l",
+        "riscv64",
+        "ppc64le",
+        "ppc64",
+        "s390x",
+        "loongarch64",
+    }
+)
 
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH = 1
@@ -70,9 +83,16 @@ READ_ONLY = FS_READ_FILE | FS_READ_DIR
 # Everything a state directory needs -- files, subdirectories, sockets, renames --
 # and nothing it does not: no exec, no device nodes, fifos or symlinks.
 READ_WRITE = (
-    READ_ONLY | FS_WRITE_FILE | FS_TRUNCATE | FS_REMOVE_DIR | FS_REMOVE_FILE
-    | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SOCK | FS_REFER
-)  # fmt: skip
+    READ_ONLY
+    | FS_WRITE_FILE
+    | FS_TRUNCATE
+    | FS_REMOVE_DIR
+    | FS_REMOVE_FILE
+    | FS_MAKE_DIR
+    | FS_MAKE_REG
+    | FS_MAKE_SOCK
+    | FS_REFER
+)
 
 # Files outside the interpreter's prefixes that an already-running Python
 # still opens: the dynamic linker's cache (a lazily imported C extension pulls

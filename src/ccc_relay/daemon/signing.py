@@ -36,8 +36,11 @@ class MessageSigner:
             data = path.read_bytes()
         except FileNotFoundError:
             key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())  # fmt: skip
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
@@ -50,13 +53,21 @@ class MessageSigner:
         return cls(loaded)
 
     def public_key_b64(self) -> str:
-        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                  serialization.PublicFormat.Raw)  # fmt: skip
+        raw = self._key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         return base64.b64encode(raw).decode("ascii")
 
     def sign(self, m: StoredMessage) -> str:
-        data = signed_bytes(message_id=m.id, sender=m.sender, to=m.recipient, sent_at=m.sent_at,
-                            body=m.body, thread=m.thread, reply_to=m.reply_to)  # fmt: skip
+        data = signed_bytes(
+            message_id=m.id,
+            sender=m.sender,
+            to=m.recipient,
+            sent_at=m.sent_at,
+            body=m.body,
+            thread=m.thread,
+            reply_to=m.reply_to,
+        )
         return base64.b64encode(self._key.sign(data)).decode("ascii")
 
 

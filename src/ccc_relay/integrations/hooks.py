@@ -33,8 +33,9 @@ EVENTS = {
 }
 
 
-def run_hook(event: str, stdin_text: str,
-             endpoint_factory: Callable[[], Endpoint] | None = None) -> str:  # fmt: skip
+def run_hook(
+    event: str, stdin_text: str, endpoint_factory: Callable[[], Endpoint] | None = None
+) -> str:
     """The hook's stdout for ``event`` (one of EVENTS), or "" to say nothing.
 
     Raises nothing: every failure means "say nothing".

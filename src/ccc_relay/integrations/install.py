@@ -32,7 +32,9 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InstallError(f"{path} is not valid JSON ({exc}); fix it or move it away first") from None
+        raise InstallError(
+            f"{path} is not valid JSON ({exc}); fix it or move it away first"
+        ) from None
     if not isinstance(data, dict):
         raise InstallError(f"{path} does not hold a JSON object; refusing to change it")
     return data
@@ -72,14 +74,27 @@ def install_claude(project: Path, *, command: str = "ccc") -> list[str]:
         entry_command = f"{command} hook {verb}"
         groups = hooks.setdefault(event, [])
         if not isinstance(groups, list):
-            raise InstallError(f"{settings_path}: hooks.{event} is not a list; refusing to change it")
+            raise InstallError(
+                f"{settings_path}: hooks.{event} is not a list; refusing to change it"
+            )
         present = any(
             isinstance(h, dict) and h.get("command") == entry_command
-            for g in groups if isinstance(g, dict) for h in g.get("hooks", [])
-        )  # fmt: skip
+            for g in groups
+            if isinstance(g, dict)
+            for h in g.get("hooks", [])
+        )
         if not present:
-            groups.append({"hooks": [{"type": "command", "command": entry_command,
-                                      "timeout": HOOK_TIMEOUT_SECONDS}]})  # fmt: skip
+            groups.append(
+                {
+                    "hooks": [
+                        {
+                            "type": "command",
+                            "command": entry_command,
+                            "timeout": HOOK_TIMEOUT_SECONDS,
+                        }
+                    ]
+                }
+            )
             changes.append(f"{settings_path}: added {event} hook '{entry_command}'")
             changed = True
     if changed:

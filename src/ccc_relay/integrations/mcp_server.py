@@ -21,8 +21,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from mcp.server import MCPServer
-from pydantic import Field
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
 
 from ccc_relay.client.aio import AsyncRelayClient
 from ccc_relay.client.base import RelayError, message_dict
@@ -99,22 +99,32 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
             await relay.close()
 
     server: MCPServer[Any] = MCPServer(
-        "ccc-relay", instructions=INSTRUCTIONS, lifespan=lifespan,
+        "ccc-relay",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
         description="Message other AI agents through the ccc relay",
-    )  # fmt: skip
+    )
 
     @server.tool()
     async def send_message(
         # The relay validates names (its pattern uses a lookahead JSON Schema
         # validators may not support); the schema states the bounds.
-        to: Annotated[str, Field(description="recipient agent name (see list_agents)",
-                                 min_length=1, max_length=MAX_AGENT_NAME)],
+        to: Annotated[
+            str,
+            Field(
+                description="recipient agent name (see list_agents)",
+                min_length=1,
+                max_length=MAX_AGENT_NAME,
+            ),
+        ],
         text: Annotated[str, Field(description="the message text")],
-        thread: Annotated[str | None, Field(description="conversation id",
-                                            max_length=MAX_THREAD_CHARS)] = None,
-        reply_to: Annotated[str | None, Field(description="id of the message this answers",
-                                              max_length=80)] = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        thread: Annotated[
+            str | None, Field(description="conversation id", max_length=MAX_THREAD_CHARS)
+        ] = None,
+        reply_to: Annotated[
+            str | None, Field(description="id of the message this answers", max_length=80)
+        ] = None,
+    ) -> dict[str, Any]:
         """Send a text message to another agent.
 
         Args:
@@ -138,7 +148,9 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
 
     @server.tool()
     async def read_inbox(
-        limit: Annotated[int, Field(ge=1, le=MAX_INBOX, description="most messages to return")] = 20,
+        limit: Annotated[
+            int, Field(ge=1, le=MAX_INBOX, description="most messages to return")
+        ] = 20,
     ) -> str:
         """Read messages waiting for you (oldest first) and mark them as read.
 
@@ -158,8 +170,9 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
 
     @server.tool()
     async def wait_for_message(
-        timeout_s: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS,
-                                          description="seconds to wait")] = 60.0,
+        timeout_s: Annotated[
+            float, Field(ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait")
+        ] = 60.0,
     ) -> str:
         """Wait until a message arrives (or timeout_s seconds pass), then return it.
 
@@ -190,8 +203,15 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
         may send to you, and whether they are online now."""
         client = await relay.client()
         agents = await _relay_call(client.agents())
-        return [{"name": a.name, "online": a.online, "you_may_send": a.may_send,
-                 "may_send_to_you": a.may_receive} for a in agents]  # fmt: skip
+        return [
+            {
+                "name": a.name,
+                "online": a.online,
+                "you_may_send": a.may_send,
+                "may_send_to_you": a.may_receive,
+            }
+            for a in agents
+        ]
 
     @server.tool()
     async def whoami() -> dict[str, Any]:
@@ -199,9 +219,12 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
         client = await relay.client()
         welcome = client.welcome
         assert welcome is not None
-        return {"agent": welcome.agent, "session": welcome.session,
-                "max_message_size": welcome.max_message_size,
-                "rate_limit_per_minute": welcome.rate_limit_per_minute}  # fmt: skip
+        return {
+            "agent": welcome.agent,
+            "session": welcome.session,
+            "max_message_size": welcome.max_message_size,
+            "rate_limit_per_minute": welcome.rate_limit_per_minute,
+        }
 
     return server
 

@@ -39,9 +39,13 @@ class Policy:
     def may_send(self, sender: str, recipient: str, known: frozenset[str] | set[str]) -> bool:
         return self.action(sender, recipient, known) is not None
 
-    def peers_of(self, agent: str, known: frozenset[str] | set[str]) -> list[tuple[str, bool, bool]]:
+    def peers_of(
+        self, agent: str, known: frozenset[str] | set[str]
+    ) -> list[tuple[str, bool, bool]]:
         """Agents ``agent`` may talk to: (name, may_send_to_it, may_receive_from_it)."""
-        names = {r for (s, r) in self.pairs if s == agent} | {s for (s, r) in self.pairs if r == agent}
+        names = {r for (s, r) in self.pairs if s == agent} | {
+            s for (s, r) in self.pairs if r == agent
+        }
         return sorted(
             (name, (agent, name) in self.pairs, (name, agent) in self.pairs)
             for name in names

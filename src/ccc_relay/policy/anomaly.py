@@ -28,8 +28,14 @@ CODE_RULES = {
     "replay": "replays",
     "out_of_order": "replays",
 }
-COUNT_RULES = ("auth_failures", "forbidden", "rate_limited", "invalid_frames", "replays",
-               "sanitized")  # fmt: skip
+COUNT_RULES = (
+    "auth_failures",
+    "forbidden",
+    "rate_limited",
+    "invalid_frames",
+    "replays",
+    "sanitized",
+)
 RULES = (*COUNT_RULES, "fan_out", "rate_jump")
 
 BASELINE_MINUTES = 10  # per-minute history kept for the rate-jump baseline
@@ -75,13 +81,19 @@ class Alert:
 
     def describe(self) -> str:
         if self.rule == "rate_jump":
-            return (f"{self.agent}: {self.value:g} messages this minute, "
-                    f"over {self.threshold:g}x its own baseline")  # fmt: skip
+            return (
+                f"{self.agent}: {self.value:g} messages this minute, "
+                f"over {self.threshold:g}x its own baseline"
+            )
         if self.rule == "fan_out":
-            return (f"{self.agent}: wrote to {self.value:g} distinct recipients within "
-                    f"{self.window:g}s (threshold {self.threshold:g})")  # fmt: skip
-        return (f"{self.agent}: {self.value:g} {self.rule.replace('_', ' ')} within "
-                f"{self.window:g}s (threshold {self.threshold:g})")  # fmt: skip
+            return (
+                f"{self.agent}: wrote to {self.value:g} distinct recipients within "
+                f"{self.window:g}s (threshold {self.threshold:g})"
+            )
+        return (
+            f"{self.agent}: {self.value:g} {self.rule.replace('_', ' ')} within "
+            f"{self.window:g}s (threshold {self.threshold:g})"
+        )
 
 
 class _AgentState:
@@ -163,8 +175,9 @@ class AnomalyDetector:
             return self._fire(agent, state, kind, len(events), rule, now)
         return []
 
-    def _fire(self, agent: str, state: _AgentState, kind: str, value: float, rule: Rule,
-              now: float) -> list[Alert]:  # fmt: skip
+    def _fire(
+        self, agent: str, state: _AgentState, kind: str, value: float, rule: Rule, now: float
+    ) -> list[Alert]:
         last = state.last_alert.get(kind)
         if last is not None and now - last < self.config.window:
             return []

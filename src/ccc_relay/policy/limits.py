@@ -18,8 +18,15 @@ SLOTS_PER_WINDOW = 60  # one-second slots for the seed's per-minute limit
 
 class WindowLimiter:
     __slots__ = (
-        "_counts", "_expired_at", "_indexes", "_slots", "_total", "_width", "limit", "window",
-    )  # fmt: skip
+        "_counts",
+        "_expired_at",
+        "_indexes",
+        "_slots",
+        "_total",
+        "_width",
+        "limit",
+        "window",
+    )
 
     def __init__(self, limit: float, window: float = 60.0, slots: int = SLOTS_PER_WINDOW) -> None:
         self.limit = limit

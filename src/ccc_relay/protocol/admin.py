@@ -95,9 +95,22 @@ class AgentRelease(_Admin, tag="agent_release"):
 
 
 AdminRequest = (
-    AgentAdd | AgentRemove | AgentRotate | AgentList | Allow | Deny | PolicyShow | Status
-    | SessionList | SessionSend | Shutdown | HeldList | Approve | Reject | AgentRelease
-)  # fmt: skip
+    AgentAdd
+    | AgentRemove
+    | AgentRotate
+    | AgentList
+    | Allow
+    | Deny
+    | PolicyShow
+    | Status
+    | SessionList
+    | SessionSend
+    | Shutdown
+    | HeldList
+    | Approve
+    | Reject
+    | AgentRelease
+)
 
 
 class Result(msgspec.Struct, tag="result", tag_field="type", forbid_unknown_fields=True):

@@ -18,7 +18,15 @@ DOMAIN = "ccc-relay/message/v1"  # a signature for one purpose never verifies fo
 _encoder = msgspec.json.Encoder()
 
 
-def signed_bytes(*, message_id: str, sender: str, to: str, sent_at: float, body: str,
-                 thread: str | None, reply_to: str | None) -> bytes:  # fmt: skip
+def signed_bytes(
+    *,
+    message_id: str,
+    sender: str,
+    to: str,
+    sent_at: float,
+    body: str,
+    thread: str | None,
+    reply_to: str | None,
+) -> bytes:
     body_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()
     return _encoder.encode([DOMAIN, message_id, sender, to, sent_at, thread, reply_to, body_hash])

@@ -185,17 +185,24 @@ class Store:
             "INSERT INTO messages (delivery, id, sender, recipient, body, thread, reply_to,"
             " sent_at, deliver_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (m.delivery, m.id, m.sender, m.recipient, m.body, m.thread, m.reply_to,
-                 m.sent_at, m.deliver_at)
+                (
+                    m.delivery,
+                    m.id,
+                    m.sender,
+                    m.recipient,
+                    m.body,
+                    m.thread,
+                    m.reply_to,
+                    m.sent_at,
+                    m.deliver_at,
+                )
                 for m in messages
             ],
         )
 
     def max_delivery(self) -> int:
         """The highest delivery number ever used (AUTOINCREMENT never reuses one)."""
-        row = self._db.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
-        ).fetchone()
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
         return int(row[0]) if row else 0
 
     def update_session_seqs(self, updates: Iterable[tuple[str, int]]) -> None:
@@ -223,7 +230,11 @@ class Store:
         return self._db.total_changes - before
 
     def due(
-        self, recipient: str, now: float, limit: int, exclude: frozenset[str] | set[str] = frozenset()
+        self,
+        recipient: str,
+        now: float,
+        limit: int,
+        exclude: frozenset[str] | set[str] = frozenset(),
     ) -> list[StoredMessage]:
         """Messages owed to ``recipient`` that are due, oldest first."""
         rows = self._db.execute(
@@ -278,8 +289,9 @@ class Store:
         """Remove a held message and return it (None when there is no such id)."""
         row = self._db.execute(
             "SELECT 0, id, sender, recipient, body, thread, reply_to, sent_at, deliver_at"
-            " FROM held WHERE id = ?", (message_id,),
-        ).fetchone()  # fmt: skip
+            " FROM held WHERE id = ?",
+            (message_id,),
+        ).fetchone()
         if row is None:
             return None
         self._db.execute("DELETE FROM held WHERE id = ?", (message_id,))
@@ -304,9 +316,15 @@ class Store:
         self._db.execute(
             "INSERT INTO agents (name, cred_hash, created, uid, gid, quarantined)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (record.name, record.cred_hash, record.created, record.uid, record.gid,
-             record.quarantined),
-        )  # fmt: skip
+            (
+                record.name,
+                record.cred_hash,
+                record.created,
+                record.uid,
+                record.gid,
+                record.quarantined,
+            ),
+        )
 
     def set_credential(self, name: str, cred_hash: str) -> bool:
         cur = self._db.execute("UPDATE agents SET cred_hash = ? WHERE name = ?", (cred_hash, name))
