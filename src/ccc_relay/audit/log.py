@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -75,7 +76,13 @@ class AuditRecord:
 
 
 def day_of(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    """The UTC day of ``ts`` (Unix days are exactly 86400 s: no leap seconds)."""
+    return _day_name(int(ts // 86400))
+
+
+@functools.lru_cache(maxsize=8)
+def _day_name(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
 def file_for_day(log_dir: Path, day: str) -> Path:

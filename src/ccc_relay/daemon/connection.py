@@ -522,8 +522,15 @@ class AgentConnection(asyncio.Protocol):
             while self.backlog and self.room > 0 and self.state == "ready":
                 self.backlog = False
                 room = self.room
+                if agent in relay.authoritative:
+                    for message in relay.take_overflow(agent, room):
+                        relay.push(self, message)
+                    if relay.overflow.get(agent):
+                        self.backlog = True
+                    continue
                 exclude = relay.inflight_ids(agent)
                 now = relay.clock()
+                watermark = relay.last_delivery  # everything up to here is in this read
                 due = await relay.committer.read(
                     lambda s, now=now, room=room, exclude=exclude: s.due(agent, now, room, exclude)
                 )
@@ -534,6 +541,8 @@ class AgentConnection(asyncio.Protocol):
                         relay.push(self, message)
                 if len(due) >= room:
                     self.backlog = True
+                else:
+                    relay.vouch(agent, watermark)  # the store held nothing more that is due
         finally:
             self.topping_up = False
 

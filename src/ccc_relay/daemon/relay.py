@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,9 @@ log = logging.getLogger("ccc_relay.daemon")
 OPERATOR = "operator"  # the sender name of messages the operator writes
 RELAY = "relay"  # the sender name of the relay's own notices (e.g. a rejected message)
 RECENT_ALERTS = 100  # anomaly alerts kept for status and top
+# Committed messages waiting for window room are kept in memory up to this many
+# bytes per agent (beyond it the store is the queue again; see ``route``).
+OVERFLOW_MAX_BYTES = 8 * 1024 * 1024
 MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
 RATE_WINDOW = 60.0
 
@@ -108,7 +111,14 @@ class Relay:
         self.unauthenticated = 0
         self.counters = Counters()
         # Per agent: sent (committed), delivered (pushed to it), refused.
-        self.activity: dict[str, Counter[str]] = {}
+        self.activity: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        # Per agent: committed, due messages that found no window room, in
+        # delivery order. For agents in ``authoritative`` the deque holds every
+        # due, undelivered message, so a top-up needs no store read.
+        self.overflow: dict[str, deque[StoredMessage]] = {}
+        self._overflow_bytes: dict[str, int] = {}
+        self.authoritative: set[str] = set()
+        self._delivered: dict[AgentConnection, list[str]] = {}  # audited at the end of a turn
         self.anomaly = AnomalyDetector(config.anomaly)
         # Set by the server when per-agent sockets are on.
         self.on_agent_added: Callable[[str], Awaitable[None]] | None = None
@@ -174,7 +184,7 @@ class Relay:
         self.counters.refused[exc.code.value] += 1
         name = who or claimed
         if name is not None and name in self.agents:
-            self.activity.setdefault(name, Counter())["refused"] += 1
+            self.activity[name]["refused"] += 1
         if who is None and claimed is not None:
             fields["claimed"] = claimed
         self.audit("refused", agent=who, code=exc.code.value, reason=exc.message, **fields)
@@ -363,8 +373,9 @@ class Relay:
             "id": message.id,
             "from": message.sender,
             "to": message.recipient,
-            **body_fields(message.body, self.config.audit.log_all_messages,
-                          secrets_removed=scrubbed),
+            **body_fields(
+                message.body, self.config.audit.log_all_messages, secrets_removed=scrubbed
+            ),
             **audit_fields,
         }
         if message.thread:
@@ -390,7 +401,7 @@ class Relay:
     def committed(self, message: StoredMessage) -> None:
         """A message is durable: count it and route it."""
         self.counters.accepted += 1
-        self.activity.setdefault(message.sender, Counter())["sent"] += 1
+        self.activity[message.sender]["sent"] += 1
         if message.deliver_at is not None and message.deliver_at > self.clock():
             self._schedule_wake.set()
             return
@@ -410,17 +421,79 @@ class Relay:
                 if not conn.backlog and not conn.topping_up and conn.room > 0:
                     self.push(conn, message)
                     return
+            if conns:
+                self._keep(agent, message)
+            else:
+                self.forget_overflow(agent)
+        else:
+            # Something became due that the overflow does not hold.
+            self.forget_overflow(agent)
         for conn in conns:
             conn.backlog = True
             conn.top_up()
+
+    def _keep(self, agent: str, message: StoredMessage) -> None:
+        size = self._overflow_bytes.get(agent, 0) + len(message.body)
+        if size > OVERFLOW_MAX_BYTES:
+            # Too much to hold: the store stays the queue (nothing is lost), and
+            # the overflow starts again empty, unsure, on the next store drain.
+            self.authoritative.discard(agent)
+            self.overflow[agent] = deque()
+            self._overflow_bytes[agent] = 0
+            return
+        self.overflow.setdefault(agent, deque()).append(message)
+        self._overflow_bytes[agent] = size
+
+    def forget_overflow(self, agent: str) -> None:
+        self.authoritative.discard(agent)
+        self.overflow.pop(agent, None)
+        self._overflow_bytes.pop(agent, None)
+
+    @property
+    def last_delivery(self) -> int:
+        return self._last_delivery
+
+    def vouch(self, agent: str, watermark: int) -> None:
+        """A store read submitted when ``watermark`` was the last delivery number
+        found every due message of ``agent``. Messages up to the watermark were
+        in that read; the overflow keeps only later ones, and from now on it is
+        the whole queue (until something makes it unsure)."""
+        queue = self.overflow.setdefault(agent, deque())
+        self._overflow_bytes.setdefault(agent, 0)
+        while queue and queue[0].delivery <= watermark:
+            self._overflow_bytes[agent] -= len(queue.popleft().body)
+        self.authoritative.add(agent)
+
+    def take_overflow(self, agent: str, limit: int) -> list[StoredMessage]:
+        queue = self.overflow.get(agent)
+        taken: list[StoredMessage] = []
+        inflight = self.inflight.get(agent, {})
+        while queue and len(taken) < limit:
+            message = queue.popleft()
+            self._overflow_bytes[agent] -= len(message.body)
+            if message.id not in inflight:  # a fetch elsewhere may have taken it
+                taken.append(message)
+        return taken
 
     def push(self, conn: AgentConnection, message: StoredMessage) -> None:
         assert conn.agent is not None
         self.inflight.setdefault(conn.agent, {})[message.id] = conn
         conn.deliver(message)
         self.counters.delivered += 1
-        self.activity.setdefault(conn.agent, Counter())["delivered"] += 1
-        self.audit("delivered", id=message.id, to=message.recipient, session=conn.session_id)
+        self.activity[conn.agent]["delivered"] += 1
+        # One "delivered" line per session per loop turn, naming every id.
+        pending = self._delivered.get(conn)
+        if pending is None:
+            self._delivered[conn] = [message.id]
+            if len(self._delivered) == 1:
+                asyncio.get_running_loop().call_soon(self._audit_deliveries)
+        else:
+            pending.append(message.id)
+
+    def _audit_deliveries(self) -> None:
+        batches, self._delivered = self._delivered, {}
+        for conn, ids in batches.items():
+            self.audit("delivered", to=conn.agent, ids=ids, session=conn.session_id)
 
     def delivery_of(self, agent: str, message_id: str) -> int | None:
         """The delivery number of a message in flight to ``agent``, if it is."""
@@ -455,6 +528,8 @@ class Relay:
             conns.remove(conn)
         if not conns:
             self.online.pop(agent, None)
+        if not any(c.subscribed for c in conns):
+            self.forget_overflow(agent)
         if conn.inflight:
             table = self.inflight.get(agent, {})
             for mid in conn.inflight:

@@ -63,7 +63,9 @@ CONFINEMENT_PROBE = Path("/etc/hostname")  # must be unreadable once confined
 
 SWEEP_INTERVAL = 30.0
 CHECKPOINT_INTERVAL = 300.0  # a signed checkpoint at most every 5 minutes (if lines were added)
-RETENTION_EVERY_CHECKPOINTS = 12  # retention runs hourly  # how often expired sessions are looked for
+RETENTION_EVERY_CHECKPOINTS = (
+    12  # retention runs hourly  # how often expired sessions are looked for
+)
 SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
 
 
@@ -117,8 +119,9 @@ class Daemon:
             raise
         store = Store(config.db_path)
         if config.audit.log_group is not None:
-            audit = AuditLog(config.audit.log_path, file_mode=0o640,
-                             group_id=group_id(config.audit.log_group))
+            audit = AuditLog(
+                config.audit.log_path, file_mode=0o640, group_id=group_id(config.audit.log_group)
+            )
         else:
             audit = AuditLog(config.audit.log_path)
         # Loaded (or created, owned by the relay's user) before the confinement.
