@@ -43,8 +43,8 @@ from ccc_relay.daemon.privileges import drop_privileges
 from ccc_relay.daemon.relay import Relay
 from ccc_relay.daemon.sockets import (
     bind_unix_socket,
-    group_id,
     ensure_private_dir,
+    group_id,
     inherited_socket,
     remove_socket,
 )
