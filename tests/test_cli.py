@@ -159,3 +159,58 @@ def test_commands_without_a_relay_say_so(state_dir: Path) -> None:
     result = run_cli("ccc-statusd", "status", env=env)
     assert result.returncode == 3 and "not running" in result.stdout
     assert not list(state_dir.glob("credentials/*"))
+
+
+def test_send_falls_back_to_direct_only_when_configured_and_says_so(state_dir: Path) -> None:
+    """No relay runs. Plain `ccc send` fails (exit 3); with CCC_FALLBACK=direct the
+    message reaches alice's direct listener, with a warning on stderr."""
+    from ccc_relay.credentials import Credential, write_credential_file
+
+    env = {
+        "CCC_CACHE_DIR": str(state_dir),
+        "CCC_CONFIG": "",
+        "CCC_SOCKET": "",
+        "CCC_CREDENTIAL": "",
+        "CCC_FALLBACK": "",
+    }
+    paired = run_cli("ccc", "peer", "pair", "alice", "bob", env=env)
+    assert paired.returncode == 0, paired.stderr
+    for name in ("alice", "bob"):
+        write_credential_file(state_dir / f"{name}.cred", name, Credential.generate())
+    alice_env = {**env, "CCC_CREDENTIAL": str(state_dir / "alice.cred")}
+    bob_env = {
+        **env,
+        "CCC_CREDENTIAL": str(state_dir / "bob.cred"),
+        "CCC_SOCKET": str(state_dir / "no-relay.sock"),
+    }
+    listener = subprocess.Popen(
+        [str(BIN / "ccc"), "peer", "listen"],
+        env={**os.environ, **alice_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not list(state_dir.glob("peer/shared/alice.sock")):
+            assert listener.poll() is None, listener.stderr.read() if listener.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        plain = run_cli("ccc", "send", "alice", "hi", env=bob_env)
+        assert plain.returncode == 3 and "no relay" in plain.stderr
+        fallback = run_cli(
+            "ccc",
+            "send",
+            "alice",
+            "hi over the fallback",
+            env={**bob_env, "CCC_FALLBACK": "direct"},
+        )
+        assert fallback.returncode == 0, fallback.stderr
+        assert "DIRECT mode" in fallback.stderr and "(direct)" in fallback.stdout
+        inbox = run_cli("ccc", "peer", "inbox", env=alice_env)
+        assert "hi over the fallback" in inbox.stdout
+    finally:
+        listener.terminate()
+        listener.wait(10)
+        if listener.stderr:
+            listener.stderr.close()

@@ -21,7 +21,7 @@ from ccc_relay.cli.common import config_option, emit_json, handle_errors, load_h
 from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.sync import RelayClient
-from ccc_relay.protocol.frames import Held
+from ccc_relay.protocol.frames import Accepted, Held
 
 
 class Context:
@@ -113,6 +113,11 @@ def main(
 @click.option("--at", "deliver_at", type=float, help="Deliver at this Unix time.")
 @click.option("--in", "delay", type=float, help="Deliver after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the relay's answer as JSON.")
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Skip the relay: send over the shared peer socket (unaudited; docs/direct-mode.md).",
+)
 @pass_context
 @handle_errors
 def send(
@@ -124,23 +129,60 @@ def send(
     deliver_at: float | None,
     delay: float | None,
     as_json: bool,
+    direct: bool,
 ) -> None:
-    """Send TEXT (or standard input) to agent TO."""
+    """Send TEXT (or standard input) to agent TO.
+
+    With CCC_FALLBACK=direct (or --direct) and no relay reachable, the message
+    goes over the direct peer socket instead, with a warning: never silently.
+    """
+    from ccc_relay.peer import DirectReceipt, relay_or_direct
+
     body = text if text is not None else click.get_text_stream("stdin").read()
     if delay is not None:
         deliver_at = time.time() + delay
-    with obj.client() as client:
-        answer = client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+
+    def via_relay() -> Accepted | Held:
+        with obj.client() as client:
+            return client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+
+    used = [
+        name
+        for name, value in (
+            ("--thread", thread),
+            ("--reply-to", reply_to),
+            ("--at/--in", deliver_at),
+        )
+        if value is not None
+    ]
+    answer = relay_or_direct(
+        via_relay,
+        to,
+        body,
+        direct=direct,
+        relay_only_options=used,
+        me=obj.as_agent,
+        credential_file=obj.credential,
+        warn=lambda line: click.echo(line, err=True),
+    )
+    went_direct = isinstance(answer, DirectReceipt)
     held = isinstance(answer, Held)
     if as_json:
         emit_json(
-            {"id": answer.id, "seq": answer.seq, "to": to, "changes": answer.changes, "held": held}
+            {
+                "id": answer.id,
+                "seq": answer.seq,
+                "to": to,
+                "changes": answer.changes,
+                "held": held,
+                "direct": went_direct,
+            }
         )
     else:
         if held:
             click.echo(f"held {answer.id} -> {to}: it waits for the operator's approval")
         else:
-            click.echo(f"accepted {answer.id} -> {to}")
+            click.echo(f"accepted {answer.id} -> {to}" + (" (direct)" if went_direct else ""))
         for change in answer.changes:
             click.echo(f"note: {change}", err=True)
 
@@ -257,8 +299,9 @@ def _register_commands() -> None:
     from ccc_relay.cli.audit_cmd import audit
     from ccc_relay.cli.containers_cmd import firewall, run
     from ccc_relay.cli.integrations_cmd import hook, install, mcp
+    from ccc_relay.cli.peer_cmd import peer
 
-    for command in (*operator.COMMANDS, audit, run, firewall, mcp, hook, install):
+    for command in (*operator.COMMANDS, audit, run, firewall, mcp, hook, install, peer):
         main.add_command(command)
 
 
