@@ -18,11 +18,14 @@ DAY = 86400.0
 
 
 def verify(state: Path, *args: str):
-    return run_cli("ccc", "audit", "verify", *args,
-                   env={"CCC_CACHE_DIR": str(state), "CCC_CONFIG": ""})
+    return run_cli(
+        "ccc", "audit", "verify", *args, env={"CCC_CACHE_DIR": str(state), "CCC_CONFIG": ""}
+    )
 
 
-def test_retention_cuts_old_days_and_the_chain_still_verifies(relay_factory, state_dir: Path) -> None:
+def test_retention_cuts_old_days_and_the_chain_still_verifies(
+    relay_factory, state_dir: Path
+) -> None:
     clock = FakeClock(1_790_000_000.0)
     relay = relay_factory(clock=clock)
     alice, _ = relay.add_agent("alice"), relay.add_agent("bob")
@@ -44,8 +47,7 @@ def test_retention_cuts_old_days_and_the_chain_still_verifies(relay_factory, sta
     relay.stop()
 
     pubkey = state_dir / "audit.pub"
-    key = run_cli("ccc", "audit", "pubkey", env={"CCC_CACHE_DIR": str(state_dir),
-                                                 "CCC_CONFIG": ""})
+    key = run_cli("ccc", "audit", "pubkey", env={"CCC_CACHE_DIR": str(state_dir), "CCC_CONFIG": ""})
     assert key.returncode == 0, key.stderr
     pubkey.write_text(key.stdout)
     result = verify(state_dir, "--pubkey", str(pubkey))

@@ -138,7 +138,7 @@ def send(
     """
     from ccc_relay.peer import DirectReceipt, relay_or_direct
 
-    body = text if text is not None else click.get_text_stream("stdin").read()
+    body = text if text is not None else sys.stdin.read()
     if delay is not None:
         deliver_at = time.time() + delay
 

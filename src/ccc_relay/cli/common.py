@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -42,7 +42,7 @@ def load_host_config(config_path: str | None) -> Config:
         fail(f"invalid config: {exc}", EXIT_CONFIG)
 
 
-def fail(message: str, code: int) -> Any:
+def fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

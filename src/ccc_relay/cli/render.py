@@ -46,8 +46,8 @@ def print_status(data: dict[str, Any]) -> None:
     table = Table("agent", "online", "queued", "state", title=f"{len(data['agents'])} agents")
     for agent in data["agents"]:
         online = Text(f"yes ({agent['online']})" if agent["online"] else "no")
-        state = Text("QUARANTINED", style="bold red") if agent.get("quarantined") else Text("ok")
-        table.add_row(Text(agent["name"]), online, str(agent["queued"]), state)
+        flag = Text("QUARANTINED", style="bold red") if agent.get("quarantined") else Text("ok")
+        table.add_row(Text(agent["name"]), online, str(agent["queued"]), flag)
     out.print(table)
     for alert in data.get("alerts", [])[-5:]:
         out.print(

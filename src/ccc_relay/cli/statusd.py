@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from ccc_relay import __version__
+from ccc_relay.audit.log import AuditLogError
+from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.cli.common import (
     EXIT_CONFIG,
     EXIT_UNAVAILABLE,
@@ -21,8 +23,6 @@ from ccc_relay.cli.common import (
 )
 from ccc_relay.client.admin import AdminClient
 from ccc_relay.client.base import RelayUnavailable
-from ccc_relay.audit.log import AuditLogError
-from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.daemon.landlock import LandlockError
 from ccc_relay.daemon.privileges import PrivilegeError, describe_missing, root_check
 from ccc_relay.daemon.sockets import SocketPathError
@@ -256,7 +256,7 @@ def session_list(config_path: str | None, as_json: bool) -> None:
 def session_send(agent: str, text: str | None, config_path: str | None) -> None:
     """Send TEXT (or stdin) to AGENT as 'operator'."""
     config = load_host_config(config_path)
-    body = text if text is not None else click.get_text_stream("stdin").read()
+    body = text if text is not None else sys.stdin.read()
     result = AdminClient(config.admin_socket_path).request("session_send", to=agent, body=body)
     click.echo(f"accepted {result['id']} -> {agent}")
 

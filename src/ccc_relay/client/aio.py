@@ -248,9 +248,9 @@ class AsyncRelayClient:
             return error
         if isinstance(frame, Goodbye):
             return RelayUnavailable(f"the relay closed the session: {frame.reason}")
-        waiters = self._waiting.get(type(frame))
-        if waiters:
-            future = waiters.popleft()
+        queue = self._waiting.get(type(frame))
+        if queue:
+            future = queue.popleft()
             if not future.done():
                 future.set_result(frame)
         return None

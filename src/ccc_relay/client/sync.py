@@ -11,7 +11,7 @@ import socket
 import time
 from collections import deque
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
 from ccc_relay.client.endpoint import Endpoint
@@ -39,6 +39,8 @@ from ccc_relay.protocol.frames import (
     Subscribe,
     Welcome,
 )
+
+F = TypeVar("F")
 
 READ_CHUNK = 256 * 1024
 # Replies are bounded by the relay's own limits; 16 MB body * 6 + envelope.
@@ -205,7 +207,7 @@ class RelayClient:
         self._inbox.clear()
         return messages
 
-    def _expect(self, kind: type[Any]) -> Any:
+    def _expect(self, kind: type[F]) -> F:
         frame = self._next_reply()
         if isinstance(frame, kind):
             return frame

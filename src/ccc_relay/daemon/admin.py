@@ -328,7 +328,7 @@ class AdminConnection(asyncio.Protocol):
                     "queued": depths.get(name, 0),
                     "quarantined": relay.agents[name].quarantined,
                     **{
-                        k: relay.activity.get(name, {}).get(k, 0)
+                        k: relay.activity[name][k] if name in relay.activity else 0
                         for k in ("sent", "delivered", "refused")
                     },
                     "sessions": [c.session_id for c in relay.online.get(name, ())],

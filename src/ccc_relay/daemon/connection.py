@@ -110,7 +110,7 @@ class AgentConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.peer = peer_credentials(sock)
@@ -531,8 +531,9 @@ class AgentConnection(asyncio.Protocol):
                 exclude = relay.inflight_ids(agent)
                 now = relay.clock()
                 watermark = relay.last_delivery  # everything up to here is in this read
+                # Awaited at once, so the loop variables cannot change under the lambda.
                 due = await relay.committer.read(
-                    lambda s, now=now, room=room, exclude=exclude: s.due(agent, now, room, exclude)
+                    lambda s: s.due(agent, now, room, exclude)  # noqa: B023
                 )
                 if self.state != "ready":
                     return

@@ -548,13 +548,12 @@ class Relay:
         last = self.clock()
         while True:
             now = self.clock()
-            due = await self.committer.read(
-                lambda s, now=now, last=last: s.recipients_due(now, last)
-            )
+            # Awaited at once, so the loop variables cannot change under the lambda.
+            due = await self.committer.read(lambda s: s.recipients_due(now, last))  # noqa: B023
             last = now
             for agent in due:
                 self.route(agent)
-            upcoming = await self.committer.read(lambda s, now=now: s.next_scheduled(now))
+            upcoming = await self.committer.read(lambda s: s.next_scheduled(now))  # noqa: B023
             self._schedule_wake.clear()
             timeout = 60.0 if upcoming is None else max(0.0, upcoming - self.clock())
             try:

@@ -233,7 +233,8 @@ class Daemon:
             scheduler = tasks.create_task(relay.run_scheduler(), name="scheduler")
             sweeper = tasks.create_task(self._sweep(relay), name="sweeper")
             upkeep = tasks.create_task(self._audit_upkeep(relay, committer), name="audit upkeep")
-            await committer.submit(
+            await _submitted(
+                committer,
                 Job(
                     audit=[
                         relay.record(
@@ -244,7 +245,7 @@ class Daemon:
                             config=str(self.config.source) if self.config.source else None,
                         )
                     ]
-                )
+                ),
             )
             log.info(
                 "ccc-statusd listening on %s (admin %s)",
@@ -302,9 +303,17 @@ class Daemon:
             await asyncio.sleep(interval)
             relay.expire_sessions()
             now = relay.clock()
-            relay.committer.submit(
-                Job(run=lambda s, now=now: s.delete_expired_sessions(now)), want_result=False
-            )
+            relay.committer.submit(_expiry_job(now), want_result=False)
+
+
+def _expiry_job(now: float) -> Job:
+    return Job(run=lambda s: s.delete_expired_sessions(now))
+
+
+def _submitted(committer: Committer, job: Job) -> asyncio.Future[Any]:
+    future = committer.submit(job)
+    assert future is not None
+    return future
 
 
 def _write_pid(path: Path) -> None:

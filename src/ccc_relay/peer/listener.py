@@ -173,7 +173,6 @@ class Receiver:
                           next_seq=next_seq)  # fmt: skip
 
 
-
 def prepare_shared_dir(path: Path, *, group: str | None = None) -> None:
     """Make ``path`` the shared socket dir: a real directory, mode 0770.
 
