@@ -13,6 +13,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -144,7 +145,14 @@ def test_root_start_drops_to_the_user_and_confines_itself(
         creds = {n: Credential.generate() for n in ("alice", "bob")}
         for name, cred in creds.items():
             admin.request("agent_add", name=name, cred_hash=cred.digest())
-        admin.request("allow", sender="alice", recipient="bob")
+        # The policy comes from the config file, re-read on SIGHUP by the
+        # confined daemon (Landlock keeps exactly that file readable).
+        config.write_text(config.read_text() + "policy:\n  allow: [alice -> bob]\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not admin.request("policy_show"):
+            assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
+            time.sleep(0.05)
         sock_path = state_dir / "claude-ipc.sock"
         with RelayClient(Endpoint(sock_path, "alice", creds["alice"])) as a:
             sent = a.send("bob", "through a confined relay")

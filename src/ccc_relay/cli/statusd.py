@@ -206,6 +206,23 @@ def path(config_path: str | None, what: str) -> None:
 
 @main.command()
 @config_option
+@handle_errors
+def reload(config_path: str | None) -> None:
+    """Re-read the config file the relay runs with (the same as sending it SIGHUP).
+
+    Policy, anomaly rules, sanitisation and audit.log_all_messages change at
+    once; anything else (paths, sockets, user, limits) needs a restart, and is
+    listed. An invalid file is refused and the running config kept.
+    """
+    config = load_host_config(config_path)
+    result = AdminClient(config.admin_socket_path).request("reload")
+    click.echo("applied: " + (", ".join(result["applied"]) or "nothing changed"))
+    if result["restart_needed"]:
+        click.echo("needs a restart: " + ", ".join(result["restart_needed"]), err=True)
+
+
+@main.command()
+@config_option
 def pubkey(config_path: str | None) -> None:
     """Print the relay's message-signing public key (for CCC_RELAY_PUBKEY).
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -42,6 +43,7 @@ class AdminConnection(asyncio.Protocol):
         self.relay = relay
         self.shutdown = shutdown
         self.sandbox = sandbox or {}
+        self.reload: Callable[[], dict[str, Any]] | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer = LineBuffer(ADMIN_LINE_CAP)
         self._lock = asyncio.Lock()  # answer requests in order
@@ -246,6 +248,10 @@ class AdminConnection(asyncio.Protocol):
             relay.agents[request.name] = msgspec.structs.replace(record, quarantined=None)
             relay.anomaly.forget(request.name)
             return {"name": request.name}
+        if isinstance(request, ops.Reload):
+            if self.reload is None:
+                raise ProtocolError(ErrorCode.INVALID, "this relay cannot reload")
+            return self.reload()
         if isinstance(request, ops.Shutdown):
             relay.audit("admin_shutdown", by_uid=self.peer[1])
             self.shutdown.set()

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -566,11 +566,56 @@ class Relay:
         for sid, session in list(self.sessions.items()):
             if session.expires <= now:
                 del self.sessions[sid]
+                self.audit("session_expired", agent=session.agent, session=sid)
         for conns in list(self.online.values()):
             for conn in list(conns):
                 conn.check_expiry(now)
 
     # --- administration -----------------------------------------------------
+
+    def reload(self, new: Config) -> dict[str, list[str]]:
+        """Take what can change while running from ``new``: policy rules, anomaly
+        rules, sanitisation, and whether the audit keeps bodies. Everything else
+        (paths, sockets, user, limits) is reported as needing a restart."""
+        old = self.config
+        applied: list[str] = []
+        restart: list[str] = []
+        if new.rules != old.rules:
+            applied.append("policy")
+        if new.anomaly != old.anomaly:
+            applied.append("anomaly")
+            self.anomaly = AnomalyDetector(new.anomaly)
+        if new.limits.sanitize != old.limits.sanitize:
+            applied.append("security.sanitize")
+        if new.audit.log_all_messages != old.audit.log_all_messages:
+            applied.append("audit.log_all_messages")
+        for name in (
+            "state_dir",
+            "socket_path",
+            "admin_socket_path",
+            "socket_mode",
+            "socket_group",
+            "user",
+            "per_agent_sockets",
+            "agent_socket_dir",
+        ):
+            if getattr(new, name) != getattr(old, name):
+                restart.append(name)
+        if replace(new.limits, sanitize=old.limits.sanitize) != old.limits:
+            restart.append("security limits")
+        if replace(new.audit, log_all_messages=old.audit.log_all_messages) != old.audit:
+            restart.append("audit.log_path/retention/log_group")
+        kept = replace(
+            old,
+            rules=new.rules,
+            anomaly=new.anomaly,
+            limits=replace(old.limits, sanitize=new.limits.sanitize),
+            audit=replace(old.audit, log_all_messages=new.audit.log_all_messages),
+        )
+        self.config = kept
+        self.limits = kept.limits
+        self.policy = Policy.from_rules([*kept.rules, *self._db_rules])
+        return {"applied": applied, "restart_needed": restart}
 
     def reload_policy(self, db_rules: list[tuple[str, str, str]]) -> None:
         self._db_rules = [Rule(s, r, a) for s, r, a in db_rules]

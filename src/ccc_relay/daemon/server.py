@@ -48,7 +48,8 @@ from ccc_relay.daemon.sockets import (
     inherited_socket,
     remove_socket,
 )
-from ccc_relay.policy.config import Config
+from ccc_relay.policy.config import Config, ConfigError, load_config
+from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import Goodbye
 from ccc_relay.store import Store
 
@@ -187,7 +188,9 @@ class Daemon:
         admin_dir = config.admin_socket_path.parent
         if admin_dir not in _SHARED_RUNTIME_DIRS and admin_dir not in writable:
             writable.append(admin_dir)
-        status = restrict_to(writable)
+        # The config file stays readable so that a reload (SIGHUP) still works.
+        readable = [config.source] if config.source is not None else []
+        status = restrict_to(writable, readable)
         self.sandbox = {
             "landlock": status.message,
             "abi": status.abi,
@@ -216,12 +219,17 @@ class Daemon:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_quietly, relay)
         agent_server = await loop.create_unix_server(
             lambda: AgentConnection(relay), sock=agent_sock
         )
-        admin_server = await loop.create_unix_server(
-            lambda: AdminConnection(relay, self.stopping, self.sandbox), sock=admin_sock
-        )
+
+        def admin_connection() -> AdminConnection:
+            conn = AdminConnection(relay, self.stopping, self.sandbox)
+            conn.reload = lambda: self.reload(relay)
+            return conn
+
+        admin_server = await loop.create_unix_server(admin_connection, sock=admin_sock)
         if self.config.per_agent_sockets:
             for agent in sorted(relay.agents):
                 await self._open_agent_socket(relay, agent)
@@ -274,8 +282,34 @@ class Daemon:
                     await asyncio.wait_for(final, SHUTDOWN_GRACE)
             commit_task.cancel()
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def reload(self, relay: Relay) -> dict[str, Any]:
+        """Re-read the config file (SIGHUP or ``ccc-statusd reload``); audited either way.
+
+        Raises ProtocolError(INVALID) when there is no file or it does not validate;
+        the running configuration is then left as it was.
+        """
+        source = self.config.source
+        if source is None:
+            raise ProtocolError(
+                ErrorCode.INVALID, "the relay runs on embedded defaults: there is no file to reload"
+            )
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            relay.audit("config_reload_failed", config=str(source), reason=str(exc))
+            log.error("config reload failed, keeping the running config: %s", exc)
+            raise ProtocolError(ErrorCode.INVALID, f"reload refused: {exc}") from None
+        result = relay.reload(new)
+        relay.audit("config_reloaded", config=str(source), **result)
+        log.info("config reloaded from %s: %s", source, result)
+        return result
+
+    def _reload_quietly(self, relay: Relay) -> None:
+        with contextlib.suppress(ProtocolError):  # already logged and audited
+            self.reload(relay)
 
     def retention_job(self, relay: Relay) -> Job:
         """Delete audit files past ``retention``; the cut is recorded in the log."""

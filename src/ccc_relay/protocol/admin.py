@@ -77,6 +77,10 @@ class Shutdown(_Admin, tag="shutdown"):
     pass
 
 
+class Reload(_Admin, tag="reload"):
+    """Re-read the config file the relay was started with."""
+
+
 class HeldList(_Admin, tag="held_list"):
     pass
 
@@ -110,6 +114,7 @@ AdminRequest = (
     | Approve
     | Reject
     | AgentRelease
+    | Reload
 )
 
 
