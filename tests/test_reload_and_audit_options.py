@@ -33,7 +33,7 @@ def test_reload_applies_policy_and_refuses_a_bad_file(relay_factory, state_dir: 
     with relay.client(alice) as a:
         a.send("bob", "now allowed by the file")
     write_config(path, state_dir, "  security:\n    rate_limit: lots\n")
-    with pytest.raises(RelayError, match="daemon.security.rate_limit"):
+    with pytest.raises(RelayError, match=r"daemon\.security\.rate_limit"):
         relay.admin.request("reload")
     with relay.client(alice) as a:
         a.send("bob", "the running config was kept")
