@@ -9,8 +9,9 @@ cd "$(dirname "$0")"
 VENV="${CCC_VENV:-.venv}"
 # Debian packages the tests use: bubblewrap (sandboxes), nftables (firewall
 # checks), iproute2, util-linux (unshare/setpriv), python3-venv (the venv),
-# graphviz (policy graphs), apparmor (apparmor_parser checks the profile).
-DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor)
+# graphviz (policy graphs), apparmor (apparmor_parser checks the profile),
+# podman + runc (the isolation proof runs in podman too).
+DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor podman runc)
 
 need_root() { [ "$(id -u)" -eq 0 ] && echo "" || echo "sudo"; }
 

@@ -33,7 +33,14 @@ from pathlib import Path
 
 import pytest
 
-from ccc_relay.containers.sandbox import SandboxSpec, run_sandbox
+from ccc_relay.containers.detect import capped_ulimits, missing_tools, present_etc_files
+from ccc_relay.containers.sandbox import (
+    SandboxSpec,
+    launch_command,
+    prepare_podman_rootfs,
+    run_sandbox,
+    stage_credential,
+)
 from tests.support import RunningRelay, make_config, start_relay
 from tests.test_relay import audit_lines, wait_for
 
@@ -130,6 +137,8 @@ class World:
     base: Path
     projects: dict[str, Path]
     group_gid: int
+    runtime: str = "bwrap"
+    rootfs: Path | None = None
 
     def spec(self, agent: str, uid: int, **changes: object) -> SandboxSpec:
         config = self.relay.config
@@ -144,14 +153,26 @@ class World:
         return replace(spec, **changes)  # type: ignore[arg-type]
 
     def probe(self, spec: SandboxSpec, **args: object) -> dict:
-        spec = replace(spec, command=(PYTHON, "-c", PROBE, json.dumps(args)))
-        result = run_sandbox(spec, timeout=60)
+        spec = replace(spec, command=(PYTHON, "-c", PROBE, json.dumps(args)), runtime=self.runtime)
+        if self.runtime == "bwrap":
+            result = run_sandbox(spec, timeout=60)
+        else:  # podman: the launcher stages a uid-owned copy of the credential
+            staged = stage_credential(spec.credential_path,
+                                      self.base / "launcher" / f"staged-{spec.uid}",
+                                      spec.uid, spec.gid)  # fmt: skip
+            argv = launch_command(replace(spec, credential_path=staged), as_root=True,
+                                  rootfs_dir=self.rootfs, etc_files=present_etc_files(),
+                                  ulimits=capped_ulimits())  # fmt: skip
+            result = subprocess.run(argv, capture_output=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         return json.loads(result.stdout)
 
 
-@pytest.fixture
-def world() -> Iterator[World]:
+@pytest.fixture(params=["bwrap", "podman"])
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    runtime = request.param
+    if runtime == "podman" and missing_tools("podman", as_root=True):
+        pytest.skip("podman and runc are not installed (apt-get install podman runc)")
     group = f"ccc-test-s{secrets.token_hex(3)}"
     subprocess.run(["groupadd", "--system", group], check=True)
     base = Path(tempfile.mkdtemp(prefix="ccc-iso-"))
@@ -179,7 +200,11 @@ def world() -> Iterator[World]:
         relay.add_agent("alice", uid=ALICE_UID)
         relay.add_agent("bob", uid=BOB_UID)
         relay.allow("alice", "bob", both=True)
-        yield World(relay, base, projects, gid)
+        rootfs = None
+        if runtime == "podman":
+            rootfs = prepare_podman_rootfs(base / "launcher" / "rootfs",
+                                           etc_files=present_etc_files())  # fmt: skip
+        yield World(relay, base, projects, gid, runtime, rootfs)
     finally:
         if relay is not None:
             relay.stop()
