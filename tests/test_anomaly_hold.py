@@ -237,7 +237,7 @@ def test_policy_graph_and_top(relay: RunningRelay) -> None:
         relay.add_agent(name)
     relay.allow("alice", "bob")
     relay.admin.request("allow", sender="bob", recipient="eve", action="hold")
-    relay.daemon.relay.quarantine("eve", "test")
+    relay.call(lambda: relay.daemon.relay.quarantine("eve", "test"))
     wait_for(lambda: relay.admin.request("status")["agents"][2]["quarantined"] == "test")
     status = relay.admin.request("status")
     dot = policy_dot(relay.admin.request("policy_show"), status["agents"])

@@ -35,7 +35,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,13 +248,35 @@ class AuditLog:
 
     def append(self, records: Sequence[AuditRecord]) -> None:
         """Chain, write and fsync ``records``. Raises OSError on I/O failure."""
+        syncer = self.append_unsynced(records)
+        if syncer is not None:
+            syncer()
+
+    def append_unsynced(self, records: Sequence[AuditRecord]) -> Callable[[], None] | None:
+        """Chain and write ``records``; return the fsync still owed, or None.
+
+        The returned callable fsyncs (and closes) a duplicate of the file's
+        descriptor, so it may run on another thread while this log goes on --
+        even into the next day's file. The lines are on disk only after it
+        returned. Raises OSError on I/O failure (the callable too).
+        """
         if not records:
-            return
+            return None
         lines: list[bytes] = []
         for record in records:
             self._enter(record.ts, lines)
             lines.append(self._chain(record.ts, record.event, record.fields))
-        self._flush(lines)
+        self._flush(lines, sync=False)
+        assert self._fd is not None
+        fd = os.dup(self._fd)
+
+        def sync() -> None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        return sync
 
     def checkpoint(self, now: float, key: Ed25519PrivateKey) -> bool:
         """Append a line signing the current head; False when the head already is one.
@@ -365,7 +387,7 @@ class AuditLog:
         self._fd, self._day = fd, day
         return fresh
 
-    def _flush(self, lines: list[bytes]) -> None:
+    def _flush(self, lines: list[bytes], *, sync: bool = True) -> None:
         if not lines:
             return
         assert self._fd is not None
@@ -374,7 +396,8 @@ class AuditLog:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        os.fsync(self._fd)
+        if sync:
+            os.fsync(self._fd)
 
     def _close_file(self) -> None:
         if self._fd is not None:
