@@ -2,6 +2,7 @@
 # One entry point for a fresh Debian machine with Python 3.11+:
 #   ./dev.sh start   set everything up and run the relay on embedded defaults
 #   ./dev.sh test    set everything up and run the whole test suite
+#   ./dev.sh bench   set up the benchmark peers (Redis, NATS) and run benchmarks/
 #   ./dev.sh setup   only set up (.venv with the package and its test tools)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,8 +46,11 @@ python_bin() {
     exit 1
 }
 
+# The peers the benchmark compares against, started by it on loopback only.
+BENCH_PACKAGES=(redis-server nats-server)
+
 setup() {
-    local with_test_packages="${1:-no}"
+    local with_test_packages="${1:-no}" extras="${2:-test}"
     if [ "$with_test_packages" = yes ]; then
         install_debian_packages "${DEBIAN_PACKAGES[@]}"
     fi
@@ -58,7 +62,7 @@ setup() {
         "$py" -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    "$VENV/bin/python" -m pip install -q -e ".[test]" >&2
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]" >&2
 }
 
 case "${1:-}" in
@@ -77,11 +81,17 @@ case "${1:-}" in
         setup yes
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
+    bench)
+        shift
+        install_debian_packages "${BENCH_PACKAGES[@]}"
+        setup no "test,bench"
+        exec "$VENV/bin/python" -m benchmarks.run "$@"
+        ;;
     setup)
         setup yes
         ;;
     *)
-        sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

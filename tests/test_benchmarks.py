@@ -1,0 +1,129 @@
+"""The benchmark harness runs end to end with tiny counts and reports every column.
+
+Nothing here asserts performance: only that each system either produced
+plausible numbers or says why it could not (not installed), that the table has
+all its columns, and that the targets are judged (and not judged on a run too
+small to count).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from benchmarks import report
+from benchmarks.peers import SYSTEMS, missing
+from benchmarks.report import COLUMNS, Row
+from benchmarks.run import Scale, run_benchmark
+from click.testing import CliRunner
+
+from ccc_relay.cli.bench_cmd import bench, find_checkout
+
+TINY = Scale("tiny", ("tput-1k", "lat-1k", "drain", "idle"), flood_seconds=0.3,
+             flood_cap=20_000, paced_seconds=0.5, drain_count=400, idle_agents=20, procs=0,
+             placement=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_run_reports_every_column_and_plausible_numbers(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run_benchmark(TINY, root=tmp_path, echo=lines.append)
+    printed = "\n".join(lines)
+
+    assert "| " + " | ".join(COLUMNS) + " |" in printed
+    for key in ("nproc", "cpu", "kernel", "python", "uvloop"):
+        assert result["machine"][key]
+    assert "raised for the run" in result["config"]
+    json.dumps(result, default=str)  # the --json output is serialisable
+
+    rows = [Row(**r) for r in result["rows"]]
+    for row in rows:
+        system = SYSTEMS[row.system]
+        why = missing(system)
+        if why is not None:
+            assert row.status == why and why.startswith("not installed (")
+            assert why in printed
+            continue
+        if row.case == "drain" and row.system == "nats-core":
+            assert row.status.startswith("n/a")
+            continue
+        assert row.ok, (row.case, row.system, row.status)
+        if row.case == "idle":
+            assert row.msgs == TINY.idle_agents
+            assert 1 * report.MiB < (row.rss or 0) < 4096 * report.MiB
+            continue
+        assert row.rate is not None and 10 < row.rate < 10_000_000
+        assert row.server_cpu is not None and 0 <= row.server_cpu < 400
+        assert row.client_cpu is not None and 0 <= row.client_cpu < 400
+        if row.case == "lat-1k":
+            assert row.msgs == int(1000 * TINY.paced_seconds)
+            assert row.p50 is not None and row.p99 is not None and row.p999 is not None
+            assert 0 < row.p50 <= row.p99 <= row.p999 <= (row.pmax or 0)
+        if row.case == "drain":
+            assert row.msgs == row.extra["queued"] > 0
+            assert (row.rss or 0) > report.MiB
+
+    ccc_rows = [r for r in rows if r.system == "ccc"]
+    assert {r.case for r in ccc_rows} == set(TINY.cases)
+    assert all(r.ok for r in ccc_rows)
+    assert "| tput-1k | ccc |" in printed and "1x |" in printed
+
+    verdicts = {t["name"]: t["verdict"] for t in result["targets"]}
+    assert len(verdicts) == 4
+    assert set(verdicts.values()) <= {"met", "not met", "not measured"}
+    # 20 agents and 400 queued messages are too few to judge the memory targets.
+    assert [v for n, v in verdicts.items() if "idle" in n or "queued" in n] == ["not measured"] * 2
+
+
+def test_targets_are_judged_on_full_size_runs_only() -> None:
+    rows = [
+        Row("tput-1k", "ccc", rate=10_000.0), Row("tput-1k", "redis-always", rate=7_000.0),
+        Row("lat-1k", "ccc", p50=0.3, p99=0.9, p999=1.5),
+        Row("idle", "ccc", msgs=1000, rss=60 * report.MB, note=""),
+        Row("drain", "ccc", rss=50 * report.MiB, extra={
+            "queued": 100_000, "payload": 100_000 * 1024, "rss_before": 45 * report.MiB,
+            "rss_growth": 5 * report.MiB}),
+    ]  # fmt: skip
+    full = report.targets(rows, full_size=True, idle_agents=1000, queued=100_000)
+    assert [t.verdict for t in full] == ["met", "met", "met", "met"]
+    assert "1.43x" in full[0].detail
+    small = report.targets(rows, full_size=False, idle_agents=1000, queued=100_000)
+    assert [t.verdict for t in small][2:] == ["not measured", "not measured"]
+    rows[1].rate = 9_000.0
+    assert report.targets(rows, full_size=True, idle_agents=1000, queued=100_000)[0].verdict == (
+        "not met")  # fmt: skip
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = list(range(1, 1001))
+    assert report.percentile(samples, 0.5) == 500
+    assert report.percentile(samples, 0.99) == 990
+    assert report.percentile(samples, 0.999) == 999
+    assert report.percentile([7], 0.999) == 7
+
+
+def test_bench_command_finds_the_checkout_and_lists_cases() -> None:
+    assert find_checkout() is not None
+    result = CliRunner().invoke(bench, ["--list"])
+    assert result.exit_code == 0, result.output
+    assert "tput-1k" in result.output and "redis-always" in result.output
+
+
+def test_bench_command_without_a_checkout_says_where_to_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(bench, ["--source", str(tmp_path), "--list"])
+    assert result.exit_code == 4
+    assert "source tree" in result.output
+
+
+def test_a_missing_peer_is_a_row_that_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import peers, run
+    from benchmarks.cases import CASES
+
+    monkeypatch.setattr(peers, "find_binary", lambda name: None)
+    for system, package in (("redis-always", "redis-server"), ("nats-js", "nats-server")):
+        row = run.measure(SYSTEMS[system], CASES["tput-1k"], TINY, tmp_path)
+        assert row.status == f"not installed (apt-get install {package})"
+        assert row.status in report.table([row], {"tput-1k": "flood"})
