@@ -81,23 +81,37 @@ def credential_file_text(agent: str, credential: Credential) -> str:
 def write_credential_file(
     path: Path, agent: str, credential: Credential, *, replace: bool = False
 ) -> None:
-    """Write agent and credential to ``path`` with mode 0600, never through a symlink.
+    """Write agent and credential to ``path`` (see ``write_secret_file``)."""
+    write_secret_file(path, credential_file_text(agent, credential), replace=replace)
 
-    Without ``replace`` an existing file is an error (FileExistsError); with it
-    the new credential is written beside the old and renamed over it, so a
-    reader sees the old or the new credential, never half of one.
+
+def write_secret_file(
+    path: Path,
+    text: str,
+    *,
+    replace: bool = False,
+    what: str = "a credential",
+    error: type[CredentialError] = CredentialError,
+) -> None:
+    """Write ``text`` to ``path`` with mode 0600, never through a symlink.
+
+    Without ``replace`` an existing file (or symlink) is an error
+    (FileExistsError, from O_EXCL|O_NOFOLLOW); with it the new text is written
+    beside the old and renamed over it, so a reader sees the old or the new
+    secret, never half of one. Raises ``error`` for a symlink at ``path`` when
+    replacing.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = path
     if replace:
         if path.is_symlink():
-            raise CredentialError(f"{path} is a symlink; refusing to write a credential through it")
+            raise error(f"{path} is a symlink; refusing to write {what} through it")
         target = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(target, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, credential_file_text(agent, credential).encode("ascii"))
+        os.write(fd, text.encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)

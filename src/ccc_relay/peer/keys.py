@@ -35,6 +35,7 @@ from ccc_relay.credentials import (
     PREFIX,
     CredentialError,
     read_credential_file,
+    write_secret_file,
 )
 from ccc_relay.policy.config import DEFAULT_MAX_MESSAGE_SIZE, ConfigError, default_state_dir
 from ccc_relay.protocol.names import agent_name_problem
@@ -122,23 +123,9 @@ def write_pair_key(path: Path, key: PairKey, *, replace: bool = False) -> None:
     renamed over it, so a reader sees one whole key. Raises PairKeyError for a
     symlink at ``path`` when replacing.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = path
-    if replace:
-        if path.is_symlink():
-            raise PairKeyError(f"{path} is a symlink; refusing to write a pair key through it")
-        target = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL | O_NOFOLLOW: a symlink planted at the path is an error, never followed.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key_file_text(key).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if replace:
-        os.replace(target, path)
+    write_secret_file(
+        path, key_file_text(key), replace=replace, what="a pair key", error=PairKeyError
+    )
 
 
 def read_pair_key(path: str | os.PathLike[str]) -> PairKey:
