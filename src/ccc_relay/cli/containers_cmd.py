@@ -76,8 +76,8 @@ def launcher_dir(config: Config, as_root: bool) -> Path:
 
 def agent_socket(config: Config, name: str) -> Path:
     """The socket to mount for ``name``: its own when the relay made one, else the shared one."""
-    own = config.state_dir / "agents" / f"{name}.sock"
-    return own if own.exists() else config.socket_path
+    own = config.agent_socket(name)
+    return own if config.per_agent_sockets or own.exists() else config.socket_path
 
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -292,9 +292,19 @@ def _check_reachable(runtime: str, ident: Identity, project: Path, socket_path: 
     # bwrap runs as the sandbox uid and walks host paths itself; an engine
     # mounts as root, so only the final inode's permission matters there.
     walk = runtime == "bwrap"
+    socket_fix = "set daemon.socket_group in the relay's config, or pass --group"
+    if walk and access_problem(socket_path.parent, ident, 1, traverse=True):
+        # The socket sits in a directory the sandbox uid cannot enter (the
+        # embedded defaults keep it in the private 0700 state dir).
+        socket_fix = (
+            "give sandboxes a socket outside the relay's private state dir: in the "
+            "relay's config set daemon.per_agent_sockets: true with daemon.agent_socket_dir "
+            "(a 0711 dir), or daemon.socket_path in a dir others may enter, plus "
+            "daemon.socket_group; see docs/containers.md"
+        )
     for path, want, fix in (
         (project, 7, f"chown {ident.uid} {project} (or pick --uid)"),
-        (socket_path, 6, "set daemon.socket_group in the relay's config, or pass --group"),
+        (socket_path, 6, socket_fix),
     ):
         problem = access_problem(path, ident, want, traverse=walk)
         if problem:
