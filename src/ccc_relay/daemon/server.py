@@ -260,6 +260,11 @@ class Daemon:
                 self.config.socket_path,
                 self.config.admin_socket_path,
             )
+            if not relay.agents:
+                log.info(
+                    "no agents yet: 'ccc agent add NAME' registers one, 'ccc allow A B' lets "
+                    "A send to B (everything else is denied); see the README's quickstart"
+                )
             self.ready.set()
             await self.stopping.wait()
             log.info("ccc-statusd stopping")
