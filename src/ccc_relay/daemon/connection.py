@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from ccc_relay.daemon.committer import Job
+from ccc_relay.daemon.receiving import Receiving
 from ccc_relay.daemon.sockets import peer_credentials
 from ccc_relay.policy.acl import HOLD
 from ccc_relay.policy.sanitize import Sanitized, sanitize
@@ -35,19 +36,16 @@ from ccc_relay.protocol.frames import (
     PROTOCOL_VERSION,
     Accepted,
     Ack,
-    Acked,
     AgentInfo,
     AgentList,
     Bye,
     ClientFrame,
     Error,
     Fetch,
-    Fetched,
     Goodbye,
     Held,
     Hello,
     ListAgents,
-    Message,
     Ping,
     Pong,
     Send,
@@ -80,7 +78,7 @@ _ALLOWED: dict[str, tuple[type, ...]] = {
 }
 
 
-class AgentConnection(asyncio.Protocol):
+class AgentConnection(Receiving, asyncio.Protocol):
     def __init__(self, relay: Relay, *, bound_agent: str | None = None) -> None:
         self.relay = relay
         # A per-agent socket can only ever authenticate as its own agent.
@@ -273,10 +271,6 @@ class AgentConnection(asyncio.Protocol):
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(_log_task_error)
-
-    @property
-    def session_id(self) -> str | None:
-        return self.session.id if self.session else None
 
     # --- hello ----------------------------------------------------------------
 
@@ -487,112 +481,6 @@ class AgentConnection(asyncio.Protocol):
         self.write(Accepted(seq=seq, id=message.id, changes=changes))
         self.relay.committed(message)
 
-    # --- receive ----------------------------------------------------------------
-
-    @property
-    def room(self) -> int:
-        return self.window - len(self.inflight)
-
-    def deliver(self, message: StoredMessage) -> None:
-        self.inflight[message.id] = message.delivery
-        self.write(
-            Message(
-                id=message.id,
-                sender=message.sender,
-                to=message.recipient,
-                sent_at=message.sent_at,
-                body=message.body,
-                delivery=message.delivery,
-                thread=message.thread,
-                reply_to=message.reply_to,
-                signature=self.relay.signer.sign(message) if self.wants_signatures else None,
-            )
-        )
-
-    def top_up(self) -> None:
-        if self.subscribed and self.backlog and not self.topping_up and self.room > 0:
-            self.topping_up = True
-            self._spawn(self._top_up())
-
-    async def _top_up(self) -> None:
-        relay = self.relay
-        agent = self.agent
-        assert agent is not None
-        try:
-            while self.backlog and self.room > 0 and self.state == "ready":
-                self.backlog = False
-                room = self.room
-                if agent in relay.authoritative:
-                    for message in relay.take_overflow(agent, room):
-                        relay.push(self, message)
-                    if relay.overflow.get(agent):
-                        self.backlog = True
-                    continue
-                exclude = relay.inflight_ids(agent)
-                now = relay.clock()
-                watermark = relay.last_delivery  # everything up to here is in this read
-                # Awaited at once, so the loop variables cannot change under the lambda.
-                due = await relay.committer.read(
-                    lambda s: s.due(agent, now, room, exclude)  # noqa: B023
-                )
-                if self.state != "ready":
-                    return
-                for message in due:
-                    if message.id not in relay.inflight.get(agent, {}):
-                        relay.push(self, message)
-                if len(due) >= room:
-                    self.backlog = True
-                else:
-                    relay.vouch(agent, watermark)  # the store held nothing more that is due
-        finally:
-            self.topping_up = False
-
-    async def _on_fetch(self, frame: Fetch) -> None:
-        relay = self.relay
-        agent = self.agent
-        assert agent is not None
-        exclude = relay.inflight_ids(agent)
-        now = relay.clock()
-        due, total = await relay.committer.read(
-            lambda s: (s.due(agent, now, frame.limit, exclude), s.pending_count(agent))
-        )
-        count = 0
-        for message in due:
-            if self.state != "ready":
-                return
-            if message.id not in relay.inflight.get(agent, {}):
-                relay.push(self, message)
-                count += 1
-        pending = max(0, total - len(relay.inflight.get(agent, {})))
-        self.write(Fetched(count=count, pending=pending))
-
-    def _on_ack(self, frame: Ack) -> None:
-        agent = self.agent
-        assert agent is not None
-        relay = self.relay
-        ids = list(dict.fromkeys(frame.ids))
-        items = [(relay.delivery_of(agent, mid), mid) for mid in ids]
-        job = _ack_job(relay, agent, items, self.session_id)
-        future = relay.committer.submit(job)
-        assert future is not None
-        future.add_done_callback(lambda f: self._on_acked(f, agent, ids))
-
-    def _on_acked(self, future: asyncio.Future[Any], agent: str, ids: list[str]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self.write(
-                Error(
-                    code=ErrorCode.UNAVAILABLE.value,
-                    message=f"the relay cannot record acks right now: {exc}",
-                )
-            )
-            return
-        count = future.result()
-        self.relay.counters.acked += count
-        self.relay.settle(agent, ids)
-        self.write(Acked(count=count))
-        self.top_up()
-
     def _on_agents(self) -> None:
         relay = self.relay
         assert self.agent is not None
@@ -621,15 +509,6 @@ def salvage_seq(line: bytes) -> int | None:
 
 def _seq_only(seq_update: tuple[str, int]) -> Job:
     return Job(seq_update=seq_update)
-
-
-def _ack_job(
-    relay: Relay, agent: str, items: list[tuple[int | None, str]], session: str | None
-) -> Job:
-    return Job(
-        audit=[relay.record("acked", agent=agent, ids=[mid for _, mid in items], session=session)],
-        run=lambda s: s.ack(agent, items),
-    )
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:
