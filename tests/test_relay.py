@@ -612,29 +612,20 @@ def test_signature_covers_every_field() -> None:
     from ccc_relay.client.signatures import verify_message
     from ccc_relay.daemon.signing import MessageSigner
     from ccc_relay.protocol.frames import Message
-    from ccc_relay.store import StoredMessage
 
     key = Ed25519PrivateKey.generate()
     signer = MessageSigner(key)
-    stored = StoredMessage(
-        id="m_abcdefgh1",
-        sender="alice",
-        recipient="bob",
-        body="hi",
-        sent_at=1.5,
-        thread="t",
-        reply_to=None,
-        delivery=1,
-    )
     message = Message(
-        id=stored.id,
-        sender="alice",
-        to="bob",
-        sent_at=1.5,
-        body="hi",
-        delivery=1,
+        id="m_abcdefgh1", sender="alice", to="bob", sent_at=1.5, body="hi", delivery=1,
         thread="t",
-        signature=signer.sign(stored),
+    )  # fmt: skip
+    message.signature = signer.sign(message)
+    # The signed bytes are part of the protocol (docs/protocol.md): pin them.
+    from ccc_relay.protocol.signature import message_signed_bytes
+
+    assert message_signed_bytes(message) == (
+        b'["ccc-relay/message/v1","m_abcdefgh1","alice","bob",1.5,"t",null,'
+        b'"8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"]'
     )
     verify_message(key.public_key(), message)
     import msgspec

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ccc_relay.client.base import RelayError
 from ccc_relay.protocol.frames import Message
-from ccc_relay.protocol.signature import signed_bytes
+from ccc_relay.protocol.signature import message_signed_bytes
 
 
 def load_public_key(value: str) -> Ed25519PublicKey:
@@ -47,15 +47,7 @@ def verify_message(key: Ed25519PublicKey, message: Message) -> None:
     """Raises RelayError("bad_signature") unless the relay's signature verifies."""
     if not message.signature:
         raise RelayError("bad_signature", f"message {message.id} arrived unsigned; refusing it")
-    data = signed_bytes(
-        message_id=message.id,
-        sender=message.sender,
-        to=message.to,
-        sent_at=message.sent_at,
-        body=message.body,
-        thread=message.thread,
-        reply_to=message.reply_to,
-    )
+    data = message_signed_bytes(message)
     try:
         key.verify(base64.b64decode(message.signature, validate=True), data)
     except (InvalidSignature, binascii.Error, ValueError):

@@ -53,19 +53,19 @@ class Receiving:
 
     def deliver(self, message: StoredMessage) -> None:
         self.inflight[message.id] = message.delivery
-        self.write(
-            Message(
-                id=message.id,
-                sender=message.sender,
-                to=message.recipient,
-                sent_at=message.sent_at,
-                body=message.body,
-                delivery=message.delivery,
-                thread=message.thread,
-                reply_to=message.reply_to,
-                signature=self.relay.signer.sign(message) if self.wants_signatures else None,
-            )
+        frame = Message(
+            id=message.id,
+            sender=message.sender,
+            to=message.recipient,
+            sent_at=message.sent_at,
+            body=message.body,
+            delivery=message.delivery,
+            thread=message.thread,
+            reply_to=message.reply_to,
         )
+        if self.wants_signatures:
+            frame.signature = self.relay.signer.sign(frame)
+        self.write(frame)
 
     def top_up(self) -> None:
         if self.subscribed and self.backlog and not self.topping_up and self.room > 0:

@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ccc_relay.protocol.signature import signed_bytes
-from ccc_relay.store import StoredMessage
+from ccc_relay.protocol.frames import Message
+from ccc_relay.protocol.signature import message_signed_bytes
 
 KEY_FILE = "relay-signing.key"
 
@@ -58,16 +58,9 @@ class MessageSigner:
         )
         return base64.b64encode(raw).decode("ascii")
 
-    def sign(self, m: StoredMessage) -> str:
-        data = signed_bytes(
-            message_id=m.id,
-            sender=m.sender,
-            to=m.recipient,
-            sent_at=m.sent_at,
-            body=m.body,
-            thread=m.thread,
-            reply_to=m.reply_to,
-        )
+    def sign(self, message: Message) -> str:
+        """The signature for a ``message`` frame (base64 Ed25519)."""
+        data = message_signed_bytes(message)
         return base64.b64encode(self._key.sign(data)).decode("ascii")
 
 

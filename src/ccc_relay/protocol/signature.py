@@ -13,9 +13,24 @@ import hashlib
 
 import msgspec
 
+from ccc_relay.protocol.frames import Message
+
 DOMAIN = "ccc-relay/message/v1"  # a signature for one purpose never verifies for another
 
 _encoder = msgspec.json.Encoder()
+
+
+def message_signed_bytes(message: Message) -> bytes:
+    """What the signature on a delivered ``message`` frame covers."""
+    return signed_bytes(
+        message_id=message.id,
+        sender=message.sender,
+        to=message.to,
+        sent_at=message.sent_at,
+        body=message.body,
+        thread=message.thread,
+        reply_to=message.reply_to,
+    )
 
 
 def signed_bytes(
