@@ -119,6 +119,16 @@ def write_secret_file(
         os.replace(target, path)
 
 
+def secret_file_fields(data: bytes) -> dict[str, str]:
+    """The ``name: value`` lines of a credential or key file (``#`` lines are comments)."""
+    fields: dict[str, str] = {}
+    for line in data.decode("ascii", "replace").splitlines():
+        name, sep, value = line.partition(":")
+        if sep and not line.lstrip().startswith("#"):
+            fields[name.strip()] = value.strip()
+    return fields
+
+
 def read_credential_file(path: str | os.PathLike[str]) -> tuple[str, Credential]:
     """Read a credential file: (agent name, credential).
 
@@ -139,11 +149,7 @@ def read_credential_file(path: str | os.PathLike[str]) -> tuple[str, Credential]
         os.close(fd)
     if len(data) > MAX_CREDENTIAL_FILE:
         raise CredentialError(f"credential file {path} is too large to be a credential")
-    fields: dict[str, str] = {}
-    for line in data.decode("ascii", "replace").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and not line.lstrip().startswith("#"):
-            fields[key.strip()] = value.strip()
+    fields = secret_file_fields(data)
     agent, value = fields.get("agent", ""), fields.get("credential", "")
     if not agent or not value.startswith(PREFIX) or len(value) < len(PREFIX) + 40:
         raise CredentialError(

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -247,7 +247,3 @@ def _short(value: Any) -> str:
         return value[:12]
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def format_records(records: Sequence[dict[str, Any]], *, as_json: bool) -> list[str]:
-    return [json_line(r) if as_json else human_line(r) for r in records]

@@ -14,7 +14,13 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
+from ccc_relay.client.base import (
+    RelayError,
+    RelayUnavailable,
+    SeenIds,
+    check_recipient,
+    unreachable,
+)
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.signatures import verify_message
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
@@ -66,15 +72,8 @@ class AsyncRelayClient:
             self._reader, self._writer = await asyncio.open_unix_connection(
                 str(self.endpoint.socket_path), limit=REPLY_LINE_CAP
             )
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise RelayUnavailable(
-                f"no relay is listening on {self.endpoint.socket_path}; is ccc-statusd running?"
-            ) from None
-        except PermissionError:
-            raise RelayUnavailable(
-                f"permission denied on {self.endpoint.socket_path}; this user is not in the "
-                "relay socket's group"
-            ) from None
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise unreachable(self.endpoint.socket_path, exc) from None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         try:
             welcome: Welcome = await self._request(

@@ -41,6 +41,15 @@ class RelayUnavailable(RelayError):
         super().__init__("relay_unavailable", message)
 
 
+def unreachable(path: object, exc: OSError) -> RelayUnavailable:
+    """The sentence for a socket the client could not connect to."""
+    if isinstance(exc, PermissionError):
+        return RelayUnavailable(
+            f"permission denied on {path}; this user is not in the relay socket's group"
+        )
+    return RelayUnavailable(f"no relay is listening on {path}; is ccc-statusd running?")
+
+
 def check_recipient(name: str) -> None:
     """Refuse a malformed agent name before it goes on the wire (RelayError "invalid")."""
     problem = agent_name_problem(name)

@@ -13,7 +13,13 @@ from collections import deque
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ccc_relay.client.base import RelayError, RelayUnavailable, SeenIds, check_recipient
+from ccc_relay.client.base import (
+    RelayError,
+    RelayUnavailable,
+    SeenIds,
+    check_recipient,
+    unreachable,
+)
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.signatures import verify_message
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
@@ -67,17 +73,9 @@ class RelayClient:
         sock.settimeout(self.timeout)
         try:
             sock.connect(str(self.endpoint.socket_path))
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
             sock.close()
-            raise RelayUnavailable(
-                f"no relay is listening on {self.endpoint.socket_path}; is ccc-statusd running?"
-            ) from None
-        except PermissionError:
-            sock.close()
-            raise RelayUnavailable(
-                f"permission denied on {self.endpoint.socket_path}; this user is not in the "
-                "relay socket's group"
-            ) from None
+            raise unreachable(self.endpoint.socket_path, exc) from None
         self._sock = sock
         try:
             self._write(

@@ -69,7 +69,7 @@ class AdminConnection(asyncio.Protocol):
         try:
             lines = self._buffer.feed(data)
         except ProtocolError as exc:
-            self._reply(Error(code=exc.code.value, message=exc.message))
+            self._refuse(exc)
             if self._transport is not None:
                 self._transport.close()
             return
@@ -89,12 +89,17 @@ class AdminConnection(asyncio.Protocol):
                 data = await self._handle(request)
                 self._reply(ops.Result(data=data))
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-                self._reply(Error(code=ErrorCode.INVALID.value, message=f"invalid request: {exc}"))
+                self._refuse(ProtocolError(ErrorCode.INVALID, f"invalid request: {exc}"))
             except ProtocolError as exc:
-                self.relay.audit("admin_refused", code=exc.code.value, reason=exc.message)
-                self._reply(Error(code=exc.code.value, message=exc.message))
+                self._refuse(exc)
             except StoreFailure as exc:
-                self._reply(Error(code=ErrorCode.UNAVAILABLE.value, message=str(exc)))
+                self._refuse(ProtocolError(ErrorCode.UNAVAILABLE, str(exc)))
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        """Every refusal on the admin plane: a code, a sentence, an audit line."""
+        self.relay.audit("admin_refused", code=exc.code.value, reason=exc.message,
+                         by_uid=self.peer[1])  # fmt: skip
+        self._reply(Error(code=exc.code.value, message=exc.message))
 
     async def _write(self, fn: Any, event: str, **fields: Any) -> Any:
         relay = self.relay

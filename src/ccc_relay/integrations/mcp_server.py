@@ -227,8 +227,3 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
         }
 
     return server
-
-
-def run_stdio() -> None:
-    """Serve MCP on stdin/stdout until the client closes it."""
-    build_server().run("stdio")

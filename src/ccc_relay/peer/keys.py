@@ -35,6 +35,7 @@ from ccc_relay.credentials import (
     PREFIX,
     CredentialError,
     read_credential_file,
+    secret_file_fields,
     write_secret_file,
 )
 from ccc_relay.policy.config import DEFAULT_MAX_MESSAGE_SIZE, ConfigError, default_state_dir
@@ -155,11 +156,7 @@ def read_pair_key(path: str | os.PathLike[str]) -> PairKey:
         os.close(fd)
     if len(data) > MAX_KEY_FILE:
         raise PairKeyError(f"pair key file {path} is too large to be a pair key")
-    fields: dict[str, str] = {}
-    for line in data.decode("ascii", "replace").splitlines():
-        name, sep, value = line.partition(":")
-        if sep and not line.lstrip().startswith("#"):
-            fields[name.strip()] = value.strip()
+    fields = secret_file_fields(data)
     names = fields.get("pair", "").split()
     text = fields.get("key", "")
     secret = _decode_key(text)

@@ -14,7 +14,6 @@ from ccc_relay.policy.config import Rule
 
 ALLOW = "allow"
 HOLD = "hold"
-ACTIONS = (ALLOW, HOLD)
 
 
 @dataclass(frozen=True, slots=True)

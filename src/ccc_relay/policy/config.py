@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +105,6 @@ class Config:
     @property
     def pid_path(self) -> Path:
         return self.state_dir / "daemon.pid"
-
-    def with_limits(self, **changes: Any) -> Config:
-        return replace(self, limits=replace(self.limits, **changes))
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
