@@ -27,14 +27,9 @@ from typing import Any
 import pytest
 
 from ccc_relay.containers.detect import capped_ulimits, missing_tools, present_etc_files
-from ccc_relay.containers.sandbox import (
-    SandboxSpec,
-    launch_command,
-    open_credential,
-    prepare_podman_rootfs,
-    run_sandbox,
-    stage_credential,
-)
+from ccc_relay.containers.sandbox import launch_command, run_sandbox
+from ccc_relay.containers.spec import SandboxSpec
+from ccc_relay.containers.staging import open_credential, prepare_podman_rootfs, stage_credential
 
 pytestmark = pytest.mark.slow
 

@@ -34,13 +34,9 @@ from pathlib import Path
 import pytest
 
 from ccc_relay.containers.detect import capped_ulimits, missing_tools, present_etc_files
-from ccc_relay.containers.sandbox import (
-    SandboxSpec,
-    launch_command,
-    prepare_podman_rootfs,
-    run_sandbox,
-    stage_credential,
-)
+from ccc_relay.containers.sandbox import launch_command, run_sandbox
+from ccc_relay.containers.spec import SandboxSpec
+from ccc_relay.containers.staging import prepare_podman_rootfs, stage_credential
 from tests.support import RunningRelay, make_config, start_relay
 from tests.test_relay import audit_lines, wait_for
 

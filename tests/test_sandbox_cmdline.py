@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from ccc_relay.cli import containers_cmd
 from ccc_relay.cli.containers_cmd import agent_socket, run
+from ccc_relay.containers.bwrap import CREDENTIAL_FD, bwrap_command
 from ccc_relay.containers.detect import (
     HostError,
     Identity,
@@ -32,19 +33,13 @@ from ccc_relay.containers.detect import (
     detect_runtime,
     missing_tools,
 )
-from ccc_relay.containers.sandbox import (
-    CREDENTIAL_FD,
-    ETC_FILES,
+from ccc_relay.containers.engines import docker_command, podman_command
+from ccc_relay.containers.sandbox import launch_command, print_line
+from ccc_relay.containers.spec import ETC_FILES, SandboxSpec, SandboxSpecError
+from ccc_relay.containers.staging import (
     LaunchError,
-    SandboxSpec,
-    SandboxSpecError,
-    bwrap_command,
-    docker_command,
-    launch_command,
     open_credential,
-    podman_command,
     prepare_podman_rootfs,
-    print_line,
     private_dir,
     stage_credential,
 )

@@ -36,21 +36,17 @@ from ccc_relay.containers.firewall import (
     nft_ruleset,
     parse_address,
 )
-from ccc_relay.containers.sandbox import (
+from ccc_relay.containers.sandbox import exec_sandbox, launch_command, print_line
+from ccc_relay.containers.spec import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_PIDS_LIMIT,
     DEFAULT_TMP_SIZE,
     NETWORKS,
     RUNTIMES,
-    LaunchError,
     SandboxSpec,
     SandboxSpecError,
-    exec_sandbox,
-    launch_command,
-    prepare_podman_rootfs,
-    print_line,
-    stage_credential,
 )
+from ccc_relay.containers.staging import LaunchError, prepare_podman_rootfs, stage_credential
 from ccc_relay.policy.config import Config, ConfigError, embedded_defaults, load_config
 from ccc_relay.policy.units import UnitError, parse_size
 from ccc_relay.protocol.names import agent_name_problem
@@ -70,7 +66,7 @@ ROOT_LAUNCHER_DIR = Path("/run/ccc-run")
 
 
 def launcher_dir(config: Config, as_root: bool) -> Path:
-    """The private directory for the launcher's own files (see ``sandbox.private_dir``)."""
+    """The private directory for the launcher's own files (see ``staging.private_dir``)."""
     return ROOT_LAUNCHER_DIR if as_root else config.state_dir / "launcher"
 
 

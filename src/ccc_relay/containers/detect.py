@@ -3,7 +3,8 @@
 The rule this module owns: a sandbox never runs as root. A root launcher
 runs it as ``--uid`` or else as the project directory's owner, and refuses
 when that owner is root; a non-root launcher runs it as itself. Everything
-here reads the host; the command lines themselves are built in ``sandbox``.
+here reads the host; the command lines themselves are built in ``bwrap`` and
+``engines``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccc_relay.containers.sandbox import ETC_FILES, PODMAN_NOFILE, PODMAN_NPROC, RUNTIMES
+from ccc_relay.containers.engines import PODMAN_NOFILE, PODMAN_NPROC
+from ccc_relay.containers.spec import ETC_FILES, RUNTIMES
 
 # The programs each runtime needs, in the order they are looked for, and how to get them.
 _TOOLS: dict[str, tuple[tuple[str, str], ...]] = {

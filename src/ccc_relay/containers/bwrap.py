@@ -1,0 +1,124 @@
+"""The bubblewrap command line for a sandbox spec, and what stands in for what bubblewrap lacks.
+
+bubblewrap has no cgroups and, started by root, would show up as uid 0 to the
+relay; ``prlimit`` and ``setpriv`` prefixes make up for both. Everything here
+is pure (a spec in, an argv out), so the output is compared byte for byte
+with golden files.
+"""
+
+from __future__ import annotations
+
+from ccc_relay.containers.spec import (
+    DEFAULT_COMMAND,
+    ETC_FILES,
+    SANDBOX_CREDENTIAL,
+    SANDBOX_SOCKET,
+    SANDBOX_WORKSPACE,
+    USR_LINKS,
+    SandboxSpec,
+)
+
+# bubblewrap reads the credential from this descriptor and writes it into the
+# sandbox as a file owned by the sandbox uid, so the relay's 0700 credentials
+# directory never has to be reachable by that uid.
+CREDENTIAL_FD = 3
+
+
+def bwrap_command(spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD) -> list[str]:
+    """The bubblewrap argv for ``spec``; run it as ``spec.uid`` (see ``sandbox.launch_command``).
+
+    The credential is read from ``credential_fd``, which the caller opens.
+    """
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
+    if spec.new_session:
+        argv.append("--new-session")
+    argv += [
+        "--uid",
+        str(spec.uid),
+        "--gid",
+        str(spec.gid),
+        "--hostname",
+        spec.hostname,
+        "--clearenv",
+    ]
+    for name, value in spec.environment():
+        argv += ["--setenv", name, value]
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for target, link in USR_LINKS:
+        argv += ["--symlink", target, link]
+    for path in ETC_FILES:
+        argv += ["--ro-bind-try", path, path]
+    argv += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(spec.tmp_size),
+        "--tmpfs",
+        "/tmp",  # noqa: S108
+        "--bind",
+        str(spec.project_dir),
+        SANDBOX_WORKSPACE,
+        # connect(2) needs write permission on the socket inode, which a
+        # read-only mount does not take away; the agent cannot replace it.
+        "--ro-bind",
+        str(spec.socket_path),
+        SANDBOX_SOCKET,
+        "--perms",
+        "0400",
+        "--ro-bind-data",
+        str(credential_fd),
+        SANDBOX_CREDENTIAL,
+        # Last: every mount point above is made, now nothing else may be.
+        "--remount-ro",
+        "/",
+        "--chdir",
+        SANDBOX_WORKSPACE,
+        "--cap-drop",
+        "ALL",
+        "--",
+        *(spec.command or DEFAULT_COMMAND),
+    ]
+    return argv
+
+
+def bwrap_limits_prefix(spec: SandboxSpec) -> list[str]:
+    """``prlimit`` options standing in for cgroup limits, which bubblewrap lacks.
+
+    RLIMIT_NPROC counts every process of the uid on the host, so with one uid
+    per agent it is a per-agent process cap. RLIMIT_DATA caps each process's
+    private writable memory; it is per process, not a total (podman and docker
+    enforce a real total through cgroups).
+    """
+    options = []
+    if spec.pids_limit is not None:
+        options.append(f"--nproc={spec.pids_limit}:{spec.pids_limit}")
+    if spec.memory_limit is not None:
+        options.append(f"--data={spec.memory_limit}:{spec.memory_limit}")
+    return ["prlimit", *options, "--"] if options else []
+
+
+def setpriv_prefix(spec: SandboxSpec) -> list[str]:
+    """Become ``spec.uid`` before bubblewrap starts, so SO_PEERCRED shows that uid.
+
+    A root-started bwrap with a user namespace shows up as uid 0 to the relay.
+    ``--reuid`` clears the parent-death signal, so ``--pdeathsig`` must follow
+    it: the sandbox dies with the process that launched it.
+    """
+    groups = (
+        [f"--groups={','.join(str(g) for g in spec.extra_gids)}"]
+        if spec.extra_gids
+        else ["--clear-groups"]
+    )
+    return [
+        "setpriv",
+        f"--reuid={spec.uid}",
+        f"--regid={spec.gid}",
+        *groups,
+        "--no-new-privs",
+        "--pdeathsig=KILL",
+        "--",
+    ]

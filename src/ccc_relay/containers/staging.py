@@ -1,0 +1,146 @@
+"""What the launcher lays out on the host before a sandbox starts.
+
+The credential is opened for bubblewrap or copied for a container engine, and
+podman gets an empty root skeleton, all inside a directory private to the
+launcher. The rule this module owns: the launcher may run as root, so it
+follows no symlink and trusts no directory that anyone else could have
+planted something in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from ccc_relay.containers.spec import (
+    ETC_FILES,
+    SANDBOX_CREDENTIAL,
+    SANDBOX_SOCKET,
+    SANDBOX_WORKSPACE,
+    USR_LINKS,
+)
+from ccc_relay.credentials import MAX_CREDENTIAL_FILE
+
+
+class LaunchError(RuntimeError):
+    """The host is not ready for this sandbox; the message says what to do."""
+
+
+def open_credential(path: Path) -> int:
+    """Open the credential for bubblewrap to copy in; returns a descriptor.
+
+    Refuses a symlink and anything but a regular file: the launcher may run as
+    root, and must not be talked into copying another file into the sandbox.
+    Raises LaunchError.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise LaunchError(f"cannot open credential file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LaunchError(f"credential file {path} is not a regular file")
+    return fd
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (if missing) and insist it is a directory only this uid can enter.
+
+    The launcher may run as root and lays out what every sandbox will see;
+    nobody else -- not the relay's user, not an agent -- may plant anything
+    there (a stray etc/ld.so.preload in the podman root would run in every
+    container). Raises LaunchError.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise LaunchError(f"cannot make {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise LaunchError(
+            f"{path} must be a directory owned by uid {os.geteuid()} with mode 0700 "
+            f"(it is {stat.filemode(info.st_mode)} owned by {info.st_uid})"
+        )
+    return path
+
+
+def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FILES) -> Path:
+    """Create (idempotently) the empty root that podman's binds are laid over.
+
+    It holds only directories, the /usr links and mount points; no host data.
+    Its parent must be private (see ``private_dir``). Its /tmp is 1777 because
+    podman copies the mode of the directory under a tmpfs onto the tmpfs.
+    Raises LaunchError when it cannot be made.
+    """
+    private_dir(rootfs_dir.parent)
+    try:
+        rootfs_dir.mkdir(mode=0o755, exist_ok=True)
+        if rootfs_dir.is_symlink() or not rootfs_dir.is_dir():
+            raise LaunchError(f"{rootfs_dir} is not a directory")
+        for name in (
+            "usr",
+            "etc",
+            "etc/ssl",
+            "proc",
+            "dev",
+            "sys",
+            "run",
+            "run/ccc",
+            SANDBOX_WORKSPACE.lstrip("/"),
+        ):
+            (rootfs_dir / name).mkdir(mode=0o755, exist_ok=True)
+        tmp = rootfs_dir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        tmp.chmod(0o1777)
+        for target, link in USR_LINKS:
+            link_path = rootfs_dir / link.lstrip("/")
+            if not link_path.is_symlink():
+                link_path.symlink_to(target)
+        for path in etc_files:
+            point = rootfs_dir / path.lstrip("/")
+            if Path(path).is_dir():
+                point.mkdir(parents=True, exist_ok=True)
+            else:
+                point.parent.mkdir(parents=True, exist_ok=True)
+                point.touch(exist_ok=True)
+        for path in (SANDBOX_SOCKET, SANDBOX_CREDENTIAL):
+            (rootfs_dir / path.lstrip("/")).touch(exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot prepare the podman root {rootfs_dir}: {exc}") from None
+    return rootfs_dir
+
+
+def stage_credential(source: Path, staging_dir: Path, uid: int, gid: int) -> Path:
+    """Copy the credential to a file only ``uid`` can read, for podman/docker to mount.
+
+    The relay keeps credentials 0600 to itself; a container engine mounts the
+    inode, so the container's uid needs a copy it owns. ``staging_dir`` must be
+    private (see ``private_dir``); the engine, as root, need not walk into it.
+    Raises LaunchError.
+    """
+    fd = open_credential(source)
+    try:
+        data = os.read(fd, MAX_CREDENTIAL_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CREDENTIAL_FILE:
+        raise LaunchError(f"{source} is too large to be a credential file")
+    private_dir(staging_dir)
+    target = staging_dir / "credential"
+    temp = staging_dir / f".credential.{secrets.token_hex(4)}.tmp"
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(temp, flags, 0o400)
+        try:
+            os.write(out, data)
+            os.fchown(out, uid, gid)
+            os.fchmod(out, 0o400)
+        finally:
+            os.close(out)
+        os.replace(temp, target)
+    except OSError as exc:
+        raise LaunchError(f"cannot stage the credential in {staging_dir}: {exc}") from None
+    return target
