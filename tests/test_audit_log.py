@@ -20,10 +20,12 @@ import pytest
 from ccc_relay.audit.log import (
     FILE_OPENED,
     GENESIS,
+    RESTORED,
     TORN_LINE,
     AuditLog,
     AuditLogError,
     AuditRecord,
+    StagedLine,
     audit_files,
     body_fields,
     line_hash,
@@ -187,6 +189,79 @@ def test_an_unfinished_last_line_is_dropped_and_recorded(log_dir: Path) -> None:
     assert records[-2]["bytes"] == len(torn)
     assert records[-2]["sha256"] == hashlib.sha256(torn).hexdigest()
     assert verify_log(log_dir).ok
+
+
+# --- lines written without an fsync, and their restoration -------------------------
+
+
+def test_unsynced_lines_are_returned_with_their_seq_and_day_file(log_dir: Path) -> None:
+    log = AuditLog(log_dir)
+    staged = log.append_unsynced([event(T0 + DAY - 1), event(T0 + DAY)])
+    assert [(s.seq, s.file) for s in staged] == [
+        (1, "audit-2024-05-01.jsonl"), (2, "audit-2024-05-01.jsonl"),
+        (3, "audit-2024-05-02.jsonl"), (4, "audit-2024-05-02.jsonl"),
+    ]  # fmt: skip
+    on_disk = [line for p in audit_files(log_dir) for line in p.read_bytes().splitlines()]
+    assert [s.line for s in staged] == on_disk  # written (page cache), byte for byte
+    assert log.sync_owed()() == 4
+    log.close()
+
+
+def _lose_unsynced_tail(log_dir: Path, keep: int, torn: bytes = b"") -> None:
+    """What a power cut does to lines never fsynced: only the first ``keep`` survive."""
+    [path] = audit_files(log_dir)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:keep]) + torn)
+
+
+def test_lines_lost_in_a_power_cut_are_restored_from_the_outbox(log_dir: Path) -> None:
+    log = AuditLog(log_dir)
+    log.append([event(T0)])
+    staged = log.append_unsynced([event(T0 + 1, body="b"), event(T0 + 2, body="c")])
+    expected = audit_files(log_dir)[0].read_bytes()
+    log.close()
+    _lose_unsynced_tail(log_dir, keep=2, torn=staged[1].line[:10])
+
+    log = AuditLog(log_dir)
+    assert log.seq == 2
+    assert log.restore(staged) == 2
+    assert (log.seq, log.head) == (4, line_hash(staged[-1].line))
+    assert log.restore(staged) == 0  # already there: nothing twice
+    log.append([event(T0 + 3)])
+    log.close()
+    [path] = audit_files(log_dir)
+    assert path.read_bytes().startswith(expected)
+    events = [r["event"] for r in lines_of(path)[4:]]
+    assert events == [TORN_LINE, RESTORED, "accepted"]
+    assert lines_of(path)[5]["first_seq"] == 3 and lines_of(path)[5]["last_seq"] == 4
+    assert verify_log(log_dir).ok
+
+
+def test_an_outbox_that_does_not_continue_the_log_is_refused(log_dir: Path) -> None:
+    log = AuditLog(log_dir)
+    staged = log.append_unsynced([event(T0), event(T0 + 1)])
+    log.close()
+    _lose_unsynced_tail(log_dir, keep=1)
+    log = AuditLog(log_dir)
+    with pytest.raises(AuditLogError, match="does not continue the log at seq 1"):
+        log.restore(staged[2:])  # seq 3 cannot follow seq 1
+    other = AuditLog(log_dir.with_name("other"))
+    foreign = other.append_unsynced([event(T0 + 5, body="another log")])
+    other.close()
+    with pytest.raises(AuditLogError, match="does not continue the log at seq 1"):
+        log.restore(foreign[1:])  # the right seq, but it follows another chain's line
+    log.close()
+
+
+def test_an_outbox_line_that_differs_from_the_files_is_refused(log_dir: Path) -> None:
+    log = AuditLog(log_dir)
+    staged = log.append_unsynced([event(T0)])
+    log.close()
+    log = AuditLog(log_dir)
+    edited = StagedLine(2, staged[1].file, staged[1].line.replace(b"alice", b"eve"))
+    with pytest.raises(AuditLogError, match="disagrees with the log at seq 2"):
+        log.restore([edited])
+    log.close()
 
 
 def test_a_damaged_last_line_stops_the_writer_instead_of_guessing(log_dir: Path) -> None:

@@ -13,15 +13,17 @@ goes back to an earlier day's file (a clock stepping back keeps writing into
 the current one), so the files' order is always the chain's order.
 
 On start the chain continues from the last line on disk. An unfinished last
-line (a crash mid-write: never fsynced, so never acknowledged) is cut off and
-the cut is recorded as a ``torn_line_dropped`` line. A lock on the directory
+line (a crash mid-write, before its fsync) is cut off and the cut is recorded
+as a ``torn_line_dropped`` line. A lock on the directory
 keeps a second writer (a second daemon starting up) from touching the files.
 
 Retention cuts (``apply_retention``; the rule is in ``retention.py``) and
 signed checkpoints (``checkpoint``; the rule is in ``signing.py``) are lines of
-the same chain. Only the committer thread calls the writing methods; each
-writes and fsyncs, so a line is on disk before the decision it records is
-answered.
+the same chain. Only the committer thread calls the writing methods.
+``append_unsynced`` writes without an fsync and hands the lines back: the
+committer keeps them in relay.db's outbox, committed with the decisions they
+record, until a ``sync_owed`` fsync has put them on disk. ``restore`` writes
+back what a power cut kept from the files.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -55,6 +57,7 @@ FILE_PREFIX = "audit-"
 FILE_SUFFIX = ".jsonl"
 FILE_OPENED = "file_opened"
 TORN_LINE = "torn_line_dropped"
+RESTORED = "audit_lines_restored"
 _FILE_NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.jsonl$")
 _READ_BLOCK = 64 * 1024  # first step when reading a file backwards; doubles for long lines
 _AUDIT_COPY = SanitizeOptions(paths="off")  # secrets out; paths are not the audit's business
@@ -64,6 +67,14 @@ _encoder = msgspec.json.Encoder()
 
 class AuditLogError(RuntimeError):
     """The log cannot be written: another process holds it, or its last line is damaged."""
+
+
+class StagedLine(NamedTuple):
+    """A line as written: its seq, the name of its day's file, its bytes (no newline)."""
+
+    seq: int
+    file: str
+    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +197,8 @@ class AuditLog:
         self._last_file: str | None = None  # that file's name
         self._pending: list[tuple[str, dict[str, Any]]] = []  # recorded with the next line
         self._checkpointed = 0  # seq of the last checkpoint line
+        self._dirty = False  # lines written to the open file since its last fsync
+        self._staged: list[StagedLine] | None = None  # collects what append_unsynced writes
         self.seq = 0
         self.head = GENESIS
         log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -248,35 +261,108 @@ class AuditLog:
 
     def append(self, records: Sequence[AuditRecord]) -> None:
         """Chain, write and fsync ``records``. Raises OSError on I/O failure."""
-        syncer = self.append_unsynced(records)
-        if syncer is not None:
-            syncer()
+        if self.append_unsynced(records):
+            self.sync_owed()()
 
-    def append_unsynced(self, records: Sequence[AuditRecord]) -> Callable[[], None] | None:
-        """Chain and write ``records``; return the fsync still owed, or None.
+    def append_unsynced(self, records: Sequence[AuditRecord]) -> list[StagedLine]:
+        """Chain and write ``records`` without an fsync; return every line written.
 
-        The returned callable fsyncs (and closes) a duplicate of the file's
-        descriptor, so it may run on another thread while this log goes on --
-        even into the next day's file. The lines are on disk only after it
-        returned. Raises OSError on I/O failure (the callable too).
+        The lines are in the page cache, visible to readers, but on disk only
+        after a later :meth:`sync_owed` callable returned. The caller keeps
+        the returned lines durable meanwhile (the committer puts them in
+        relay.db's outbox, in the transaction they describe). Raises OSError
+        on I/O failure.
         """
+        staged: list[StagedLine] = []
         if not records:
-            return None
-        lines: list[bytes] = []
-        for record in records:
-            self._enter(record.ts, lines)
-            lines.append(self._chain(record.ts, record.event, record.fields))
-        self._flush(lines, sync=False)
-        assert self._fd is not None
-        fd = os.dup(self._fd)
+            return staged
+        self._staged = staged
+        try:
+            lines: list[bytes] = []
+            for record in records:
+                self._enter(record.ts, lines)
+                lines.append(self._chain(record.ts, record.event, record.fields))
+            self._flush(lines, sync=False)
+        finally:
+            self._staged = None
+        return staged
 
-        def sync() -> None:
+    def sync_owed(self) -> Callable[[], int]:
+        """A callable that fsyncs every line written so far and returns the last one's seq.
+
+        It fsyncs (and closes) a duplicate of the file's descriptor, so it may
+        run on another thread while this log goes on -- even into the next
+        day's file (the old file is fsynced before it is closed). Raises
+        OSError (the callable too).
+        """
+        seq = self.seq
+        if self._fd is None or not self._dirty:
+            return lambda: seq
+        fd = os.dup(self._fd)
+        self._dirty = False
+
+        def sync() -> int:
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            return seq
 
         return sync
+
+    def restore(self, rows: Sequence[StagedLine]) -> int:
+        """Write back lines that were committed to relay.db but never reached disk.
+
+        ``rows`` are the outbox's lines, oldest first. Those the files already
+        hold are skipped; the rest must continue the chain exactly. Returns
+        how many were written (and fsynced). Raises AuditLogError when the
+        outbox does not continue the log, OSError on I/O failure.
+        """
+        todo = [row for row in rows if row.seq > self.seq]
+        for row in rows:
+            if row.seq == self.seq and line_hash(row.line) != self.head:
+                raise AuditLogError(
+                    f"relay.db's audit outbox disagrees with the log at seq {row.seq}; "
+                    "run 'ccc audit verify'"
+                )
+        # The files may hold the rest only in the page cache (a crash, not a
+        # power cut): make them durable before the caller forgets the outbox.
+        for name in sorted({row.file for row in rows if row.seq <= self.seq}):
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.log_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        lines: list[bytes] = []
+        for row in todo:
+            try:
+                prev = decode_line(row.line)["prev"]
+            except ValueError as exc:
+                raise AuditLogError(f"relay.db's audit outbox line {row.seq}: {exc}") from None
+            day = day_of_file(Path(row.file))
+            if row.seq != self.seq + 1 or prev != self.head or day is None:
+                raise AuditLogError(
+                    f"relay.db's audit outbox does not continue the log at seq {self.seq}; "
+                    "run 'ccc audit verify'"
+                )
+            if day != self._day:
+                self._flush(lines, sync=False)
+                lines.clear()
+                self._open(day)  # fsyncs the file before it
+                self._floor, self._last_file = day, row.file
+            lines.append(row.line)
+            self.seq, self.head = row.seq, line_hash(row.line)
+        self._flush(lines)
+        if todo:
+            log.warning(
+                "audit: restored %d line(s) (seq %d-%d) from relay.db that never reached the files",
+                len(todo), todo[0].seq, todo[-1].seq,
+            )  # fmt: skip
+            self._pending.append((RESTORED, {
+                "lines": len(todo), "first_seq": todo[0].seq, "last_seq": todo[-1].seq,
+            }))  # fmt: skip
+        return len(todo)
 
     def checkpoint(self, now: float, key: Ed25519PrivateKey) -> bool:
         """Append a line signing the current head; False when the head already is one.
@@ -396,18 +482,35 @@ class AuditLog:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        if self._staged is not None:  # ``lines`` are always the newest chained ones
+            first = self.seq - len(lines) + 1
+            name = file_for_day(self.log_dir, self._day or "").name
+            self._staged.extend(StagedLine(first + i, name, line) for i, line in enumerate(lines))
         if sync:
             os.fsync(self._fd)
+            self._dirty = False
+        else:
+            self._dirty = True
 
     def _close_file(self) -> None:
         if self._fd is not None:
+            if self._dirty:  # sync_owed() promises every line written so far
+                os.fsync(self._fd)
+                self._dirty = False
             os.close(self._fd)
             self._fd = None
             self._day = None
 
     def close(self) -> None:
-        """Close the open file and release the directory lock."""
-        self._close_file()
+        """Close the open file (fsynced) and release the directory lock."""
+        try:
+            self._close_file()
+        except OSError as exc:  # what it held is in relay.db's outbox, restored at start
+            log.error("audit: the last fsync of %s failed: %s", self._day, exc)
+            with contextlib.suppress(OSError):
+                if self._fd is not None:
+                    os.close(self._fd)
+            self._fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -12,8 +12,11 @@ The rules, checked along the files oldest first:
 * a ``checkpoint`` signs the line before it and, given a public key, its
   signature verifies;
 * the head recorded outside the log (``audit_head`` in relay.db) is a line of
-  the chain. The log may run ahead of it (lines are fsynced before the
-  database commits) but may not stop short of it or differ at it.
+  the chain. The log may run ahead of it (lines are written before the
+  database commits) but may not stop short of it or differ at it -- unless the
+  lines it lacks are in relay.db's ``audit_outbox`` and continue the chain to
+  the head exactly: a power cut took them from the files before their fsync,
+  and the relay writes them back at its next start.
 
 Where a check fails the neighbourhood decides the kind: a line whose true
 predecessor comes later was reordered; a line the chain skips over was
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
@@ -155,6 +158,46 @@ def read_recorded_head(db_path: Path) -> Head | None:
         raise HeadUnavailable(f"{db_path}: audit_head is malformed: {exc}") from None
 
 
+def read_outbox(db_path: Path) -> list[tuple[int, bytes]]:
+    """The audit lines relay.db keeps until their file is fsynced: (seq, line), oldest first.
+
+    Raises HeadUnavailable when the database cannot be read.
+    """
+    if not db_path.exists():
+        return []
+    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_outbox'"
+            ).fetchone()
+            rows = db.execute("SELECT seq, line FROM audit_outbox ORDER BY seq") if exists else []
+            return [(int(seq), bytes(line)) for seq, line in rows]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise HeadUnavailable(f"cannot read the audit outbox from {db_path}: {exc}") from None
+
+
+def _bridged(prev: _Line, recorded: Head, outbox: Sequence[tuple[int, bytes]]) -> bool:
+    """Do the outbox's lines continue the chain from ``prev`` exactly to ``recorded``?"""
+    seq, head = prev.seq, prev.hash
+    for line_seq, line in outbox:
+        if line_seq <= seq:
+            continue
+        try:
+            record = decode_line(line)
+        except ValueError:
+            return False
+        if line_seq != seq + 1 or record["seq"] != line_seq or record["prev"] != head:
+            return False
+        seq, head = line_seq, line_hash(line)
+        if seq == recorded.seq:
+            return head == recorded.hash
+    return False
+
+
 # --- reading ----------------------------------------------------------------
 
 
@@ -249,11 +292,16 @@ def _at(kind: Kind, line: _Line, detail: str) -> Break:
 
 
 def verify_log(
-    log_dir: Path, *, recorded: Head | None = None, public_key: Ed25519PublicKey | None = None
+    log_dir: Path,
+    *,
+    recorded: Head | None = None,
+    public_key: Ed25519PublicKey | None = None,
+    outbox: Sequence[tuple[int, bytes]] = (),
 ) -> Report:
     """Walk the chain in ``log_dir`` and report the first break, if any.
 
-    ``recorded`` is the head kept outside the log (relay.db); ``public_key``
+    ``recorded`` is the head kept outside the log (relay.db) and ``outbox``
+    the lines relay.db still keeps (:func:`read_outbox`); ``public_key``
     checks checkpoint signatures. Raises OSError when a file cannot be read.
     """
     files = audit_files(log_dir)
@@ -297,6 +345,15 @@ def verify_log(
     if prev is not None:
         report.head = Head(prev.seq, prev.hash)
     report.problem = _check_tail(prev, recorded, head_seen)
+    if report.problem is not None and report.problem.kind == Kind.TRUNCATED:
+        assert prev is not None
+        assert recorded is not None
+        if _bridged(prev, recorded, outbox):
+            report.problem = None
+            report.notes.append(f"{_span(prev.seq + 1, recorded.seq)} are not in the files yet "
+                                "but in relay.db's audit outbox, continuing the chain to the "
+                                "recorded head (a crash came before the files' fsync); the "
+                                "relay writes them back when it next starts")  # fmt: skip
     if report.problem is None and start_cut is not None:
         report.starts_after_cut = True
         if recorded is None and start_cut > anchor:

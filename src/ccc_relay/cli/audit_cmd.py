@@ -65,20 +65,26 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(config_path: str | None, pubkey_path: str | None, as_json: bool) -> None:
     """Check the whole chain; exit 1 naming the first edited, missing or moved line."""
-    from ccc_relay.audit.verify import HeadUnavailable, read_recorded_head, verify_log
+    from ccc_relay.audit.verify import (
+        HeadUnavailable,
+        read_outbox,
+        read_recorded_head,
+        verify_log,
+    )
 
     config = _config(config_path)
     notes: list[str] = []
     try:
         # Read the head before the files: the log only ever runs ahead of relay.db.
         recorded = read_recorded_head(config.db_path)
+        outbox = read_outbox(config.db_path)
     except HeadUnavailable as exc:
         fail(str(exc), EXIT_CONFIG)
     if recorded is None:
         notes.append(f"no head recorded in {config.db_path}: a cut tail cannot be detected")
     key, key_source = _public_key(config, pubkey_path, notes)
     try:
-        report = verify_log(config.audit.log_path, recorded=recorded, public_key=key)
+        report = verify_log(config.audit.log_path, recorded=recorded, public_key=key, outbox=outbox)
     except OSError as exc:
         fail(f"cannot read the audit log: {exc}", EXIT_CONFIG)
     notes = report.notes + notes

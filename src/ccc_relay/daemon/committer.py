@@ -3,8 +3,20 @@
 Jobs queue up while the previous batch is being written; the next batch takes
 them all at once. So an idle relay commits each message immediately (no timer,
 no waiting for company), and a busy one amortises one fsync over hundreds of
-messages. Within a batch the audit lines are written and fsynced first, then
-the SQLite transaction commits; a job's future resolves only after both.
+messages. A job's future resolves only after its batch's COMMIT.
+
+A small batch (an idle relay's) commits on the event loop itself: handing it to
+the committer thread and back costs more than the commit's own CPU, and the
+loop has nothing better to do meanwhile. Larger batches go to the thread, so
+the loop keeps reading and checking the next messages during the fsync.
+
+One fsync per batch: the batch's audit lines are written to their day file
+(no fsync) and kept in relay.db's ``audit_outbox`` in the same transaction as
+the decisions they record, so SQLite's WAL fsync makes both durable at once.
+About once a second, on a background thread and off the commit path, the audit
+file is fsynced; the next batch then drops those lines from the outbox. After
+a power cut, the daemon's start copies what the outbox holds beyond the files
+back into them.
 
 The queue is strictly FIFO and reads go through it too, so a read issued after
 a write always sees that write.
@@ -19,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +47,13 @@ MAX_BATCH = 4096  # jobs per transaction: bounds the latency of the first job in
 # bookkeeping) ride along with the next batch, or go on their own after this
 # long: they need not cost an fsync of their own on an idle relay.
 LAZY_DELAY = 0.02
+# How often the audit file is fsynced while batches flow. Each is a disk flush
+# that a commit running beside it waits on; the outbox holds about this long
+# of audit lines.
+AUDIT_SYNC_EVERY = 1.0
+# Batches of up to this many jobs commit on the event loop (see above). At
+# 1,000 msg/s this took the relay from 66-76% to 54-61% of a core.
+INLINE_BATCH = 8
 
 
 @dataclass(slots=True)
@@ -60,9 +80,11 @@ class Committer:
         self._queue: list[Job] = []
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-commit")
-        # The audit file's fsync runs here while the database commits: the two
-        # disk flushes of a batch overlap instead of adding up.
-        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-fsync")
+        # The audit file's fsyncs run here, beside the commits.
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-sync")
+        self._audit_sync: Future[int] | None = None
+        self._audit_synced_at = time.monotonic()
+        self._trimmed = 0  # outbox lines up to this seq are gone
         self._lazy_timer: asyncio.TimerHandle | None = None
         self.failure: str | None = None
         self.batches = 0
@@ -117,7 +139,10 @@ class Committer:
             self._fail(batch, self.failure)
             return
         try:
-            results = await loop.run_in_executor(self._executor, self._apply, batch)
+            if len(batch) <= INLINE_BATCH:
+                results = self._apply(batch)
+            else:
+                results = await loop.run_in_executor(self._executor, self._apply, batch)
         except (OSError, sqlite3.Error) as exc:
             self.failure = f"durable store failed: {exc}"
             log.critical("%s; the relay stops accepting messages", self.failure)
@@ -146,13 +171,16 @@ class Committer:
 
     def _apply(self, batch: list[Job]) -> list[Any]:
         """Runs on the committer thread."""
-        records = [record for job in batch for record in job.audit]
-        owed = self._audit.append_unsynced(records)
-        synced = self._syncer.submit(owed) if owed is not None else None
+        staged = self._audit.append_unsynced([record for job in batch for record in job.audit])
+        synced = self._audit_synced()
         store = self._store
         results: list[Any] = [None] * len(batch)
         store.begin()
         try:
+            if staged:
+                store.stage_audit(staged)
+            if synced > self._trimmed:
+                store.trim_audit_outbox(synced)
             messages: list[StoredMessage] = []
             seqs: dict[str, int] = {}
             for index, job in enumerate(batch):
@@ -176,10 +204,26 @@ class Committer:
         except BaseException:
             store.rollback()
             raise
-        finally:
-            if synced is not None:
-                synced.result()  # raises the audit fsync's OSError, if any
+        self._trimmed = max(self._trimmed, synced)
+        self._start_audit_sync()
         return results
+
+    def _audit_synced(self) -> int:
+        """The seq up to which the audit files are fsynced; raises what the fsync raised."""
+        running = self._audit_sync
+        if running is None or not running.done():
+            return self._trimmed
+        self._audit_sync = None
+        return running.result()
+
+    def _start_audit_sync(self) -> None:
+        if self._audit_sync is not None:
+            return
+        now = time.monotonic()
+        if now - self._audit_synced_at < AUDIT_SYNC_EVERY:
+            return
+        self._audit_synced_at = now
+        self._audit_sync = self._syncer.submit(self._audit.sync_owed())
 
     @staticmethod
     def _run_one(store: Store, job: Job) -> Any:

@@ -28,12 +28,14 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ccc_relay.audit.log import AuditLog
+from ccc_relay.audit.log import AuditLog, StagedLine
 from ccc_relay.audit.signing import load_or_create_signing_key
 from ccc_relay.daemon.admin import AdminConnection
 from ccc_relay.daemon.committer import Committer, Job
@@ -68,6 +70,7 @@ RETENTION_EVERY_CHECKPOINTS = (
     12  # retention runs hourly  # how often expired sessions are looked for
 )
 SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits
 
 
 class Daemon:
@@ -125,6 +128,7 @@ class Daemon:
             )
         else:
             audit = AuditLog(config.audit.log_path)
+        restore_audit_outbox(store, audit)
         # Loaded (or created, owned by the relay's user) before the confinement.
         self.checkpoint_key = load_or_create_signing_key(config.state_dir)
         if self.harden:
@@ -144,8 +148,8 @@ class Daemon:
             agent_sock.close()
             admin_sock.close()
             committer.close()
+            close_audit(store, audit)
             store.close()
-            audit.close()
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 config.pid_path.unlink()
 
@@ -365,6 +369,27 @@ def _write_pid(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def restore_audit_outbox(store: Store, audit: AuditLog) -> None:
+    """Copy committed audit lines a power cut kept from the files back into them.
+
+    Raises AuditLogError when relay.db's outbox does not continue the log.
+    """
+    rows = [StagedLine(*row) for row in store.audit_outbox()]
+    if not rows:
+        return
+    audit.restore(rows)
+    store.trim_audit_outbox(audit.seq)  # one statement: its own transaction
+
+
+def close_audit(store: Store, audit: AuditLog) -> None:
+    """At shutdown: fsync the audit file, then forget the outbox lines it now holds."""
+    try:
+        store.trim_audit_outbox(audit.sync_owed()())
+    except (OSError, sqlite3.Error) as exc:  # kept lines are restored at the next start
+        log.error("audit: could not fsync the log at shutdown: %s", exc)
+    audit.close()
+
+
 def run_fast(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop when it is installed, else on asyncio's own loop."""
     try:
@@ -376,4 +401,9 @@ def run_fast(main: Coroutine[Any, Any, T]) -> T:
 
 def run_daemon(config: Config) -> None:
     """Run in the foreground until stopped, hardened. Raises what start-up raises."""
+    # The committer thread waits for the GIL each time SQLite hands it back
+    # after an fsync; with the default 5 ms switch interval a busy event loop
+    # adds up to that much to every commit. 0.5 ms halved the p99 latency at
+    # 1,000 msg/s (8.7 -> 4.6 ms) in benchmarks/.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     run_fast(Daemon(config, harden=True).run())

@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS held (
     deliver_at REAL
 );
 CREATE INDEX IF NOT EXISTS messages_scheduled ON messages (deliver_at) WHERE deliver_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,
+    line BLOB NOT NULL
+);
 """
 
 
@@ -268,6 +273,20 @@ class Store:
             (since, now),
         )
         return [str(r[0]) for r in rows]
+
+    # --- the audit outbox ---------------------------------------------------
+
+    def stage_audit(self, lines: Iterable[tuple[int, str, bytes]]) -> None:
+        """Keep audit lines (seq, file name, bytes) durable until their file is fsynced."""
+        self._db.executemany("INSERT INTO audit_outbox (seq, file, line) VALUES (?, ?, ?)", lines)
+
+    def audit_outbox(self) -> list[tuple[int, str, bytes]]:
+        rows = self._db.execute("SELECT seq, file, line FROM audit_outbox ORDER BY seq")
+        return [(int(seq), str(file), bytes(line)) for seq, file, line in rows]
+
+    def trim_audit_outbox(self, upto: int) -> None:
+        """Forget the lines up to ``upto``: the audit files hold them, fsynced."""
+        self._db.execute("DELETE FROM audit_outbox WHERE seq <= ?", (upto,))
 
     # --- held for approval --------------------------------------------------
 
