@@ -162,6 +162,12 @@ class Committer:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if len(batch) <= INLINE_BATCH:
+            # The loop never waited for this commit. Give it two turns -- one
+            # for the futures' callbacks (answers, pushes), one for the socket
+            # writes they schedule -- before the next commit holds it again.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
 
     @staticmethod
     def _fail(jobs: list[Job], reason: str) -> None:
