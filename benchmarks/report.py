@@ -25,13 +25,14 @@ BUSY_ELSEWHERE = 25.0  # other CPU% above which a row is flagged: the machine wa
 
 COLUMNS = (
     "case", "system", "msgs", "msg/s", "MiB/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
-    "RSS MiB", "relay CPU%", "client CPU%", "other CPU%", "ccc vs row", "note",
+    "RSS MiB", "relay CPU%", "relay µs/msg", "client CPU%", "other CPU%", "ccc vs row", "note",
 )  # fmt: skip
 
 RATIO_HELP = (
     "ccc vs row: throughput and drain, ccc msg/s / row msg/s; latency, row p99 / ccc p99; "
     "memory, row RSS / ccc RSS. Above 1 means ccc-relay does better. relay CPU% is the "
-    "server process (all threads) over the measured span, 100 = one core; client CPU% the "
+    "server process (all threads) over the measured span, 100 = one core; relay µs/msg that "
+    "CPU per message delivered (steadier than msg/s on a shared machine); client CPU% the "
     "benchmark's client processes; other CPU% what the rest of the machine used meanwhile, "
     f"(!) where that was above {BUSY_ELSEWHERE:.0f}% (the row ran on a busy machine)."
 )
@@ -170,6 +171,13 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
+def cpu_per_message(row: Row) -> float | None:
+    """The server's CPU time per delivered message, in microseconds."""
+    if row.server_cpu is None or not row.rate:
+        return None
+    return row.server_cpu / 100 / row.rate * 1e6
+
+
 def ratio(case_kind: str, ccc: Row | None, row: Row) -> float | None:
     """How many times better ccc-relay does than ``row`` on what the case measures."""
     if ccc is None or not ccc.ok or not row.ok:
@@ -190,7 +198,7 @@ def cells(row: Row, case_kind: str, ccc: Row | None) -> list[str]:
         row.case, row.system, _num(row.msgs), _num(row.rate), _num(mib_s, 1),
         _ms(row.p50), _ms(row.p99), _ms(row.p999), _ms(row.pmax),
         _num(row.rss / MiB if row.rss else None, 1),
-        _num(row.server_cpu), _num(row.client_cpu),
+        _num(row.server_cpu), _num(cpu_per_message(row)), _num(row.client_cpu),
         _num(row.other_cpu) + (" (!)" if (row.other_cpu or 0) > BUSY_ELSEWHERE else ""),
         "" if r is None else f"{r:.3g}x", row.note,
     ]  # fmt: skip
