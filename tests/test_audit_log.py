@@ -237,6 +237,24 @@ def test_lines_lost_in_a_power_cut_are_restored_from_the_outbox(log_dir: Path) -
     assert verify_log(log_dir).ok
 
 
+def test_a_lost_day_file_is_recreated_from_the_outbox(log_dir: Path) -> None:
+    log = AuditLog(log_dir)
+    log.append([event(T0)])
+    staged = log.append_unsynced([event(T0 + 1), event(T0 + DAY), event(T0 + DAY + 1)])
+    expected = [p.read_bytes() for p in audit_files(log_dir)]
+    log.close()
+    first, second = audit_files(log_dir)
+    first.write_bytes(b"".join(first.read_bytes().splitlines(keepends=True)[:2]))
+    second.unlink()  # the new day's file never reached the disk at all
+
+    log = AuditLog(log_dir)
+    assert log.restore(staged) == 4  # seq 3 in the old file; 4-6 (with file_opened) in the new
+    log.close()
+    assert [p.read_bytes() for p in audit_files(log_dir)][:1] == expected[:1]
+    assert audit_files(log_dir)[1].read_bytes().startswith(expected[1])
+    assert verify_log(log_dir).ok
+
+
 def test_an_outbox_that_does_not_continue_the_log_is_refused(log_dir: Path) -> None:
     log = AuditLog(log_dir)
     staged = log.append_unsynced([event(T0), event(T0 + 1)])
