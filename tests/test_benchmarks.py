@@ -95,6 +95,22 @@ def test_targets_are_judged_on_full_size_runs_only() -> None:
         "not met")  # fmt: skip
 
 
+def test_the_latency_verdict_names_the_floors_the_same_run_measured() -> None:
+    rows = [
+        Row("lat-1k", "ccc", p50=1.2, p99=4.5, p999=9.0),
+        Row("lat-1k", "baseline", p50=0.2, p99=1.7, p999=4.0),
+        Row("lat-1k", "redis-always", p50=2.4, p99=29.8, p999=51.0),
+    ]
+    [_, latency, *_] = report.targets(rows, full_size=True, idle_agents=0, queued=0,
+                                      fsync_p99=1.25)  # fmt: skip
+    assert latency.verdict == "not met"
+    assert latency.detail == (
+        "p50 1.200 ms, p99 4.500 ms, p99.9 9.000 ms; same run: harness floor (baseline "
+        "relay) p99 1.700 ms, Redis appendfsync always p99 29.800 ms, one fsync on this disk "
+        "p99 1.250 ms"
+    )
+
+
 def test_percentile_is_nearest_rank() -> None:
     samples = list(range(1, 1001))
     assert report.percentile(samples, 0.5) == 500
