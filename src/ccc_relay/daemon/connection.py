@@ -9,6 +9,8 @@ connection is closed.
 
 Bytes come in through ``data_received`` and are handled synchronously; the
 only waits are on the committer, whose futures call back into the connection.
+The hello is handled in ``authenticating.py``, sends in ``sending.py``,
+pushes, fetches and acks in ``receiving.py``.
 """
 
 from __future__ import annotations
@@ -19,22 +21,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from ccc_relay.daemon.committer import Job
+from ccc_relay.daemon.authenticating import Authenticating
 from ccc_relay.daemon.receiving import Receiving
+from ccc_relay.daemon.sending import Sending
 from ccc_relay.daemon.sockets import peer_credentials
-from ccc_relay.policy.acl import HOLD
-from ccc_relay.policy.sanitize import Sanitized, sanitize
-from ccc_relay.protocol.codec import (
-    LineBuffer,
-    body_size,
-    decode_client_frame,
-    encode,
-    line_cap_for,
-)
+from ccc_relay.protocol.codec import LineBuffer, decode_client_frame, encode, line_cap_for
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import (
-    PROTOCOL_VERSION,
-    Accepted,
     Ack,
     AgentInfo,
     AgentList,
@@ -43,28 +36,20 @@ from ccc_relay.protocol.frames import (
     Error,
     Fetch,
     Goodbye,
-    Held,
     Hello,
     ListAgents,
     Ping,
     Pong,
     Send,
     Subscribe,
-    Welcome,
 )
-from ccc_relay.store import StoredMessage, StoreFailure
+from ccc_relay.store import StoreFailure
 
 if TYPE_CHECKING:
-    from ccc_relay.daemon.relay import Relay, Session
+    from ccc_relay.daemon.admission import Session
+    from ccc_relay.daemon.relay import Relay
 
 log = logging.getLogger("ccc_relay.daemon")
-
-# Bodies longer than this are sanitised on a worker thread (their frames still
-# in order), so one hostile megabyte cannot stall every other agent's frames.
-SANITIZE_INLINE_LIMIT = 64 * 1024
-# Normalisations that say nothing about intent; the rest count towards the
-# "sanitized" anomaly rule.
-BENIGN_CHANGES = frozenset({"newline", "nfc"})
 
 # A peer that stops reading is not allowed to grow our write buffer without
 # bound: above the high mark we stop reading its frames until it drains.
@@ -78,7 +63,7 @@ _ALLOWED: dict[str, tuple[type, ...]] = {
 }
 
 
-class AgentConnection(Receiving, asyncio.Protocol):
+class AgentConnection(Authenticating, Receiving, Sending, asyncio.Protocol):
     def __init__(self, relay: Relay, *, bound_agent: str | None = None) -> None:
         self.relay = relay
         # A per-agent socket can only ever authenticate as its own agent.
@@ -185,6 +170,18 @@ class AgentConnection(Receiving, asyncio.Protocol):
         except StoreFailure as exc:
             self.refuse(ProtocolError(ErrorCode.UNAVAILABLE, str(exc)), seq=seq)
 
+    def _hold_input(self) -> None:
+        self._input_held = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _release_input(self) -> None:
+        self._input_held = False
+        while self._queued_lines and not self._input_held and self.state != "closed":
+            self._handle_line(self._queued_lines.pop(0))
+        if not self._input_held and self._transport is not None and self.state != "closed":
+            self._transport.resume_reading()
+
     def _dispatch(self, frame: ClientFrame) -> None:
         if isinstance(frame, Send):
             self._on_send(frame)
@@ -272,214 +269,7 @@ class AgentConnection(Receiving, asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(_log_task_error)
 
-    # --- hello ----------------------------------------------------------------
-
-    def _hello_timed_out(self) -> None:
-        if self.state == "hello":
-            self.fail(
-                ProtocolError(
-                    ErrorCode.HELLO_TIMEOUT,
-                    "no hello in time; the connection is closed",
-                    fatal=True,
-                )
-            )
-
-    def _on_hello(self, hello: Hello) -> None:
-        if hello.version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"protocol version {hello.version} is not supported; this relay speaks "
-                f"{PROTOCOL_VERSION}",
-                fatal=True,
-            )
-        relay = self.relay
-        self.claimed = hello.agent
-        if self.bound_agent is not None and hello.agent != self.bound_agent:
-            # Same answer as a wrong credential; the audit line says which.
-            relay.audit(
-                "auth_refused",
-                agent=hello.agent,
-                socket_agent=self.bound_agent,
-                reason="agent does not match this per-agent socket",
-                peer_pid=self.peer[0],
-                peer_uid=self.peer[1],
-                peer_gid=self.peer[2],
-            )
-            raise ProtocolError(
-                ErrorCode.AUTH_FAILED,
-                "authentication failed: unknown agent, wrong credential, or wrong peer",
-                fatal=True,
-            )
-        session = relay.authenticate(hello.agent, hello.credential, self.peer, hello.resume)
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        self.state = "ready"
-        self.agent = hello.agent
-        self.wants_signatures = hello.signatures
-        self.session = session
-        if self._counted_unauthenticated:
-            relay.unauthenticated -= 1
-            self._counted_unauthenticated = False
-        relay.attach(self)
-        relay.audit(
-            "authenticated",
-            agent=hello.agent,
-            session=session.id,
-            resumed=hello.resume is not None,
-            peer_pid=self.peer[0],
-            peer_uid=self.peer[1],
-            peer_gid=self.peer[2],
-        )
-        self.write(
-            Welcome(
-                session=session.id,
-                agent=hello.agent,
-                expires_at=session.expires,
-                last_seq=session.last_seq,
-                max_message_size=relay.limits.max_message_size,
-                rate_limit_per_minute=relay.limits.rate_per_minute,
-            )
-        )
-
-    def check_expiry(self, now: float) -> None:
-        if self.session is not None and self.session.expires <= now and self.state == "ready":
-            self.fail(
-                ProtocolError(
-                    ErrorCode.SESSION_EXPIRED,
-                    "the session expired (session_timeout); authenticate again",
-                    fatal=True,
-                )
-            )
-
-    # --- send -------------------------------------------------------------------
-
-    def _on_send(self, frame: Send) -> None:
-        session = self.session
-        assert session is not None
-        assert self.agent is not None
-        relay = self.relay
-        if frame.seq <= session.last_seq:
-            raise ProtocolError(
-                ErrorCode.REPLAY,
-                f"seq {frame.seq} was already used in this session (last was {session.last_seq})",
-            )
-        if frame.seq != session.last_seq + 1:
-            raise ProtocolError(
-                ErrorCode.OUT_OF_ORDER,
-                f"seq {frame.seq} skips ahead; the next seq is {session.last_seq + 1}",
-            )
-        # The seq is consumed whatever happens next, so the client's next frame
-        # is always last+1; the high-water mark is made durable with it.
-        session.last_seq = frame.seq
-        seq_update = (session.id, frame.seq)
-        try:
-            size = body_size(frame.body)
-            limit = relay.limits.max_message_size
-            if size > limit:
-                raise ProtocolError(
-                    ErrorCode.TOO_LARGE,
-                    f"body is {size} bytes; the limit is {limit} bytes; the connection is closed",
-                    fatal=True,
-                )
-            action = relay.check_send(self.agent, session, frame.to, frame.deliver_at)
-        except ProtocolError:
-            relay.committer.submit(_seq_only(seq_update), want_result=False)
-            raise
-        options = relay.limits.sanitize
-        if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
-            self._hold_input()
-            work = asyncio.get_running_loop().run_in_executor(None, sanitize, frame.body, options)
-            work.add_done_callback(lambda f: self._after_sanitize(f, frame, action, seq_update))
-            return
-        cleaned = sanitize(frame.body, options) if options.enabled else None
-        self._finish_send(frame, action, seq_update, cleaned)
-
-    def _after_sanitize(
-        self,
-        future: asyncio.Future[Sanitized],
-        frame: Send,
-        action: str,
-        seq_update: tuple[str, int],
-    ) -> None:
-        try:
-            if self.state != "closed":
-                try:
-                    self._finish_send(frame, action, seq_update, future.result())
-                except StoreFailure as exc:
-                    self.refuse(ProtocolError(ErrorCode.UNAVAILABLE, str(exc)), seq=frame.seq)
-        finally:
-            self._release_input()
-
-    def _hold_input(self) -> None:
-        self._input_held = True
-        if self._transport is not None:
-            self._transport.pause_reading()
-
-    def _release_input(self) -> None:
-        self._input_held = False
-        while self._queued_lines and not self._input_held and self.state != "closed":
-            self._handle_line(self._queued_lines.pop(0))
-        if not self._input_held and self._transport is not None and self.state != "closed":
-            self._transport.resume_reading()
-
-    def _finish_send(
-        self, frame: Send, action: str, seq_update: tuple[str, int], cleaned: Sanitized | None
-    ) -> None:
-        relay = self.relay
-        session = self.session
-        assert session is not None
-        assert self.agent is not None
-        body = frame.body if cleaned is None else cleaned.text
-        changes = cleaned.describe() if cleaned is not None and cleaned.changes else []
-        extra: dict[str, Any] = {}
-        if cleaned is not None and cleaned.changes:
-            extra["sanitized"] = dict(cleaned.changes)
-            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
-            if findings:
-                relay.alert(relay.anomaly.sanitized(self.agent, findings, relay.clock()))
-        message = relay.new_message(
-            self.agent,
-            frame.to,
-            body,
-            thread=frame.thread,
-            reply_to=frame.reply_to,
-            deliver_at=frame.deliver_at,
-        )
-        hold = action == HOLD
-        future = relay.enqueue(
-            message,
-            seq_update=seq_update,
-            hold=hold,
-            send_seq=frame.seq,
-            session=session.id,
-            **extra,
-        )
-        future.add_done_callback(lambda f: self._on_committed(f, frame.seq, message, hold, changes))
-
-    def _on_committed(
-        self,
-        future: asyncio.Future[Any],
-        seq: int,
-        message: StoredMessage,
-        hold: bool,
-        changes: list[str],
-    ) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self.write(
-                Error(
-                    code=ErrorCode.UNAVAILABLE.value,
-                    seq=seq,
-                    message=f"the relay cannot store messages right now: {exc}",
-                )
-            )
-            return
-        if hold:
-            self.relay.counters.held += 1
-            self.write(Held(seq=seq, id=message.id, changes=changes))
-            return
-        self.write(Accepted(seq=seq, id=message.id, changes=changes))
-        self.relay.committed(message)
+    # --- peers ----------------------------------------------------------------
 
     def _on_agents(self) -> None:
         relay = self.relay
@@ -505,10 +295,6 @@ def salvage_seq(line: bytes) -> int | None:
         return None
     seq = data.get("seq") if isinstance(data, dict) and data.get("type") == "send" else None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
-
-
-def _seq_only(seq_update: tuple[str, int]) -> Job:
-    return Job(seq_update=seq_update)
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

@@ -21,8 +21,9 @@ from ccc_relay.protocol.frames import Ack, Acked, Error, Fetch, Fetched, Message
 from ccc_relay.store import StoredMessage
 
 if TYPE_CHECKING:
+    from ccc_relay.daemon.admission import Session
     from ccc_relay.daemon.connection import AgentConnection
-    from ccc_relay.daemon.relay import Relay, Session
+    from ccc_relay.daemon.relay import Relay
 
 
 class Receiving:

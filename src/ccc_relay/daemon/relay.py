@@ -1,70 +1,48 @@
 """The relay's state and its decisions: identities, policy, limits, routing.
 
 Connections (``connection.py``) parse frames and call in here; everything that
-decides -- may this agent authenticate, may it send this, where does a
-committed message go -- lives in this one class. Time comes from the injected
-``clock`` so expiry and rate limits are tested without sleeping.
+decides -- may this agent authenticate, may it send this (``admission.py``),
+where does a committed message go (``routing.py``) -- lives in this one class
+and its mixins. Here: minting messages, auditing and counting refusals,
+anomalies and quarantine, handing messages to the committer, and reloading
+the policy. Time comes from the injected ``clock`` so expiry and rate limits
+are tested without sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from ccc_relay import credentials
 from ccc_relay.audit.log import AuditRecord, body_fields
+from ccc_relay.daemon.admission import Admission
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.routing import Routing
 from ccc_relay.daemon.signing import MessageSigner
 from ccc_relay.policy.acl import Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config import Config, Rule
-from ccc_relay.policy.limits import WindowLimiter, admit
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
-from ccc_relay.store import AgentRecord, SessionRecord, Store, StoredMessage, StoreFailure
-
-if TYPE_CHECKING:
-    pass
+from ccc_relay.store import AgentRecord, Store, StoredMessage, StoreFailure
 
 log = logging.getLogger("ccc_relay.daemon")
 
 OPERATOR = "operator"  # the sender name of messages the operator writes
 RELAY = "relay"  # the sender name of the relay's own notices (e.g. a rejected message)
 RECENT_ALERTS = 100  # anomaly alerts kept for status and top
-MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
-RATE_WINDOW = 60.0
-
-
-def _round_up(seconds: float) -> float:
-    """Milliseconds, rounded up: waiting exactly retry_after must be enough."""
-    return math.ceil(seconds * 1000) / 1000
 
 
 def message_id(prefix: str, delivery: int) -> str:
     """``m_`` + the run's 8-character prefix + the delivery number in hex."""
     return f"m_{prefix}{delivery:x}"
-
-
-def new_session_id() -> str:
-    return "s_" + secrets.token_urlsafe(12)
-
-
-@dataclass(slots=True)
-class Session:
-    id: str
-    agent: str
-    expires: float
-    last_seq: int
-    limiter: WindowLimiter
 
 
 @dataclass(slots=True)
@@ -78,7 +56,7 @@ class Counters:
     alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_ALERTS))
 
 
-class Relay(Routing):
+class Relay(Admission, Routing):
     def __init__(
         self,
         config: Config,
@@ -97,11 +75,7 @@ class Relay(Routing):
         self.agents: dict[str, AgentRecord] = {a.name: a for a in store.agents()}
         self._db_rules = [Rule(s, r, a) for s, r, a in store.rules()]
         self.policy = Policy.from_rules([*config.rules, *self._db_rules])
-        self.sessions: dict[str, Session] = {}
-        self._agent_limiters: dict[str, WindowLimiter] = {}
-        self._pair_limiters: dict[tuple[str, str], WindowLimiter] = {}
-        self._global_limiter = WindowLimiter(self.limits.global_rate_per_minute, RATE_WINDOW)
-        self._auth_failures: dict[int, WindowLimiter] = {}
+        self._init_admission()
         self.connections = 0
         self.unauthenticated = 0
         self.counters = Counters()
@@ -142,10 +116,6 @@ class Relay(Routing):
             deliver_at=deliver_at,
             delivery=delivery,
         )
-
-    @property
-    def known(self) -> set[str]:
-        return self.agents.keys()  # type: ignore[return-value]
 
     # --- audit ----------------------------------------------------------------
 
@@ -212,133 +182,7 @@ class Relay(Routing):
         )
         self.close_agent(agent, ErrorCode.QUARANTINED, f"agent quarantined: {reason}")
 
-    # --- authentication -------------------------------------------------------
-
-    def authenticate(
-        self, agent: str, credential: str, peer: tuple[int, int, int], resume: str | None
-    ) -> Session:
-        """Check a hello; return its (new or resumed) session.
-
-        Raises ProtocolError: RATE_LIMITED when this peer uid failed too often,
-        AUTH_FAILED for a wrong name, credential or uid (one answer for all),
-        SESSION_EXPIRED for a resume of an unknown or expired session.
-        """
-        _pid, uid, gid = peer
-        now = self.clock()
-        failures = self._auth_failures.get(uid)
-        if failures is not None:
-            wait = failures.retry_after(now)
-            if wait:
-                raise ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    "too many failed hellos from this user; wait before trying again",
-                    fatal=True,
-                    retry_after=_round_up(wait),
-                )
-        record = self.agents.get(agent)
-        ok = credentials.matches(credential, record.cred_hash if record else None)
-        if ok and record is not None and record.uid is not None and record.uid != uid:
-            ok = False
-        if ok and record is not None and record.gid is not None and record.gid != gid:
-            ok = False
-        if not ok:
-            limiter = self._auth_failures.setdefault(
-                uid, WindowLimiter(self.limits.auth_failures_per_minute, RATE_WINDOW)
-            )
-            limiter.record(now)
-            raise ProtocolError(
-                ErrorCode.AUTH_FAILED,
-                "authentication failed: unknown agent, wrong credential, or wrong peer",
-                fatal=True,
-            )
-        assert record is not None
-        if record.quarantined:
-            raise ProtocolError(
-                ErrorCode.QUARANTINED,
-                "this agent is quarantined; the operator must release it "
-                f"(ccc agent release {agent})",
-                fatal=True,
-            )
-        if resume is not None:
-            session = self.sessions.get(resume)
-            if session is None or session.agent != agent or session.expires <= now:
-                raise ProtocolError(
-                    ErrorCode.SESSION_EXPIRED,
-                    "that session is unknown or expired; say hello without resume",
-                )
-            return session
-        session = Session(
-            id=new_session_id(),
-            agent=agent,
-            expires=now + self.limits.session_timeout,
-            last_seq=0,
-            limiter=WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
-        )
-        self.sessions[session.id] = session
-        record_ = SessionRecord(session.id, agent, now, session.expires, 0)
-        self.committer.submit(Job(run=lambda s: s.create_session(record_)), want_result=False)
-        return session
-
-    def load_sessions(self, records: Iterable[SessionRecord]) -> None:
-        now = self.clock()
-        for r in records:
-            if r.expires > now and r.agent in self.agents:
-                self.sessions[r.id] = Session(
-                    r.id,
-                    r.agent,
-                    r.expires,
-                    r.last_seq,
-                    WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
-                )
-
-    # --- sending --------------------------------------------------------------
-
-    def check_send(self, sender: str, session: Session, to: str, deliver_at: float | None) -> str:
-        """Policy and limits for one send; returns the pair's action.
-
-        Raises ProtocolError FORBIDDEN (unknown and forbidden recipients get
-        the same answer), INVALID for a deliver_at too far ahead, or
-        RATE_LIMITED with retry_after.
-        """
-        record = self.agents.get(sender)
-        if record is not None and record.quarantined:
-            raise ProtocolError(ErrorCode.QUARANTINED, "this agent is quarantined", fatal=True)
-        action = self.policy.action(sender, to, self.known)
-        if action is None:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not send to {to!r}")
-        now = self.clock()
-        if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
-            raise ProtocolError(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
-        wait = admit(
-            (
-                session.limiter,
-                self._agent_limiter(sender),
-                self._pair_limiter(sender, to),
-                self._global_limiter,
-            ),
-            now,
-        )
-        if wait:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"rate limit reached ({self.limits.rate_per_minute:g} msg/min); retry later",
-                retry_after=_round_up(wait),
-            )
-        return action
-
-    def _agent_limiter(self, agent: str) -> WindowLimiter:
-        limiter = self._agent_limiters.get(agent)
-        if limiter is None:
-            limiter = WindowLimiter(self.limits.agent_rate_per_minute, RATE_WINDOW)
-            self._agent_limiters[agent] = limiter
-        return limiter
-
-    def _pair_limiter(self, sender: str, to: str) -> WindowLimiter:
-        limiter = self._pair_limiters.get((sender, to))
-        if limiter is None:
-            limiter = WindowLimiter(self.limits.pair_rate_per_minute, RATE_WINDOW)
-            self._pair_limiters[(sender, to)] = limiter
-        return limiter
+    # --- committing -----------------------------------------------------------
 
     def enqueue(
         self,
@@ -394,16 +238,6 @@ class Relay(Routing):
             self._schedule_wake.set()
             return
         self.route(message.recipient, message)
-
-    def expire_sessions(self) -> None:
-        now = self.clock()
-        for sid, session in list(self.sessions.items()):
-            if session.expires <= now:
-                del self.sessions[sid]
-                self.audit("session_expired", agent=session.agent, session=sid)
-        for conns in list(self.online.values()):
-            for conn in list(conns):
-                conn.check_expiry(now)
 
     # --- administration -----------------------------------------------------
 
