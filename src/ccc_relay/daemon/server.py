@@ -29,7 +29,6 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -70,7 +69,6 @@ RETENTION_EVERY_CHECKPOINTS = (
     12  # retention runs hourly  # how often expired sessions are looked for
 )
 SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits
 
 
 class Daemon:
@@ -401,9 +399,4 @@ def run_fast(main: Coroutine[Any, Any, T]) -> T:
 
 def run_daemon(config: Config) -> None:
     """Run in the foreground until stopped, hardened. Raises what start-up raises."""
-    # The committer thread waits for the GIL each time SQLite hands it back
-    # after an fsync; with the default 5 ms switch interval a busy event loop
-    # adds up to that much to every commit. 0.5 ms halved the p99 latency at
-    # 1,000 msg/s (8.7 -> 4.6 ms) in benchmarks/.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     run_fast(Daemon(config, harden=True).run())
