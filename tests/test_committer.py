@@ -77,3 +77,28 @@ def test_audit_sync_fsyncs_the_file_and_the_next_batch_trims_the_outbox(
     asyncio.run(commit_each(committer, [message_job(1), message_job(2)], settle=True))
     # batch 1 wrote seq 1-2; its audit sync fsynced them; batch 2 (seq 3) dropped them
     assert outbox(store) == [3]
+
+
+def test_a_big_batch_fsyncs_its_lines_instead_and_lets_the_outbox_be_trimmed(parts) -> None:
+    store, audit, committer = parts
+    small = [message_job(1)]
+    big = [message_job(n) for n in range(2, 3 + committer_module.INLINE_BATCH)]
+
+    async def scenario() -> None:
+        runner = asyncio.ensure_future(committer.run())
+        try:
+            await committer.submit(small[0])  # type: ignore[misc]
+            assert outbox(store) == [1, 2]  # file_opened and the accepted line
+            futures = [committer.submit(job) for job in big]  # one batch
+            await asyncio.gather(*futures)  # type: ignore[arg-type]
+            assert outbox(store) == [1, 2]  # the big batch's lines went to the file, fsynced
+            await committer.submit(message_job(99))  # type: ignore[misc]
+            assert outbox(store) == [audit.seq]  # that fsync covered the old lines too
+        finally:
+            runner.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await runner
+
+    asyncio.run(scenario())
+    [path] = audit_files(audit.log_dir)
+    assert len(path.read_bytes().splitlines()) == audit.seq
