@@ -14,7 +14,7 @@ import pytest
 from ccc_relay.audit.log import AuditLog, AuditRecord, audit_files
 from ccc_relay.daemon import committer as committer_module
 from ccc_relay.daemon.committer import Committer, Job
-from ccc_relay.store import Store, StoredMessage
+from ccc_relay.store import Store, StoredMessage, StoreFailure
 
 T0 = 1_714_521_600.0
 
@@ -102,3 +102,32 @@ def test_a_big_batch_fsyncs_its_lines_instead_and_lets_the_outbox_be_trimmed(par
     asyncio.run(scenario())
     [path] = audit_files(audit.log_dir)
     assert len(path.read_bytes().splitlines()) == audit.seq
+
+
+def test_a_big_batch_commits_nothing_when_its_audit_fsync_fails(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, audit, committer = parts
+
+    def failing_sync() -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(audit, "sync_owed", lambda: failing_sync)
+    big = [message_job(n) for n in range(1, 2 + committer_module.INLINE_BATCH)]
+
+    async def scenario() -> list[object]:
+        runner = asyncio.ensure_future(committer.run())
+        try:
+            futures = [committer.submit(job) for job in big]
+            return await asyncio.gather(*futures, return_exceptions=True)  # type: ignore[arg-type]
+        finally:
+            runner.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await runner
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, StoreFailure) for o in outcomes)
+    assert "Input/output error" in str(committer.failure)
+    # The decisions whose audit lines may not be on disk were never committed.
+    assert store.pending_count("bob") == 0
+    assert store.get_meta("audit_head") is None

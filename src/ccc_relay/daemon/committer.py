@@ -19,9 +19,11 @@ transaction, and are durable before anyone is answered in one of two ways:
   second, on a background thread and off the commit path, the audit file is
   fsynced; the next batch then drops those lines from the outbox. After a power
   cut, the daemon's start copies what the outbox holds beyond the files back.
-* a big batch fsyncs the audit file on a second thread while SQLite commits:
-  two flushes that overlap, amortised over hundreds of messages, and cheaper in
-  CPU than copying every line into relay.db.
+* a big batch fsyncs the audit file on a second thread while SQLite takes the
+  batch's statements, and waits for it before COMMIT: a second flush, amortised
+  over hundreds of messages and cheaper in CPU than copying every line into
+  relay.db. Either way relay.db never commits a decision whose audit line a
+  power cut could still take.
 
 The queue is strictly FIFO and reads go through it too, so a read issued after
 a write always sees that write.
@@ -220,13 +222,14 @@ class Committer:
             if seqs:
                 store.update_session_seqs(seqs.items())
             store.set_meta("audit_head", f"{self._audit.seq} {self._audit.head}")
+            if direct is not None:
+                # Before COMMIT, so relay.db never holds a decision whose audit
+                # line a power cut could still take. Raises the fsync's OSError.
+                self._synced = max(self._synced, direct.result())
             store.commit()
         except BaseException:
             store.rollback()
             raise
-        finally:
-            if direct is not None:  # raises the audit fsync's OSError, if any
-                self._synced = max(self._synced, direct.result())
         self._trimmed = max(self._trimmed, trim)
         if staged and direct is None:
             self._outboxed = staged[-1].seq
