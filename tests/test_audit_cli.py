@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ccc_relay.audit.log import AuditLog, AuditRecord, audit_files
+from ccc_relay.audit.files import audit_files
+from ccc_relay.audit.log import AuditLog, AuditRecord
 from ccc_relay.audit.query import Follower, Query, human_line, json_line, parse_when, tail
 from ccc_relay.audit.signing import load_or_create_signing_key, public_base64
 from tests.support import BIN, run_cli

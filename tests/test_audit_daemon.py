@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ccc_relay.audit.log import audit_files
+from ccc_relay.audit.files import audit_files
 from tests.support import FakeClock, run_cli
 from tests.test_relay import audit_lines, wait_for
 

@@ -17,19 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from ccc_relay.audit.body import body_fields
+from ccc_relay.audit.files import FILE_OPENED, GENESIS, audit_files, line_hash
 from ccc_relay.audit.log import (
-    FILE_OPENED,
-    GENESIS,
     RESTORED,
     TORN_LINE,
     AuditLog,
     AuditLogError,
     AuditRecord,
     StagedLine,
-    audit_files,
-    body_fields,
-    line_hash,
 )
+from ccc_relay.audit.recorded import read_recorded_head
 from ccc_relay.audit.retention import expired_count
 from ccc_relay.audit.signing import (
     KEY_FILE,
@@ -42,7 +40,7 @@ from ccc_relay.audit.signing import (
     public_base64,
     public_pem,
 )
-from ccc_relay.audit.verify import read_recorded_head, verify_log
+from ccc_relay.audit.verify import verify_log
 from ccc_relay.credentials import Credential
 from ccc_relay.policy.config import AuditConfig
 from tests.support import FakeClock, RunningRelay, make_config

@@ -20,14 +20,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ccc_relay.audit.log import AuditLog, AuditRecord, audit_files, line_hash
+from ccc_relay.audit.files import audit_files, line_hash
+from ccc_relay.audit.log import AuditLog, AuditRecord
+from ccc_relay.audit.recorded import Head, read_recorded_head
+from ccc_relay.audit.report import Kind, Report
 from ccc_relay.audit.signing import (
     checkpoint_fields,
     load_or_create_signing_key,
     public_base64,
     public_pem,
 )
-from ccc_relay.audit.verify import Head, Kind, Report, read_recorded_head, verify_log
+from ccc_relay.audit.verify import verify_log
 from ccc_relay.store import Store
 from tests.support import FakeClock, run_cli
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ccc_relay.audit.log import AuditLog, AuditRecord, audit_files
+from ccc_relay.audit.files import audit_files
+from ccc_relay.audit.log import AuditLog, AuditRecord
 from ccc_relay.daemon import committer as committer_module
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.store import Store, StoredMessage, StoreFailure

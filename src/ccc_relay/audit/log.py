@@ -30,13 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
-import re
-import stat
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +42,25 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ccc_relay.audit import retention as _retention
+from ccc_relay.audit.files import (
+    CHAIN_KEYS,
+    FILE_OPENED,
+    GENESIS,
+    Tail,
+    audit_files,
+    day_of,
+    day_of_file,
+    decode_line,
+    file_for_day,
+    line_hash,
+    read_tail,
+)
 from ccc_relay.audit.signing import CHECKPOINT, checkpoint_fields
-from ccc_relay.policy.sanitize import SanitizeOptions, sanitize
 
 log = logging.getLogger("ccc_relay.audit")
 
-GENESIS = "0" * 64  # ``prev`` of the very first line
-CHAIN_KEYS = ("seq", "ts", "prev", "event")  # an event's own fields never overwrite these
-FILE_PREFIX = "audit-"
-FILE_SUFFIX = ".jsonl"
-FILE_OPENED = "file_opened"
 TORN_LINE = "torn_line_dropped"
 RESTORED = "audit_lines_restored"
-_FILE_NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.jsonl$")
-_READ_BLOCK = 64 * 1024  # first step when reading a file backwards; doubles for long lines
-_AUDIT_COPY = SanitizeOptions(paths="off")  # secrets out; paths are not the audit's business
 
 _encoder = msgspec.json.Encoder()
 
@@ -84,93 +84,6 @@ class AuditRecord:
     ts: float
     event: str
     fields: dict[str, Any]
-
-
-def day_of(ts: float) -> str:
-    """The UTC day of ``ts`` (Unix days are exactly 86400 s: no leap seconds)."""
-    return _day_name(int(ts // 86400))
-
-
-@functools.lru_cache(maxsize=8)
-def _day_name(day: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
-
-
-def file_for_day(log_dir: Path, day: str) -> Path:
-    return log_dir / f"{FILE_PREFIX}{day}{FILE_SUFFIX}"
-
-
-def day_of_file(path: Path) -> str | None:
-    """``audit-2024-05-01.jsonl`` -> ``2024-05-01``; None for any other name."""
-    match = _FILE_NAME.match(path.name)
-    return match.group(1) if match else None
-
-
-def audit_files(log_dir: Path) -> list[Path]:
-    """The log's files, oldest first (the names sort by day); symlinks are not the log's."""
-    try:
-        entries = list(log_dir.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = []
-    for path in entries:
-        if day_of_file(path) is None:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                found.append(path)
-    return sorted(found)
-
-
-def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Tail:
-    last: bytes | None  # the last complete line, without its newline
-    torn: int  # bytes after the last newline: an unfinished line
-    size: int
-
-
-def read_tail(path: Path) -> Tail:
-    """The last complete line of ``path``, however long. Raises OSError."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        buf = b""
-        pos = size
-        while True:
-            nl = buf.rfind(b"\n")
-            if nl != -1:
-                start = buf.rfind(b"\n", 0, nl)
-                if start != -1 or pos == 0:
-                    return Tail(buf[start + 1 : nl], len(buf) - nl - 1, size)
-            elif pos == 0:
-                return Tail(None, len(buf), size)
-            step = min(max(_READ_BLOCK, len(buf)), pos)
-            pos -= step
-            f.seek(pos)
-            buf = f.read(step) + buf
-
-
-def decode_line(line: bytes) -> dict[str, Any]:
-    """A line's record. Raises ValueError unless it is an object with the chain keys."""
-    try:
-        record = msgspec.json.decode(line)
-    except msgspec.DecodeError:
-        raise ValueError("not JSON") from None
-    if not isinstance(record, dict):
-        raise ValueError("not a JSON object")
-    seq, prev = record.get("seq"), record.get("prev")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise ValueError("no valid 'seq'")
-    if not isinstance(record.get("ts"), int | float) or isinstance(record.get("ts"), bool):
-        raise ValueError("no valid 'ts'")
-    if not isinstance(prev, str) or len(prev) != 64:
-        raise ValueError("no valid 'prev'")
-    if not isinstance(record.get("event"), str):
-        raise ValueError("no valid 'event'")
-    return record
 
 
 def _fsync_dir(path: Path) -> None:
@@ -270,8 +183,8 @@ class AuditLog:
         The lines are in the page cache, visible to readers, but on disk only
         after a later :meth:`sync_owed` callable returned. The caller keeps
         the returned lines durable meanwhile (the committer puts them in
-        relay.db's outbox, in the transaction they describe). Raises OSError
-        on I/O failure.
+        relay.db's outbox, in the transaction they describe, or fsyncs them
+        before that transaction commits). Raises OSError on I/O failure.
         """
         staged: list[StagedLine] = []
         if not records:
@@ -514,25 +427,3 @@ class AuditLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def body_fields(
-    body: str, log_all_messages: bool, *, secrets_removed: bool = False
-) -> dict[str, Any]:
-    """What the audit keeps of a body: all of it less any secret, or only its size and hash.
-
-    A credential must never reach an audit line: unless the caller says the
-    body already went through secret redaction (``secrets_removed``, the
-    relay's own pass), the audit copy is scrubbed here. ``size`` is the body's
-    size as stored.
-    """
-    data = body.encode("utf-8")
-    if not log_all_messages:
-        return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    if secrets_removed:
-        return {"body": body, "size": len(data)}
-    kept = sanitize(body, _AUDIT_COPY)
-    fields: dict[str, Any] = {"body": kept.text, "size": len(data)}
-    if kept.secret_kinds:
-        fields["redacted"] = sorted(kept.secret_kinds)
-    return fields

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ccc_relay.audit.log import CHAIN_KEYS, audit_files, day_of, day_of_file, decode_line
+from ccc_relay.audit.files import CHAIN_KEYS, audit_files, day_of, day_of_file, decode_line
 from ccc_relay.policy.units import UnitError, parse_duration
 
 SUMMARY_WIDTH = 80  # characters of body or details on a human-readable line

@@ -28,159 +28,23 @@ after it is anchored any more.
 
 from __future__ import annotations
 
-import sqlite3
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from itertools import islice
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ccc_relay.audit.log import FILE_OPENED, GENESIS, audit_files, decode_line, line_hash
-from ccc_relay.audit.retention import RETENTION_CUT, explains_start
+from ccc_relay.audit.files import FILE_OPENED, GENESIS, audit_files, decode_line, line_hash
+from ccc_relay.audit.lines import Line, Peekable, read_lines, retention_cuts
+from ccc_relay.audit.recorded import Head
+from ccc_relay.audit.report import Break, Kind, Report
+from ccc_relay.audit.retention import explains_start
 from ccc_relay.audit.signing import CHECKPOINT, signature_problem
 
 LOOKAHEAD = 1000  # lines examined to tell a moved line from a deleted one
-_KEPT_EVENTS = {FILE_OPENED, CHECKPOINT, RETENTION_CUT}  # lines whose fields verify reads
 
 
-class Kind(StrEnum):
-    EDITED = "edited"
-    DELETED = "deleted"
-    FILE_DELETED = "file deleted"
-    REORDERED = "reordered"
-    INSERTED = "inserted"
-    TRUNCATED = "truncated"
-    FORGED = "forged checkpoint"
-
-
-@dataclass(frozen=True, slots=True)
-class Break:
-    """The first place the chain does not hold."""
-
-    kind: Kind
-    file: str | None
-    line: int | None
-    detail: str
-
-    def __str__(self) -> str:
-        if self.file is None:
-            return f"{self.kind}: {self.detail}"
-        where = self.file if self.line is None else f"{self.file} line {self.line}"
-        return f"{self.kind} at {where}: {self.detail}"
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    seq: int
-    hash: str
-
-    @classmethod
-    def parse(cls, text: str) -> Head:
-        """``"<seq> <sha256>"`` as relay.db keeps it. Raises ValueError if malformed."""
-        seq, digest = text.split()
-        if not seq.isdigit() or len(digest) != 64:
-            raise ValueError(f"not '<seq> <sha256>': {text!r}")
-        int(digest, 16)
-        return cls(int(seq), digest)
-
-    def __str__(self) -> str:
-        return f"{self.seq} {self.hash}"
-
-
-class HeadUnavailable(OSError):
-    """relay.db exists but its recorded head cannot be read."""
-
-
-@dataclass(slots=True)
-class Report:
-    files: int = 0
-    lines: int = 0
-    head: Head = field(default_factory=lambda: Head(0, GENESIS))
-    checkpoints: int = 0
-    signatures: int = 0  # checkpoints whose signature was verified with a key
-    starts_after_cut: bool = False
-    problem: Break | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.problem is None
-
-    def as_dict(self) -> dict[str, Any]:
-        problem = self.problem
-        return {
-            "ok": self.ok,
-            "files": self.files,
-            "lines": self.lines,
-            "head": {"seq": self.head.seq, "hash": self.head.hash},
-            "checkpoints": self.checkpoints,
-            "signatures_verified": self.signatures,
-            "starts_after_retention_cut": self.starts_after_cut,
-            "notes": self.notes,
-            "problem": None
-            if problem is None
-            else {
-                "kind": str(problem.kind),
-                "file": problem.file,
-                "line": problem.line,
-                "detail": problem.detail,
-            },
-        }
-
-
-def read_recorded_head(db_path: Path) -> Head | None:
-    """The head relay.db recorded; None when there is no database or no head yet.
-
-    Opens the database read-only. Raises HeadUnavailable when it cannot be
-    read or its ``audit_head`` is malformed.
-    """
-    if not db_path.exists():
-        return None
-    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise HeadUnavailable(f"cannot read the recorded head from {db_path}: {exc}") from None
-    if row is None:
-        return None
-    try:
-        return Head.parse(str(row[0]))
-    except ValueError as exc:
-        raise HeadUnavailable(f"{db_path}: audit_head is malformed: {exc}") from None
-
-
-def read_outbox(db_path: Path) -> list[tuple[int, bytes]]:
-    """The audit lines relay.db keeps until their file is fsynced: (seq, line), oldest first.
-
-    Raises HeadUnavailable when the database cannot be read.
-    """
-    if not db_path.exists():
-        return []
-    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            exists = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_outbox'"
-            ).fetchone()
-            rows = db.execute("SELECT seq, line FROM audit_outbox ORDER BY seq") if exists else []
-            return [(int(seq), bytes(line)) for seq, line in rows]
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise HeadUnavailable(f"cannot read the audit outbox from {db_path}: {exc}") from None
-
-
-def _bridged(prev: _Line, recorded: Head, outbox: Sequence[tuple[int, bytes]]) -> bool:
+def _bridged(prev: Line, recorded: Head, outbox: Sequence[tuple[int, bytes]]) -> bool:
     """Do the outbox's lines continue the chain from ``prev`` exactly to ``recorded``?"""
     seq, head = prev.seq, prev.hash
     for line_seq, line in outbox:
@@ -198,96 +62,7 @@ def _bridged(prev: _Line, recorded: Head, outbox: Sequence[tuple[int, bytes]]) -
     return False
 
 
-# --- reading ----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Line:
-    path: Path
-    number: int
-    complete: bool
-    hash: str
-    seq: int
-    prev: str
-    event: str
-    fields: dict[str, Any] | None  # kept only for the events verify reads
-    problem: str | None
-
-    @property
-    def where(self) -> str:
-        return f"{self.path.name} line {self.number}"
-
-
-def _read(files: list[Path]) -> Iterator[_Line]:
-    for path in files:
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                complete = raw.endswith(b"\n")
-                data = raw[:-1] if complete else raw
-                digest = line_hash(data)
-                try:
-                    record = decode_line(data)
-                except ValueError as exc:
-                    yield _Line(path, number, complete, digest, 0, "", "", None, str(exc))
-                    continue
-                event = record["event"]
-                fields = record if event in _KEPT_EVENTS else None
-                yield _Line(
-                    path,
-                    number,
-                    complete,
-                    digest,
-                    record["seq"],
-                    record["prev"],
-                    event,
-                    fields,
-                    None,
-                )
-
-
-def _cuts(files: list[Path]) -> list[tuple[int, dict[str, Any]]]:
-    """Every retention_cut line: (its seq, its record)."""
-    found = []
-    for path in files:
-        with open(path, "rb") as f:
-            for raw in f:
-                if RETENTION_CUT.encode() not in raw:
-                    continue
-                try:
-                    record = decode_line(raw.rstrip(b"\n"))
-                except ValueError:
-                    continue
-                if record["event"] == RETENTION_CUT:
-                    found.append((int(record["seq"]), record))
-    return found
-
-
-class _Ahead:
-    """An iterator that can look ahead without consuming."""
-
-    def __init__(self, it: Iterator[_Line]) -> None:
-        self._it = it
-        self._buf: deque[_Line] = deque()
-
-    def __iter__(self) -> _Ahead:
-        return self
-
-    def __next__(self) -> _Line:
-        return self._buf.popleft() if self._buf else next(self._it)
-
-    def peek(self, count: int) -> list[_Line]:
-        while len(self._buf) < count:
-            try:
-                self._buf.append(next(self._it))
-            except StopIteration:
-                break
-        return list(islice(self._buf, count))
-
-
-# --- checking ---------------------------------------------------------------
-
-
-def _at(kind: Kind, line: _Line, detail: str) -> Break:
+def _at(kind: Kind, line: Line, detail: str) -> Break:
     return Break(kind, line.path.name, line.number, detail)
 
 
@@ -301,16 +76,16 @@ def verify_log(
     """Walk the chain in ``log_dir`` and report the first break, if any.
 
     ``recorded`` is the head kept outside the log (relay.db) and ``outbox``
-    the lines relay.db still keeps (:func:`read_outbox`); ``public_key``
+    the lines relay.db still keeps (``recorded.read_outbox``); ``public_key``
     checks checkpoint signatures. Raises OSError when a file cannot be read.
     """
     files = audit_files(log_dir)
     report = Report(files=len(files))
     names = {p.name for p in files}
-    cuts = _cuts(files)
-    lines = _Ahead(_read(files))
-    prev: _Line | None = None
-    before: _Line | None = None
+    cuts = retention_cuts(files)
+    lines = Peekable(read_lines(files))
+    prev: Line | None = None
+    before: Line | None = None
     head_seen = False
     start_cut: int | None = None  # seq of the cut line that explains the start
     anchor = recorded.seq if recorded is not None else 0  # lines up to here are vouched for
@@ -372,11 +147,11 @@ def verify_log(
 
 
 def _check_start(
-    line: _Line, cuts: list[tuple[int, dict[str, Any]]], names: set[str], ahead: list[_Line]
+    line: Line, cuts: list[tuple[int, dict[str, Any]]], names: set[str], ahead: list[Line]
 ) -> tuple[Break | None, int | None]:
     """The first line: genesis, or explained by a retention cut; else what is missing."""
 
-    def starts(x: _Line) -> bool:
+    def starts(x: Line) -> bool:
         return x.problem is None and (x.seq == 1 and x.prev == GENESIS)
 
     if starts(line):
@@ -404,7 +179,7 @@ def _check_start(
 
 
 def _classify(
-    line: _Line, prev: _Line, before: _Line | None, ahead: list[_Line], names: set[str],
+    line: Line, prev: Line, before: Line | None, ahead: list[Line], names: set[str],
     recorded: Head | None,
 ) -> Break:  # fmt: skip
     """Name what happened where ``line`` does not follow ``prev``."""
@@ -452,7 +227,7 @@ def _classify(
                "the first of its file (lines or a whole file deleted)")  # fmt: skip
 
 
-def _edited(line: _Line, prev: _Line, nxt: _Line | None, recorded: Head | None) -> Break:
+def _edited(line: Line, prev: Line, nxt: Line | None, recorded: Head | None) -> Break:
     """``line`` has the right seq but its prev does not name ``prev``: which one changed?"""
     if nxt is not None:
         intact = nxt.prev == line.hash
@@ -469,7 +244,7 @@ def _edited(line: _Line, prev: _Line, nxt: _Line | None, recorded: Head | None) 
 
 
 def _check_checkpoint(
-    line: _Line, prev: _Line | None, key: Ed25519PublicKey | None, report: Report
+    line: Line, prev: Line | None, key: Ed25519PublicKey | None, report: Report
 ) -> Break | None:
     report.checkpoints += 1
     fields = line.fields or {}
@@ -484,7 +259,7 @@ def _check_checkpoint(
     return None
 
 
-def _check_tail(prev: _Line | None, recorded: Head | None, head_seen: bool) -> Break | None:
+def _check_tail(prev: Line | None, recorded: Head | None, head_seen: bool) -> Break | None:
     if recorded is None or recorded.seq == 0 or head_seen:
         return None
     if prev is None:

@@ -65,12 +65,8 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(config_path: str | None, pubkey_path: str | None, as_json: bool) -> None:
     """Check the whole chain; exit 1 naming the first edited, missing or moved line."""
-    from ccc_relay.audit.verify import (
-        HeadUnavailable,
-        read_outbox,
-        read_recorded_head,
-        verify_log,
-    )
+    from ccc_relay.audit.recorded import HeadUnavailable, read_outbox, read_recorded_head
+    from ccc_relay.audit.verify import verify_log
 
     config = _config(config_path)
     notes: list[str] = []

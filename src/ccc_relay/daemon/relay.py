@@ -22,7 +22,8 @@ from typing import Any
 
 import msgspec
 
-from ccc_relay.audit.log import AuditRecord, body_fields
+from ccc_relay.audit.body import body_fields
+from ccc_relay.audit.log import AuditRecord
 from ccc_relay.daemon.admission import Admission
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.routing import Routing

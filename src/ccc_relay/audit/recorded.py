@@ -1,0 +1,82 @@
+"""What relay.db records about the audit log, read without the relay.
+
+``meta.audit_head`` is the head the relay last committed: ``verify`` checks
+that the log reaches it, so a cut tail shows. ``audit_outbox`` holds the lines
+committed but not yet fsynced to their file. The database is opened read-only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        """``"<seq> <sha256>"`` as relay.db keeps it. Raises ValueError if malformed."""
+        seq, digest = text.split()
+        if not seq.isdigit() or len(digest) != 64:
+            raise ValueError(f"not '<seq> <sha256>': {text!r}")
+        int(digest, 16)
+        return cls(int(seq), digest)
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.hash}"
+
+
+class HeadUnavailable(OSError):
+    """relay.db exists but its recorded head cannot be read."""
+
+
+def read_recorded_head(db_path: Path) -> Head | None:
+    """The head relay.db recorded; None when there is no database or no head yet.
+
+    Opens the database read-only. Raises HeadUnavailable when it cannot be
+    read or its ``audit_head`` is malformed.
+    """
+    if not db_path.exists():
+        return None
+    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise HeadUnavailable(f"cannot read the recorded head from {db_path}: {exc}") from None
+    if row is None:
+        return None
+    try:
+        return Head.parse(str(row[0]))
+    except ValueError as exc:
+        raise HeadUnavailable(f"{db_path}: audit_head is malformed: {exc}") from None
+
+
+def read_outbox(db_path: Path) -> list[tuple[int, bytes]]:
+    """The audit lines relay.db keeps until their file is fsynced: (seq, line), oldest first.
+
+    Raises HeadUnavailable when the database cannot be read.
+    """
+    if not db_path.exists():
+        return []
+    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_outbox'"
+            ).fetchone()
+            rows = db.execute("SELECT seq, line FROM audit_outbox ORDER BY seq") if exists else []
+            return [(int(seq), bytes(line)) for seq, line in rows]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise HeadUnavailable(f"cannot read the audit outbox from {db_path}: {exc}") from None
