@@ -56,8 +56,9 @@ def test_tiny_run_reports_every_column_and_plausible_numbers(tmp_path: Path) -> 
         assert row.rate is not None and 10 < row.rate < 10_000_000
         # CPU is metered from before the clients connect, but divided by the
         # span from first send to last receipt; in a run this tiny the set-up
-        # can outweigh the span, so only the sign is checked here.
-        assert row.server_cpu is not None and row.server_cpu > 0
+        # can outweigh the span (or all of it fit in one clock tick), so only
+        # the sign is checked here.
+        assert row.server_cpu is not None and row.server_cpu >= 0
         assert row.client_cpu is not None and row.client_cpu >= 0
         if row.case == "lat-1k":
             assert row.msgs == int(1000 * TINY.paced_seconds)
