@@ -37,10 +37,11 @@ def test_every_cited_test_exists() -> None:
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     first_block = readme.split("```")[1]
-    assert "./dev.sh start" in first_block and "./dev.sh test" in first_block
+    [test_line] = [line for line in first_block.splitlines() if line.startswith("./dev.sh test")]
+    assert any(line.startswith("./dev.sh start") for line in first_block.splitlines())
     commands = [
-        line.strip()
+        line
         for line in (ROOT / ".ci" / "run").read_text().splitlines()
-        if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))
+        if line.strip() and not line.startswith("#")
     ]
-    assert commands == ["./dev.sh test"]
+    assert commands == [test_line]  # the README's line, character for character
