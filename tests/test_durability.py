@@ -52,18 +52,26 @@ def verify_audit(state: Path) -> str:
     return result.stdout + result.stderr
 
 
-def test_sigkill_right_after_accept_loses_nothing(state_dir: Path) -> None:
-    proc = start_daemon(state_dir)
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def send_then_sigkill(state: Path, count: int) -> tuple[list[str], Endpoint]:
+    """Start a daemon, have alice send ``count`` messages to bob one by one, and
+    SIGKILL it right after the last ``accepted``. Returns the accepted ids and
+    bob's endpoint."""
+    proc = start_daemon(state)
     try:
-        admin = AdminClient(state_dir / "admin.sock")
+        admin = AdminClient(state / "admin.sock")
         creds = {name: Credential.generate() for name in ("alice", "bob")}
         for name, cred in creds.items():
             admin.request("agent_add", name=name, cred_hash=cred.digest())
         admin.request("allow", sender="alice", recipient="bob")
-        alice = Endpoint(state_dir / "daemon.sock", "alice", creds["alice"])
-        bob = Endpoint(state_dir / "daemon.sock", "bob", creds["bob"])
-        with RelayClient(alice) as a:
-            accepted = [a.send("bob", f"message {i}").id for i in range(300)]
+        with RelayClient(Endpoint(state / "daemon.sock", "alice", creds["alice"])) as a:
+            accepted = [a.send("bob", f"message {i}").id for i in range(count)]
             proc.send_signal(signal.SIGKILL)  # no chance to flush anything
         proc.wait(10)
     finally:
@@ -71,8 +79,12 @@ def test_sigkill_right_after_accept_loses_nothing(state_dir: Path) -> None:
             proc.kill()
         if proc.stderr:
             proc.stderr.close()
-    (state_dir / "daemon.pid").unlink()  # a SIGKILLed daemon cannot remove it
+    (state / "daemon.pid").unlink()  # a SIGKILLed daemon cannot remove it
+    return accepted, Endpoint(state / "daemon.sock", "bob", creds["bob"])
 
+
+def test_sigkill_right_after_accept_loses_nothing(state_dir: Path) -> None:
+    accepted, bob = send_then_sigkill(state_dir, 300)
     proc = start_daemon(state_dir)
     try:
         received: list[str] = []
@@ -83,37 +95,18 @@ def test_sigkill_right_after_accept_loses_nothing(state_dir: Path) -> None:
         with RelayClient(bob) as b:
             assert b.inbox() == []
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+        stop_daemon(proc)
 
 
 def test_audit_lines_a_power_cut_kept_from_the_files_come_back_from_relay_db(
     state_dir: Path,
 ) -> None:
-    """Each batch's audit lines are committed to relay.db's outbox with the batch
-    and reach their file's disk blocks only at the next audit fsync. A power cut
-    in between loses the file's tail (simulated: cut after the SIGKILL); the
-    next start writes it back from the outbox and the chain verifies."""
-    proc = start_daemon(state_dir)
-    try:
-        admin = AdminClient(state_dir / "admin.sock")
-        cred = Credential.generate()
-        for name in ("alice", "bob"):
-            admin.request("agent_add", name=name, cred_hash=Credential.generate().digest()
-                          if name == "bob" else cred.digest())  # fmt: skip
-        admin.request("allow", sender="alice", recipient="bob")
-        with RelayClient(Endpoint(state_dir / "daemon.sock", "alice", cred)) as a:
-            accepted = [a.send("bob", f"note {i}").id for i in range(50)]
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stderr:
-            proc.stderr.close()
-    (state_dir / "daemon.pid").unlink()
+    """A small batch's audit lines are committed to relay.db's outbox with the
+    batch and reach their file's disk blocks only at the next audit fsync. A
+    power cut in between loses the file's tail (simulated: cut after the
+    SIGKILL); the next start writes it back from the outbox and the chain
+    verifies."""
+    accepted, _bob = send_then_sigkill(state_dir, 50)  # one send at a time: small batches
 
     db = sqlite3.connect(state_dir / "relay.db")
     outbox = db.execute("SELECT seq, line FROM audit_outbox ORDER BY seq").fetchall()
@@ -137,11 +130,7 @@ def test_audit_lines_a_power_cut_kept_from_the_files_come_back_from_relay_db(
     db.commit()
     db.close()
 
-    proc = start_daemon(state_dir)
-    proc.terminate()
-    proc.wait(10)
-    if proc.stderr:
-        proc.stderr.close()
+    stop_daemon(start_daemon(state_dir))
     records = [json.loads(line) for line in path.read_bytes().splitlines()]
     ids = {r["id"] for r in records if r["event"] == "accepted"}
     assert ids == set(accepted)
