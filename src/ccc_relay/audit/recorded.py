@@ -8,9 +8,13 @@ committed but not yet fsynced to their file. The database is opened read-only.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,19 @@ class HeadUnavailable(OSError):
     """relay.db exists but its recorded head cannot be read."""
 
 
+def _read(db_path: Path, what: str, query: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``query`` on relay.db opened read-only. Raises HeadUnavailable."""
+    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            return query(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise HeadUnavailable(f"cannot read {what} from {db_path}: {exc}") from None
+
+
 def read_recorded_head(db_path: Path) -> Head | None:
     """The head relay.db recorded; None when there is no database or no head yet.
 
@@ -43,15 +60,8 @@ def read_recorded_head(db_path: Path) -> Head | None:
     """
     if not db_path.exists():
         return None
-    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise HeadUnavailable(f"cannot read the recorded head from {db_path}: {exc}") from None
+    row = _read(db_path, "the recorded head", lambda db: db.execute(
+        "SELECT value FROM meta WHERE key = 'audit_head'").fetchone())  # fmt: skip
     if row is None:
         return None
     try:
@@ -67,16 +77,12 @@ def read_outbox(db_path: Path) -> list[tuple[int, bytes]]:
     """
     if not db_path.exists():
         return []
-    uri = f"file:{quote(str(db_path.absolute()))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            exists = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_outbox'"
-            ).fetchone()
-            rows = db.execute("SELECT seq, line FROM audit_outbox ORDER BY seq") if exists else []
-            return [(int(seq), bytes(line)) for seq, line in rows]
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise HeadUnavailable(f"cannot read the audit outbox from {db_path}: {exc}") from None
+
+    def query(db: sqlite3.Connection) -> list[tuple[int, bytes]]:
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_outbox'"
+        ).fetchone()
+        rows = db.execute("SELECT seq, line FROM audit_outbox ORDER BY seq") if exists else []
+        return [(int(seq), bytes(line)) for seq, line in rows]
+
+    return _read(db_path, "the audit outbox", query)
