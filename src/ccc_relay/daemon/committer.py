@@ -147,11 +147,12 @@ class Committer:
         if self.failure is not None:
             self._fail(batch, self.failure)
             return
+        small = len(batch) <= INLINE_BATCH
         try:
-            if len(batch) <= INLINE_BATCH:
-                results = self._apply(batch)
+            if small:
+                results = self._apply(batch, small)
             else:
-                results = await loop.run_in_executor(self._executor, self._apply, batch)
+                results = await loop.run_in_executor(self._executor, self._apply, batch, small)
         except (OSError, sqlite3.Error) as exc:
             self.failure = f"durable store failed: {exc}"
             log.critical("%s; the relay stops accepting messages", self.failure)
@@ -171,7 +172,7 @@ class Committer:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-        if len(batch) <= INLINE_BATCH:
+        if small:
             # The loop never waited for this commit. Give it two turns -- one
             # for the futures' callbacks (answers, pushes), one for the socket
             # writes they schedule -- before the next commit holds it again.
@@ -184,15 +185,14 @@ class Committer:
             if job.future is not None and not job.future.done():
                 job.future.set_exception(StoreFailure(reason))
 
-    def _apply(self, batch: list[Job]) -> list[Any]:
-        """Runs on the committer thread (or the loop's, for a small batch)."""
+    def _apply(self, batch: list[Job], small: bool) -> list[Any]:
+        """Runs on the committer thread (or the loop's, for a ``small`` batch)."""
         staged = self._audit.append_unsynced([record for job in batch for record in job.audit])
         self._collect_audit_sync()
         # A big batch fsyncs its audit lines beside the commit: one flush
         # amortised over the batch costs less CPU than copying every line into
         # relay.db. A small one lets them ride the commit's own fsync instead.
-        direct = self._syncer.submit(self._audit.sync_owed()) if (
-            staged and len(batch) > INLINE_BATCH) else None  # fmt: skip
+        direct = self._syncer.submit(self._audit.sync_owed()) if staged and not small else None
         outbox_synced = self._synced > self._trimmed and self._outboxed > self._trimmed
         trim = self._synced if outbox_synced else 0
         store = self._store
@@ -230,7 +230,8 @@ class Committer:
         except BaseException:
             store.rollback()
             raise
-        self._trimmed = max(self._trimmed, trim)
+        if trim:
+            self._trimmed = trim
         if staged and direct is None:
             self._outboxed = staged[-1].seq
         self._start_audit_sync()
