@@ -132,3 +132,53 @@ def test_a_big_batch_commits_nothing_when_its_audit_fsync_fails(
     # The decisions whose audit lines may not be on disk were never committed.
     assert store.pending_count("bob") == 0
     assert store.get_meta("audit_head") is None
+
+
+def lazy_job(n: int) -> Job:
+    return Job(audit=[AuditRecord(T0 + n, "delivered", {"id": f"m_{n}"})])
+
+
+async def run_committer(committer: Committer, scenario) -> None:
+    runner = asyncio.ensure_future(committer.run())
+    try:
+        await scenario()
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
+def test_jobs_nobody_waits_for_ride_with_the_next_waited_for_job(parts) -> None:
+    """A delivery's audit line, queued as its message commits, costs no commit of its own."""
+    _store, audit, committer = parts
+
+    async def scenario() -> None:
+        first = committer.submit(message_job(1))
+        assert first is not None
+        # What the relay does once a message is durable: push it, audit the push.
+        first.add_done_callback(lambda _f: committer.submit(lazy_job(1), want_result=False))
+        await first
+        await asyncio.sleep(committer_module.LAZY_DELAY / 4)
+        assert committer.batches == 1  # the delivery line is still queued
+        await committer.submit(message_job(2))  # type: ignore[misc]
+        assert committer.batches == 2  # it went with message 2
+
+    asyncio.run(run_committer(committer, scenario))
+    events = [line for line in audit_files(audit.log_dir)[0].read_bytes().splitlines()]
+    assert [b'"delivered"' in line for line in events[-2:]] == [True, False]
+
+
+def test_a_job_nobody_waits_for_is_committed_within_the_lazy_delay(parts) -> None:
+    store, audit, committer = parts
+
+    async def scenario() -> None:
+        committer.submit(lazy_job(1), want_result=False)
+        await asyncio.sleep(0)
+        assert committer.batches == 0
+        await asyncio.sleep(committer_module.LAZY_DELAY * 3)
+        assert committer.batches == 1
+        await asyncio.sleep(committer_module.LAZY_DELAY * 3)
+        assert committer.batches == 1  # and no empty commits after it
+
+    asyncio.run(run_committer(committer, scenario))
+    assert store.get_meta("audit_head") == f"{audit.seq} {audit.head}"

@@ -85,6 +85,7 @@ class Committer:
         self._store = store
         self._audit = audit
         self._queue: list[Job] = []
+        self._waited = 0  # queued jobs someone waits for
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-commit")
         # The audit file's fsyncs run here, beside the commits.
@@ -111,10 +112,24 @@ class Committer:
         self._queue.append(job)
         if want_result:
             job.future = asyncio.get_running_loop().create_future()
+            self._waited += 1
             self._wake.set()
-        elif self._lazy_timer is None and not self._wake.is_set():
-            self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_DELAY, self._wake.set)
+        elif not self._wake.is_set():
+            self._arm_lazy_timer()
         return job.future
+
+    def _arm_lazy_timer(self) -> None:
+        if self._lazy_timer is None:
+            self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_DELAY, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        self._wake.set()
+
+    def _take_batch(self) -> list[Job]:
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        self._waited -= sum(1 for job in batch if job.future is not None)
+        return batch
 
     async def read(self, fn: Callable[[Store], Any]) -> Any:
         """Run a read on the store, in order with queued writes."""
@@ -131,17 +146,23 @@ class Committer:
                 if self._lazy_timer is not None:
                     self._lazy_timer.cancel()
                     self._lazy_timer = None
-                while self._queue:
-                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                    await self._commit(loop, batch)
+                if self._queue:
+                    await self._commit(loop, self._take_batch())
+                # Go on while someone waits. Jobs nobody waits for that came in
+                # meanwhile (a delivery's audit line, say) ride with the next
+                # waited-for job instead of costing a commit of their own.
+                while self._waited:
+                    await self._commit(loop, self._take_batch())
+                self._wake.clear()  # whoever set it has been committed
+                if self._queue:
+                    self._arm_lazy_timer()
         finally:
             await self._drain(loop)
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On shutdown, write what is queued before the store closes."""
         while self._queue and self.failure is None:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            await asyncio.shield(self._commit(loop, batch))
+            await asyncio.shield(self._commit(loop, self._take_batch()))
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
         if self.failure is not None:
@@ -159,6 +180,7 @@ class Committer:
             self._fail(batch, self.failure)
             self._fail(self._queue, self.failure)
             self._queue = []
+            self._waited = 0
             if self.on_failure is not None:
                 self.on_failure(self.failure)
             return
