@@ -1,0 +1,99 @@
+"""The shapes of a validated config: frozen values, their defaults, and ConfigError.
+
+Everything here is a plain value: building one checks nothing. Checking is the
+loader's job (:mod:`.config`, with :mod:`.config_fields` and
+:mod:`.config_sections`), so that a ``Config`` in hand has always been
+validated before anything binds. The types live apart from the loader so the
+section parsers can build them without importing the loader back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccc_relay.policy.anomaly import AnomalyConfig
+from ccc_relay.policy.sanitize import SanitizeOptions
+
+DEFAULT_MAX_MESSAGE_SIZE = 1_000_000  # the seed's 1MB, SI
+DEFAULT_RATE_PER_MINUTE = 100.0
+DEFAULT_SESSION_TIMEOUT = 24 * 3600.0
+DEFAULT_RETENTION = 30 * 86400.0
+# Hard ceiling on max_message_size: the line cap is six times it and every
+# connection may hold one line, so a larger value is a memory hazard.
+MAX_MESSAGE_SIZE_CEILING = 16 * 1000**2
+
+
+class ConfigError(ValueError):
+    """A config that must not be used; the message names key and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    rate_per_minute: float = DEFAULT_RATE_PER_MINUTE  # per session
+    agent_rate_per_minute: float = DEFAULT_RATE_PER_MINUTE  # per agent, all sessions together
+    pair_rate_per_minute: float = DEFAULT_RATE_PER_MINUTE  # per (sender, recipient)
+    global_rate_per_minute: float = 60_000.0  # the whole relay
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    require_session_auth: bool = True
+    hello_timeout: float = 5.0  # an unauthenticated connection is closed after this
+    max_connections: int = 4096
+    max_unauthenticated: int = 64
+    auth_failures_per_minute: float = 10.0  # per peer uid, before hellos are throttled
+    sanitize: SanitizeOptions = field(default_factory=SanitizeOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    log_path: Path
+    log_all_messages: bool = True
+    retention: float = DEFAULT_RETENTION
+    log_group: str | None = None  # files become 0640 with this group (readers of the log)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A declared pair: ``sender`` may send to ``recipient``."""
+
+    sender: str
+    recipient: str
+    action: str = "allow"  # allow | hold
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: Path
+    socket_path: Path
+    admin_socket_path: Path
+    audit: AuditConfig
+    limits: Limits = field(default_factory=Limits)
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    user: str | None = None
+    rules: tuple[Rule, ...] = ()
+    # One socket per agent in agent_socket_dir: the socket a container mounts is
+    # its identity; a connection on it can only authenticate as that agent.
+    per_agent_sockets: bool = False
+    agent_socket_dir: Path | None = None  # None: <state_dir>/agents
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    source: Path | None = None  # the file this came from; None for embedded defaults
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "relay.db"
+
+    @property
+    def agent_sockets(self) -> Path:
+        return self.agent_socket_dir or self.state_dir / "agents"
+
+    def agent_socket(self, agent: str) -> Path:
+        return self.agent_sockets / f"{agent}.sock"
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.state_dir / "credentials"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "daemon.pid"
