@@ -1,0 +1,103 @@
+"""The message queue: what is still owed to each recipient, in delivery order.
+
+A message is a row until its recipient acknowledges it, then it is deleted;
+``delivery`` (AUTOINCREMENT, never reused) is the per-recipient order.
+Scheduled messages (``deliver_at``) stay in the queue and are skipped until due.
+
+A mixin of ``Store``: it uses the store's connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ccc_relay.store.records import MESSAGE_COLUMNS, StoredMessage, message_from_row
+
+
+class MessageQueue:
+    # Provided by Store.
+    _db: sqlite3.Connection
+
+    def insert_messages(self, messages: Sequence[StoredMessage]) -> None:
+        self._db.executemany(
+            "INSERT INTO messages (delivery, id, sender, recipient, body, thread, reply_to,"
+            " sent_at, deliver_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    m.delivery,
+                    m.id,
+                    m.sender,
+                    m.recipient,
+                    m.body,
+                    m.thread,
+                    m.reply_to,
+                    m.sent_at,
+                    m.deliver_at,
+                )
+                for m in messages
+            ],
+        )
+
+    def max_delivery(self) -> int:
+        """The highest delivery number ever used (AUTOINCREMENT never reuses one)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        return int(row[0]) if row else 0
+
+    def ack(self, recipient: str, items: Sequence[tuple[int | None, str]]) -> int:
+        """Delete acknowledged messages; only the recipient's own count.
+
+        ``items`` are (delivery number when known, id): with the number the
+        delete is a primary-key lookup, without it the id's index is used. The
+        id and the recipient must match either way.
+        """
+        by_key = [(d, mid, recipient) for d, mid in items if d is not None]
+        by_id = [(mid, recipient) for d, mid in items if d is None]
+        before = self._db.total_changes
+        if by_key:
+            self._db.executemany(
+                "DELETE FROM messages WHERE delivery = ? AND id = ? AND recipient = ?", by_key
+            )
+        if by_id:
+            self._db.executemany("DELETE FROM messages WHERE id = ? AND recipient = ?", by_id)
+        return self._db.total_changes - before
+
+    def due(
+        self,
+        recipient: str,
+        now: float,
+        limit: int,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> list[StoredMessage]:
+        """Messages owed to ``recipient`` that are due, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?"  # noqa: S608
+            " AND (deliver_at IS NULL OR deliver_at <= ?) ORDER BY delivery LIMIT ?",
+            (recipient, now, limit + len(exclude)),
+        ).fetchall()
+        found = [message_from_row(r) for r in rows if r[1] not in exclude]
+        return found[:limit]
+
+    def pending_count(self, recipient: str) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM messages WHERE recipient = ?", (recipient,)
+        ).fetchone()
+        return int(row[0])
+
+    def queue_depths(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT recipient, COUNT(*) FROM messages GROUP BY recipient")
+        return {str(r): int(n) for r, n in rows}
+
+    def next_scheduled(self, after: float) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(deliver_at) FROM messages WHERE deliver_at > ?", (after,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def recipients_due(self, now: float, since: float) -> list[str]:
+        """Recipients with a scheduled message that fell due in (since, now]."""
+        rows = self._db.execute(
+            "SELECT DISTINCT recipient FROM messages WHERE deliver_at > ? AND deliver_at <= ?",
+            (since, now),
+        )
+        return [str(r[0]) for r in rows]

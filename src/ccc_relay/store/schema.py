@@ -1,0 +1,80 @@
+"""The relay.db schema: its tables, its version, and bringing an older file up to it.
+
+Every statement here is idempotent (``IF NOT EXISTS``, a column added only
+when missing), so opening a file any number of times leaves it the same.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    cred_hash TEXT NOT NULL,
+    created REAL NOT NULL,
+    uid INTEGER,
+    gid INTEGER,
+    quarantined TEXT
+);
+CREATE TABLE IF NOT EXISTS rules (
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    action TEXT NOT NULL,
+    PRIMARY KEY (sender, recipient)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sessions_agent ON sessions (agent);
+CREATE TABLE IF NOT EXISTS messages (
+    delivery INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    body TEXT NOT NULL,
+    thread TEXT,
+    reply_to TEXT,
+    sent_at REAL NOT NULL,
+    deliver_at REAL
+);
+CREATE INDEX IF NOT EXISTS messages_recipient ON messages (recipient, delivery);
+CREATE TABLE IF NOT EXISTS held (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    body TEXT NOT NULL,
+    thread TEXT,
+    reply_to TEXT,
+    sent_at REAL NOT NULL,
+    deliver_at REAL
+);
+CREATE INDEX IF NOT EXISTS messages_scheduled ON messages (deliver_at) WHERE deliver_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,
+    line BLOB NOT NULL
+);
+"""
+
+
+def apply_schema(db: sqlite3.Connection) -> None:
+    """Create what is missing, migrate what is old, and record the schema version."""
+    db.executescript(SCHEMA)
+    migrate(db)
+    db.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+    )
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    columns = {row[1] for row in db.execute("PRAGMA table_info(agents)")}
+    if "quarantined" not in columns:
+        db.execute("ALTER TABLE agents ADD COLUMN quarantined TEXT")
