@@ -1,24 +1,33 @@
-"""``ccc run`` and ``ccc firewall``: arguments in, a checked sandbox spec or ruleset out.
+"""``ccc run``: arguments in, a checked sandbox spec out.
 
 The rule this module owns: nothing is started until every host path the
 sandbox needs has been found and checked, and each missing piece is reported
-with the command that provides it. The command lines themselves come from
-``ccc_relay.containers``.
+with the command that provides it. The checks are in ``run_host``; the
+command lines themselves come from ``ccc_relay.containers``. ``ccc firewall``
+lives in ``firewall_cmd`` and is re-exported here with ``agent_socket``, so
+``ccc`` and the tests import both commands from this one place.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from ccc_relay.cli.firewall_cmd import firewall
+from ccc_relay.cli.run_host import (
+    agent_socket,
+    check_reachable,
+    env_pairs,
+    host_paths,
+    load_run_config,
+    size_option,
+)
 from ccc_relay.containers.detect import (
     HostError,
-    Identity,
     access_problem,
     capped_ulimits,
     choose_identity,
@@ -26,15 +35,6 @@ from ccc_relay.containers.detect import (
     group_id,
     needs_new_session,
     present_etc_files,
-)
-from ccc_relay.containers.firewall import (
-    DEFAULT_BRIDGE,
-    FirewallError,
-    IPAddress,
-    apply_ruleset,
-    host_addresses,
-    nft_ruleset,
-    parse_address,
 )
 from ccc_relay.containers.sandbox import exec_sandbox, launch_command, print_line
 from ccc_relay.containers.spec import (
@@ -47,33 +47,23 @@ from ccc_relay.containers.spec import (
     SandboxSpecError,
 )
 from ccc_relay.containers.staging import LaunchError, prepare_podman_rootfs, stage_credential
-from ccc_relay.policy.config import Config, ConfigError, embedded_defaults, load_config
-from ccc_relay.policy.units import UnitError, parse_size
+from ccc_relay.policy.config import Config
 from ccc_relay.protocol.names import agent_name_problem
 
-
-def _config(path: str | None) -> Config:
-    try:
-        return load_config(path) if path else embedded_defaults()
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid config: {exc}") from None
+__all__ = ["ROOT_LAUNCHER_DIR", "agent_socket", "firewall", "launcher_dir", "run"]
 
 
 # Where a root launcher keeps what it lays out for sandboxes (podman's root
 # skeleton, credential copies for container engines): root's own, on tmpfs,
 # never inside the relay's state dir, which the relay's user could rearrange.
+# It stays in this module, next to the command that reads it, because tests
+# move it with monkeypatch.setattr(containers_cmd, "ROOT_LAUNCHER_DIR", ...).
 ROOT_LAUNCHER_DIR = Path("/run/ccc-run")
 
 
 def launcher_dir(config: Config, as_root: bool) -> Path:
     """The private directory for the launcher's own files (see ``staging.private_dir``)."""
     return ROOT_LAUNCHER_DIR if as_root else config.state_dir / "launcher"
-
-
-def agent_socket(config: Config, name: str) -> Path:
-    """The socket to mount for ``name``: its own when the relay made one, else the shared one."""
-    own = config.agent_socket(name)
-    return own if config.per_agent_sockets or own.exists() else config.socket_path
 
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -192,9 +182,9 @@ def run(
     problem = agent_name_problem(name)
     if problem:
         raise click.BadParameter(problem, param_hint="NAME")
-    config = _config(config_path)
+    config = load_run_config(config_path)
     as_root = os.geteuid() == 0
-    project_dir, socket_path, credential = _host_paths(config, name, project)
+    project_dir, socket_path, credential = host_paths(config, name, project)
     try:
         # bubblewrap has no guarded network, so egress looks only at the engines.
         candidates = ("podman", "docker") if network == "egress" else RUNTIMES
@@ -208,7 +198,7 @@ def run(
             socket=socket_path.stat(),
         )
         if as_root:
-            _check_reachable(chosen, identity, project_dir, socket_path)
+            check_reachable(chosen, identity, project_dir, socket_path)
         spec = SandboxSpec(
             agent=name,
             project_dir=project_dir,
@@ -219,12 +209,12 @@ def run(
             extra_gids=identity.extra_gids,
             network=network,
             command=command,
-            memory_limit=_size("--memory", memory),
+            memory_limit=size_option("--memory", memory),
             pids_limit=pids,
-            tmp_size=_size("--tmp-size", tmp_size),
+            tmp_size=size_option("--tmp-size", tmp_size),
             runtime=chosen,
             image=image,
-            env=_env(env),
+            env=env_pairs(env),
             new_session=needs_new_session(),
             tty=sys.stdin.isatty(),
         )
@@ -256,148 +246,4 @@ def run(
         sys.stdout.flush()
         exec_sandbox(spec, argv)
     except (HostError, SandboxSpecError, LaunchError) as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _host_paths(config: Config, name: str, project: Path) -> tuple[Path, Path, Path]:
-    try:
-        project_dir = project.expanduser().resolve(strict=True)
-    except OSError:
-        raise click.ClickException(f"project directory {project} does not exist") from None
-    if not project_dir.is_dir():
-        raise click.ClickException(f"project {project} is not a directory")
-    credential = config.credentials_dir / f"{name}.cred"
-    if not credential.is_file():
-        raise click.ClickException(
-            f"no credential for agent {name!r} at {credential}: run 'ccc agent add {name}' first"
-        )
-    socket_path = agent_socket(config, name)
-    try:
-        is_socket = stat.S_ISSOCK(socket_path.stat().st_mode)
-    except OSError:
-        raise click.ClickException(
-            f"the relay socket {socket_path} does not exist: start the relay with "
-            "'ccc-statusd start' (with the same --config)"
-        ) from None
-    if not is_socket:
-        raise click.ClickException(f"{socket_path} is not a socket; is the config right?")
-    return project_dir, socket_path, credential
-
-
-def _check_reachable(runtime: str, ident: Identity, project: Path, socket_path: Path) -> None:
-    # bwrap runs as the sandbox uid and walks host paths itself; an engine
-    # mounts as root, so only the final inode's permission matters there.
-    walk = runtime == "bwrap"
-    socket_fix = "set daemon.socket_group in the relay's config, or pass --group"
-    if walk and access_problem(socket_path.parent, ident, 1, traverse=True):
-        # The socket sits in a directory the sandbox uid cannot enter (the
-        # embedded defaults keep it in the private 0700 state dir).
-        socket_fix = (
-            "give sandboxes a socket outside the relay's private state dir: in the "
-            "relay's config set daemon.per_agent_sockets: true with daemon.agent_socket_dir "
-            "(a 0711 dir), or daemon.socket_path in a dir others may enter, plus "
-            "daemon.socket_group; see docs/containers.md"
-        )
-    for path, want, fix in (
-        (project, 7, f"chown {ident.uid} {project} (or pick --uid)"),
-        (socket_path, 6, socket_fix),
-    ):
-        problem = access_problem(path, ident, want, traverse=walk)
-        if problem:
-            raise click.ClickException(f"the sandbox could not use {path}: {problem}; {fix}")
-
-
-def _size(option: str, text: str) -> int:
-    try:
-        return parse_size(text)
-    except UnitError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
-
-
-def _env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    term = os.environ.get("TERM")
-    if term and sys.stdin.isatty():
-        pairs.append(("TERM", term))
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            if name not in os.environ:
-                raise click.BadParameter(f"{name} is not set on the host", param_hint="--env")
-            value = os.environ[name]
-        pairs = [p for p in pairs if p[0] != name]
-        pairs.append((name, value))
-    return tuple(pairs)
-
-
-@click.command("firewall", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--print",
-    "action",
-    flag_value="print",
-    default=True,
-    help="Print the nftables ruleset (the default).",
-)
-@click.option(
-    "--apply",
-    "action",
-    flag_value="apply",
-    help="Load it with 'nft -f -' (root; replaces only table inet ccc_relay_egress).",
-)
-@click.option(
-    "--bridge",
-    default=DEFAULT_BRIDGE,
-    show_default=True,
-    help="The sandbox network's bridge interface.",
-)
-@click.option(
-    "--host-address",
-    "extra",
-    multiple=True,
-    metavar="ADDR",
-    help="Another address of this host (e.g. a cloud VM's public one). Repeatable.",
-)
-@click.option(
-    "--detect-host-addresses/--no-detect-host-addresses",
-    default=True,
-    show_default=True,
-    help="Add the addresses this host's interfaces hold now.",
-)
-@click.option(
-    "--allow-dns-to",
-    "dns",
-    multiple=True,
-    metavar="ADDR",
-    help="Let DNS (port 53) through to ADDR, e.g. podman's gateway. Repeatable.",
-)
-def firewall(
-    action: str,
-    bridge: str,
-    extra: tuple[str, ...],
-    detect_host_addresses: bool,
-    dns: tuple[str, ...],
-) -> None:
-    """The nftables ruleset for sandboxes on the egress bridge (--network egress).
-
-    \b
-    Dropped from the bridge: RFC 1918, 100.64/10, 127/8, 169.254/16 and the
-    other special IPv4 ranges, fc00::/7, fe80::/10, ::1, multicast and the
-    other special IPv6 ranges, and every address of this host. Public egress
-    passes.
-    """
-    try:
-        addresses: list[IPAddress] = [parse_address(a) for a in extra]
-        if detect_host_addresses:
-            addresses += host_addresses()
-        ruleset = nft_ruleset(
-            bridge=bridge, host_addresses=addresses, allow_dns_to=[parse_address(a) for a in dns]
-        )
-        if action == "apply":
-            if os.geteuid() != 0:
-                raise click.ClickException("--apply needs root (it loads an nftables table)")
-            apply_ruleset(ruleset)
-            click.echo(f"loaded table inet ccc_relay_egress for bridge {bridge}", err=True)
-        else:
-            click.echo(ruleset, nl=False)
-    except FirewallError as exc:
         raise click.ClickException(str(exc)) from None
