@@ -172,28 +172,6 @@ class Profiler:
 _ACTIVE: list[Profiler] = []
 
 
-def fsync_latency(directory: Path, samples: int = 300) -> tuple[float, float]:
-    """(p50, p99) in ms of appending 4 KiB to a file in ``directory`` and fdatasync-ing it.
-
-    The floor under any durable commit on this disk: a message that must be on
-    disk before it is answered waits for at least one of these.
-    """
-    import statistics
-    import tempfile
-    import time
-
-    times: list[float] = []
-    with tempfile.NamedTemporaryFile(dir=directory, prefix="ccc-bench-fsync-") as f:
-        block = b"x" * 4096
-        for _ in range(samples):
-            start = time.perf_counter()
-            os.write(f.fileno(), block)
-            os.fdatasync(f.fileno())
-            times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
-
-
 def profile_started(pid: int) -> None:
     """Attach every waiting Profiler to the server that just started (``pid``)."""
     for profiler in _ACTIVE:

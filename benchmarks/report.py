@@ -17,7 +17,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.disk import FlushLatency
 
 MiB = 1024 * 1024
 MB = 1000 * 1000
@@ -239,7 +242,7 @@ def targets(
     full_size: bool,
     idle_agents: int,
     queued: int,
-    fsync_p99: float | None = None,
+    flush: FlushLatency | None = None,
 ) -> list[Target]:
     out: list[Target] = []
     ccc, redis, js = (_find(rows, "tput-1k", s) for s in ("ccc", "redis-always", "nats-js"))
@@ -268,8 +271,11 @@ def targets(
             ("harness floor (baseline relay)", _find(rows, "lat-1k", "baseline")),
             ("Redis appendfsync always", _find(rows, "lat-1k", "redis-always")),
         ) if row is not None and row.p99 is not None]  # fmt: skip
-        if fsync_p99 is not None:
-            floors.append(f"one fsync on this disk p99 {fsync_p99:.3f} ms")
+        if flush is not None:
+            floors.append(
+                f"one fsync on this disk p99 {flush.p99:.3f} ms, p99.9 {flush.p999:.3f} ms, "
+                f"worst {flush.worst:.3f} ms"
+            )
         seen = f"; same run: {', '.join(floors)}" if floors else ""
         out.append(
             Target(

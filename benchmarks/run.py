@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cases, memory, peers, report
+from benchmarks import cases, disk, memory, peers, report
 from benchmarks.cases import CASES, Access, Case, GroupResult, SendPlan
 from benchmarks.peers import SYSTEMS, System
 from benchmarks.report import Row, percentile
@@ -321,9 +321,8 @@ def run_benchmark(scale: Scale, *, case_names: list[str] | None = None,
     versions = {s: peers.server_version(s) for s in ("redis", "nats")}
     info = report.machine(root, versions)
     info["other CPU before start"] = f"{quiet_sample():.0f}% of one core (1 s sample)"
-    fsync_p50, fsync_p99 = memory.fsync_latency(root)
-    info["one fsync on that disk"] = (f"p50 {fsync_p50:.3f} ms, p99 {fsync_p99:.3f} ms "
-                                      "(4 KiB append + fdatasync, 300 times)")  # fmt: skip
+    flush = disk.flush_latency(root)
+    info["one fsync on that disk"] = flush.describe()
     settings = config_settings()
     echo(report.format_settings("Machine", info))
     echo(report.format_settings("ccc-statusd configuration (every measurement)", settings))
@@ -347,7 +346,7 @@ def run_benchmark(scale: Scale, *, case_names: list[str] | None = None,
     placement = placement_study(scale, names, chosen, root, echo) if scale.placement else []
     kinds = {n: CASES[n].kind for n in names}
     found = report.targets(rows, full_size=scale.name == "full", idle_agents=scale.idle_agents,
-                           queued=scale.drain_count, fsync_p99=fsync_p99)  # fmt: skip
+                           queued=scale.drain_count, flush=flush)  # fmt: skip
     echo("")
     echo(report.table(rows, kinds))
     echo("\n" + report.RATIO_HELP)

@@ -9,10 +9,12 @@ small to count).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from benchmarks import report
+from benchmarks.disk import FlushLatency, flush_latency
 from benchmarks.peers import SYSTEMS, missing
 from benchmarks.report import COLUMNS, Row
 from benchmarks.run import Scale, run_benchmark
@@ -105,14 +107,26 @@ def test_the_latency_verdict_names_the_floors_the_same_run_measured() -> None:
         Row("lat-1k", "baseline", p50=0.2, p99=1.7, p999=4.0),
         Row("lat-1k", "redis-always", p50=2.4, p99=29.8, p999=51.0),
     ]
+    flush = FlushLatency(samples=2000, p50=0.3, p99=1.25, p999=6.5, worst=14.0, slow=3)
     [_, latency, *_] = report.targets(rows, full_size=True, idle_agents=0, queued=0,
-                                      fsync_p99=1.25)  # fmt: skip
+                                      flush=flush)  # fmt: skip
     assert latency.verdict == "not met"
     assert latency.detail == (
         "p50 1.200 ms, p99 4.500 ms, p99.9 9.000 ms; same run: harness floor (baseline "
         "relay) p99 1.700 ms, Redis appendfsync always p99 29.800 ms, one fsync on this disk "
-        "p99 1.250 ms"
+        "p99 1.250 ms, p99.9 6.500 ms, worst 14.000 ms"
     )
+
+
+def test_the_disk_probe_paces_its_flushes_and_orders_its_percentiles(tmp_path: Path) -> None:
+    started = time.monotonic()
+    flush = flush_latency(tmp_path, samples=40, interval=0.005)
+    assert time.monotonic() - started >= 39 * 0.005  # paced, not back to back
+    assert flush.samples == 40
+    assert 0 < flush.p50 <= flush.p99 <= flush.p999 <= flush.worst
+    assert 0 <= flush.slow <= 40
+    assert list(tmp_path.iterdir()) == []  # its file is gone
+    assert flush.describe().startswith(f"p50 {flush.p50:.3f} ms, p99 {flush.p99:.3f} ms")
 
 
 def test_percentile_is_nearest_rank() -> None:
