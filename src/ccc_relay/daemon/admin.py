@@ -5,6 +5,12 @@ every connection's SO_PEERCRED uid is checked as well, so a wrong mode on a
 shared filesystem cannot open administration to anyone else. Each request is
 one line, each answer one ``result`` or ``error`` line; every change is
 audited.
+
+Here: the connection, its framing, the one dispatch of every operation,
+refusals and audited writes. The handlers live in mixins: agents, their
+credentials and quarantine (``admin_agents.py``), the pair rules
+(``admin_policy.py``), held and operator messages (``admin_messages.py``),
+status, sessions, reload and shutdown (``admin_status.py``).
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from ccc_relay.daemon.admin_agents import AdminAgents
+from ccc_relay.daemon.admin_messages import AdminMessages
+from ccc_relay.daemon.admin_policy import AdminPolicy
+from ccc_relay.daemon.admin_status import AdminStatus
 from ccc_relay.daemon.committer import Job
-from ccc_relay.daemon.relay import OPERATOR, RELAY
 from ccc_relay.daemon.sockets import peer_credentials
 from ccc_relay.protocol import admin as ops
-from ccc_relay.protocol.codec import LineBuffer, body_size, encode
+from ccc_relay.protocol.codec import LineBuffer, encode
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import Error
-from ccc_relay.protocol.names import agent_name_problem
 from ccc_relay.store import AgentRecord, StoreFailure
 
 if TYPE_CHECKING:
@@ -36,7 +44,7 @@ log = logging.getLogger("ccc_relay.daemon")
 ADMIN_LINE_CAP = 64 * 1024 * 1024  # operator messages are capped by max_message_size anyway
 
 
-class AdminConnection(asyncio.Protocol):
+class AdminConnection(AdminAgents, AdminPolicy, AdminMessages, AdminStatus, asyncio.Protocol):
     def __init__(
         self, relay: Relay, shutdown: asyncio.Event, sandbox: dict[str, Any] | None = None
     ) -> None:
@@ -114,273 +122,47 @@ class AdminConnection(asyncio.Protocol):
         return result
 
     async def _handle(self, request: ops.AdminRequest) -> Any:
-        relay = self.relay
+        # Every operation is routed here and only here, so the plane's whole
+        # vocabulary can be read in one place.
         if isinstance(request, ops.AgentAdd):
-            _check_name(request.name)
-            if request.name in relay.agents:
-                raise ProtocolError(ErrorCode.CONFLICT, f"agent {request.name!r} already exists")
-            record = AgentRecord(
-                request.name, request.cred_hash, relay.clock(), request.uid, request.gid
-            )
-            await self._write(
-                lambda s: s.add_agent(record),
-                "agent_added",
-                agent=request.name,
-                uid=request.uid,
-                gid=request.gid,
-            )
-            relay.agents[request.name] = record
-            if relay.on_agent_added is not None:
-                await relay.on_agent_added(request.name)
-            return {"name": request.name}
+            return await self._add_agent(request)
         if isinstance(request, ops.AgentRotate):
-            record = self._agent(request.name)
-            await self._write(
-                lambda s: s.set_credential(request.name, request.cred_hash),
-                "agent_rotated",
-                agent=request.name,
-            )
-            relay.agents[request.name] = msgspec.structs.replace(
-                record, cred_hash=request.cred_hash
-            )
-            self._end_sessions(request.name, "the agent's credential was rotated")
-            return {"name": request.name}
+            return await self._rotate_agent(request)
         if isinstance(request, ops.AgentRemove):
-            self._agent(request.name)
-            await self._write(
-                lambda s: s.remove_agent(request.name), "agent_removed", agent=request.name
-            )
-            del relay.agents[request.name]
-            self._end_sessions(request.name, "the agent was removed")
-            if relay.on_agent_removed is not None:
-                relay.on_agent_removed(request.name)
-            relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
-            return {"name": request.name}
+            return await self._remove_agent(request)
         if isinstance(request, ops.AgentList):
-            depths = await relay.committer.read(lambda s: s.queue_depths())
-            return [
-                {
-                    "name": a.name,
-                    "created": a.created,
-                    "uid": a.uid,
-                    "gid": a.gid,
-                    "online": len(relay.online.get(a.name, ())),
-                    "queued": depths.get(a.name, 0),
-                }
-                for a in relay.agents.values()
-            ]
+            return await self._list_agents()
         if isinstance(request, ops.Allow):
-            pairs = _pairs(request.sender, request.recipient, request.both)
-            for sender, recipient in pairs:
-                self._agent(sender)
-                self._agent(recipient)
-
-            def allow(s: Any) -> None:
-                for a, b in pairs:
-                    s.set_rule(a, b, request.action)
-
-            await self._write(
-                allow,
-                "policy_changed",
-                change=request.action,
-                pairs=[f"{a} -> {b}" for a, b in pairs],
-            )
-            relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
-            return {"pairs": [[a, b] for a, b in pairs], "action": request.action}
+            return await self._allow(request)
         if isinstance(request, ops.Deny):
-            pairs = _pairs(request.sender, request.recipient, request.both)
-
-            def deny(s: Any) -> int:
-                return sum(s.delete_rule(a, b) for a, b in pairs)
-
-            removed = await self._write(
-                deny, "policy_changed", change="deny", pairs=[f"{a} -> {b}" for a, b in pairs]
-            )
-            relay.reload_policy(await relay.committer.read(lambda s: s.rules()))
-            configured = [r for r in relay.config.rules if (r.sender, r.recipient) in pairs]
-            note = "still allowed by the config file; edit it to deny" if configured else None
-            return {"removed": removed, "note": note}
+            return await self._deny(request)
         if isinstance(request, ops.PolicyShow):
-            return relay.rules_with_source()
+            return self._show_policy()
         if isinstance(request, ops.Status):
-            return await self._status()
+            return await self._report_status()
         if isinstance(request, ops.SessionList):
-            return [
-                {
-                    "session": c.session_id,
-                    "agent": c.agent,
-                    "peer_pid": c.peer[0],
-                    "peer_uid": c.peer[1],
-                    "peer_gid": c.peer[2],
-                    "connected_at": c.connected_at,
-                    "expires_at": c.session.expires if c.session else None,
-                    "last_seq": c.session.last_seq if c.session else 0,
-                    "subscribed": c.subscribed,
-                    "inflight": len(c.inflight),
-                }
-                for conns in relay.online.values()
-                for c in conns
-            ]
+            return self._list_sessions()
         if isinstance(request, ops.SessionSend):
-            return await self._operator_send(request)
+            return await self._send_as_operator(request)
         if isinstance(request, ops.HeldList):
-            held = await relay.committer.read(lambda s: s.held())
-            return [
-                {
-                    "id": m.id,
-                    "from": m.sender,
-                    "to": m.recipient,
-                    "sent_at": m.sent_at,
-                    "size": len(m.body.encode()),
-                    "body": m.body,
-                    "thread": m.thread,
-                }
-                for m in held
-            ]
+            return await self._list_held()
         if isinstance(request, ops.Approve):
             return await self._approve(request.id)
         if isinstance(request, ops.Reject):
             return await self._reject(request.id, request.reason)
         if isinstance(request, ops.AgentRelease):
-            record = self._agent(request.name)
-            if not record.quarantined:
-                raise ProtocolError(
-                    ErrorCode.CONFLICT, f"agent {request.name!r} is not quarantined"
-                )
-            await self._write(
-                lambda s: s.set_quarantine(request.name, None), "released", agent=request.name
-            )
-            relay.agents[request.name] = msgspec.structs.replace(record, quarantined=None)
-            relay.anomaly.forget(request.name)
-            return {"name": request.name}
+            return await self._release_agent(request)
         if isinstance(request, ops.Reload):
-            if self.reload is None:
-                raise ProtocolError(ErrorCode.INVALID, "this relay cannot reload")
-            return self.reload()
+            return self._reload_config()
         if isinstance(request, ops.Shutdown):
-            relay.audit("admin_shutdown", by_uid=self.peer[1])
-            self.shutdown.set()
-            return {"stopping": True}
+            return self._shut_down()
         raise ProtocolError(ErrorCode.INVALID, "unknown operation")  # pragma: no cover
-
-    async def _approve(self, message_id: str) -> dict[str, Any]:
-        relay = self.relay
-        held = await relay.committer.read(lambda s: s.take_held(message_id))
-        if held is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
-        # A new delivery number keeps the recipient's deliveries in order; the id stays.
-        fresh = relay.new_message(
-            held.sender,
-            held.recipient,
-            held.body,
-            thread=held.thread,
-            reply_to=held.reply_to,
-            deliver_at=held.deliver_at,
-        )
-        message = msgspec.structs.replace(fresh, id=held.id, sent_at=held.sent_at)
-        await relay.enqueue(message, by_uid=self.peer[1], approved=True)
-        relay.audit("approved", id=held.id, by_uid=self.peer[1])
-        relay.committed(message)
-        return {"id": held.id, "to": held.recipient}
-
-    async def _reject(self, message_id: str, reason: str | None) -> dict[str, Any]:
-        relay = self.relay
-        held = await relay.committer.read(lambda s: s.take_held(message_id))
-        if held is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
-        relay.audit("rejected", id=held.id, by_uid=self.peer[1], reason=reason)
-        notice = relay.new_message(
-            RELAY,
-            held.sender,
-            f"Your message {held.id} to {held.recipient} was rejected by the operator."
-            + (f" Reason: {reason}" if reason else ""),
-            reply_to=held.id,
-        )
-        await relay.enqueue(notice, notice_for=held.id)
-        relay.committed(notice)
-        return {"id": held.id, "to": held.recipient, "notified": held.sender}
 
     def _agent(self, name: str) -> AgentRecord:
         record = self.relay.agents.get(name)
         if record is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no agent named {name!r}")
         return record
-
-    def _end_sessions(self, agent: str, why: str) -> None:
-        relay = self.relay
-        for sid in [sid for sid, s in relay.sessions.items() if s.agent == agent]:
-            del relay.sessions[sid]
-        relay.committer.submit(Job(run=lambda s: s.delete_sessions_of(agent)), want_result=False)
-        relay.close_agent(agent, ErrorCode.AUTH_FAILED, why)
-
-    async def _status(self) -> dict[str, Any]:
-        relay = self.relay
-        try:
-            depths, held = await relay.committer.read(lambda s: (s.queue_depths(), s.held_count()))
-        except StoreFailure:
-            depths, held = {}, None  # status must still answer when the store has failed
-        return {
-            "pid": os.getpid(),
-            "uptime": round(relay.clock() - relay.started_at, 3),
-            "socket": str(relay.config.socket_path),
-            "state_dir": str(relay.config.state_dir),
-            "accepting": relay.committer.failure is None,
-            "uid": os.getuid(),
-            "sandbox": self.sandbox,
-            "failure": relay.committer.failure,
-            "connections": relay.connections,
-            "held": held,
-            "anomalies": relay.counters.anomalies,
-            "alerts": list(relay.counters.alerts)[-20:],
-            "agents": [
-                {
-                    "name": name,
-                    "online": len(relay.online.get(name, ())),
-                    "queued": depths.get(name, 0),
-                    "quarantined": relay.agents[name].quarantined,
-                    **{
-                        k: relay.activity[name][k] if name in relay.activity else 0
-                        for k in ("sent", "delivered", "refused")
-                    },
-                    "sessions": [c.session_id for c in relay.online.get(name, ())],
-                }
-                for name in sorted(relay.agents)
-            ],
-            "counters": {
-                "accepted": relay.counters.accepted,
-                "delivered": relay.counters.delivered,
-                "acked": relay.counters.acked,
-                "held": relay.counters.held,
-                "refused": dict(relay.counters.refused),
-                "commits": relay.committer.batches,
-            },
-        }
-
-    async def _operator_send(self, request: ops.SessionSend) -> dict[str, Any]:
-        relay = self.relay
-        self._agent(request.to)
-        size = body_size(request.body)
-        if size > relay.limits.max_message_size:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE,
-                f"body is {size} bytes; the limit is {relay.limits.max_message_size}",
-            )
-        message = relay.new_message(OPERATOR, request.to, request.body)
-        await relay.enqueue(message, by_uid=self.peer[1])
-        relay.committed(message)
-        return {"id": message.id, "to": request.to}
-
-
-def _check_name(name: str) -> None:
-    problem = agent_name_problem(name)
-    if problem:
-        raise ProtocolError(ErrorCode.INVALID, problem)
-
-
-def _pairs(sender: str, recipient: str, both: bool) -> list[tuple[str, str]]:
-    if sender == recipient:
-        raise ProtocolError(ErrorCode.INVALID, "an agent does not message itself")
-    return [(sender, recipient), (recipient, sender)] if both else [(sender, recipient)]
 
 
 def _log_error(task: asyncio.Task[Any]) -> None:
