@@ -28,24 +28,26 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ccc_relay.audit.log import AuditLog, StagedLine
 from ccc_relay.audit.signing import load_or_create_signing_key
 from ccc_relay.daemon.admin import AdminConnection
+from ccc_relay.daemon.agent_sockets import AgentSockets
+from ccc_relay.daemon.audit_lifecycle import close_audit as close_audit
+from ccc_relay.daemon.audit_lifecycle import open_audit_log
+from ccc_relay.daemon.audit_lifecycle import restore_audit_outbox as restore_audit_outbox
 from ccc_relay.daemon.committer import Committer, Job
+from ccc_relay.daemon.confinement import check_confinement, confine
 from ccc_relay.daemon.connection import AgentConnection
-from ccc_relay.daemon.landlock import restrict_to
+from ccc_relay.daemon.housekeeping import audit_upkeep, sweep_sessions
 from ccc_relay.daemon.privileges import drop_privileges
 from ccc_relay.daemon.relay import Relay
 from ccc_relay.daemon.sockets import (
     bind_unix_socket,
     ensure_private_dir,
-    group_id,
     inherited_socket,
     remove_socket,
 )
@@ -58,16 +60,6 @@ log = logging.getLogger("ccc_relay.daemon")
 
 T = TypeVar("T")
 
-# Directories that are never confined-to as a whole: the admin socket's parent
-# is added to the Landlock rules only when it is a directory of the relay's own.
-_SHARED_RUNTIME_DIRS = frozenset({Path("/run"), Path("/var/run"), Path("/tmp"), Path("/")})  # noqa: S108
-CONFINEMENT_PROBE = Path("/etc/hostname")  # must be unreadable once confined
-
-SWEEP_INTERVAL = 30.0
-CHECKPOINT_INTERVAL = 300.0  # a signed checkpoint at most every 5 minutes (if lines were added)
-RETENTION_EVERY_CHECKPOINTS = (
-    12  # retention runs hourly  # how often expired sessions are looked for
-)
 SHUTDOWN_GRACE = 5.0  # seconds the committer gets to flush at shutdown
 
 
@@ -86,7 +78,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.relay: Relay | None = None
         self.sandbox: dict[str, Any] = {"landlock": "not applied (in-process relay)"}
-        self._agent_servers: dict[str, tuple[asyncio.AbstractServer, socket.socket]] = {}
+        self._agent_sockets = AgentSockets(config)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -120,17 +112,13 @@ class Daemon:
             agent_sock.close()
             raise
         store = Store(config.db_path)
-        if config.audit.log_group is not None:
-            audit = AuditLog(
-                config.audit.log_path, file_mode=0o640, group_id=group_id(config.audit.log_group)
-            )
-        else:
-            audit = AuditLog(config.audit.log_path)
+        audit = open_audit_log(config)
         restore_audit_outbox(store, audit)
         # Loaded (or created, owned by the relay's user) before the confinement.
         self.checkpoint_key = load_or_create_signing_key(config.state_dir)
         if self.harden:
-            self._confine()
+            status, self.sandbox = confine(config)
+            check_confinement(status, self.sandbox)
         committer = Committer(store, audit)
         self._audit = audit
         relay = Relay(config, store, committer, clock=self.clock)
@@ -151,27 +139,6 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 config.pid_path.unlink()
 
-    async def _open_agent_socket(self, relay: Relay, agent: str) -> None:
-        """Listen on ``agent``'s own socket; connections there can only be ``agent``."""
-        config = self.config
-        path = config.agent_socket(agent)
-        if agent in self._agent_servers:
-            return
-        sock = bind_unix_socket(path, mode=config.socket_mode, group=config.socket_group)
-        server = await asyncio.get_running_loop().create_unix_server(
-            lambda: AgentConnection(relay, bound_agent=agent), sock=sock
-        )
-        self._agent_servers[agent] = (server, sock)
-
-    def _close_agent_socket(self, agent: str) -> None:
-        entry = self._agent_servers.pop(agent, None)
-        if entry is None:
-            return
-        server, sock = entry
-        server.close()
-        remove_socket(self.config.agent_socket(agent), sock)
-        sock.close()
-
     def _service_account(self) -> tuple[int, int] | None:
         """(uid, gid) of ``daemon.user`` when this root process will drop to it."""
         if not self.harden or os.geteuid() != 0 or self.config.user is None:
@@ -180,34 +147,6 @@ class Daemon:
 
         entry = pwd.getpwnam(self.config.user)
         return entry.pw_uid, entry.pw_gid
-
-    def _confine(self) -> None:
-        """Landlock: read-write only in the state, log and admin-socket dirs."""
-        config = self.config
-        writable = [config.state_dir, config.audit.log_path]
-        if config.per_agent_sockets and config.agent_sockets not in writable:
-            writable.append(config.agent_sockets)  # sockets of agents added later
-        admin_dir = config.admin_socket_path.parent
-        if admin_dir not in _SHARED_RUNTIME_DIRS and admin_dir not in writable:
-            writable.append(admin_dir)
-        # The config file stays readable so that a reload (SIGHUP) still works.
-        readable = [config.source] if config.source is not None else []
-        status = restrict_to(writable, readable)
-        self.sandbox = {
-            "landlock": status.message,
-            "abi": status.abi,
-            "writable": [str(p) for p in writable],
-        }
-        if status.enforced:
-            try:
-                CONFINEMENT_PROBE.open("rb").close()
-            except PermissionError:
-                self.sandbox["probe"] = f"open({CONFINEMENT_PROBE}) denied"
-            except OSError as exc:
-                self.sandbox["probe"] = f"open({CONFINEMENT_PROBE}) failed: {exc.strerror}"
-            else:
-                raise RuntimeError(f"Landlock reported enforced but {CONFINEMENT_PROBE} opened")
-        log.info("%s", status.message)
 
     async def _serve(
         self,
@@ -234,15 +173,15 @@ class Daemon:
         admin_server = await loop.create_unix_server(admin_connection, sock=admin_sock)
         if self.config.per_agent_sockets:
             for agent in sorted(relay.agents):
-                await self._open_agent_socket(relay, agent)
-            relay.on_agent_added = lambda name: self._open_agent_socket(relay, name)
-            relay.on_agent_removed = self._close_agent_socket
+                await self._agent_sockets.open(relay, agent)
+            relay.on_agent_added = lambda name: self._agent_sockets.open(relay, name)
+            relay.on_agent_removed = self._agent_sockets.close
         _write_pid(self.config.pid_path)
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="committer")
             scheduler = tasks.create_task(relay.run_scheduler(), name="scheduler")
-            sweeper = tasks.create_task(self._sweep(relay), name="sweeper")
-            upkeep = tasks.create_task(self._audit_upkeep(relay, committer), name="audit upkeep")
+            sweeper = tasks.create_task(sweep_sessions(relay), name="sweeper")
+            upkeep = tasks.create_task(audit_upkeep(self, relay, committer), name="audit upkeep")
             await _submitted(
                 committer,
                 Job(
@@ -272,8 +211,8 @@ class Daemon:
             log.info("ccc-statusd stopping")
             agent_server.close()
             admin_server.close()
-            for agent in list(self._agent_servers):
-                self._close_agent_socket(agent)
+            for agent in list(self._agent_sockets.servers):
+                self._agent_sockets.close(agent)
             for conns in list(relay.online.values()):
                 for conn in list(conns):
                     conn.write(Goodbye(reason="relay shutting down"))
@@ -328,28 +267,6 @@ class Daemon:
         now, key = relay.clock(), self.checkpoint_key
         return Job(run=lambda _store: self._audit.checkpoint(now, key))
 
-    async def _audit_upkeep(self, relay: Relay, committer: Committer) -> None:
-        """Retention at start and hourly; a signed checkpoint at start and every 5 minutes."""
-        ticks = 0
-        while True:
-            if ticks % RETENTION_EVERY_CHECKPOINTS == 0:
-                committer.submit(self.retention_job(relay), want_result=False)
-            committer.submit(self.checkpoint_job(relay), want_result=False)
-            ticks += 1
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-
-    async def _sweep(self, relay: Relay) -> None:
-        interval = min(SWEEP_INTERVAL, relay.limits.session_timeout / 4)
-        while True:
-            await asyncio.sleep(interval)
-            relay.expire_sessions()
-            now = relay.clock()
-            relay.committer.submit(_expiry_job(now), want_result=False)
-
-
-def _expiry_job(now: float) -> Job:
-    return Job(run=lambda s: s.delete_expired_sessions(now))
-
 
 def _submitted(committer: Committer, job: Job) -> asyncio.Future[Any]:
     future = committer.submit(job)
@@ -365,27 +282,6 @@ def _write_pid(path: Path) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
     os.replace(tmp, path)
-
-
-def restore_audit_outbox(store: Store, audit: AuditLog) -> None:
-    """Copy committed audit lines a power cut kept from the files back into them.
-
-    Raises AuditLogError when relay.db's outbox does not continue the log.
-    """
-    rows = [StagedLine(*row) for row in store.audit_outbox()]
-    if not rows:
-        return
-    audit.restore(rows)
-    store.trim_audit_outbox(audit.seq)  # one statement: its own transaction
-
-
-def close_audit(store: Store, audit: AuditLog) -> None:
-    """At shutdown: fsync the audit file, then forget the outbox lines it now holds."""
-    try:
-        store.trim_audit_outbox(audit.sync_owed()())
-    except (OSError, sqlite3.Error) as exc:  # kept lines are restored at the next start
-        log.error("audit: could not fsync the log at shutdown: %s", exc)
-    audit.close()
 
 
 def run_fast(main: Coroutine[Any, Any, T]) -> T:

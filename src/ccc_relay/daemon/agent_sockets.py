@@ -1,0 +1,40 @@
+"""Per-agent sockets (``per_agent_sockets``): one listener for each registered agent."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from ccc_relay.daemon.connection import AgentConnection
+from ccc_relay.daemon.relay import Relay
+from ccc_relay.daemon.sockets import bind_unix_socket, remove_socket
+from ccc_relay.policy.config import Config
+
+
+class AgentSockets:
+    """The listening per-agent sockets, by agent name."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.servers: dict[str, tuple[asyncio.AbstractServer, socket.socket]] = {}
+
+    async def open(self, relay: Relay, agent: str) -> None:
+        """Listen on ``agent``'s own socket; connections there can only be ``agent``."""
+        config = self.config
+        path = config.agent_socket(agent)
+        if agent in self.servers:
+            return
+        sock = bind_unix_socket(path, mode=config.socket_mode, group=config.socket_group)
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: AgentConnection(relay, bound_agent=agent), sock=sock
+        )
+        self.servers[agent] = (server, sock)
+
+    def close(self, agent: str) -> None:
+        entry = self.servers.pop(agent, None)
+        if entry is None:
+            return
+        server, sock = entry
+        server.close()
+        remove_socket(self.config.agent_socket(agent), sock)
+        sock.close()
