@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -86,6 +87,11 @@ def test_quickstart(daemon: dict[str, str], state_dir: Path) -> None:
 
     status = json.loads(ok("ccc", "status", "--json", env=env))
     assert status["counters"]["accepted"] == 2 and status["counters"]["acked"] == 2
+    counters = status["counters"]
+    assert counters["commits"] >= 2 and 0 <= counters["slow_commits"] <= counters["commits"]
+    assert counters["longest_commit_ms"] > 0 and counters["slow_commit_ms"] == 5
+    human = ok("ccc", "status", env=env)
+    assert re.search(r"store: \d+ commits, \d+ of them slow \(5 ms or more\), longest ", human)
     assert json.loads(ok("ccc-statusd", "status", "--json", env=env))["running"] is True
     audit = (state_dir / "audit").iterdir()
     events = [json.loads(line)["event"] for path in audit for line in path.read_text().splitlines()]

@@ -7,6 +7,7 @@ real event loop.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,22 @@ def test_a_job_nobody_waits_for_is_committed_within_the_lazy_delay(parts) -> Non
 
     asyncio.run(run_committer(committer, scenario))
     assert store.get_meta("audit_head") == f"{audit.seq} {audit.head}"
+
+
+def test_a_slow_commit_is_counted_and_the_longest_kept(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _audit, committer = parts
+    real_commit = store.commit
+
+    def stalled_commit() -> None:  # a disk that takes its time over one flush
+        time.sleep(committer_module.SLOW_COMMIT * 2)
+        real_commit()
+
+    asyncio.run(commit_each(committer, [message_job(1)]))
+    assert committer.slow_commits == 0
+    monkeypatch.setattr(store, "commit", stalled_commit)
+    asyncio.run(commit_each(committer, [message_job(2)]))
+    assert committer.slow_commits == 1
+    assert committer.longest_commit >= committer_module.SLOW_COMMIT * 2
+    assert committer.batches == 2

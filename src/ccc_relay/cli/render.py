@@ -35,6 +35,12 @@ def print_status(data: dict[str, Any]) -> None:
         f"messages: accepted {counters['accepted']}, delivered {counters['delivered']}, "
         f"acked {counters['acked']}; refused: {refused}"
     )
+    if "slow_commits" in counters:
+        out.print(
+            f"store: {counters['commits']} commits, {counters['slow_commits']} of them slow "
+            f"({counters['slow_commit_ms']:g} ms or more), longest "
+            f"{counters['longest_commit_ms']:g} ms"
+        )
     held = data.get("held")
     out.print(
         f"held for approval: {held if held is not None else 'unknown'}; "

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ccc_relay.daemon.committer import SLOW_COMMIT
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.store import StoreFailure
 
@@ -67,6 +68,9 @@ class AdminStatus:
                 "held": relay.counters.held,
                 "refused": dict(relay.counters.refused),
                 "commits": relay.committer.batches,
+                "slow_commits": relay.committer.slow_commits,
+                "slow_commit_ms": SLOW_COMMIT * 1000,
+                "longest_commit_ms": round(relay.committer.longest_commit * 1000, 3),
             },
         }
 
