@@ -37,8 +37,8 @@ def print_status(data: dict[str, Any]) -> None:
     )
     if "slow_commits" in counters:
         out.print(
-            f"store: {counters['commits']} commits, {counters['slow_commits']} of them slow "
-            f"({counters['slow_commit_ms']:g} ms or more), longest "
+            f"store: {counters['commits']} commits; {counters['slow_commits']} of their "
+            f"flushes took {counters['slow_commit_ms']:g} ms or more, the longest "
             f"{counters['longest_commit_ms']:g} ms"
         )
     held = data.get("held")
