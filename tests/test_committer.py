@@ -169,6 +169,23 @@ def test_jobs_nobody_waits_for_ride_with_the_next_waited_for_job(parts) -> None:
     assert [b'"delivered"' in line for line in events[-2:]] == [True, False]
 
 
+def test_a_job_nobody_waits_for_goes_out_on_its_own_when_nothing_follows(parts) -> None:
+    _store, audit, committer = parts
+
+    async def scenario() -> None:
+        first = committer.submit(message_job(1))
+        assert first is not None
+        first.add_done_callback(lambda _f: committer.submit(lazy_job(1), want_result=False))
+        await first
+        await asyncio.sleep(committer_module.LAZY_DELAY * 3)
+        assert committer.batches == 2  # its own commit, after the delay
+        assert committer.jobs == 2
+
+    asyncio.run(run_committer(committer, scenario))
+    lines = audit_files(audit.log_dir)[0].read_bytes().splitlines()
+    assert b'"delivered"' in lines[-1]
+
+
 def test_a_job_nobody_waits_for_is_committed_within_the_lazy_delay(parts) -> None:
     store, audit, committer = parts
 

@@ -95,6 +95,7 @@ class Committer:
         self._audit = audit
         self._queue: list[Job] = []
         self._waited = 0  # queued jobs someone waits for
+        self._lazy_overdue = False  # a queued job nobody waits for has waited LAZY_DELAY
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-commit")
         # The audit file's fsyncs run here, beside the commits.
@@ -125,21 +126,24 @@ class Committer:
             job.future = asyncio.get_running_loop().create_future()
             self._waited += 1
             self._wake.set()
-        elif not self._wake.is_set():
-            self._arm_lazy_timer()
-        return job.future
-
-    def _arm_lazy_timer(self) -> None:
-        if self._lazy_timer is None:
+        elif self._lazy_timer is None:
+            # Armed by the oldest queued job nobody waits for: it goes out by then.
             self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_DELAY, self._lazy_due)
+        return job.future
 
     def _lazy_due(self) -> None:
         self._lazy_timer = None
+        self._lazy_overdue = True
         self._wake.set()
 
     def _take_batch(self) -> list[Job]:
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._waited -= sum(1 for job in batch if job.future is not None)
+        if not self._queue:  # nothing is left to wait for a timer or to be overdue
+            self._lazy_overdue = False
+            if self._lazy_timer is not None:
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
         return batch
 
     async def read(self, fn: Callable[[Store], Any]) -> Any:
@@ -154,19 +158,13 @@ class Committer:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self._lazy_timer is not None:
-                    self._lazy_timer.cancel()
-                    self._lazy_timer = None
-                if self._queue:
+                # Commit while someone waits, or once a job nobody waits for
+                # has waited long enough. Such jobs (a delivery's audit line,
+                # say) otherwise ride with the next waited-for one instead of
+                # costing a commit of their own. A wake whose job has already
+                # gone out in an earlier batch commits nothing.
+                while self._queue and (self._waited or self._lazy_overdue):
                     await self._commit(loop, self._take_batch())
-                # Go on while someone waits. Jobs nobody waits for that came in
-                # meanwhile (a delivery's audit line, say) ride with the next
-                # waited-for job instead of costing a commit of their own.
-                while self._waited:
-                    await self._commit(loop, self._take_batch())
-                self._wake.clear()  # whoever set it has been committed
-                if self._queue:
-                    self._arm_lazy_timer()
         finally:
             await self._drain(loop)
 
