@@ -4,9 +4,9 @@ A relay that answers only after an fsync can be no faster than the disk's
 flushes, and a message that arrives while a slow one is in progress waits for
 it. So the probe runs at the latency case's pace (one small append and
 ``fdatasync`` every millisecond, for two seconds) rather than back to back:
-it is the rare slow flush, a few per second on a shared virtual disk, that
-sets the tail of a paced run, and a burst of a few hundred back-to-back
-samples lasts too short to meet one.
+the p99 of a paced run can be no lower than this p99, its tail meets the
+rare slow flushes (on a shared virtual disk, from none to a few per second),
+and a burst of a few hundred back-to-back samples lasts too short to meet one.
 """
 
 from __future__ import annotations
