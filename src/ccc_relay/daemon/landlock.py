@@ -10,74 +10,89 @@ else that goes wrong is an error.
 
 Landlock does not mediate connecting to a Unix socket by path: file modes and
 the socket's group remain the control there.
+
+The kernel side -- syscall numbers, rights, structures, the calls themselves --
+is ``landlock_abi``; its names stay importable from here.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import stat
-import struct
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccc_relay.daemon.privileges import PrivilegeError, count_threads, set_no_new_privs
-
-# (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self). Since
-# Linux 5.1 a new syscall gets the same number on every architecture, arm64's
-# generic table included; alpha and mips offset theirs and are not listed.
-_SYSCALLS = (444, 445, 446)
-_ARCHITECTURES = frozenset(
-    {
-        "x86_64",
-        "amd64",
-        "aarch64",
-        "arm64",
-        "i386",
-        "i686",
-        "armv7l",
-        "armv6l",
-        "riscv64",
-        "ppc64le",
-        "ppc64",
-        "s390x",
-        "loongarch64",
-    }
+from ccc_relay.daemon.landlock_abi import (
+    FS_EXECUTE,
+    FS_FILE_RIGHTS,
+    FS_IOCTL_DEV,
+    FS_MAKE_BLOCK,
+    FS_MAKE_CHAR,
+    FS_MAKE_DIR,
+    FS_MAKE_FIFO,
+    FS_MAKE_REG,
+    FS_MAKE_SOCK,
+    FS_MAKE_SYM,
+    FS_READ_DIR,
+    FS_READ_FILE,
+    FS_REFER,
+    FS_REMOVE_DIR,
+    FS_REMOVE_FILE,
+    FS_TRUNCATE,
+    FS_WRITE_FILE,
+    LANDLOCK_CREATE_RULESET_VERSION,
+    LANDLOCK_RESTRICT_SELF_TSYNC,
+    LANDLOCK_RULE_PATH_BENEATH,
+    NET_BIND_TCP,
+    NET_CONNECT_TCP,
+    SCOPE_ABSTRACT_UNIX_SOCKET,
+    SCOPE_SIGNAL,
+    LandlockSyscalls,
+    handled_rights,
+    ruleset_attr,
 )
+from ccc_relay.daemon.privileges import PrivilegeError
 
-LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
-LANDLOCK_RULE_PATH_BENEATH = 1
-LANDLOCK_RESTRICT_SELF_TSYNC = 1 << 3  # ABI 8: confine every thread at once
+# Everything the module offered before the kernel ABI moved to landlock_abi,
+# so that importers and tests keep importing it from here.
+__all__ = [
+    "FS_EXECUTE",
+    "FS_IOCTL_DEV",
+    "FS_MAKE_BLOCK",
+    "FS_MAKE_CHAR",
+    "FS_MAKE_DIR",
+    "FS_MAKE_FIFO",
+    "FS_MAKE_REG",
+    "FS_MAKE_SOCK",
+    "FS_MAKE_SYM",
+    "FS_READ_DIR",
+    "FS_READ_FILE",
+    "FS_REFER",
+    "FS_REMOVE_DIR",
+    "FS_REMOVE_FILE",
+    "FS_TRUNCATE",
+    "FS_WRITE_FILE",
+    "LANDLOCK_CREATE_RULESET_VERSION",
+    "LANDLOCK_RESTRICT_SELF_TSYNC",
+    "LANDLOCK_RULE_PATH_BENEATH",
+    "NET_BIND_TCP",
+    "NET_CONNECT_TCP",
+    "READ_ONLY",
+    "READ_WRITE",
+    "SCOPE_ABSTRACT_UNIX_SOCKET",
+    "SCOPE_SIGNAL",
+    "LandlockError",
+    "LandlockStatus",
+    "LandlockSyscalls",
+    "handled_rights",
+    "restrict_to",
+    "ruleset_attr",
+    "runtime_read_paths",
+]
 
-# Filesystem access rights (enum landlock_access_fs) and the ABI that added them.
-FS_EXECUTE = 1 << 0
-FS_WRITE_FILE = 1 << 1
-FS_READ_FILE = 1 << 2
-FS_READ_DIR = 1 << 3
-FS_REMOVE_DIR = 1 << 4
-FS_REMOVE_FILE = 1 << 5
-FS_MAKE_CHAR = 1 << 6
-FS_MAKE_DIR = 1 << 7
-FS_MAKE_REG = 1 << 8
-FS_MAKE_SOCK = 1 << 9
-FS_MAKE_FIFO = 1 << 10
-FS_MAKE_BLOCK = 1 << 11
-FS_MAKE_SYM = 1 << 12
-FS_REFER = 1 << 13  # ABI 2
-FS_TRUNCATE = 1 << 14  # ABI 3
-FS_IOCTL_DEV = 1 << 15  # ABI 5
-NET_BIND_TCP = 1 << 0  # ABI 4
-NET_CONNECT_TCP = 1 << 1  # ABI 4
-SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
-SCOPE_SIGNAL = 1 << 1  # ABI 6
-
-_FS_ABI1 = (1 << 13) - 1  # EXECUTE through MAKE_SYM
-# The only rights a rule on a non-directory may carry.
-_FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
 
 READ_ONLY = FS_READ_FILE | FS_READ_DIR
 # Everything a state directory needs -- files, subdirectories, sockets, renames --
@@ -115,60 +130,6 @@ class LandlockStatus:
 
     def __str__(self) -> str:
         return self.message
-
-
-class LandlockSyscalls:
-    """The kernel calls ``restrict_to`` makes, as thin wrappers that raise OSError.
-
-    The seam for tests: a subclass answers as a kernel without Landlock would.
-    """
-
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.syscall.restype = ctypes.c_long
-
-    def abi_version(self) -> int:
-        """The kernel's Landlock ABI version. Raises OSError as the kernel answers."""
-        return self._call(0, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
-
-    def create_ruleset(self, attr: bytes) -> int:
-        """A new ruleset file descriptor. Raises OSError as the kernel answers."""
-        buf = ctypes.create_string_buffer(attr, len(attr))
-        return self._call(0, buf, len(attr), 0)
-
-    def add_rule(self, ruleset_fd: int, allowed_access: int, parent_fd: int) -> None:
-        """Allow ``allowed_access`` beneath ``parent_fd``. Raises OSError as the kernel answers."""
-        # struct landlock_path_beneath_attr is packed: u64 then s32, 12 bytes.
-        attr = struct.pack("=Qi", allowed_access, parent_fd)
-        buf = ctypes.create_string_buffer(attr, len(attr))
-        self._call(1, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, buf, 0)
-
-    def restrict_self(self, ruleset_fd: int, flags: int) -> None:
-        """Enforce the ruleset, irreversibly. Raises OSError as the kernel answers."""
-        self._call(2, ruleset_fd, flags)
-
-    def set_no_new_privs(self) -> None:
-        """Required before an unprivileged restrict_self. Raises PrivilegeError if refused."""
-        set_no_new_privs()
-
-    def count_threads(self) -> int:
-        """Threads in this process. Raises nothing."""
-        return count_threads()
-
-    def _call(self, which: int, *args: object) -> int:
-        if sys.platform != "linux":
-            raise OSError(errno.ENOSYS, f"Landlock exists only on Linux, not {sys.platform}")
-        if platform.machine().lower() not in _ARCHITECTURES:
-            raise OSError(
-                errno.ENOSYS, f"no Landlock syscall numbers known for {platform.machine()}"
-            )
-        # syscall(2) is variadic: pass every argument at its full C width.
-        c_args = [_c_arg(arg) for arg in args]
-        result: int = self._libc.syscall(ctypes.c_long(_SYSCALLS[which]), *c_args)
-        if result < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return result
 
 
 def runtime_read_paths() -> list[Path]:
@@ -215,29 +176,6 @@ def restrict_to(
     the kernel refuses a rule or the restriction.
     """
     return _restrict(paths_rw, paths_ro, syscalls or LandlockSyscalls())
-
-
-def handled_rights(abi: int) -> tuple[int, int, int]:
-    """(filesystem, network, scope) rights a ruleset handles at ``abi``. Raises nothing."""
-    if abi < 1:
-        return 0, 0, 0
-    fs = _FS_ABI1
-    fs |= FS_REFER if abi >= 2 else 0
-    fs |= FS_TRUNCATE if abi >= 3 else 0
-    fs |= FS_IOCTL_DEV if abi >= 5 else 0
-    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
-    scope = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
-    return fs, net, scope
-
-
-def ruleset_attr(abi: int) -> bytes:
-    """struct landlock_ruleset_attr, only as long as ``abi`` knows it. Raises nothing."""
-    fs, net, scope = handled_rights(abi)
-    if abi >= 6:
-        return struct.pack("=QQQ", fs, net, scope)
-    if abi >= 4:
-        return struct.pack("=QQ", fs, net)
-    return struct.pack("=Q", fs)
 
 
 # --- internals ----------------------------------------------------------------
@@ -298,22 +236,12 @@ def _add_path(
         return  # a read-only convenience path this system lacks
     try:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            access &= _FS_FILE_RIGHTS
+            access &= FS_FILE_RIGHTS
         syscalls.add_rule(ruleset_fd, access, fd)
     except OSError as exc:
         raise LandlockError(f"{path}: landlock_add_rule failed: {exc.strerror}") from None
     finally:
         os.close(fd)
-
-
-def _c_arg(arg: object) -> ctypes.c_long | ctypes.c_void_p:
-    if isinstance(arg, int):
-        return ctypes.c_long(arg)
-    if arg is None:
-        return ctypes.c_void_p(None)
-    if isinstance(arg, ctypes.Array):
-        return ctypes.cast(arg, ctypes.c_void_p)
-    raise TypeError(f"not a syscall argument: {arg!r}")
 
 
 def _imported_package_dirs() -> Iterable[str]:
