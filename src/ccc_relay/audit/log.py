@@ -19,11 +19,13 @@ keeps a second writer (a second daemon starting up) from touching the files.
 
 Retention cuts (``apply_retention``; the rule is in ``retention.py``) and
 signed checkpoints (``checkpoint``; the rule is in ``signing.py``) are lines of
-the same chain. Only the committer thread calls the writing methods.
-``append_unsynced`` writes without an fsync and hands the lines back: the
-committer keeps them in relay.db's outbox, committed with the decisions they
-record, until a ``sync_owed`` fsync has put them on disk. ``restore`` writes
-back what a power cut kept from the files.
+the same chain; they live in ``upkeep.py``. Only the committer thread calls the
+writing methods. ``append_unsynced`` writes without an fsync and hands the
+lines back: the committer keeps them in relay.db's outbox, committed with the
+decisions they record, until a ``sync_owed`` fsync has put them on disk.
+``restore`` (in ``restoring.py``) writes back what a power cut kept from the
+files. ``AuditRecord``, ``StagedLine`` and ``AuditLogError`` live in
+``records.py`` and are imported from here too.
 """
 
 from __future__ import annotations
@@ -34,14 +36,11 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ccc_relay.audit import retention as _retention
 from ccc_relay.audit.files import (
     CHAIN_KEYS,
     FILE_OPENED,
@@ -55,46 +54,21 @@ from ccc_relay.audit.files import (
     line_hash,
     read_tail,
 )
-from ccc_relay.audit.signing import CHECKPOINT, checkpoint_fields
+from ccc_relay.audit.records import AuditLogError, AuditRecord, StagedLine, fsync_dir
+from ccc_relay.audit.restoring import RESTORED, Restoring
+from ccc_relay.audit.signing import CHECKPOINT
+from ccc_relay.audit.upkeep import Upkeep
+
+__all__ = ["RESTORED", "TORN_LINE", "AuditLog", "AuditLogError", "AuditRecord", "StagedLine"]
 
 log = logging.getLogger("ccc_relay.audit")
 
 TORN_LINE = "torn_line_dropped"
-RESTORED = "audit_lines_restored"
 
 _encoder = msgspec.json.Encoder()
 
 
-class AuditLogError(RuntimeError):
-    """The log cannot be written: another process holds it, or its last line is damaged."""
-
-
-class StagedLine(NamedTuple):
-    """A line as written: its seq, the name of its day's file, its bytes (no newline)."""
-
-    seq: int
-    file: str
-    line: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """An event waiting for its place in the chain."""
-
-    ts: float
-    event: str
-    fields: dict[str, Any]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class AuditLog:
+class AuditLog(Restoring, Upkeep):
     """The writer. Raises AuditLogError from the constructor when the log is held or damaged."""
 
     def __init__(
@@ -223,120 +197,6 @@ class AuditLog:
 
         return sync
 
-    def restore(self, rows: Sequence[StagedLine]) -> int:
-        """Write back lines that were committed to relay.db but never reached disk.
-
-        ``rows`` are the outbox's lines, oldest first. Those the files already
-        hold are skipped; the rest must continue the chain exactly. Returns
-        how many were written (and fsynced). Raises AuditLogError when the
-        outbox does not continue the log, OSError on I/O failure.
-        """
-        todo = [row for row in rows if row.seq > self.seq]
-        for row in rows:
-            if row.seq == self.seq and line_hash(row.line) != self.head:
-                raise AuditLogError(
-                    f"relay.db's audit outbox disagrees with the log at seq {row.seq}; "
-                    "run 'ccc audit verify'"
-                )
-        # The files may hold the rest only in the page cache (a crash, not a
-        # power cut): make them durable before the caller forgets the outbox.
-        for name in sorted({row.file for row in rows if row.seq <= self.seq}):
-            with contextlib.suppress(FileNotFoundError):
-                fd = os.open(self.log_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        lines: list[bytes] = []
-        for row in todo:
-            try:
-                prev = decode_line(row.line)["prev"]
-            except ValueError as exc:
-                raise AuditLogError(f"relay.db's audit outbox line {row.seq}: {exc}") from None
-            day = day_of_file(Path(row.file))
-            if row.seq != self.seq + 1 or prev != self.head or day is None:
-                raise AuditLogError(
-                    f"relay.db's audit outbox does not continue the log at seq {self.seq}; "
-                    "run 'ccc audit verify'"
-                )
-            if day != self._day:
-                self._flush(lines, sync=False)
-                lines.clear()
-                self._open(day)  # fsyncs the file before it
-                self._floor, self._last_file = day, row.file
-            lines.append(row.line)
-            self.seq, self.head = row.seq, line_hash(row.line)
-        self._flush(lines)
-        if todo:
-            log.warning(
-                "audit: restored %d line(s) (seq %d-%d) from relay.db that never reached the files",
-                len(todo), todo[0].seq, todo[-1].seq,
-            )  # fmt: skip
-            self._pending.append((RESTORED, {
-                "lines": len(todo), "first_seq": todo[0].seq, "last_seq": todo[-1].seq,
-            }))  # fmt: skip
-        return len(todo)
-
-    def checkpoint(self, now: float, key: Ed25519PrivateKey) -> bool:
-        """Append a line signing the current head; False when the head already is one.
-
-        Raises OSError on I/O failure.
-        """
-        if self.seq == 0 or self._checkpointed == self.seq:
-            return False
-        ts = round(now, 6)  # what the line will hold, and so what the signature covers
-        lines: list[bytes] = []
-        self._enter(ts, lines)
-        lines.append(self._chain(ts, CHECKPOINT, checkpoint_fields(key, self.seq, self.head, ts)))
-        self._flush(lines)
-        self._checkpointed = self.seq
-        return True
-
-    def apply_retention(self, now: float, retention: float) -> list[Path]:
-        """Delete the whole day files past ``retention``, recording the cut first.
-
-        Returns the files deleted. A file that cannot be deleted is logged and
-        kept (the next run tries again). Raises OSError when the cut line
-        cannot be written; then nothing is deleted.
-        """
-        files = audit_files(self.log_dir)
-        days = [day_of_file(path) or "" for path in files]
-        expired = files[: _retention.expired_count(days, now, retention)]
-        current = self._day or self._floor
-        expired = [p for p in expired if current is None or (day_of_file(p) or "") < current]
-        if not expired:
-            return []
-        ending = next(
-            ((p, t.last) for p in reversed(expired) if (t := read_tail(p)).last is not None), None
-        )
-        if ending is None:
-            return self._unlink(expired)  # empty files hold nothing of the chain
-        path, last = ending
-        try:
-            seq = int(decode_line(last)["seq"])
-        except ValueError as exc:
-            # Deleting now would also delete the evidence; verify will name the damage.
-            log.error("audit retention skipped: the last line of %s is damaged (%s)", path, exc)
-            return []
-        fields = _retention.cut_fields([p.name for p in expired], seq, line_hash(last), retention)
-        self.append([AuditRecord(now, _retention.RETENTION_CUT, fields)])
-        return self._unlink(expired)
-
-    def _unlink(self, paths: Sequence[Path]) -> list[Path]:
-        deleted = []
-        for path in paths:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.error("audit retention could not delete %s: %s", path, exc)
-                continue
-            deleted.append(path)
-        if deleted:
-            _fsync_dir(self.log_dir)
-        return deleted
-
     def _enter(self, ts: float, lines: list[bytes]) -> None:
         """Make the file for ``ts`` the open one, flushing ``lines`` into the old one first."""
         day = day_of(ts)
@@ -379,7 +239,7 @@ class AuditLog:
                 os.fchown(fd, -1, self._group_id)
             fresh = os.fstat(fd).st_size == 0
             if fresh:  # the file's name must survive a power cut as its lines do
-                _fsync_dir(self.log_dir)
+                fsync_dir(self.log_dir)
         except BaseException:
             os.close(fd)
             raise
