@@ -149,16 +149,21 @@ async def run_committer(committer: Committer, scenario) -> None:
             await runner
 
 
+async def commit_and_audit_its_delivery(committer: Committer) -> None:
+    """Commit message 1 the way the relay does: once durable, it is pushed and
+    the push gets an audit line nobody waits for."""
+    first = committer.submit(message_job(1))
+    assert first is not None
+    first.add_done_callback(lambda _f: committer.submit(lazy_job(1), want_result=False))
+    await first
+
+
 def test_jobs_nobody_waits_for_ride_with_the_next_waited_for_job(parts) -> None:
     """A delivery's audit line, queued as its message commits, costs no commit of its own."""
     _store, audit, committer = parts
 
     async def scenario() -> None:
-        first = committer.submit(message_job(1))
-        assert first is not None
-        # What the relay does once a message is durable: push it, audit the push.
-        first.add_done_callback(lambda _f: committer.submit(lazy_job(1), want_result=False))
-        await first
+        await commit_and_audit_its_delivery(committer)
         await asyncio.sleep(committer_module.LAZY_DELAY / 4)
         assert committer.batches == 1  # the delivery line is still queued
         await committer.submit(message_job(2))  # type: ignore[misc]
@@ -173,10 +178,7 @@ def test_a_job_nobody_waits_for_goes_out_on_its_own_when_nothing_follows(parts) 
     _store, audit, committer = parts
 
     async def scenario() -> None:
-        first = committer.submit(message_job(1))
-        assert first is not None
-        first.add_done_callback(lambda _f: committer.submit(lazy_job(1), want_result=False))
-        await first
+        await commit_and_audit_its_delivery(committer)
         await asyncio.sleep(committer_module.LAZY_DELAY * 3)
         assert committer.batches == 2  # its own commit, after the delay
         assert committer.jobs == 2
