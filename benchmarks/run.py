@@ -148,9 +148,10 @@ def _ccc_note(server: peers.Server, delivered: int) -> str:
     refused = sum(counters.get("refused", {}).values())
     per_commit = counters.get("accepted", 0) / commits
     note = f"{counters.get('commits', 0):,} commits ({per_commit:.0f} msg/commit)"
-    if counters.get("slow_commits"):
-        note += (f", {counters['slow_commits']:,} flushes of {counters['slow_commit_ms']:g} ms "
-                 f"or more (longest {counters['longest_commit_ms']:.1f} ms)")  # fmt: skip
+    if slow := counters.get("slow_commits"):
+        flushes = "flush" if slow == 1 else "flushes"
+        note += (f", {slow:,} {flushes} of {counters['slow_commit_ms']:g} ms or more "
+                 f"(longest {counters['longest_commit_ms']:.1f} ms)")  # fmt: skip
     return note + (f"; {refused} refused" if refused else "")
 
 
