@@ -15,9 +15,12 @@ transaction, and are durable before anyone is answered in one of two ways:
 
 * a small batch keeps them in relay.db's ``audit_outbox``, in the same
   transaction as the decisions they record, so SQLite's WAL fsync makes both
-  durable at once: one fsync, the shortest wait for an idle relay. Every tenth
-  of a second, on a background thread and off the commit path, the audit file
-  is fsynced; the next batch then drops those lines from the outbox. After a power
+  durable at once: one fsync, the shortest wait for an idle relay. After a
+  batch, at most every tenth of a second, the audit file is fsynced on a
+  background thread, off the commit path (a relay that falls quiet does it
+  with its next batch -- the session sweep makes one at least every 30 s --
+  or in ``close_audit`` when it stops); the next batch
+  then drops those lines from the outbox. After a power
   cut, the daemon's start copies what the outbox holds beyond the files back.
 * a big batch fsyncs the audit file on a second thread while SQLite takes the
   batch's statements, and waits for it before COMMIT: a second flush, amortised
