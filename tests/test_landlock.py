@@ -357,3 +357,17 @@ def test_runtime_paths_cover_the_interpreter_but_never_root_or_cwd(
         assert covered(needed), needed
     # Nothing listed twice or beneath something else on the list.
     assert all(other not in p.parents for p in paths for other in paths)
+
+
+def test_runtime_paths_keep_the_outermost_but_not_a_sibling_sharing_its_prefix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # "lib2" shares "lib"'s spelling but is not beneath it; "lib/a/b" is.
+    for sub in ("lib/a/b", "lib2/c", "lib-old"):
+        (tmp_path / sub).mkdir(parents=True)
+    entries = [str(tmp_path / s) for s in ("lib2/c", "lib/a/b", "lib", "lib-old", "lib2")]
+    monkeypatch.setattr(sys, "path", entries)
+    paths = runtime_read_paths()
+    mine = [p for p in paths if tmp_path in p.parents]
+    assert mine == [tmp_path / "lib", tmp_path / "lib-old", tmp_path / "lib2"]
+    assert paths == sorted(paths)

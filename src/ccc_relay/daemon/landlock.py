@@ -152,7 +152,14 @@ def runtime_read_paths() -> list[Path]:
             resolved.add(path.resolve())
     resolved.discard(Path("/"))
     # A path beneath another one on the list adds nothing: keep the outermost.
-    return sorted(path for path in resolved if not any(other in path.parents for other in resolved))
+    # Sorted by their parts, a path's descendants follow it, so the last one
+    # kept is the only ancestor to test against (linear, where testing every
+    # pair took a fifth of a second of each start with ~150 imported packages).
+    outermost: list[Path] = []
+    for path in sorted(resolved):
+        if not outermost or not path.is_relative_to(outermost[-1]):
+            outermost.append(path)
+    return outermost
 
 
 def restrict_to(
