@@ -44,7 +44,16 @@ def _status_kib(pid: int, key: str) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` (every thread) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def main_thread_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid``'s main thread (its event loop) so far."""
+    return _stat_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _stat_seconds(path: Path) -> float:
+    fields = path.read_text().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 

@@ -284,6 +284,7 @@ def targets(
                 f"p50 {lat.p50:.3f} ms, p99 {lat.p99:.3f} ms, p99.9 {lat.p999:.3f} ms{seen}",
             )
         )
+        out.append(_latency_ratio(lat, _find(rows, "lat-1k", "redis-always")))
     else:
         out.append(Target("latency at 1,000 msg/s p99 <= 1 ms", "not measured", "needs lat-1k"))
     idle = _find(rows, "idle", "ccc")
@@ -319,6 +320,30 @@ def targets(
             Target("100,000 queued messages not held in memory", "not measured", "needs drain")
         )
     return out
+
+
+# The reference machine: Redis streams with appendfsync always had a
+# p99 of ~0.47 ms at 1,000 msg/s where ccc-relay is asked for 1 ms. Targets
+# are measured as ratios in one run, so this is the 1 ms target on a machine
+# whose disk and clients are slower or faster than that one.
+REFERENCE_REDIS_ALWAYS_P99_MS = 0.47
+LATENCY_TARGET_MS = 1.0
+LATENCY_RATIO = LATENCY_TARGET_MS / REFERENCE_REDIS_ALWAYS_P99_MS
+
+
+def _latency_ratio(lat: Row, redis: Row | None) -> Target:
+    name = (f"the same latency target as a ratio: ccc p99 <= {LATENCY_RATIO:.2f}x Redis "
+            f"appendfsync always's p99 in this run ({LATENCY_TARGET_MS:g} ms against "
+            f"{REFERENCE_REDIS_ALWAYS_P99_MS} ms on the reference machine)")  # fmt: skip
+    if redis is None or redis.p99 is None or lat.p99 is None:
+        return Target(name, "not measured", "needs lat-1k with ccc and redis-always")
+    x = lat.p99 / redis.p99
+    return Target(
+        name,
+        "met" if x <= LATENCY_RATIO else "not met",
+        f"ccc p99 {lat.p99:.3f} ms / Redis p99 {redis.p99:.3f} ms = {x:.2f}x "
+        f"(the absolute 1 ms is judged above)",
+    )
 
 
 def format_targets(found: list[Target]) -> str:
