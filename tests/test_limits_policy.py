@@ -47,6 +47,31 @@ def test_never_more_than_the_limit_in_any_window(times: list[float], limit: int)
         assert len(inside) <= limit
 
 
+def _admit_reference(limiters: list[WindowLimiter], now: float) -> float:
+    """admit() spelled out with the public methods: every check, then every record."""
+    wait = max(limiter.retry_after(now) for limiter in limiters)
+    if not wait:
+        for limiter in limiters:
+            limiter.record(now)
+    return wait
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.floats(0, 400, allow_nan=False), min_size=1, max_size=200),
+    st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    st.sampled_from([10.0, 60.0]),
+)
+def test_admit_answers_as_checking_then_recording_every_limiter_would(
+    times: list[float], limits: list[int], window: float
+) -> None:
+    fast = [WindowLimiter(n, window) for n in limits]
+    reference = [WindowLimiter(n, window) for n in limits]
+    for t in sorted(times):
+        assert admit(fast, t) == _admit_reference(reference, t)
+        assert [x.count for x in fast] == [x.count for x in reference]
+
+
 def test_default_deny_and_unknown_equals_forbidden() -> None:
     policy = Policy.from_rules([Rule("alice", "bob")])
     known = {"alice", "bob", "carol"}

@@ -68,7 +68,9 @@ class WindowLimiter:
         return self.window  # unreachable with a positive limit; be strict anyway
 
     def record(self, now: float) -> None:
-        idx = math.floor(now / self._width)
+        self._record_at(math.floor(now / self._width))
+
+    def _record_at(self, idx: int) -> None:
         pos = idx % (self._slots + 1)
         if self._indexes[pos] != idx:
             self._total -= self._counts[pos]
@@ -87,11 +89,17 @@ def admit(limiters: Sequence[WindowLimiter], now: float) -> float:
 
     Returns 0.0 on success, else the longest retry_after (nothing recorded).
     """
-    wait = 0.0
+    # Every send passes here four times over (session, agent, pair, global):
+    # each limiter's slot is worked out once, and only a refusal pays for
+    # retry_after's search.
+    slots: list[int] = []
     for limiter in limiters:
-        wait = max(wait, limiter.retry_after(now))
-    if wait:
-        return wait
-    for limiter in limiters:
-        limiter.record(now)
+        idx = math.floor(now / limiter._width)
+        if idx != limiter._expired_at:
+            limiter._expire(idx)
+        if limiter._total + 1 > limiter.limit:
+            return max(other.retry_after(now) for other in limiters)
+        slots.append(idx)
+    for limiter, idx in zip(limiters, slots, strict=True):
+        limiter._record_at(idx)
     return 0.0
