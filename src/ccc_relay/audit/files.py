@@ -42,7 +42,11 @@ def _day_name(day: int) -> str:
 
 
 def file_for_day(log_dir: Path, day: str) -> Path:
-    return log_dir / f"{FILE_PREFIX}{day}{FILE_SUFFIX}"
+    return log_dir / file_name_for_day(day)
+
+
+def file_name_for_day(day: str) -> str:
+    return f"{FILE_PREFIX}{day}{FILE_SUFFIX}"
 
 
 def day_of_file(path: Path) -> str | None:

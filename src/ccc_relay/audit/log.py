@@ -51,6 +51,7 @@ from ccc_relay.audit.files import (
     day_of_file,
     decode_line,
     file_for_day,
+    file_name_for_day,
     line_hash,
     read_tail,
 )
@@ -257,7 +258,7 @@ class AuditLog(Restoring, Upkeep):
             view = view[written:]
         if self._staged is not None:  # ``lines`` are always the newest chained ones
             first = self.seq - len(lines) + 1
-            name = file_for_day(self.log_dir, self._day or "").name
+            name = file_name_for_day(self._day or "")  # no Path: this runs every batch
             self._staged.extend(StagedLine(first + i, name, line) for i, line in enumerate(lines))
         if sync:
             os.fsync(self._fd)
