@@ -301,7 +301,7 @@ def run_daemon(config: Config) -> None:
 
 
 # Python's default (700) runs a young collection every few hundred messages in
-# flight and, every few seconds of a flood, a full one that holds the event
+# flight and, about once a second of a flood, a full one that holds the event
 # loop for 15 ms; the relay's objects die by reference count, not in cycles.
 YOUNG_GENERATION_THRESHOLD = 10_000
 

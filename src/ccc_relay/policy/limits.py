@@ -89,9 +89,9 @@ def admit(limiters: Sequence[WindowLimiter], now: float) -> float:
 
     Returns 0.0 on success, else the longest retry_after (nothing recorded).
     """
-    # Every send passes here four times over (session, agent, pair, global):
-    # each limiter's slot is worked out once, and only a refusal pays for
-    # retry_after's search.
+    # Every send passes four limiters (session, agent, pair, global): each
+    # one's slot is worked out once, and only a refusal pays for retry_after's
+    # search.
     slots: list[int] = []
     for limiter in limiters:
         idx = math.floor(now / limiter._width)
