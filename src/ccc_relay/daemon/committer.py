@@ -19,9 +19,9 @@ transaction, and are durable before anyone is answered in one of two ways:
   batch, at most every tenth of a second, the audit file is fsynced on a
   background thread, off the commit path (a relay that falls quiet does it
   with its next batch -- the session sweep makes one at least every 30 s --
-  or in ``close_audit`` when it stops); the next batch
-  then drops those lines from the outbox. After a power
-  cut, the daemon's start copies what the outbox holds beyond the files back.
+  or in ``close_audit`` when it stops); the next batch then drops those lines
+  from the outbox. After a power cut, the daemon's start copies what the
+  outbox holds beyond the files back.
 * a big batch fsyncs the audit file on a second thread while SQLite takes the
   batch's statements, and waits for it before COMMIT: a second flush, amortised
   over hundreds of messages and cheaper in CPU than copying every line into
