@@ -8,8 +8,14 @@ Nothing is validated beyond what parsing needs, nothing is written to disk,
 nothing is rate limited. What ccc-relay does on top of this costs whatever the
 two differ by.
 
-Run as its own process: ``python -m benchmarks.baseline_relay --socket PATH``.
-``BaselineClient`` is the matching client the benchmark drives it with.
+With ``--durable FILE`` it is the durable floor instead (``baseline_store.py``):
+every message is in a SQLite file, fsynced, before its ``ok`` and before it is
+forwarded, and the recipient acks ids so their rows are deleted -- ccc-relay's
+durability and nothing else of what it does.
+
+Run as its own process: ``python -m benchmarks.baseline_relay --socket PATH
+[--durable FILE]``. ``BaselineClient`` is the matching client the benchmark
+drives it with.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import cast
 
 import msgspec
 
-from benchmarks.cases import Pipe, Sink, run_loop
+from benchmarks.baseline_store import Batch, DurableQueue
+from benchmarks.cases import ACK_AFTER, ACK_BATCH, Pipe, Sink, run_loop
 
 MAX_QUEUE = 1_000_000  # messages kept for one absent recipient: the run is bounded anyway
 BACKLOG = 1024  # pending connections; the idle case connects 50 at a time
@@ -47,12 +54,17 @@ class Ok(msgspec.Struct, tag="ok"):
     seq: int
 
 
-class Msg(msgspec.Struct, tag="msg"):
+class Msg(msgspec.Struct, tag="msg", omit_defaults=True):
     sender: str
     body: str
+    id: int = 0  # durable mode: what the recipient acks; 0 (and left out) otherwise
 
 
-_decode_in = msgspec.json.Decoder(Hello | Send).decode
+class Ack(msgspec.Struct, tag="ack"):
+    ids: list[int]
+
+
+_decode_in = msgspec.json.Decoder(Hello | Send | Ack).decode
 _decode_out = msgspec.json.Decoder(Ok | Msg).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -64,9 +76,33 @@ def split_lines(carry: bytes, data: bytes) -> tuple[list[bytes], bytes]:
 
 
 class _Relay:
-    def __init__(self) -> None:
+    def __init__(self, durable: Path | None = None) -> None:
         self.online: dict[str, _Conn] = {}
         self.queued: dict[str, deque[bytes]] = {}
+        self.store = None if durable is None else DurableQueue(durable, self.committed)
+
+    def deliver(self, recipient: str, line: bytes) -> None:
+        peer = self.online.get(recipient)
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(line)
+            return
+        queue = self.queued.setdefault(recipient, deque())
+        if len(queue) < MAX_QUEUE:
+            queue.append(line)
+
+    def committed(self, batch: Batch) -> None:
+        """A durable batch: answer its senders, then forward its messages (one write each)."""
+        answers: dict[_Conn, list[bytes]] = {}
+        forwards: dict[str, list[bytes]] = {}
+        for (message_id, recipient, sender, body), (conn, seq) in batch:
+            answers.setdefault(conn, []).append(_encode(Ok(seq)) + b"\n")
+            line = _encode(Msg(sender, body, message_id)) + b"\n"
+            forwards.setdefault(recipient, []).append(line)
+        for conn, lines in answers.items():
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.write(b"".join(lines))
+        for recipient, lines in forwards.items():
+            self.deliver(recipient, b"".join(lines))
 
 
 class _Conn(asyncio.Protocol):
@@ -86,25 +122,26 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         lines, self.carry = split_lines(self.carry, data)
         out: list[bytes] = []
+        store = self.relay.store
         for line in lines:
             frame = _decode_in(line)
             if isinstance(frame, Send):
-                self._forward(frame)
-                out.append(_encode(Ok(frame.seq)) + b"\n")
+                if store is None:
+                    line = _encode(Msg(self.agent or "", frame.body)) + b"\n"
+                    self.relay.deliver(frame.to, line)
+                    out.append(_encode(Ok(frame.seq)) + b"\n")
+                else:
+                    self._store(store, frame)
+            elif isinstance(frame, Ack):
+                if store is not None:
+                    store.ack(frame.ids)
             else:
                 self._hello(frame)
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
 
-    def _forward(self, frame: Send) -> None:
-        line = _encode(Msg(self.agent or "", frame.body)) + b"\n"
-        peer = self.relay.online.get(frame.to)
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(line)
-            return
-        queue = self.relay.queued.setdefault(frame.to, deque())
-        if len(queue) < MAX_QUEUE:
-            queue.append(line)
+    def _store(self, store: DurableQueue, frame: Send) -> None:
+        store.add(self.agent or "", frame.to, frame.body, (self, frame.seq))
 
     def _hello(self, hello: Hello) -> None:
         agent = self.agent = hello.agent
@@ -116,9 +153,10 @@ class _Conn(asyncio.Protocol):
             self.transport.writelines(queue)
 
 
-async def serve(socket_path: Path, ready: Callable[[], None] | None = None) -> None:
+async def serve(socket_path: Path, ready: Callable[[], None] | None = None, *,
+                durable: Path | None = None) -> None:  # fmt: skip
     """Serve on ``socket_path`` (mode 0600) until SIGTERM or SIGINT."""
-    relay = _Relay()
+    relay = _Relay(durable)
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: _Conn(relay), str(socket_path), backlog=BACKLOG)
     os.chmod(socket_path, 0o600)
@@ -133,10 +171,16 @@ async def serve(socket_path: Path, ready: Callable[[], None] | None = None) -> N
         server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
+        if relay.store is not None:
+            relay.store.close()
 
 
 class BaselineClient(asyncio.Protocol):
-    """One agent's connection: ``send`` with a window, received bodies to ``on_body``."""
+    """One agent's connection: ``send`` with a window, received bodies to ``on_body``.
+
+    Messages that carry an id (the durable floor's) are acked the way the ccc
+    receiver acks: ``ACK_BATCH`` ids at a time, or whatever came within ``ACK_AFTER``.
+    """
 
     def __init__(self, on_body: Callable[[str], None] | None = None) -> None:
         self.on_body = on_body
@@ -146,6 +190,8 @@ class BaselineClient(asyncio.Protocol):
         self.acked = 0
         self._waiter: asyncio.Future[None] | None = None
         self._wait_for = 0
+        self._unacked: list[int] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -189,12 +235,27 @@ class BaselineClient(asyncio.Protocol):
                 self.acked = frame.seq
             elif self.on_body is not None:
                 self.on_body(frame.body)
+                if frame.id:
+                    self._unacked.append(frame.id)
+        if len(self._unacked) >= ACK_BATCH:
+            self.flush_acks()
+        elif self._unacked and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_AFTER, self.flush_acks)
         waiter = self._waiter
         if waiter is not None and self.acked >= self._wait_for and not waiter.done():
             waiter.set_result(None)
 
+    def flush_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self._unacked and self.transport is not None and not self.transport.is_closing():
+            self.write_frame(Ack(self._unacked))
+        self._unacked = []
+
     async def close(self) -> None:
         if self.transport is not None:
+            self.flush_acks()
             self.transport.close()
             await self.closed
 
@@ -240,6 +301,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--ready-file", type=Path, help="created once the socket listens")
+    parser.add_argument(
+        "--durable", type=Path, metavar="FILE",
+        help="the durable floor: store every message in this SQLite file before answering it",
+    )  # fmt: skip
     args = parser.parse_args()
     ready_file: Path | None = args.ready_file
 
@@ -247,7 +312,7 @@ def main() -> None:
         if ready_file is not None:
             ready_file.write_text(str(os.getpid()))
 
-    run_loop(serve(args.socket, ready))
+    run_loop(serve(args.socket, ready, durable=args.durable))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class System:
     describe: str
     appendfsync: str | None = None  # redis: "always", or None for redis' own default
     jetstream: bool = False
+    durable: bool = False  # baseline: the durable floor (benchmarks/baseline_store.py)
 
 
 SYSTEMS: dict[str, System] = {s.name: s for s in (
@@ -51,6 +52,10 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
            "ccc-statusd, every check on, SQLite WAL synchronous=FULL, audit with bodies"),
     System("baseline", "baseline", "baseline",
            "minimal asyncio relay: uvloop + msgspec, no checks, no storage"),
+    System("baseline-durable", "baseline", "baseline",
+           "the minimal relay plus ccc's durability alone: each message in SQLite (WAL, "
+           "synchronous=FULL, group commit) before its answer, deleted when acked; no checks",
+           durable=True),
     System("redis-always", "redis", "redis",
            "Redis streams XADD / XREAD BLOCK, appendonly yes, appendfsync always",
            appendfsync="always"),
@@ -109,7 +114,8 @@ class Server:
 
     def __init__(self, system: System, *, root: Path | None = None) -> None:
         self.system = system
-        self.dir = Path(tempfile.mkdtemp(prefix=f"ccc-bench-{system.name}-", dir=root))
+        # Named after the server, not the row: a Unix socket's path holds at most 107 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"ccc-bench-{system.server}-", dir=root))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "server.log"
         self.access: Access | None = None
@@ -242,8 +248,11 @@ class BaselineServer(Server):
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
-        self._spawn([sys.executable, "-m", "benchmarks.baseline_relay", "--socket", str(sock),
-                     "--ready-file", str(ready)], env=env)  # fmt: skip
+        argv = [sys.executable, "-m", "benchmarks.baseline_relay", "--socket", str(sock),
+                "--ready-file", str(ready)]  # fmt: skip
+        if self.system.durable:
+            argv += ["--durable", str(self.dir / "baseline.db")]
+        self._spawn(argv, env=env)
         self._wait(ready.exists, "the baseline relay")
         self.access = Access("baseline", str(sock))
 

@@ -245,7 +245,8 @@ def targets(
     flush: FlushLatency | None = None,
 ) -> list[Target]:
     out: list[Target] = []
-    ccc, redis, js = (_find(rows, "tput-1k", s) for s in ("ccc", "redis-always", "nats-js"))
+    ccc, redis, js, floor = (_find(rows, "tput-1k", s) for s in (
+        "ccc", "redis-always", "nats-js", "baseline-durable"))  # fmt: skip
     if ccc and redis and ccc.rate and redis.rate:
         x = ccc.rate / redis.rate
         aim = f"; vs NATS JetStream {ccc.rate / js.rate:.2f}x ({js.rate:,.0f} msg/s)" if (
@@ -253,7 +254,8 @@ def targets(
         out.append(Target(
             "durable throughput, all checks on, 1 KiB 1->1 >= 1.25x Redis appendfsync always",
             "met" if x >= 1.25 else "not met",
-            f"ccc {ccc.rate:,.0f} msg/s vs Redis {redis.rate:,.0f} msg/s = {x:.2f}x{aim}",
+            f"ccc {ccc.rate:,.0f} msg/s vs Redis {redis.rate:,.0f} msg/s = {x:.2f}x{aim}"
+            + _floor_note(floor, redis, ccc),
         ))  # fmt: skip
     else:
         out.append(
@@ -269,6 +271,7 @@ def targets(
         # storage), the durable peer, and the disk under every durable commit.
         floors = [f"{label} p99 {row.p99:.3f} ms" for label, row in (
             ("harness floor (baseline relay)", _find(rows, "lat-1k", "baseline")),
+            ("durable floor (baseline-durable)", _find(rows, "lat-1k", "baseline-durable")),
             ("Redis appendfsync always", _find(rows, "lat-1k", "redis-always")),
         ) if row is not None and row.p99 is not None]  # fmt: skip
         if flush is not None:
@@ -320,6 +323,19 @@ def targets(
             Target("100,000 queued messages not held in memory", "not measured", "needs drain")
         )
     return out
+
+
+def _floor_note(floor: Row | None, redis: Row, ccc: Row) -> str:
+    """What durability alone costs in this run: the minimal relay with ccc's store and
+    nothing else of ccc's, against the same Redis row, and ccc's CPU beyond it."""
+    if floor is None or not floor.rate or not redis.rate:
+        return ""
+    note = (f"; durable floor (the minimal relay with the same durability, no checks) "
+            f"{floor.rate:,.0f} msg/s = {floor.rate / redis.rate:.2f}x Redis")  # fmt: skip
+    ccc_us, floor_us = cpu_per_message(ccc), cpu_per_message(floor)
+    if ccc_us is not None and floor_us is not None:
+        note += f", {floor_us:.0f} µs of relay CPU per message against ccc's {ccc_us:.0f} µs"
+    return note
 
 
 # The issue's reference machine: Redis streams with appendfsync always had a
