@@ -45,6 +45,10 @@ class System:
     appendfsync: str | None = None  # redis: "always", or None for redis' own default
     jetstream: bool = False
     durable: bool = False  # baseline: the durable floor (benchmarks/baseline_store.py)
+    # ccc: parts of the work switched off, for benchmarks/ladder.py's analysis
+    # only; every row of the table runs with both on.
+    sanitize: bool = True
+    audit_bodies: bool = True
 
 
 SYSTEMS: dict[str, System] = {s.name: s for s in (
@@ -166,6 +170,10 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _yaml_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
 class CccServer(Server):
     """``ccc-statusd start`` on a config that raises only the rate limits."""
 
@@ -183,10 +191,10 @@ class CccServer(Server):
             "    max_connections: 4096\n"
             "    max_unauthenticated: 64\n"
             "    require_session_auth: true\n"
-            "    sanitize: true\n"
+            f"    sanitize: {_yaml_bool(self.system.sanitize)}\n"
             "    sanitize_paths: escape\n"
             "  audit:\n"
-            "    log_all_messages: true\n"
+            f"    log_all_messages: {_yaml_bool(self.system.audit_bodies)}\n"
         )
 
     @property

@@ -114,3 +114,36 @@ def test_the_throughput_verdict_names_the_durable_floor(
         f"durable floor (the minimal relay with the same durability, no checks) 50,000 msg/s "
         f"= {shown} Redis, 20 µs of relay CPU per message against ccc's 100 µs"
     )
+
+
+def test_the_ladder_switches_off_only_what_each_rung_names(tmp_path: Path) -> None:
+    from benchmarks.ladder import RUNGS
+    from benchmarks.peers import CccServer
+
+    texts = []
+    for _, system in RUNGS[:3]:
+        server = CccServer(system, root=tmp_path)
+        texts.append(server.config_text().replace(str(server.dir), "$DIR"))
+        server.stop()
+    on = texts[0]
+    assert "sanitize: true" in on and "log_all_messages: true" in on
+    no_sanitiser = on.replace("sanitize: true", "sanitize: false")
+    assert texts[1] == no_sanitiser
+    assert texts[2] == no_sanitiser.replace("log_all_messages: true", "log_all_messages: false")
+    assert RUNGS[3][1].name == "baseline-durable"
+
+
+@pytest.mark.slow
+def test_the_ladder_measures_every_rung_and_tabulates_them(tmp_path: Path) -> None:
+    from benchmarks.ladder import RUNGS, climb, table
+    from benchmarks.run import QUICK
+
+    found = climb(1, "tput-1k", QUICK, tmp_path, echo=lambda _: None)
+    assert list(found) == [name for name, _ in RUNGS]
+    for rows in found.values():
+        assert len(rows) == 1 and rows[0].ok, rows[0].status
+        assert rows[0].rate is not None and rows[0].rate > 10
+    printed = table(found)
+    assert printed.count("\n") == len(RUNGS) + 1
+    for name, _ in RUNGS:
+        assert f"| {name} | " in printed
