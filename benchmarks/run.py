@@ -437,7 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                      description=DESCRIPTION)  # fmt: skip
     parser.add_argument(
-        "--quick", action="store_true", help="small counts: about 30 s instead of 5-6 min"
+        "--quick", action="store_true", help="small counts: about 30 s instead of about 6 min"
     )
     parser.add_argument("--cases", nargs="+", choices=list(CASES), metavar="CASE",
                         help=f"cases to run (default: all; quick: {' '.join(QUICK.cases)}); "

@@ -38,7 +38,7 @@ def _words(values: tuple[str, ...]) -> list[str]:
 
 
 @click.command("bench")
-@click.option("--quick", is_flag=True, help="Small counts: about 30 s instead of 5-6 min.")
+@click.option("--quick", is_flag=True, help="Small counts: about 30 s instead of about 6 min.")
 @click.option("--cases", "case_names", multiple=True, metavar="CASE[,CASE...]",
               help="Cases to run (default: all); see --list.")  # fmt: skip
 @click.option("--systems", multiple=True, metavar="SYSTEM[,SYSTEM...]",
