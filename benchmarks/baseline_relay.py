@@ -130,8 +130,8 @@ class _Conn(asyncio.Protocol):
                     line = _encode(Msg(self.agent or "", frame.body)) + b"\n"
                     self.relay.deliver(frame.to, line)
                     out.append(_encode(Ok(frame.seq)) + b"\n")
-                else:
-                    self._store(store, frame)
+                else:  # answered and forwarded by ``_Relay.committed``, once durable
+                    store.add(self.agent or "", frame.to, frame.body, (self, frame.seq))
             elif isinstance(frame, Ack):
                 if store is not None:
                     store.ack(frame.ids)
@@ -139,9 +139,6 @@ class _Conn(asyncio.Protocol):
                 self._hello(frame)
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
-
-    def _store(self, store: DurableQueue, frame: Send) -> None:
-        store.add(self.agent or "", frame.to, frame.body, (self, frame.seq))
 
     def _hello(self, hello: Hello) -> None:
         agent = self.agent = hello.agent
