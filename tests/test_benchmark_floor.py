@@ -107,6 +107,10 @@ def test_the_throughput_verdict_names_the_durable_floor(
         rows.append(Row("tput-1k", "baseline-durable", rate=floor_rate, server_cpu=100.0))
     [throughput, *_] = report.targets(rows, full_size=True, idle_agents=0, queued=0)
     assert throughput.verdict == "not met"
+    # 1.25 x 30,000 msg/s; 1,000,000 µs / 37,500 = 26.7 µs.
+    assert "the target is 37,500 msg/s, at most 27 µs of CPU per message on one core" in (
+        throughput.detail
+    )
     if shown is None:
         assert "floor" not in throughput.detail
         return
