@@ -25,8 +25,9 @@ from benchmarks.peers import SYSTEMS, System
 from benchmarks.report import Row, percentile
 
 DESCRIPTION = (
-    "Benchmark ccc-relay end to end, every check on, against a minimal relay, Redis streams "
-    "and NATS; print the machine, the configuration, one table with ratios and the targets."
+    "Benchmark ccc-relay end to end, every check on, against a minimal relay (with and without "
+    "ccc's durability), Redis streams and NATS; print the machine, the configuration, one "
+    "table with ratios and the targets."
 )
 IDLE_SYSTEMS = ("ccc", "baseline", "redis-default", "nats-core")  # durability is moot when idle
 PLACEMENTS = (0, 2, 3)  # client processes tried by the placement study

@@ -61,7 +61,8 @@ def bench(quick: bool, case_names: tuple[str, ...], systems: tuple[str, ...],
     """Benchmark the relay end to end against a minimal relay, Redis streams and NATS.
 
     Starts a real ccc-statusd per measurement (every check on, rate limits
-    raised), and redis-server / nats-server where installed, all on Unix
+    raised), the minimal relay with and without ccc's durability (the durable
+    floor), and redis-server / nats-server where installed, all on Unix
     sockets or 127.0.0.1 in temp dirs; prints the machine, the configuration,
     one table with ratios and the targets, met or not.
     """
