@@ -9,6 +9,7 @@ read that file from a second connection, as a restarted relay would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from benchmarks.report import Row
 
 
 def _rows(path: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute("SELECT id, recipient, sender, body FROM messages ORDER BY id").fetchall()
 
 
@@ -61,7 +62,7 @@ def test_a_batch_is_in_the_file_before_it_is_reported_and_gone_once_acked(
     for batch, on_disk in seen:
         assert {row for row, _ in batch} <= set(on_disk)
     assert _rows(path) == [(2, "bob", "alice", "two")]
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
