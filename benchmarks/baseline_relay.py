@@ -11,11 +11,12 @@ two differ by.
 With ``--durable FILE`` it is the durable floor instead (``baseline_store.py``):
 every message is in a SQLite file, fsynced, before its ``ok`` and before it is
 forwarded, and the recipient acks ids so their rows are deleted -- ccc-relay's
-durability and nothing else of what it does.
+durability and nothing else of what it does. ``--sanitize`` and ``--audit DIR``
+add ccc-relay's own sanitiser and audit log to that floor (``ladder.py``).
 
 Run as its own process: ``python -m benchmarks.baseline_relay --socket PATH
-[--durable FILE]``. ``BaselineClient`` is the matching client the benchmark
-drives it with.
+[--durable FILE [--sanitize] [--audit DIR]]``. ``BaselineClient`` is the
+matching client the benchmark drives it with.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import msgspec
 
 from benchmarks.baseline_store import Batch, DurableQueue
 from benchmarks.cases import ACK_AFTER, ACK_BATCH, Pipe, Sink, run_loop
+from ccc_relay.audit.log import AuditLog
+from ccc_relay.policy.sanitize import SanitizeOptions, sanitize
 
 MAX_QUEUE = 1_000_000  # messages kept for one absent recipient: the run is bounded anyway
 BACKLOG = 1024  # pending connections; the idle case connects 50 at a time
@@ -76,10 +79,14 @@ def split_lines(carry: bytes, data: bytes) -> tuple[list[bytes], bytes]:
 
 
 class _Relay:
-    def __init__(self, durable: Path | None = None) -> None:
+    def __init__(self, durable: Path | None = None, *, audit_dir: Path | None = None,
+                 sanitizing: SanitizeOptions | None = None) -> None:  # fmt: skip
         self.online: dict[str, _Conn] = {}
         self.queued: dict[str, deque[bytes]] = {}
-        self.store = None if durable is None else DurableQueue(durable, self.committed)
+        audit = None if audit_dir is None else AuditLog(audit_dir)
+        self.store = None if durable is None else DurableQueue(durable, self.committed,
+                                                                audit=audit)  # fmt: skip
+        self.sanitizing = sanitizing
 
     def deliver(self, recipient: str, line: bytes) -> None:
         peer = self.online.get(recipient)
@@ -131,7 +138,9 @@ class _Conn(asyncio.Protocol):
                     self.relay.deliver(frame.to, line)
                     out.append(_encode(Ok(frame.seq)) + b"\n")
                 else:  # answered and forwarded by ``_Relay.committed``, once durable
-                    store.add(self.agent or "", frame.to, frame.body, (self, frame.seq))
+                    options = self.relay.sanitizing
+                    body = frame.body if options is None else sanitize(frame.body, options).text
+                    store.add(self.agent or "", frame.to, body, (self, frame.seq))
             elif isinstance(frame, Ack):
                 if store is not None:
                     store.ack(frame.ids)
@@ -151,9 +160,10 @@ class _Conn(asyncio.Protocol):
 
 
 async def serve(socket_path: Path, ready: Callable[[], None] | None = None, *,
-                durable: Path | None = None) -> None:  # fmt: skip
+                durable: Path | None = None, audit_dir: Path | None = None,
+                sanitizing: SanitizeOptions | None = None) -> None:  # fmt: skip
     """Serve on ``socket_path`` (mode 0600) until SIGTERM or SIGINT."""
-    relay = _Relay(durable)
+    relay = _Relay(durable, audit_dir=audit_dir, sanitizing=sanitizing)
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: _Conn(relay), str(socket_path), backlog=BACKLOG)
     os.chmod(socket_path, 0o600)
@@ -302,14 +312,29 @@ def main() -> None:
         "--durable", type=Path, metavar="FILE",
         help="the durable floor: store every message in this SQLite file before answering it",
     )  # fmt: skip
+    parser.add_argument(
+        "--audit",
+        type=Path,
+        metavar="DIR",
+        help="with --durable: ccc-relay's audit log in DIR, a line per message",
+    )
+    parser.add_argument(
+        "--sanitize",
+        action="store_true",
+        help="with --durable: ccc-relay's sanitiser on every body",
+    )
     args = parser.parse_args()
+    if (args.audit or args.sanitize) and args.durable is None:
+        parser.error("--audit and --sanitize need --durable")
     ready_file: Path | None = args.ready_file
 
     def ready() -> None:
         if ready_file is not None:
             ready_file.write_text(str(os.getpid()))
 
-    run_loop(serve(args.socket, ready, durable=args.durable))
+    sanitizing = SanitizeOptions(paths="escape") if args.sanitize else None
+    run_loop(serve(args.socket, ready, durable=args.durable, audit_dir=args.audit,
+                   sanitizing=sanitizing))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,16 +8,24 @@ fast relay groups them: one commit at a time on a worker thread (sqlite3 lets go
 of the interpreter's lock while SQLite writes and fsyncs), and everything that
 arrives meanwhile rides the next one. What ccc-statusd spends beyond this relay
 with this store is the cost of its checks and its audit, not of durability.
+
+With an ``AuditLog`` (``benchmarks/ladder.py`` asks for one) each message also
+gets ccc-relay's own ``accepted`` line, body and all, chained and written on
+the commit thread and fsynced beside the statements before COMMIT, as
+ccc-statusd does for a big batch: the floor plus the audit, nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from ccc_relay.audit.log import AuditLog, AuditRecord
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS messages ("
@@ -42,8 +50,10 @@ def open_database(path: Path) -> sqlite3.Connection:
 class DurableQueue:
     """Messages stored by group commit, and deleted by id when acked."""
 
-    def __init__(self, path: Path, committed: Committed) -> None:
+    def __init__(self, path: Path, committed: Committed, *, audit: AuditLog | None = None) -> None:
         self._db = open_database(path)
+        self._audit = audit
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="baseline-sync")
         (last,) = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
         self._next_id: int = last + 1
         self._committed = committed
@@ -69,7 +79,10 @@ class DurableQueue:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._syncer.shutdown(wait=True)
         self._db.close()
+        if self._audit is not None:
+            self._audit.close()
 
     def _schedule(self) -> None:
         # One call per loop turn gathers every frame that turn read; while a
@@ -90,13 +103,21 @@ class DurableQueue:
         work.add_done_callback(lambda done: self._finish_commit(done, batch))
 
     def _write(self, rows: list[StoredRow], acks: list[tuple[int]]) -> None:
-        db = self._db
+        db, audit, synced = self._db, self._audit, None
+        if audit is not None and rows:
+            now = time.time()
+            audit.append_unsynced([AuditRecord(now, "accepted", {
+                "id": i, "from": sender, "to": recipient, "body": body, "size": len(body),
+            }) for i, recipient, sender, body in rows])  # fmt: skip
+            synced = self._syncer.submit(audit.sync_owed())
         db.execute("BEGIN")
         try:
             if rows:
                 db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
             if acks:
                 db.executemany("DELETE FROM messages WHERE id = ?", acks)
+            if synced is not None:
+                synced.result()  # the lines are on disk before the decision is
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

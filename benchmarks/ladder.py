@@ -3,9 +3,13 @@
 Rule: analysis only. No row here is ever judged against a target, and the
 table in ``docs/performance.md`` always runs with every check on. Each round
 runs every rung once on a fresh server, the rungs interleaved so that a noisy
-minute hits all of them, then the durable floor (``baseline-durable``); the
-table gives each rung's msg/s per round and the median relay CPU per message,
-which moves much less than msg/s on a shared machine.
+minute hits all of them: ccc with every check on, without its sanitiser, and
+without the bodies in its audit lines too; then the durable floor
+(``baseline-durable``), alone and with ccc-relay's own sanitiser and audit
+lines added; and Redis with ``appendfsync always``, the target's reference.
+The table gives each rung's msg/s per round, the median relay CPU per message
+(which moves much less than msg/s on a shared machine) and the median msg/s as
+a ratio to Redis's.
 
 Run: ``python -m benchmarks.ladder [--rounds 3] [--case tput-1k]``.
 """
@@ -26,6 +30,7 @@ from benchmarks.peers import SYSTEMS, System
 from benchmarks.report import Row, cpu_per_message
 
 _CCC = SYSTEMS["ccc"]
+REFERENCE = "Redis streams, appendfsync always (the target's reference)"
 RUNGS: tuple[tuple[str, System], ...] = (
     ("every check on (the benchmark's config)", _CCC),
     ("sanitize: false (the audit copy of each body still loses its secrets)",
@@ -33,6 +38,9 @@ RUNGS: tuple[tuple[str, System], ...] = (
     ("sanitize: false, log_all_messages: false (the audit keeps size and SHA-256)",
      replace(_CCC, sanitize=False, audit_bodies=False)),
     ("the durable floor (baseline-durable), for comparison", SYSTEMS["baseline-durable"]),
+    ("the durable floor plus ccc's sanitiser and an audit line per message",
+     replace(SYSTEMS["baseline-durable"], name="baseline-durable-checked", floor_checks=True)),
+    (REFERENCE, SYSTEMS["redis-always"]),
 )  # fmt: skip
 
 
@@ -50,13 +58,24 @@ def climb(rounds: int, case_name: str, scale: run.Scale, root: Path,
     return found
 
 
+def _median_rate(rows: list[Row]) -> float | None:
+    rates = [r.rate for r in rows if r.ok and r.rate]
+    return statistics.median(rates) if rates else None
+
+
 def table(found: dict[str, list[Row]]) -> str:
-    lines = ["| configuration | msg/s (each round) | relay µs/msg (median) |", "|---|--:|--:|"]
+    """One line per rung: msg/s per round, the median CPU per message, and the median
+    msg/s as a ratio to the reference rung's (Redis ``appendfsync always``)."""
+    lines = ["| configuration | msg/s (each round) | relay µs/msg (median) | x Redis always |",
+             "|---|--:|--:|--:|"]  # fmt: skip
+    reference = _median_rate(found.get(REFERENCE, []))
     for name, rows in found.items():
-        rates = " / ".join(f"{r.rate:,.0f}" if r.ok and r.rate else "failed" for r in rows)
+        rates = " / ".join(f"{r.rate:,.0f}" if r.ok and r.rate else r.status for r in rows)
         costs = [c for c in (cpu_per_message(r) for r in rows if r.ok) if c is not None]
         median = f"{statistics.median(costs):.0f}" if costs else ""
-        lines.append(f"| {name} | {rates} | {median} |")
+        rate = _median_rate(rows)
+        ratio = f"{rate / reference:.2f}x" if rate and reference else ""
+        lines.append(f"| {name} | {rates} | {median} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -64,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.ladder",
         description="What the parts of ccc-relay's work cost: one case with the sanitiser "
-        "and the audit's bodies switched off, beside the durable floor (analysis only, "
-        "never a target).",
+        "and the audit's bodies switched off, beside the durable floor alone and with ccc's "
+        "sanitiser and audit lines added (analysis only, never a target).",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default: 3)")
     parser.add_argument(

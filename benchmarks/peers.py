@@ -45,6 +45,8 @@ class System:
     appendfsync: str | None = None  # redis: "always", or None for redis' own default
     jetstream: bool = False
     durable: bool = False  # baseline: the durable floor (benchmarks/baseline_store.py)
+    # baseline, durable: also ccc's own sanitiser and audit lines (benchmarks/ladder.py)
+    floor_checks: bool = False
     # ccc: parts of the work switched off, for benchmarks/ladder.py's analysis
     # only; every row of the table runs with both on.
     sanitize: bool = True
@@ -260,6 +262,8 @@ class BaselineServer(Server):
                 "--ready-file", str(ready)]  # fmt: skip
         if self.system.durable:
             argv += ["--durable", str(self.dir / "baseline.db")]
+        if self.system.floor_checks:
+            argv += ["--sanitize", "--audit", str(self.dir / "audit")]
         self._spawn(argv, env=env)
         self._wait(ready.exists, "the baseline relay")
         self.access = Access("baseline", str(sock))
