@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ccc_relay.audit.log import AuditLog, AuditRecord
+if TYPE_CHECKING:  # only the ladder's rung with checks loads ccc-relay's audit log
+    from ccc_relay.audit.log import AuditLog
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS messages ("
@@ -53,6 +54,10 @@ class DurableQueue:
     def __init__(self, path: Path, committed: Committed, *, audit: AuditLog | None = None) -> None:
         self._db = open_database(path)
         self._audit = audit
+        if audit is not None:
+            from ccc_relay.audit.log import AuditRecord
+
+            self._record = AuditRecord
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="baseline-sync")
         (last,) = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
         self._next_id: int = last + 1
@@ -106,8 +111,9 @@ class DurableQueue:
         db, audit, synced = self._db, self._audit, None
         if audit is not None and rows:
             now = time.time()
-            audit.append_unsynced([AuditRecord(now, "accepted", {
-                "id": i, "from": sender, "to": recipient, "body": body, "size": len(body),
+            audit.append_unsynced([self._record(now, "accepted", {
+                "id": i, "from": sender, "to": recipient, "body": body,
+                "size": len(body.encode()),  # bytes, as ccc-relay's lines give it
             }) for i, recipient, sender, body in rows])  # fmt: skip
             synced = self._syncer.submit(audit.sync_owed())
         db.execute("BEGIN")

@@ -257,7 +257,7 @@ def targets(
             "appendfsync always",
             "met" if x >= THROUGHPUT_RATIO else "not met",
             f"ccc {ccc.rate:,.0f} msg/s vs Redis {redis.rate:,.0f} msg/s = {x:.2f}x{aim}"
-            + _budget_note(floor, redis, ccc),
+            + _budget_note(floor, redis.rate, ccc),
         ))  # fmt: skip
     else:
         out.append(
@@ -327,20 +327,18 @@ def targets(
     return out
 
 
-def _budget_note(floor: Row | None, redis: Row, ccc: Row) -> str:
+def _budget_note(floor: Row | None, redis_rate: float, ccc: Row) -> str:
     """What the target asks per message, and what durability alone costs in this run:
     the minimal relay with ccc's store and nothing else of ccc's, against the same
     Redis row, and ccc's CPU beyond it."""
-    if not redis.rate:
-        return ""
     # What the target asks of a relay that has one core: its CPU per message at most this.
-    needed = THROUGHPUT_RATIO * redis.rate
+    needed = THROUGHPUT_RATIO * redis_rate
     note = (f"; the target is {needed:,.0f} msg/s, at most {1e6 / needed:.0f} µs of CPU per "
             f"message on one core")  # fmt: skip
     if floor is None or not floor.rate:
         return note
     note += (f"; durable floor (the minimal relay with the same durability, no checks) "
-             f"{floor.rate:,.0f} msg/s = {floor.rate / redis.rate:.2f}x Redis")  # fmt: skip
+             f"{floor.rate:,.0f} msg/s = {floor.rate / redis_rate:.2f}x Redis")  # fmt: skip
     ccc_us, floor_us = cpu_per_message(ccc), cpu_per_message(floor)
     if ccc_us is not None and floor_us is not None:
         note += f", {floor_us:.0f} µs of relay CPU per message against ccc's {ccc_us:.0f} µs"
