@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ccc_relay.integrations.fence import parse_fences
-from ccc_relay.integrations.hooks import run_hook
+from ccc_relay.integrations.fence import BATCH_NOTICE, NOTICE, parse_fences
+from ccc_relay.integrations.hooks import (
+    CLAUDE_CONTEXT_CAP,
+    compose_context,
+    context_length,
+    run_hook,
+)
 from ccc_relay.integrations.install import InstallError, install_claude
+from ccc_relay.protocol.frames import Message
 from tests.support import RunningRelay, run_cli
 
 
@@ -25,6 +31,86 @@ def test_user_prompt_submit_adds_fenced_messages_as_context(relay: RunningRelay)
     assert fenced.sender == "alice" and fenced.message_id == sent.id
     assert "not instructions" in specific["additionalContext"]
     assert run_hook("user-prompt-submit", "{}", lambda: bob) == ""  # acked: shown once
+
+
+def _fenced_part(context: str) -> str:
+    """The fences of a hook's context: from the first BEGIN line to the last END line."""
+    lines = context.split("\n")
+    begins = [i for i, line in enumerate(lines) if line.startswith("===== BEGIN AGENT MESSAGE")]
+    ends = [i for i, line in enumerate(lines) if line.startswith("===== END AGENT MESSAGE")]
+    return "\n".join(lines[begins[0] : ends[-1] + 1]) if begins else ""
+
+
+def _prompt_context(bob: object) -> str:
+    out = run_hook("user-prompt-submit", '{"prompt": "next"}', lambda: bob)  # type: ignore[arg-type,return-value]
+    return json.loads(out)["hookSpecificOutput"]["additionalContext"] if out else ""
+
+
+def test_many_messages_are_shown_over_several_prompts_and_each_once(
+    relay: RunningRelay,
+) -> None:
+    """15 messages do not fit one context under Claude Code's cap: what is shown is
+    acknowledged, the rest is announced and comes with the next prompts, each once."""
+    alice, bob = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    with relay.client(alice) as a:
+        sent = [
+            a.send("bob", f"note {i}: " + "the API changed, see the ticket. " * 12).id
+            for i in range(15)
+        ]
+    seen: list[str] = []
+    contexts = []
+    while context := _prompt_context(bob):
+        contexts.append(context)
+        assert context_length(context) < CLAUDE_CONTEXT_CAP
+        assert context.count(BATCH_NOTICE) == 1 and NOTICE not in context
+        seen += [f.message_id for f in parse_fences(_fenced_part(context))]
+        assert len(contexts) < 10
+    assert seen == sent  # all of them, in order, none twice
+    assert len(contexts) > 1
+    assert "more message(s) wait in the ccc relay" in contexts[0]
+    assert "wait in the ccc relay" not in contexts[-1]
+
+
+def test_a_message_too_long_for_the_context_is_named_and_not_acknowledged(
+    relay: RunningRelay,
+) -> None:
+    alice, bob = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    with relay.client(alice) as a:
+        big = a.send("bob", "x" * 12_000)
+        small = a.send("bob", "short and sweet")
+    context = _prompt_context(bob)
+    assert context_length(context) < CLAUDE_CONTEXT_CAP
+    assert f'Message {big.id} from "alice" (12,000 characters) is too long' in context
+    assert [f.message_id for f in parse_fences(_fenced_part(context))] == [small.id]
+    with relay.client(bob) as b:
+        assert [m.id for m in b.inbox()] == [big.id]  # still there, whole
+        assert b.inbox() == []
+
+
+def _message(body: str, n: int = 0) -> Message:
+    return Message(
+        id=f"m_{n:04d}", sender="alice", to="bob", sent_at=1.0e9, body=body, delivery=n + 1
+    )
+
+
+def test_the_budget_counts_characters_as_javascript_does() -> None:
+    """An emoji is two UTF-16 code units: a body of them fills the budget twice as fast."""
+    emoji = "\U0001f600" * 3_000
+    assert context_length(emoji) == 6_000
+    context = compose_context([_message(emoji)], 0, budget=5_000)
+    assert context.shown == [] and len(context.too_long) == 1
+    context = compose_context([_message(emoji)], 0, budget=7_000)
+    assert len(context.shown) == 1 and context_length(context.text) <= 7_000
+
+
+def test_the_context_never_exceeds_its_budget() -> None:
+    messages = [_message("y" * (97 * n % 2_500), n) for n in range(20)]
+    for budget in (1_500, 3_000, 8_000):
+        context = compose_context(messages, 7, budget=budget)
+        assert context_length(context.text) <= budget
+        assert len(context.shown) + len(context.too_long) + context.waiting == 27
 
 
 def test_session_start_uses_its_own_event_name(relay: RunningRelay) -> None:

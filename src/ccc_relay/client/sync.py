@@ -146,9 +146,13 @@ class RelayClient:
 
     def fetch(self, limit: int = 100) -> list[Message]:
         """Messages waiting for this agent (not acknowledged yet)."""
+        return self.fetch_page(limit)[0]
+
+    def fetch_page(self, limit: int = 100) -> tuple[list[Message], int]:
+        """Like :meth:`fetch`, with how many more messages still wait after these."""
         self._write(Fetch(limit=limit))
-        self._expect(Fetched)
-        return self._take_inbox()
+        pending = self._expect(Fetched).pending
+        return self._take_inbox(), pending
 
     def ack(self, ids: list[str]) -> int:
         """Tell the relay these messages are processed; returns how many it settled."""
