@@ -19,9 +19,6 @@ from benchmarks.disk import FlushLatency, flush_latency
 from benchmarks.peers import SYSTEMS, missing
 from benchmarks.report import COLUMNS, Row
 from benchmarks.run import Scale, run_benchmark
-from click.testing import CliRunner
-
-from ccc_relay.cli.bench_cmd import bench, find_checkout
 
 TINY = Scale("tiny", ("tput-1k", "lat-1k", "drain", "idle"), flood_seconds=0.3,
              flood_cap=20_000, paced_seconds=0.5, drain_count=400, idle_agents=20, procs=0,
@@ -160,17 +157,16 @@ def test_percentile_is_nearest_rank() -> None:
     assert report.percentile([7], 0.999) == 7
 
 
-def test_bench_command_finds_the_checkout_and_lists_cases() -> None:
-    assert find_checkout() is not None
-    result = CliRunner().invoke(bench, ["--list"])
-    assert result.exit_code == 0, result.output
-    assert "tput-1k" in result.output and "redis-always" in result.output
+def test_the_benchmarks_stay_out_of_the_product() -> None:
+    # A developer tool: python -m benchmarks.run (./dev.sh bench), never a ccc command.
+    from ccc_relay.cli.ccc import main
 
-
-def test_bench_command_without_a_checkout_says_where_to_run(tmp_path: Path) -> None:
-    result = CliRunner().invoke(bench, ["--source", str(tmp_path), "--list"])
-    assert result.exit_code == 4
-    assert "source tree" in result.output
+    assert "bench" not in main.commands
+    src = Path(__file__).resolve().parents[1] / "src" / "ccc_relay"
+    importing = [str(f.relative_to(src)) for f in src.rglob("*.py")
+                 if re.search(r"^\s*(from|import) benchmarks\b|import_module\([\"']benchmarks",
+                              f.read_text(), re.MULTILINE)]  # fmt: skip
+    assert importing == []
 
 
 def test_a_missing_peer_is_a_row_that_says_how_to_install_it(

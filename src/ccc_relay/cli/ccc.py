@@ -297,12 +297,11 @@ def whoami(obj: Context, as_json: bool) -> None:
 def _register_commands() -> None:
     from ccc_relay.cli import operator
     from ccc_relay.cli.audit_cmd import audit
-    from ccc_relay.cli.bench_cmd import bench
     from ccc_relay.cli.containers_cmd import firewall, run
     from ccc_relay.cli.integrations_cmd import hook, install, mcp
     from ccc_relay.cli.peer_cmd import peer
 
-    for command in (*operator.COMMANDS, audit, run, firewall, mcp, hook, install, peer, bench):
+    for command in (*operator.COMMANDS, audit, run, firewall, mcp, hook, install, peer):
         main.add_command(command)
 
 
