@@ -18,7 +18,7 @@ from benchmarks import report
 from benchmarks.disk import FlushLatency, flush_latency
 from benchmarks.peers import SYSTEMS, missing
 from benchmarks.report import COLUMNS, Row
-from benchmarks.run import Scale, run_benchmark
+from benchmarks.run import FULL, TARGET_ROWS, Scale, median_row, parse_args, run_benchmark
 
 TINY = Scale("tiny", ("tput-1k", "lat-1k", "drain", "idle"), flood_seconds=0.3,
              flood_cap=20_000, paced_seconds=0.5, drain_count=400, idle_agents=20, procs=0,
@@ -84,58 +84,187 @@ def test_tiny_run_reports_every_column_and_plausible_numbers(tmp_path: Path) -> 
     assert [v for n, v in verdicts.items() if "idle" in n or "queued" in n] == ["not measured"] * 2
 
 
-def test_targets_are_judged_on_full_size_runs_only() -> None:
-    rows = [
-        Row("tput-1k", "ccc", rate=10_000.0), Row("tput-1k", "redis-always", rate=7_000.0),
-        Row("lat-1k", "ccc", p50=0.3, p99=0.9, p999=1.5),
+def _target_rows(*, ccc_us: float = 40.0, ccc_rate: float = 20_000.0,
+                 ccc_p99: float = 2.0) -> list[Row]:  # fmt: skip
+    """Made-up rows for every target: the peers fixed, ccc's figures as given."""
+
+    def flood(system: str, rate: float, us: float) -> Row:
+        # relay CPU% such that CPU per message is ``us``: % / 100 / rate * 1e6.
+        return Row("tput-1k", system, rate=rate, server_cpu=us * rate / 1e4)
+
+    return [
+        flood("ccc", ccc_rate, ccc_us),
+        flood("baseline-durable", 40_000.0, 20.0),
+        flood("nats-js", 16_000.0, 30.0),
+        flood("redis-always", 30_000.0, 12.0),
+        Row("lat-1k", "ccc", p50=0.8, p99=ccc_p99, p999=4.0),
+        Row("lat-1k", "redis-always", p50=0.7, p99=2.0, p999=3.0),
         Row("idle", "ccc", msgs=1000, rss=60 * report.MB, note=""),
         Row("drain", "ccc", rss=50 * report.MiB, extra={
             "queued": 100_000, "payload": 100_000 * 1024, "rss_before": 45 * report.MiB,
             "rss_growth": 5 * report.MiB}),
     ]  # fmt: skip
-    full = report.targets(rows, full_size=True, idle_agents=1000, queued=100_000)
-    # No Redis latency row, so the latency ratio cannot be judged.
-    assert [t.verdict for t in full] == ["met", "met", "not measured", "met", "met"]
-    assert "1.43x" in full[0].detail
-    small = report.targets(rows, full_size=False, idle_agents=1000, queued=100_000)
-    assert [t.verdict for t in small][3:] == ["not measured", "not measured"]
-    rows[1].rate = 9_000.0
-    assert report.targets(rows, full_size=True, idle_agents=1000, queued=100_000)[0].verdict == (
-        "not met")  # fmt: skip
 
 
-def test_the_latency_verdict_names_the_floors_the_same_run_measured() -> None:
+def _judge(rows: list[Row], *, full_size: bool = True) -> dict[str, report.Target]:
+    found = report.targets(rows, full_size=full_size, idle_agents=1000, queued=100_000)
+    keys = ("cpu", "throughput", "latency", "idle", "drain")
+    return dict(zip(keys, found, strict=True))
+
+
+@pytest.mark.parametrize(("ccc_us", "verdict", "shown"), [
+    (40.0, "met", "2.00x"), (50.0, "met", "2.50x"), (51.0, "not met", "2.55x"),
+    (100.0, "not met", "5.00x"),
+])  # fmt: skip
+def test_the_cpu_target_is_at_most_2_5x_the_durable_floors_cpu_per_message(
+    ccc_us: float, verdict: str, shown: str
+) -> None:
+    cpu = _judge(_target_rows(ccc_us=ccc_us))["cpu"]
+    assert cpu.verdict == verdict
+    assert cpu.threshold == 2.5 and cpu.ratio == pytest.approx(ccc_us / 20.0)
+    assert "durable floor (baseline-durable)" in cpu.name
+    assert cpu.detail == (f"{shown}, threshold <= 2.50x; ccc {ccc_us:.0f} µs/msg, "
+                          "baseline-durable 20 µs/msg; single runs")  # fmt: skip
+
+
+@pytest.mark.parametrize(("ccc_rate", "verdict", "shown"), [
+    (20_000.0, "met", "1.25x"), (16_000.0, "met", "1.00x"), (15_900.0, "not met", "0.99x"),
+    (8_000.0, "not met", "0.50x"),
+])  # fmt: skip
+def test_the_throughput_target_is_at_least_1x_nats_jetstream(
+    ccc_rate: float, verdict: str, shown: str
+) -> None:
+    throughput = _judge(_target_rows(ccc_rate=ccc_rate))["throughput"]
+    assert throughput.verdict == verdict
+    assert throughput.threshold == 1.0 and throughput.ratio == pytest.approx(ccc_rate / 16_000)
+    assert "NATS JetStream (nats-js)" in throughput.name
+    assert throughput.detail == (f"{shown}, threshold >= 1.00x; ccc {ccc_rate:,.0f} msg/s, "
+                                 "nats-js 16,000 msg/s; single runs")  # fmt: skip
+
+
+@pytest.mark.parametrize(("ccc_p99", "verdict", "shown"), [
+    (1.5, "met", "0.75x"), (2.5, "met", "1.25x"), (2.6, "not met", "1.30x"),
+    (9.0, "not met", "4.50x"),
+])  # fmt: skip
+def test_the_latency_target_is_at_most_1_25x_redis_appendfsync_always(
+    ccc_p99: float, verdict: str, shown: str
+) -> None:
+    latency = _judge(_target_rows(ccc_p99=ccc_p99))["latency"]
+    assert latency.verdict == verdict
+    assert latency.threshold == 1.25 and latency.ratio == pytest.approx(ccc_p99 / 2.0)
+    assert "Redis appendfsync always (redis-always)" in latency.name
+    assert latency.detail == (f"{shown}, threshold <= 1.25x; ccc p99 {ccc_p99:.3f} ms, "
+                              "redis-always p99 2.000 ms; single runs")  # fmt: skip
+
+
+def test_no_absolute_throughput_or_latency_target_is_left() -> None:
+    # ccc far behind Redis's msg/s and far above 1 ms: only the ratios count.
+    rows = _target_rows(ccc_us=45.0, ccc_rate=17_000.0, ccc_p99=2.4)
+    found = _judge(rows)
+    assert [t.verdict for t in found.values()] == ["met"] * 5
+    printed = report.format_targets(list(found.values()))
+    assert "1 ms" not in printed and "Redis streams" not in printed
+    assert printed.splitlines()[0].startswith("- [met] relay CPU per message in tput-1k")
+
+
+@pytest.mark.parametrize(("idle_mb", "growth_mib", "verdicts"), [
+    (60, 5, ["met", "met"]), (149, 24, ["met", "met"]), (150, 25, ["not met", "not met"]),
+])  # fmt: skip
+def test_the_memory_targets_are_unchanged_and_judged_on_full_size_runs_only(
+    idle_mb: int, growth_mib: int, verdicts: list[str]
+) -> None:
+    rows = _target_rows()
+    rows[-2].rss = idle_mb * report.MB
+    rows[-1].extra["rss_growth"] = growth_mib * report.MiB
+    found = _judge(rows)
+    assert [found["idle"].verdict, found["drain"].verdict] == verdicts
+    assert found["idle"].name == "1,000 idle agents: daemon RSS < 150 MB"
+    assert found["drain"].name.startswith("100,000 queued 1 KiB messages not held in memory")
+    small = _judge(rows, full_size=False)
+    assert [small["idle"].verdict, small["drain"].verdict] == ["not measured"] * 2
+
+
+def test_a_quick_run_judges_the_ratios_and_says_they_are_single_runs() -> None:
+    found = _judge(_target_rows(), full_size=False)
+    for key in ("cpu", "throughput", "latency"):
+        assert found[key].verdict == "met"
+        assert found[key].detail.endswith("single runs (a quick run: judge on a full run)")
+
+
+def test_a_ratio_target_without_its_peer_is_not_measured_and_says_why() -> None:
+    rows = [r for r in _target_rows() if r.system != "nats-js"]
+    rows.append(Row("tput-1k", "nats-js", status="not installed (apt-get install nats-server)"))
+    rows = [r for r in rows if not (r.case == "lat-1k" and r.system == "redis-always")]
+    found = _judge(rows)
+    assert found["cpu"].verdict == "met"
+    assert found["throughput"].verdict == "not measured"
+    assert found["throughput"].ratio is None
+    assert found["throughput"].detail == (
+        "threshold >= 1.00x; needs tput-1k with nats-js; nats-js: not installed "
+        "(apt-get install nats-server)"
+    )
+    assert found["latency"].verdict == "not measured"
+    assert found["latency"].detail.endswith("redis-always: not in this run")
+
+
+def test_the_verdicts_use_the_medians_of_three_runs() -> None:
+    def flood(system: str, rate: float, cpu: float) -> Row:
+        return Row("tput-1k", system, rate=rate, server_cpu=cpu)
+
+    # Three runs each: the median msg/s, and the median CPU per message (which
+    # need not be the median-rate run's own).
+    ccc = median_row([flood("ccc", 9_000.0, 45.0), flood("ccc", 11_000.0, 44.0),
+                      flood("ccc", 10_000.0, 60.0)])  # fmt: skip
+    floor = median_row([flood("baseline-durable", 30_000.0, 60.0),
+                        flood("baseline-durable", 25_000.0, 50.0),
+                        flood("baseline-durable", 35_000.0, 56.0)])  # fmt: skip
+    assert ccc.rate == 10_000.0 and floor.rate == 30_000.0
+    assert report.cpu_per_message(ccc) == pytest.approx(50.0)  # of 50, 40, 60 µs
+    assert report.cpu_per_message(floor) == pytest.approx(20.0)  # of 20, 20, 16 µs
+    assert ccc.note.startswith("median of 3 runs (msg/s: 9,000, 10,000, 11,000; relay µs/msg: "
+                               "50, 60, 40)")  # fmt: skip
+    [cpu, *_] = report.targets([ccc, floor], full_size=True, idle_agents=0, queued=0)
+    assert cpu.verdict == "met"
+    assert cpu.detail == ("2.50x, threshold <= 2.50x; ccc 50 µs/msg, baseline-durable 20 "
+                          "µs/msg; medians of 3 runs")  # fmt: skip
+    assert "| 50 |" in report.table([ccc], {"tput-1k": "flood"})  # the table shows the same
+
+
+def test_the_latency_verdict_names_what_else_the_same_run_measured() -> None:
     rows = [
         Row("lat-1k", "ccc", p50=1.2, p99=4.5, p999=9.0),
-        Row("lat-1k", "baseline", p50=0.2, p99=1.7, p999=4.0),
-        Row("lat-1k", "redis-always", p50=2.4, p99=29.8, p999=51.0),
+        Row("lat-1k", "baseline-durable", p50=0.6, p99=2.1, p999=4.0),
+        Row("lat-1k", "redis-always", p50=2.4, p99=3.0, p999=5.0),
     ]
     flush = FlushLatency(samples=2000, p50=0.3, p99=1.25, p999=6.5, worst=14.0, slow=3)
-    [_, latency, *_] = report.targets(rows, full_size=True, idle_agents=0, queued=0,
-                                      flush=flush)  # fmt: skip
+    [_, _, latency, *_] = report.targets(rows, full_size=True, idle_agents=0, queued=0,
+                                         flush=flush)  # fmt: skip
     assert latency.verdict == "not met"
     assert latency.detail == (
-        "p50 1.200 ms, p99 4.500 ms, p99.9 9.000 ms; same run: harness floor (baseline "
-        "relay) p99 1.700 ms, Redis appendfsync always p99 29.800 ms, one fsync on this disk "
-        "p99 1.250 ms, p99.9 6.500 ms, worst 14.000 ms"
+        "1.50x, threshold <= 1.25x; ccc p99 4.500 ms, redis-always p99 3.000 ms; single runs; "
+        "same run: baseline-durable p99 2.100 ms, one fsync on this disk p99 1.250 ms, "
+        "p99.9 6.500 ms"
     )
 
 
-@pytest.mark.parametrize(("ccc_p99", "verdict"), [(2.0, "met"), (2.2, "not met")])
-def test_the_latency_target_is_also_judged_as_a_ratio_to_redis(
-    ccc_p99: float, verdict: str
+def test_the_target_rows_are_those_the_ratio_targets_compare() -> None:
+    for target in report.RATIO_TARGETS:
+        assert {"ccc", target.peer} <= set(TARGET_ROWS[target.case])
+    for case in ("tput-1k", "lat-1k"):
+        assert set(TARGET_ROWS[case]) == {"ccc", "baseline-durable", "nats-js", "redis-always"}
+    assert FULL.repeats == 3
+
+
+def test_help_says_what_runs_how_long_and_the_targets(
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The reference machine: Redis appendfsync always p99 0.47 ms, target 1 ms,
-    # so ccc may take up to 2.13x Redis's p99 in the same run.
-    rows = [
-        Row("lat-1k", "ccc", p50=0.9, p99=ccc_p99, p999=4.0),
-        Row("lat-1k", "redis-always", p50=0.6, p99=1.0, p999=2.0),
-    ]
-    [_, absolute, ratio, *_] = report.targets(rows, full_size=True, idle_agents=0, queued=0)
-    assert absolute.verdict == "not met"  # judged on its own, whatever the ratio says
-    assert ratio.verdict == verdict
-    assert "2.13x" in ratio.name
-    assert ratio.detail.startswith(f"ccc p99 {ccc_p99:.3f} ms / Redis p99 1.000 ms = ")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    for words in ("--quick", "6-7 minutes", "under a minute", "baseline-durable",
+                  "<= 2.50x", ">= 1.00x", "<= 1.25x", "150 MB", "100,000 queued"):  # fmt: skip
+        assert words in shown, words
 
 
 def test_the_disk_probe_paces_its_flushes_and_orders_its_percentiles(tmp_path: Path) -> None:
