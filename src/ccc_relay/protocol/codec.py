@@ -89,6 +89,9 @@ def _decode(decoder: msgspec.json.Decoder[Any], line: bytes) -> Any:
         raise ProtocolError(ErrorCode.INVALID, f"invalid frame: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.INVALID, f"not a JSON object in UTF-8: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per nesting level: b"[" * 5000 must be a refusal, not a crash.
+        raise ProtocolError(ErrorCode.INVALID, "invalid frame: nested too deeply") from None
 
 
 def decode_client_frame(line: bytes) -> ClientFrame:

@@ -10,6 +10,7 @@ itself (``unavailable``, ``internal``).
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class ErrorCode(enum.StrEnum):
@@ -37,8 +38,24 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refusal as a value: a stable code, a sentence a human can act on, and
+    whether the connection ends after the error frame (``fatal``).
+
+    The relay's decisions return these; nothing is raised for a peer's mistake
+    or a policy's no.
+    """
+
+    code: ErrorCode
+    message: str
+    fatal: bool = False
+    retry_after: float | None = None
+
+
 class ProtocolError(Exception):
-    """A refusal with a stable code and a sentence a human can act on.
+    """A refusal raised where a call cannot return one: decoding a line, the
+    clients, the admin plane. Carries the same fields as :class:`Refusal`.
 
     ``fatal`` errors close the connection after the error frame is sent.
     """
@@ -59,3 +76,7 @@ class ProtocolError(Exception):
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code.value!r}, {self.message!r})"
+
+    @property
+    def refusal(self) -> Refusal:
+        return Refusal(self.code, self.message, self.fatal, self.retry_after)
