@@ -7,7 +7,7 @@ names learns nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from ccc_relay.policy.config import Rule
@@ -29,18 +29,16 @@ class Policy:
                 pairs[(rule.sender, rule.recipient)] = rule.action
         return cls(pairs)
 
-    def action(self, sender: str, recipient: str, known: frozenset[str] | set[str]) -> str | None:
+    def action(self, sender: str, recipient: str, known: Set[str]) -> str | None:
         """``allow``/``hold`` when sender may send to recipient, else None."""
         if sender not in known or recipient not in known:
             return None
         return self.pairs.get((sender, recipient))
 
-    def may_send(self, sender: str, recipient: str, known: frozenset[str] | set[str]) -> bool:
+    def may_send(self, sender: str, recipient: str, known: Set[str]) -> bool:
         return self.action(sender, recipient, known) is not None
 
-    def peers_of(
-        self, agent: str, known: frozenset[str] | set[str]
-    ) -> list[tuple[str, bool, bool]]:
+    def peers_of(self, agent: str, known: Set[str]) -> list[tuple[str, bool, bool]]:
         """Agents ``agent`` may talk to: (name, may_send_to_it, may_receive_from_it)."""
         names = {r for (s, r) in self.pairs if s == agent} | {
             s for (s, r) in self.pairs if r == agent

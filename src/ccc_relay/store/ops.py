@@ -1,0 +1,260 @@
+"""The store's operations as typed values: what the committer may be asked to do.
+
+Every durable effect and every read the relay makes is one of these. Each names
+what it does, carries only plain values, and knows its result type
+(``StoreOp[T]``), so the committer's door has no ``Any`` and a reader can list
+the relay's whole use of SQLite here. Nothing in this module touches the
+database until the committer calls ``apply`` inside its transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ccc_relay.store.records import AgentRecord, SessionRecord, StoredMessage
+
+if TYPE_CHECKING:
+    from ccc_relay.store.sqlite import Store
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class StoreOp(Generic[T_co]):
+    """One operation; ``apply`` runs inside the committer's transaction."""
+
+    __slots__ = ()
+    # An operation that may be refused by the data (a duplicate name, say) runs
+    # in a savepoint, so its failure cannot undo the rest of a batch.
+    may_fail = False
+
+    def apply(self, store: Store) -> T_co:
+        raise NotImplementedError
+
+
+# --- the message path ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AckMessages(StoreOp[int]):
+    """Delete the recipient's own acknowledged rows; how many there were."""
+
+    agent: str
+    items: Sequence[tuple[int | None, str]]  # (delivery number if known, id)
+
+    def apply(self, store: Store) -> int:
+        return store.ack(self.agent, self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldMessages(StoreOp[None]):
+    """Keep messages of a ``hold`` pair for the operator's decision."""
+
+    messages: Sequence[StoredMessage]
+
+    def apply(self, store: Store) -> None:
+        for message in self.messages:
+            store.hold(message)
+
+
+@dataclass(frozen=True, slots=True)
+class ApproveHeld(StoreOp[StoredMessage | None]):
+    """Take a held message and queue it, in one transaction: it is never in
+    neither table. ``fresh`` gives it a new delivery number (the id stays)."""
+
+    message_id: str
+    delivery: int
+
+    def apply(self, store: Store) -> StoredMessage | None:
+        held = store.take_held(self.message_id)
+        if held is None:
+            return None
+        queued = StoredMessage(
+            id=held.id,
+            sender=held.sender,
+            recipient=held.recipient,
+            body=held.body,
+            sent_at=held.sent_at,
+            thread=held.thread,
+            reply_to=held.reply_to,
+            deliver_at=held.deliver_at,
+            delivery=self.delivery,
+        )
+        store.insert_messages([queued])
+        return queued
+
+
+@dataclass(frozen=True, slots=True)
+class RejectHeld(StoreOp[StoredMessage | None]):
+    """Drop a held message and queue the sender's notice, in one transaction."""
+
+    message_id: str
+    notice: StoredMessage  # its body names the message; sent only if it was held
+
+    def apply(self, store: Store) -> StoredMessage | None:
+        held = store.take_held(self.message_id)
+        if held is not None:
+            store.insert_messages([self.notice])
+        return held
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDue(StoreOp[list[StoredMessage]]):
+    """Due messages of ``agent`` in delivery order, skipping those in flight."""
+
+    agent: str
+    now: float
+    limit: int
+    exclude: frozenset[str]
+
+    def apply(self, store: Store) -> list[StoredMessage]:
+        return store.due(self.agent, self.now, self.limit, set(self.exclude))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDueAndPending(StoreOp[tuple[list[StoredMessage], int]]):
+    """``ReadDue`` plus how many messages wait for ``agent`` in all (a fetch)."""
+
+    agent: str
+    now: float
+    limit: int
+    exclude: frozenset[str]
+
+    def apply(self, store: Store) -> tuple[list[StoredMessage], int]:
+        due = store.due(self.agent, self.now, self.limit, set(self.exclude))
+        return due, store.pending_count(self.agent)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSchedule(StoreOp[tuple[list[str], float | None]]):
+    """Recipients with messages that fell due in (since, now], and the next due time."""
+
+    now: float
+    since: float
+
+    def apply(self, store: Store) -> tuple[list[str], float | None]:
+        return store.recipients_due(self.now, self.since), store.next_scheduled(self.now)
+
+
+# --- sessions and agents -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSession(StoreOp[None]):
+    record: SessionRecord
+
+    def apply(self, store: Store) -> None:
+        store.create_session(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSessionsOf(StoreOp[None]):
+    agent: str
+
+    def apply(self, store: Store) -> None:
+        store.delete_sessions_of(self.agent)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteExpiredSessions(StoreOp[int]):
+    now: float
+
+    def apply(self, store: Store) -> int:
+        return store.delete_expired_sessions(self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class SetQuarantine(StoreOp[bool]):
+    agent: str
+    reason: str | None  # None lifts it
+
+    def apply(self, store: Store) -> bool:
+        return store.set_quarantine(self.agent, self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class AddAgent(StoreOp[None]):
+    record: AgentRecord
+    may_fail = True
+
+    def apply(self, store: Store) -> None:
+        store.add_agent(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class SetCredential(StoreOp[bool]):
+    agent: str
+    cred_hash: str
+    may_fail = True
+
+    def apply(self, store: Store) -> bool:
+        return store.set_credential(self.agent, self.cred_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAgent(StoreOp[list[tuple[str, str, str]]]):
+    """Remove an agent, its sessions and its rules; the rules that remain."""
+
+    agent: str
+    may_fail = True
+
+    def apply(self, store: Store) -> list[tuple[str, str, str]]:
+        store.remove_agent(self.agent)
+        return store.rules()
+
+
+@dataclass(frozen=True, slots=True)
+class SetRules(StoreOp[list[tuple[str, str, str]]]):
+    """Set (or, with ``action`` None, delete) pair rules; the rules that remain and
+    how many were deleted."""
+
+    pairs: tuple[tuple[str, str], ...]
+    action: str
+    may_fail = True
+
+    def apply(self, store: Store) -> list[tuple[str, str, str]]:
+        for sender, recipient in self.pairs:
+            store.set_rule(sender, recipient, self.action)
+        return store.rules()
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRules(StoreOp[tuple[int, list[tuple[str, str, str]]]]):
+    pairs: tuple[tuple[str, str], ...]
+    may_fail = True
+
+    def apply(self, store: Store) -> tuple[int, list[tuple[str, str, str]]]:
+        removed = sum(store.delete_rule(sender, recipient) for sender, recipient in self.pairs)
+        return removed, store.rules()
+
+
+# --- what the operator reads ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadQueueDepths(StoreOp[dict[str, int]]):
+    def apply(self, store: Store) -> dict[str, int]:
+        return store.queue_depths()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStatus(StoreOp[tuple[dict[str, int], int]]):
+    """Queue depths and the number of held messages."""
+
+    def apply(self, store: Store) -> tuple[dict[str, int], int]:
+        return store.queue_depths(), store.held_count()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadHeld(StoreOp[list[StoredMessage]]):
+    def apply(self, store: Store) -> list[StoredMessage]:
+        return store.held()
+
+
+@dataclass(frozen=True, slots=True)
+class Nothing(StoreOp[None]):
+    """No store work: a job that only carries audit lines or a seq update."""
+
+    def apply(self, store: Store) -> None:
+        return None
