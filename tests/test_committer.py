@@ -24,7 +24,7 @@ T0 = 1_714_521_600.0
 def message_job(n: int, body: str = "hello") -> Job:
     message = StoredMessage(id=f"m_{n}", sender="alice", recipient="bob", body=body,
                             sent_at=T0 + n, delivery=n)  # fmt: skip
-    return Job(audit=[AuditRecord(T0 + n, "accepted", {"id": message.id})], message=message)
+    return Job(audit=[AuditRecord(T0 + n, "accepted", {"id": message.id})], messages=[message])
 
 
 def outbox(store: Store) -> list[int]:

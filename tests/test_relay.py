@@ -436,7 +436,7 @@ def test_the_agent_socket_cannot_do_admin_operations(relay: RunningRelay) -> Non
     )
     _, first, second = read_frames(sock, 3)
     assert first["code"] == second["code"] == "invalid"
-    assert "mallory" not in relay.daemon.relay.agents
+    assert "mallory" not in relay.daemon.relay.core.agents
 
 
 def test_sockets_and_state_have_safe_modes(relay: RunningRelay) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 from ccc_relay.daemon.connection import AgentConnection
-from ccc_relay.daemon.relay import Relay
+from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.daemon.sockets import bind_unix_socket, remove_socket
 from ccc_relay.policy.config import Config
 
@@ -18,7 +18,7 @@ class AgentSockets:
         self.config = config
         self.servers: dict[str, tuple[asyncio.AbstractServer, socket.socket]] = {}
 
-    async def open(self, relay: Relay, agent: str) -> None:
+    async def open(self, shell: RelayShell, agent: str) -> None:
         """Listen on ``agent``'s own socket; connections there can only be ``agent``."""
         config = self.config
         path = config.agent_socket(agent)
@@ -26,7 +26,7 @@ class AgentSockets:
             return
         sock = bind_unix_socket(path, mode=config.socket_mode, group=config.socket_group)
         server = await asyncio.get_running_loop().create_unix_server(
-            lambda: AgentConnection(relay, bound_agent=agent), sock=sock
+            lambda: AgentConnection(shell, bound_agent=agent), sock=sock
         )
         self.servers[agent] = (server, sock)
 

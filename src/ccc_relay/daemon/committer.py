@@ -45,10 +45,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ccc_relay.audit.log import AuditLog, AuditRecord
 from ccc_relay.store import Store, StoredMessage, StoreFailure
+from ccc_relay.store.ops import Nothing, StoreOp
+
+T = TypeVar("T")
 
 log = logging.getLogger("ccc_relay.daemon")
 
@@ -76,27 +79,27 @@ SLOW_COMMIT = 0.005
 
 
 @dataclass(slots=True)
-class Job:
-    """One unit of durable work.
+class Job(Generic[T]):
+    """One unit of durable work: one store operation and what rides with it.
 
-    ``message`` jobs are inserted together with ``executemany``; ``run`` jobs
-    call a function on the store (inside a savepoint when ``may_fail``, so one
-    failing admin operation cannot undo a batch of messages).
+    The ``messages`` of consecutive jobs are inserted together with
+    ``executemany``; ``op`` runs after them (inside a savepoint when the
+    operation ``may_fail``, so one failing admin operation cannot undo a batch of
+    messages). ``seqs`` are sessions' new seq high-water marks.
     """
 
+    op: StoreOp[T] = field(default_factory=Nothing)  # type: ignore[arg-type]
+    messages: list[StoredMessage] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
-    message: StoredMessage | None = None
-    seq_update: tuple[str, int] | None = None
-    run: Callable[[Store], Any] | None = None
-    may_fail: bool = False
-    future: asyncio.Future[Any] | None = None
+    seqs: dict[str, int] = field(default_factory=dict)
+    future: asyncio.Future[T] | None = None
 
 
 class Committer:
     def __init__(self, store: Store, audit: AuditLog) -> None:
         self._store = store
         self._audit = audit
-        self._queue: list[Job] = []
+        self._queue: list[Job[Any]] = []
         self._waited = 0  # queued jobs someone waits for
         self._lazy_overdue = False  # a queued job nobody waits for has waited LAZY_DELAY
         self._wake = asyncio.Event()
@@ -116,7 +119,7 @@ class Committer:
         self.longest_commit = 0.0  # seconds, the longest COMMIT
         self.on_failure: Callable[[str], None] | None = None
 
-    def submit(self, job: Job, *, want_result: bool = True) -> asyncio.Future[Any] | None:
+    def submit(self, job: Job[T], *, want_result: bool = True) -> asyncio.Future[T] | None:
         """Queue ``job``. Raises StoreFailure once the store has failed.
 
         A job nobody waits for (``want_result=False``) does not start a batch
@@ -139,7 +142,7 @@ class Committer:
         self._lazy_overdue = True
         self._wake.set()
 
-    def _take_batch(self) -> list[Job]:
+    def _take_batch(self) -> list[Job[Any]]:
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._waited -= sum(1 for job in batch if job.future is not None)
         if not self._queue:  # nothing is left to wait for a timer or to be overdue
@@ -149,9 +152,10 @@ class Committer:
                 self._lazy_timer = None
         return batch
 
-    async def read(self, fn: Callable[[Store], Any]) -> Any:
-        """Run a read on the store, in order with queued writes."""
-        future = self.submit(Job(run=fn))
+    async def read(self, op: StoreOp[T]) -> T:
+        """Run ``op`` (a read, or a write someone waits for), in order with queued
+        writes; its result once its batch committed. Raises StoreFailure."""
+        future = self.submit(Job(op=op))
         assert future is not None
         return await future
 
@@ -176,7 +180,7 @@ class Committer:
         while self._queue and self.failure is None:
             await asyncio.shield(self._commit(loop, self._take_batch()))
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
+    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]) -> None:
         if self.failure is not None:
             self._fail(batch, self.failure)
             return
@@ -196,6 +200,14 @@ class Committer:
             if self.on_failure is not None:
                 self.on_failure(self.failure)
             return
+        except Exception as exc:
+            # A defect in one operation, not a failing disk: the transaction was
+            # rolled back, the batch's waiters get the exception, the store goes on.
+            log.error("a commit failed; its %d job(s) were rolled back", len(batch), exc_info=exc)
+            for job in batch:
+                if job.future is not None and not job.future.done():
+                    job.future.set_exception(exc)
+            return
         self.batches += 1
         self.jobs += len(batch)
         for job, result in zip(batch, results, strict=True):
@@ -214,12 +226,12 @@ class Committer:
             await asyncio.sleep(0)
 
     @staticmethod
-    def _fail(jobs: list[Job], reason: str) -> None:
+    def _fail(jobs: list[Job[Any]], reason: str) -> None:
         for job in jobs:
             if job.future is not None and not job.future.done():
                 job.future.set_exception(StoreFailure(reason))
 
-    def _apply(self, batch: list[Job], small: bool) -> list[Any]:
+    def _apply(self, batch: list[Job[Any]], small: bool) -> list[Any]:
         """Runs on the committer thread (or the loop's, for a ``small`` batch)."""
         staged = self._audit.append_unsynced([record for job in batch for record in job.audit])
         self._collect_audit_sync()
@@ -240,17 +252,16 @@ class Committer:
             messages: list[StoredMessage] = []
             seqs: dict[str, int] = {}
             for index, job in enumerate(batch):
-                if job.message is not None:
-                    messages.append(job.message)
-                if job.seq_update is not None:
-                    sid, seq = job.seq_update
+                if job.messages:
+                    messages.extend(job.messages)
+                for sid, seq in job.seqs.items():
                     seqs[sid] = max(seq, seqs.get(sid, 0))
-                if job.run is None:
+                if type(job.op) is Nothing:
                     continue
                 if messages:  # keep order: earlier inserts are visible to this job
                     store.insert_messages(messages)
                     messages = []
-                results[index] = self._run_one(store, job)
+                results[index] = self._run_one(store, job.op)
             if messages:
                 store.insert_messages(messages)
             if seqs:
@@ -293,13 +304,12 @@ class Committer:
         self._audit_sync = self._syncer.submit(self._audit.sync_owed())
 
     @staticmethod
-    def _run_one(store: Store, job: Job) -> Any:
-        assert job.run is not None
-        if not job.may_fail:
-            return job.run(store)
+    def _run_one(store: Store, op: StoreOp[Any]) -> Any:
+        if not op.may_fail:
+            return op.apply(store)
         store.savepoint()
         try:
-            result = job.run(store)
+            result = op.apply(store)
         except (sqlite3.IntegrityError, LookupError, ValueError) as exc:
             store.rollback_savepoint()
             return exc

@@ -16,8 +16,9 @@
 6. serve until SIGTERM/SIGINT or an admin ``shutdown``; then stop listening,
    say bye to every connection, flush the committer, close the store.
 
-Every task has a parent: the committer, the scheduler and the sweeper run in
-one TaskGroup and are cancelled together.
+Every task has a parent: the committer, the scheduler, the sweeper, the audit
+upkeep and each admin connection's server run in one TaskGroup and are
+cancelled together.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ccc_relay.audit.signing import load_or_create_signing_key
+from ccc_relay.core.relay import RelayCore
 from ccc_relay.daemon.admin import AdminConnection
 from ccc_relay.daemon.agent_sockets import AgentSockets
 from ccc_relay.daemon.audit_lifecycle import close_audit as close_audit
@@ -43,9 +45,11 @@ from ccc_relay.daemon.audit_lifecycle import restore_audit_outbox as restore_aud
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.confinement import check_confinement, confine
 from ccc_relay.daemon.connection import AgentConnection
-from ccc_relay.daemon.housekeeping import audit_upkeep, sweep_sessions
+from ccc_relay.daemon.housekeeping import WriteCheckpoint, audit_upkeep, sweep_sessions
+from ccc_relay.daemon.operator import Operator
 from ccc_relay.daemon.privileges import drop_privileges
-from ccc_relay.daemon.relay import Relay
+from ccc_relay.daemon.shell import RelayShell
+from ccc_relay.daemon.signing import MessageSigner
 from ccc_relay.daemon.sockets import (
     bind_unix_socket,
     ensure_private_dir,
@@ -54,8 +58,7 @@ from ccc_relay.daemon.sockets import (
 )
 from ccc_relay.policy.config import Config, ConfigError, load_config
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
-from ccc_relay.protocol.frames import Goodbye
-from ccc_relay.store import Store
+from ccc_relay.store import Store, StoreFailure
 
 log = logging.getLogger("ccc_relay.daemon")
 
@@ -77,7 +80,7 @@ class Daemon:
         self.harden = harden
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
-        self.relay: Relay | None = None
+        self.relay: RelayShell | None = None
         self.sandbox: dict[str, Any] = {"landlock": "not applied (in-process relay)"}
         self._agent_sockets = AgentSockets(config)
 
@@ -122,8 +125,18 @@ class Daemon:
             check_confinement(status, self.sandbox)
         committer = Committer(store, audit)
         self._audit = audit
-        relay = Relay(config, store, committer, clock=self.clock)
-        relay.load_sessions(store.live_sessions(self.clock()))
+        signer = MessageSigner.load_or_create(config.state_dir)
+        now = self.clock()
+        core = RelayCore(
+            config,
+            agents=store.agents(),
+            db_rules=store.rules(),
+            last_delivery=store.max_delivery(),
+            sign=signer.sign,
+            now=now,
+        )
+        core.admission.load_sessions(store.live_sessions(now), now)
+        relay = RelayShell(core, committer, self.clock)
         self.relay = relay
         committer.on_failure = lambda reason: log.critical("acceptance stopped: %s", reason)
         try:
@@ -151,7 +164,7 @@ class Daemon:
 
     async def _serve(
         self,
-        relay: Relay,
+        relay: RelayShell,
         committer: Committer,
         agent_sock: socket.socket,
         admin_sock: socket.socket,
@@ -165,29 +178,58 @@ class Daemon:
         agent_server = await loop.create_unix_server(
             lambda: AgentConnection(relay), sock=agent_sock
         )
-
-        def admin_connection() -> AdminConnection:
-            conn = AdminConnection(relay, self.stopping, self.sandbox)
-            conn.reload = lambda: self.reload(relay)
-            return conn
-
-        admin_server = await loop.create_unix_server(admin_connection, sock=admin_sock)
         if self.config.per_agent_sockets:
-            for agent in sorted(relay.agents):
+            for agent in sorted(relay.core.agents):
                 await self._agent_sockets.open(relay, agent)
-            relay.on_agent_added = lambda name: self._agent_sockets.open(relay, name)
-            relay.on_agent_removed = self._agent_sockets.close
         _write_pid(self.config.pid_path)
         async with asyncio.TaskGroup() as tasks:
+
+            def operator(uid: int) -> Operator:
+                return Operator(
+                    relay,
+                    by_uid=uid,
+                    shutdown=self.stopping,
+                    sandbox=self.sandbox,
+                    reload=lambda: self.reload(relay),
+                    agent_added=(
+                        (lambda name: self._agent_sockets.open(relay, name))
+                        if self.config.per_agent_sockets
+                        else None
+                    ),
+                    agent_removed=(
+                        self._agent_sockets.close if self.config.per_agent_sockets else None
+                    ),
+                )
+
+            admin_tasks: set[asyncio.Task[None]] = set()
+
+            def spawn_admin(serve: Coroutine[Any, Any, None]) -> None:
+                task = tasks.create_task(serve, name="admin connection")
+                admin_tasks.add(task)
+                task.add_done_callback(admin_tasks.discard)
+
+            admin_server = await loop.create_unix_server(
+                lambda: AdminConnection(operator, spawn_admin), sock=admin_sock
+            )
             commit_task = tasks.create_task(committer.run(), name="committer")
             scheduler = tasks.create_task(relay.run_scheduler(), name="scheduler")
             sweeper = tasks.create_task(sweep_sessions(relay), name="sweeper")
-            upkeep = tasks.create_task(audit_upkeep(self, relay, committer), name="audit upkeep")
+            upkeep = tasks.create_task(
+                audit_upkeep(
+                    committer,
+                    self._audit,
+                    self.checkpoint_key,
+                    self.config.audit.retention,
+                    self.clock,
+                ),
+                name="audit upkeep",
+            )
             await _submitted(
                 committer,
                 Job(
                     audit=[
-                        relay.record(
+                        relay.core.record(
+                            self.clock(),
                             "daemon_started",
                             pid=os.getpid(),
                             uid=os.getuid(),
@@ -202,7 +244,7 @@ class Daemon:
                 self.config.socket_path,
                 self.config.admin_socket_path,
             )
-            if not relay.agents:
+            if not relay.core.agents:
                 log.info(
                     "no agents yet: 'ccc agent add NAME' registers one, 'ccc allow A B' lets "
                     "A send to B (everything else is denied); see the README's quickstart"
@@ -212,27 +254,31 @@ class Daemon:
             log.info("ccc-statusd stopping")
             agent_server.close()
             admin_server.close()
+            for task in list(admin_tasks):
+                task.cancel()
             for agent in list(self._agent_sockets.servers):
                 self._agent_sockets.close(agent)
-            for conns in list(relay.online.values()):
-                for conn in list(conns):
-                    conn.write(Goodbye(reason="relay shutting down"))
-                    conn.close()
+            relay.say_goodbye("relay shutting down")
             scheduler.cancel()
             sweeper.cancel()
             upkeep.cancel()
-            with contextlib.suppress(Exception):
-                committer.submit(Job(audit=[relay.record("daemon_stopped")]), want_result=False)
+            try:
+                stopped = relay.core.record(self.clock(), "daemon_stopped")
+                committer.submit(Job(audit=[stopped]), want_result=False)
                 # The last line of a run is a signed checkpoint over everything before it.
-                final = committer.submit(self.checkpoint_job(relay))
+                final = committer.submit(
+                    Job(op=WriteCheckpoint(self._audit, self.clock(), self.checkpoint_key))
+                )
                 if final is not None:
                     await asyncio.wait_for(final, SHUTDOWN_GRACE)
+            except (StoreFailure, TimeoutError) as exc:
+                log.error("the last checkpoint of this run was not written: %s", exc)
             commit_task.cancel()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
-    def reload(self, relay: Relay) -> dict[str, Any]:
+    def reload(self, relay: RelayShell) -> dict[str, Any]:
         """Re-read the config file (SIGHUP or ``ccc-statusd reload``); audited either way.
 
         Raises ProtocolError(INVALID) when there is no file or it does not validate;
@@ -249,27 +295,17 @@ class Daemon:
             relay.audit("config_reload_failed", config=str(source), reason=str(exc))
             log.error("config reload failed, keeping the running config: %s", exc)
             raise ProtocolError(ErrorCode.INVALID, f"reload refused: {exc}") from None
-        result = relay.reload(new)
+        result = relay.core.reload(new)
         relay.audit("config_reloaded", config=str(source), **result)
         log.info("config reloaded from %s: %s", source, result)
         return result
 
-    def _reload_quietly(self, relay: Relay) -> None:
+    def _reload_quietly(self, relay: RelayShell) -> None:
         with contextlib.suppress(ProtocolError):  # already logged and audited
             self.reload(relay)
 
-    def retention_job(self, relay: Relay) -> Job:
-        """Delete audit files past ``retention``; the cut is recorded in the log."""
-        now, retention = relay.clock(), self.config.audit.retention
-        return Job(run=lambda _store: self._audit.apply_retention(now, retention))
 
-    def checkpoint_job(self, relay: Relay) -> Job:
-        """A signed checkpoint line over the chain head (nothing when no line was added)."""
-        now, key = relay.clock(), self.checkpoint_key
-        return Job(run=lambda _store: self._audit.checkpoint(now, key))
-
-
-def _submitted(committer: Committer, job: Job) -> asyncio.Future[Any]:
+def _submitted(committer: Committer, job: Job[Any]) -> asyncio.Future[Any]:
     future = committer.submit(job)
     assert future is not None
     return future

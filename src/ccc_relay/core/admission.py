@@ -1,0 +1,199 @@
+"""Admission: who may authenticate as an agent, for how long, and what a
+session may send right now.
+
+A hello is checked against the stored credential hash and the agent's bound
+uid/gid, with one answer for every kind of failure and a per-uid throttle on
+failed attempts. Sessions expire after ``session_timeout``. A send must be
+allowed by the pair policy and pass four sliding-window limiters at once --
+session, agent (all its sessions), pair and global -- so reconnecting never
+resets a budget.
+
+Sessions live here, keyed by id, with their durable seq high-water mark: a
+session can be resumed on another connection, so its seq belongs to it, not
+to a connection. Plain data; time is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ccc_relay import credentials
+from ccc_relay.policy.acl import Policy
+from ccc_relay.policy.config import Limits
+from ccc_relay.policy.limits import WindowLimiter, admit
+from ccc_relay.protocol.errors import ErrorCode, Refusal
+from ccc_relay.store.records import AgentRecord, SessionRecord
+
+MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
+RATE_WINDOW = 60.0
+AUTH_FAILED = Refusal(
+    ErrorCode.AUTH_FAILED,
+    "authentication failed: unknown agent, wrong credential, or wrong peer",
+    fatal=True,
+)
+
+
+def round_up(seconds: float) -> float:
+    """Milliseconds, rounded up: waiting exactly retry_after must be enough."""
+    return math.ceil(seconds * 1000) / 1000
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_urlsafe(12)
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    agent: str
+    expires: float
+    last_seq: int
+    limiter: WindowLimiter
+
+
+class Admission:
+    def __init__(self, limits: Limits, agents: dict[str, AgentRecord], policy: Policy) -> None:
+        self.limits = limits
+        self.agents = agents  # shared with the core: one table of who exists
+        self.policy = policy  # replaced by the core when the rules change
+        self.sessions: dict[str, Session] = {}
+        self._agent_limiters: dict[str, WindowLimiter] = {}
+        self._pair_limiters: dict[tuple[str, str], WindowLimiter] = {}
+        self._global_limiter = WindowLimiter(limits.global_rate_per_minute, RATE_WINDOW)
+        self._auth_failures: dict[int, WindowLimiter] = {}
+
+    # --- authentication -------------------------------------------------------
+
+    def authenticate(
+        self,
+        agent: str,
+        credential: str,
+        peer: tuple[int, int, int],
+        resume: str | None,
+        now: float,
+    ) -> tuple[Session, SessionRecord | None] | Refusal:
+        """Check a hello: its (new or resumed) session and, for a new one, the
+        record to store; or the refusal (RATE_LIMITED when this peer uid failed too
+        often; AUTH_FAILED for a wrong name, credential or uid, one answer for all;
+        QUARANTINED; SESSION_EXPIRED for a resume of an unknown or expired session).
+        """
+        _pid, uid, gid = peer
+        failures = self._auth_failures.get(uid)
+        if failures is not None:
+            wait = failures.retry_after(now)
+            if wait:
+                return Refusal(
+                    ErrorCode.RATE_LIMITED,
+                    "too many failed hellos from this user; wait before trying again",
+                    fatal=True,
+                    retry_after=round_up(wait),
+                )
+        record = self.agents.get(agent)
+        ok = credentials.matches(credential, record.cred_hash if record else None)
+        if ok and record is not None and record.uid is not None and record.uid != uid:
+            ok = False
+        if ok and record is not None and record.gid is not None and record.gid != gid:
+            ok = False
+        if not ok or record is None:
+            limiter = self._auth_failures.setdefault(
+                uid, WindowLimiter(self.limits.auth_failures_per_minute, RATE_WINDOW)
+            )
+            limiter.record(now)
+            return AUTH_FAILED
+        if record.quarantined:
+            return Refusal(
+                ErrorCode.QUARANTINED,
+                "this agent is quarantined; the operator must release it "
+                f"(ccc agent release {agent})",
+                fatal=True,
+            )
+        if resume is not None:
+            session = self.sessions.get(resume)
+            if session is None or session.agent != agent or session.expires <= now:
+                return Refusal(
+                    ErrorCode.SESSION_EXPIRED,
+                    "that session is unknown or expired; say hello without resume",
+                )
+            return session, None
+        session = Session(
+            id=new_session_id(),
+            agent=agent,
+            expires=now + self.limits.session_timeout,
+            last_seq=0,
+            limiter=WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
+        )
+        self.sessions[session.id] = session
+        return session, SessionRecord(session.id, agent, now, session.expires, 0)
+
+    def load_sessions(self, records: Iterable[SessionRecord], now: float) -> None:
+        for r in records:
+            if r.expires > now and r.agent in self.agents:
+                self.sessions[r.id] = Session(
+                    r.id,
+                    r.agent,
+                    r.expires,
+                    r.last_seq,
+                    WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
+                )
+
+    def expire(self, now: float) -> list[Session]:
+        """Forget the sessions past their expiry; the ones forgotten."""
+        expired = [s for s in self.sessions.values() if s.expires <= now]
+        for session in expired:
+            del self.sessions[session.id]
+        return expired
+
+    def end_sessions_of(self, agent: str) -> None:
+        for sid in [sid for sid, s in self.sessions.items() if s.agent == agent]:
+            del self.sessions[sid]
+
+    # --- sending --------------------------------------------------------------
+
+    def check_send(
+        self, sender: str, session: Session, to: str, deliver_at: float | None, now: float
+    ) -> str | Refusal:
+        """Policy and limits for one send: the pair's action, or the refusal
+        (FORBIDDEN -- unknown and forbidden recipients get the same answer --,
+        INVALID for a deliver_at too far ahead, RATE_LIMITED with retry_after).
+        """
+        record = self.agents.get(sender)
+        if record is not None and record.quarantined:
+            return Refusal(ErrorCode.QUARANTINED, "this agent is quarantined", fatal=True)
+        action = self.policy.action(sender, to, self.agents.keys())
+        if action is None:
+            return Refusal(ErrorCode.FORBIDDEN, f"you may not send to {to!r}")
+        if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
+            return Refusal(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
+        wait = admit(
+            (
+                session.limiter,
+                self._agent_limiter(sender),
+                self._pair_limiter(sender, to),
+                self._global_limiter,
+            ),
+            now,
+        )
+        if wait:
+            return Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit reached ({self.limits.rate_per_minute:g} msg/min); retry later",
+                retry_after=round_up(wait),
+            )
+        return action
+
+    def _agent_limiter(self, agent: str) -> WindowLimiter:
+        limiter = self._agent_limiters.get(agent)
+        if limiter is None:
+            limiter = WindowLimiter(self.limits.agent_rate_per_minute, RATE_WINDOW)
+            self._agent_limiters[agent] = limiter
+        return limiter
+
+    def _pair_limiter(self, sender: str, to: str) -> WindowLimiter:
+        limiter = self._pair_limiters.get((sender, to))
+        if limiter is None:
+            limiter = WindowLimiter(self.limits.pair_rate_per_minute, RATE_WINDOW)
+            self._pair_limiters[(sender, to)] = limiter
+        return limiter

@@ -1,0 +1,114 @@
+"""What the relay core asks its shell to do, as plain values.
+
+The core decides; it never writes a socket, touches the store or reads a
+clock. Each of its entry points returns a list of these effects, in order, and
+the shell (``ccc_relay.daemon.shell``) carries them out:
+
+* ``Reply``: write a frame to a connection (all frames of one loop turn go out
+  in one write);
+* ``Close``: close a connection once what was written before has gone out;
+* ``Persist``: run store work and its audit lines in the next group commit.
+  With ``then``, the shell hands the result back to the core
+  (``RelayCore.persisted``) or, if the store failed, the failure
+  (``RelayCore.persist_failed``); without it nobody waits, and the work rides
+  with the next commit;
+* ``Sanitize``: clean a big body off the event loop and hand it back
+  (``RelayCore.sanitized``); the connection's later frames wait meanwhile;
+* ``Log``: a line for the operator's log (the audit is a ``Persist``);
+* ``ScheduleChanged``: a message with ``deliver_at`` was committed, so the
+  scheduler should look again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccc_relay.audit.records import AuditRecord
+from ccc_relay.protocol.frames import RelayFrame, Send
+from ccc_relay.store.ops import Nothing, StoreOp
+from ccc_relay.store.records import StoredMessage
+
+# --- continuations: what to do once the store answered ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """One admitted send, answered once its batch is durable."""
+
+    seq: int
+    message: StoredMessage
+    held: bool
+    changes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SendsDurable:
+    conn: int
+    outcomes: list[SendOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class AckDurable:
+    conn: int
+    agent: str
+    ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRead:
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpRead:
+    conn: int
+    room: int
+    watermark: int  # every message up to this delivery number was in the read
+
+
+Then = SendsDurable | AckDurable | FetchRead | TopUpRead
+
+
+# --- effects ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    conn: int
+    frame: RelayFrame
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    conn: int
+
+
+@dataclass(slots=True)
+class Persist:
+    op: StoreOp[Any] = field(default_factory=Nothing)
+    messages: list[StoredMessage] = field(default_factory=list)  # one bulk insert
+    audit: list[AuditRecord] = field(default_factory=list)
+    seqs: dict[str, int] = field(default_factory=dict)  # session id -> seq high-water mark
+    then: Then | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sanitize:
+    conn: int
+    frame: Send
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: int  # a ``logging`` level number
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChanged:
+    pass
+
+
+Effect = Reply | Close | Persist | Sanitize | Log | ScheduleChanged

@@ -1,0 +1,942 @@
+"""The relay core: every decision on the message path, without I/O.
+
+Events come in as method calls -- a connection opened, bytes arrived, the store
+answered, time passed -- each with the current time; each call returns the
+effects to carry out (``core/effects.py``). The core holds plain data: the
+agents, the policy, the sessions (``admission.py``), the links and what is in
+flight on them (``routing.py``), the anomaly counters. It never awaits, reads a
+clock, touches a socket or SQLite; the asyncio shell (``daemon/shell.py``) does.
+
+One read's frames are decided together: consecutive sends become one
+``Persist`` (one group-commit job), answered together once it is durable.
+A refusal is a value (``Refusal``) answered on the spot, audited, and counted
+by the anomaly rules; a fatal one closes the link.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+import msgspec
+
+from ccc_relay.audit.body import body_fields
+from ccc_relay.audit.records import AuditRecord
+from ccc_relay.core.admission import AUTH_FAILED, Admission, Session
+from ccc_relay.core.effects import (
+    AckDurable,
+    Close,
+    Effect,
+    FetchRead,
+    Log,
+    Persist,
+    Reply,
+    Sanitize,
+    ScheduleChanged,
+    SendOutcome,
+    SendsDurable,
+    Then,
+    TopUpRead,
+)
+from ccc_relay.core.routing import Counters, Link, Routing
+from ccc_relay.policy.acl import HOLD, Policy
+from ccc_relay.policy.anomaly import Alert, AnomalyDetector
+from ccc_relay.policy.config_types import Config, Rule
+from ccc_relay.policy.sanitize import Sanitized, sanitize
+from ccc_relay.protocol.codec import body_size, line_cap_for
+from ccc_relay.protocol.errors import ErrorCode, ProtocolError, Refusal
+from ccc_relay.protocol.frames import (
+    PROTOCOL_VERSION,
+    Accepted,
+    Ack,
+    Acked,
+    AgentInfo,
+    AgentList,
+    Bye,
+    ClientFrame,
+    Error,
+    Fetch,
+    Fetched,
+    Goodbye,
+    Held,
+    Hello,
+    ListAgents,
+    Message,
+    Ping,
+    Pong,
+    Send,
+    Subscribe,
+    Welcome,
+)
+from ccc_relay.protocol.session import AgentSession, Rejected, seq_refusal
+from ccc_relay.store.ops import (
+    AckMessages,
+    CreateSession,
+    DeleteSessionsOf,
+    HoldMessages,
+    Nothing,
+    ReadDue,
+    ReadDueAndPending,
+    SetQuarantine,
+)
+from ccc_relay.store.records import AgentRecord, StoredMessage
+
+OPERATOR = "operator"  # the sender name of messages the operator writes
+RELAY = "relay"  # the sender name of the relay's own notices (e.g. a rejected message)
+RECENT_ALERTS = 100  # anomaly alerts kept for status and top
+# Bodies longer than this are sanitised off the event loop (their frames still
+# in order), so one hostile megabyte cannot stall every other agent's frames.
+SANITIZE_INLINE_LIMIT = 64 * 1024
+# Normalisations that say nothing about intent; the rest count towards the
+# "sanitized" anomaly rule.
+BENIGN_CHANGES = frozenset({"newline", "nfc"})
+
+
+def message_id(prefix: str, delivery: int) -> str:
+    """``m_`` + the run's 8-character prefix + the delivery number in hex."""
+    return f"m_{prefix}{delivery:x}"
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Consecutive sends of one read, made durable by one ``Persist``."""
+
+    messages: list[StoredMessage] = field(default_factory=list)
+    held: list[StoredMessage] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
+    seqs: dict[str, int] = field(default_factory=dict)
+    outcomes: list[SendOutcome] = field(default_factory=list)
+
+
+class RelayCore:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        agents: Iterable[AgentRecord],
+        db_rules: Iterable[tuple[str, str, str]],
+        last_delivery: int,
+        sign: Callable[[Message], str],
+        now: float,
+        id_prefix: str | None = None,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.started_at = now
+        self.agents: dict[str, AgentRecord] = {a.name: a for a in agents}
+        self._db_rules = [Rule(s, r, a) for s, r, a in db_rules]
+        self.counters = Counters()
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
+        self.admission = Admission(self.limits, self.agents, self._policy())
+        self.routing = Routing(sign, self.counters)
+        self.anomaly = AnomalyDetector(config.anomaly)
+        self.connections = 0
+        self.unauthenticated = 0
+        self._last_delivery = last_delivery
+        # Ids are this run's random prefix plus the delivery number: unique
+        # across restarts, and minted without a syscall per message.
+        self._id_prefix = id_prefix or secrets.token_urlsafe(6)  # 8 characters
+        self._line_cap = line_cap_for(self.limits.max_message_size)
+
+    # --- views the shell and the admin plane read ----------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self.admission.policy
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.admission.sessions
+
+    @property
+    def links(self) -> dict[int, Link]:
+        return self.routing.links
+
+    @property
+    def online(self) -> dict[str, list[Link]]:
+        return self.routing.online
+
+    def record(self, now: float, event: str, **fields: Any) -> AuditRecord:
+        return AuditRecord(now, event, fields)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def connect(
+        self, conn: int, peer: tuple[int, int, int], now: float, *, bound_agent: str | None = None
+    ) -> list[Effect]:
+        """A connection opened (on a per-agent socket: ``bound_agent``)."""
+        link = Link(conn, AgentSession(self._line_cap), peer, now, bound_agent=bound_agent)
+        self.routing.links[conn] = link
+        self.connections += 1
+        out: list[Effect] = []
+        if self.connections > self.limits.max_connections:
+            busy = "too many connections to the relay; try again later"
+        elif self.unauthenticated >= self.limits.max_unauthenticated:
+            busy = "too many connections are waiting to authenticate; try again later"
+        else:
+            self.unauthenticated += 1
+            link.counted_unauthenticated = True
+            return out
+        self._refuse(link, Refusal(ErrorCode.BUSY, busy, fatal=True, retry_after=1.0), now, out)
+        return self._finish(out, now)
+
+    def receive(self, conn: int, data: bytes, now: float) -> list[Effect]:
+        """Bytes arrived on a connection."""
+        link = self.routing.links.get(conn)
+        out: list[Effect] = []
+        if link is None or link.closed:
+            return out
+        refusal = link.session.receive_data(data)
+        if refusal is not None:
+            self._refuse(link, refusal, now, out)
+        else:
+            self._drain(link, now, out)
+        return self._finish(out, now)
+
+    def hello_timed_out(self, conn: int, now: float) -> list[Effect]:
+        link = self.routing.links.get(conn)
+        out: list[Effect] = []
+        if link is not None and not link.closed and link.agent is None:
+            refusal = Refusal(
+                ErrorCode.HELLO_TIMEOUT, "no hello in time; the connection is closed", fatal=True
+            )
+            self._refuse(link, refusal, now, out)
+        return self._finish(out, now)
+
+    def disconnected(self, conn: int, now: float) -> list[Effect]:
+        """The connection is gone (the peer left, or the shell closed it)."""
+        link = self.routing.links.pop(conn, None)
+        out: list[Effect] = []
+        if link is not None and not link.closed:
+            self._close(link, now, out, notify=False)
+        return self._finish(out, now)
+
+    def is_ready(self, conn: int) -> bool:
+        link = self.routing.links.get(conn)
+        return link is not None and not link.closed and link.session.ready
+
+    # --- frames --------------------------------------------------------------------------------
+
+    def _drain(
+        self, link: Link, now: float, out: list[Effect], batch: _Batch | None = None
+    ) -> None:
+        """Decide every complete frame the link holds, until it is held or closed."""
+        session = link.session
+        batch = batch or _Batch()
+        while not link.held and not link.closed:
+            event = session.next_event()
+            if event is None:
+                break
+            if isinstance(event, Rejected):
+                self._refuse(link, event.refusal, now, out, seq=event.seq)
+                continue
+            if session.ready and self._expired(link, now, out):
+                break
+            if isinstance(event, Send):
+                self._on_send(link, event, now, out, batch)
+                continue
+            self._flush(link, batch, now, out)  # keep the store's order the frames' order
+            self._on_frame(link, event, now, out)
+        self._flush(link, batch, now, out)
+
+    def _on_frame(self, link: Link, frame: ClientFrame, now: float, out: list[Effect]) -> None:
+        if isinstance(frame, Ack):
+            self._on_ack(link, frame, now, out)
+        elif isinstance(frame, Fetch):
+            self._on_fetch(link, frame, now, out)
+        elif isinstance(frame, Subscribe):
+            link.session.subscribe(frame.window)
+            link.backlog = True
+            self._top_up(link, now, out)
+        elif isinstance(frame, ListAgents):
+            self._on_agents(link, out)
+        elif isinstance(frame, Ping):
+            out.append(Reply(link.id, Pong(data=frame.data)))
+        elif isinstance(frame, Hello):
+            self._on_hello(link, frame, now, out)
+        elif isinstance(frame, Bye):
+            out.append(Reply(link.id, Goodbye()))
+            self._close(link, now, out)
+
+    def _expired(self, link: Link, now: float, out: list[Effect]) -> bool:
+        session = self.admission.sessions.get(link.session.session_id or "")
+        if session is not None and session.expires > now:
+            return False
+        refusal = Refusal(
+            ErrorCode.SESSION_EXPIRED,
+            "the session expired (session_timeout); authenticate again",
+            fatal=True,
+        )
+        self._refuse(link, refusal, now, out)
+        return True
+
+    # --- hello ---------------------------------------------------------------------------------
+
+    def _on_hello(self, link: Link, hello: Hello, now: float, out: list[Effect]) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            refusal = Refusal(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {hello.version} is not supported; this relay speaks "
+                f"{PROTOCOL_VERSION}",
+                fatal=True,
+            )
+            self._refuse(link, refusal, now, out)
+            return
+        link.claimed = hello.agent
+        pid, uid, gid = link.peer
+        if link.bound_agent is not None and hello.agent != link.bound_agent:
+            # Same answer as a wrong credential; the audit line says which.
+            self._audit(
+                out,
+                now,
+                "auth_refused",
+                agent=hello.agent,
+                socket_agent=link.bound_agent,
+                reason="agent does not match this per-agent socket",
+                peer_pid=pid,
+                peer_uid=uid,
+                peer_gid=gid,
+            )
+            self._refuse(link, AUTH_FAILED, now, out)
+            return
+        result = self.admission.authenticate(
+            hello.agent, hello.credential, link.peer, hello.resume, now
+        )
+        if isinstance(result, Refusal):
+            self._refuse(link, result, now, out)
+            return
+        session, new_record = result
+        link.session.authenticated(hello.agent, session.id, wants_signatures=hello.signatures)
+        if link.counted_unauthenticated:
+            self.unauthenticated -= 1
+            link.counted_unauthenticated = False
+        self.routing.attach(link)
+        out.append(
+            Persist(
+                op=CreateSession(new_record) if new_record is not None else Nothing(),
+                audit=[
+                    self.record(
+                        now,
+                        "authenticated",
+                        agent=hello.agent,
+                        session=session.id,
+                        resumed=hello.resume is not None,
+                        peer_pid=pid,
+                        peer_uid=uid,
+                        peer_gid=gid,
+                    )
+                ],
+            )
+        )
+        out.append(
+            Reply(
+                link.id,
+                Welcome(
+                    session=session.id,
+                    agent=hello.agent,
+                    expires_at=session.expires,
+                    last_seq=session.last_seq,
+                    max_message_size=self.limits.max_message_size,
+                    rate_limit_per_minute=self.limits.rate_per_minute,
+                ),
+            )
+        )
+
+    # --- send ----------------------------------------------------------------------------------
+
+    def _on_send(
+        self, link: Link, frame: Send, now: float, out: list[Effect], batch: _Batch
+    ) -> None:
+        agent = link.agent
+        sid = link.session.session_id
+        assert agent is not None
+        assert sid is not None
+        session = self.admission.sessions[sid]
+        refusal = seq_refusal(session.last_seq, frame.seq)
+        if refusal is not None:
+            self._refuse(link, refusal, now, out, seq=frame.seq)
+            return
+        # The seq is consumed whatever happens next, so the client's next frame
+        # is always last+1; the high-water mark is made durable with the batch.
+        session.last_seq = frame.seq
+        batch.seqs[sid] = frame.seq
+        try:
+            size = body_size(frame.body)
+        except ProtocolError as exc:  # a lone surrogate
+            size, refusal = 0, exc.refusal
+        if size > self.limits.max_message_size:
+            refusal = Refusal(
+                ErrorCode.TOO_LARGE,
+                f"body is {size} bytes; the limit is {self.limits.max_message_size} bytes; "
+                "the connection is closed",
+                fatal=True,
+            )
+        if refusal is not None:
+            self._refuse(link, refusal, now, out, seq=frame.seq)
+            return
+        action = self.admission.check_send(agent, session, frame.to, frame.deliver_at, now)
+        if isinstance(action, Refusal):
+            self._refuse(link, action, now, out, seq=frame.seq)
+            return
+        options = self.limits.sanitize
+        if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
+            self._flush(link, batch, now, out)
+            link.held = True
+            out.append(Sanitize(link.id, frame, action))
+            return
+        cleaned = sanitize(frame.body, options) if options.enabled else None
+        self._admit(link, frame, action, cleaned, now, out, batch)
+
+    def sanitized(
+        self, conn: int, frame: Send, action: str, cleaned: Sanitized, now: float
+    ) -> list[Effect]:
+        """A big body came back clean from the shell's worker; go on with the link."""
+        link = self.routing.links.get(conn)
+        out: list[Effect] = []
+        if link is None or link.closed:
+            return out
+        link.held = False
+        batch = _Batch()
+        self._admit(link, frame, action, cleaned, now, out, batch)
+        self._drain(link, now, out, batch)
+        return self._finish(out, now)
+
+    def _admit(
+        self,
+        link: Link,
+        frame: Send,
+        action: str,
+        cleaned: Sanitized | None,
+        now: float,
+        out: list[Effect],
+        batch: _Batch,
+    ) -> None:
+        agent = link.agent
+        assert agent is not None
+        body = frame.body if cleaned is None else cleaned.text
+        extra: dict[str, Any] = {}
+        changes: list[str] = []
+        if cleaned is not None and cleaned.changes:
+            changes = cleaned.describe()
+            extra["sanitized"] = dict(cleaned.changes)
+            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
+            if findings:
+                self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
+        message = self.new_message(
+            agent,
+            frame.to,
+            body,
+            now,
+            thread=frame.thread,
+            reply_to=frame.reply_to,
+            deliver_at=frame.deliver_at,
+        )
+        hold = action == HOLD
+        batch.audit.append(
+            self.message_record(
+                message,
+                now,
+                "held" if hold else "accepted",
+                send_seq=frame.seq,
+                session=link.session.session_id,
+                **extra,
+            )
+        )
+        (batch.held if hold else batch.messages).append(message)
+        batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes))
+        self._alert(self.anomaly.accepted(agent, frame.to, now), now, out)
+
+    def _flush(self, link: Link, batch: _Batch, now: float, out: list[Effect]) -> None:
+        """One ``Persist`` for the batch's sends (nobody waits when all were refused);
+        the batch is empty afterwards."""
+        if batch.outcomes:
+            out.append(
+                Persist(
+                    op=HoldMessages(batch.held) if batch.held else Nothing(),
+                    messages=batch.messages,
+                    audit=batch.audit,
+                    seqs=batch.seqs,
+                    then=SendsDurable(link.id, batch.outcomes),
+                )
+            )
+        elif batch.seqs:
+            out.append(Persist(seqs=batch.seqs))
+        batch.messages, batch.held, batch.audit, batch.seqs, batch.outcomes = [], [], [], {}, []
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    def _on_fetch(self, link: Link, frame: Fetch, now: float, out: list[Effect]) -> None:
+        agent = link.agent
+        assert agent is not None
+        exclude = self.routing.inflight_ids(agent)
+        out.append(
+            Persist(op=ReadDueAndPending(agent, now, frame.limit, exclude), then=FetchRead(link.id))
+        )
+
+    def _on_ack(self, link: Link, frame: Ack, now: float, out: list[Effect]) -> None:
+        agent = link.agent
+        assert agent is not None
+        ids = list(dict.fromkeys(frame.ids))
+        items = [(self.routing.delivery_of(agent, mid), mid) for mid in ids]
+        out.append(
+            Persist(
+                op=AckMessages(agent, items),
+                audit=[
+                    self.record(now, "acked", agent=agent, ids=ids, session=link.session.session_id)
+                ],
+                then=AckDurable(link.id, agent, ids),
+            )
+        )
+
+    def _on_agents(self, link: Link, out: list[Effect]) -> None:
+        agent = link.agent
+        assert agent is not None
+        online = self.routing.online
+        peers = self.policy.peers_of(agent, self.agents.keys())
+        agents = [
+            AgentInfo(name=name, online=name in online, may_send=send, may_receive=recv)
+            for name, send, recv in peers
+        ]
+        out.append(Reply(link.id, AgentList(agents=agents)))
+
+    def _top_up(self, link: Link, now: float, out: list[Effect]) -> None:
+        """Fill the link's window: from the overflow while it is vouched
+        complete, else with one store read (answered in ``persisted``)."""
+        session = link.session
+        if not (session.subscribed and link.backlog and not link.topping_up and session.ready):
+            return
+        agent = session.agent
+        assert agent is not None
+        routing = self.routing
+        while link.backlog and session.room > 0:
+            link.backlog = False
+            room = session.room
+            if agent in routing.authoritative:
+                for message in routing.take_overflow(agent, room):
+                    routing.push(link, message, out)
+                if routing.overflow.get(agent):
+                    link.backlog = True
+                continue
+            link.topping_up = True
+            out.append(
+                Persist(
+                    op=ReadDue(agent, now, room, routing.inflight_ids(agent)),
+                    then=TopUpRead(link.id, room, self._last_delivery),
+                )
+            )
+            return
+
+    # --- the store answered --------------------------------------------------------------------
+
+    def persisted(self, then: Then, result: object, now: float) -> list[Effect]:
+        """The store did what a ``Persist`` with ``then`` asked; ``result`` is its answer."""
+        out: list[Effect] = []
+        link = self.routing.links.get(then.conn)
+        live = link is not None and not link.closed
+        if isinstance(then, SendsDurable):
+            self._sends_durable(then, link if live else None, now, out)
+        elif isinstance(then, AckDurable):
+            assert isinstance(result, int)
+            self.counters.acked += result
+            self.routing.settle(then.agent, then.ids)
+            if link is not None and live:
+                out.append(Reply(link.id, Acked(count=result)))
+                self._top_up(link, now, out)
+        elif isinstance(then, FetchRead):
+            if link is not None and live:
+                due, total = cast(tuple[list[StoredMessage], int], result)
+                self._fetched(link, due, total, out)
+        elif isinstance(then, TopUpRead):
+            if link is not None:
+                link.topping_up = False
+                if live and link.session.ready:
+                    self._topped_up(link, then, cast(list[StoredMessage], result), now, out)
+        return self._finish(out, now)
+
+    def persist_failed(self, then: Then | None, reason: str, now: float) -> list[Effect]:
+        """The store failed the work of a ``Persist``: whoever waits is told
+        ``unavailable``; the agent's audit line says so (if the audit can still
+        take it)."""
+        out: list[Effect] = []
+        if then is None:
+            return out
+        link = self.routing.links.get(then.conn)
+        if link is not None:
+            link.topping_up = False
+        if link is None or link.closed:
+            return out
+        text = f"the relay cannot store messages right now: {reason}"
+        if isinstance(then, SendsDurable):
+            for outcome in then.outcomes:
+                out.append(
+                    Reply(
+                        link.id,
+                        Error(code=ErrorCode.UNAVAILABLE.value, message=text, seq=outcome.seq),
+                    )
+                )
+        else:
+            what = {AckDurable: "record acks", FetchRead: "read messages"}.get(
+                type(then), "read messages"
+            )
+            text = f"the relay cannot {what} right now: {reason}"
+            out.append(Reply(link.id, Error(code=ErrorCode.UNAVAILABLE.value, message=text)))
+        self.counters.refused[ErrorCode.UNAVAILABLE.value] += 1
+        self._audit(
+            out,
+            now,
+            "unavailable",
+            agent=link.agent,
+            session=link.session.session_id,
+            work=type(then).__name__,
+            reason=reason,
+        )
+        return self._finish(out, now)
+
+    def _sends_durable(
+        self, then: SendsDurable, link: Link | None, now: float, out: list[Effect]
+    ) -> None:
+        for outcome in then.outcomes:
+            message = outcome.message
+            if outcome.held:
+                self.counters.held += 1
+                if link is not None:
+                    out.append(
+                        Reply(
+                            link.id, Held(seq=outcome.seq, id=message.id, changes=outcome.changes)
+                        )
+                    )
+                continue
+            if link is not None:
+                out.append(
+                    Reply(
+                        link.id, Accepted(seq=outcome.seq, id=message.id, changes=outcome.changes)
+                    )
+                )
+            self._committed(message, now, out)
+
+    def message_committed(self, message: StoredMessage, now: float) -> list[Effect]:
+        """A message the operator plane made durable: count it and route it."""
+        out: list[Effect] = []
+        self._committed(message, now, out)
+        return self._finish(out, now)
+
+    def _committed(self, message: StoredMessage, now: float, out: list[Effect]) -> None:
+        self.counters.accepted += 1
+        self.routing.activity[message.sender]["sent"] += 1
+        if message.deliver_at is not None and message.deliver_at > now:
+            out.append(ScheduleChanged())
+            return
+        for link in self.routing.route(message.recipient, message, out):
+            self._top_up(link, now, out)
+
+    def _fetched(self, link: Link, due: list[StoredMessage], total: int, out: list[Effect]) -> None:
+        agent = link.agent
+        assert agent is not None
+        routing = self.routing
+        count = 0
+        for message in due:
+            if not routing.is_inflight(agent, message.id):
+                routing.push(link, message, out)
+                count += 1
+        pending = max(0, total - len(routing.inflight.get(agent, {})))
+        out.append(Reply(link.id, Fetched(count=count, pending=pending)))
+
+    def _topped_up(
+        self, link: Link, then: TopUpRead, due: list[StoredMessage], now: float, out: list[Effect]
+    ) -> None:
+        agent = link.agent
+        assert agent is not None
+        routing = self.routing
+        for message in due:
+            if not routing.is_inflight(agent, message.id):
+                routing.push(link, message, out)
+        if len(due) >= then.room:
+            link.backlog = True
+        else:
+            routing.vouch(agent, then.watermark)  # the store held nothing more that is due
+        self._top_up(link, now, out)
+
+    # --- time passes ---------------------------------------------------------------------------
+
+    def expire_sessions(self, now: float) -> list[Effect]:
+        """Forget expired sessions and close the links still on them."""
+        out: list[Effect] = []
+        for session in self.admission.expire(now):
+            self._audit(out, now, "session_expired", agent=session.agent, session=session.id)
+        for links in list(self.routing.online.values()):
+            for link in list(links):
+                self._expired(link, now, out)
+        return self._finish(out, now)
+
+    def schedule_due(self, agents: Iterable[str], now: float) -> list[Effect]:
+        """Scheduled messages of these agents fell due."""
+        out: list[Effect] = []
+        for agent in agents:
+            for link in self.routing.route(agent, None, out):
+                self._top_up(link, now, out)
+        return self._finish(out, now)
+
+    # --- refusals, anomalies, quarantine -------------------------------------------------------
+
+    def _refuse(
+        self,
+        link: Link,
+        refusal: Refusal,
+        now: float,
+        out: list[Effect],
+        *,
+        seq: int | None = None,
+    ) -> None:
+        """Answer a refusal, count and audit it, feed the anomaly rules, and close
+        the link when it is fatal."""
+        code = refusal.code.value
+        self.counters.refused[code] += 1
+        who = link.agent
+        claimed = link.claimed or link.bound_agent
+        name = who or claimed
+        known = name is not None and name in self.agents
+        if known:
+            self.routing.activity[name]["refused"] += 1  # type: ignore[index]
+        pid, uid, gid = link.peer
+        fields: dict[str, Any] = {}
+        if who is None and claimed is not None:
+            fields["claimed"] = claimed
+        if seq is not None:
+            fields["send_seq"] = seq
+        self._audit(
+            out,
+            now,
+            "refused",
+            agent=who,
+            code=code,
+            reason=refusal.message,
+            **fields,
+            session=link.session.session_id,
+            peer_pid=pid,
+            peer_uid=uid,
+            peer_gid=gid,
+        )
+        out.append(
+            Reply(
+                link.id,
+                Error(code=code, message=refusal.message, seq=seq, retry_after=refusal.retry_after),
+            )
+        )
+        if known:
+            self._alert(self.anomaly.refused(name, code, now), now, out)  # type: ignore[arg-type]
+        if refusal.fatal:
+            self._close(link, now, out)
+
+    def _alert(self, alerts: list[Alert], now: float, out: list[Effect]) -> None:
+        for alert in alerts:
+            self.counters.anomalies += 1
+            fields = {
+                "agent": alert.agent,
+                "rule": alert.rule,
+                "value": alert.value,
+                "threshold": alert.threshold,
+                "window": alert.window,
+                "quarantine": alert.quarantine,
+            }
+            self.alerts.append({"ts": now, **fields})
+            self._audit(out, now, "anomaly", **fields, detail=alert.describe())
+            out.append(Log(logging.WARNING, f"anomaly: {alert.describe()}"))
+            if alert.quarantine:
+                self._quarantine(
+                    alert.agent, f"anomaly rule {alert.rule}: {alert.describe()}", now, out
+                )
+
+    def quarantine(self, agent: str, reason: str, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        self._quarantine(agent, reason, now, out)
+        return self._finish(out, now)
+
+    def _quarantine(self, agent: str, reason: str, now: float, out: list[Effect]) -> None:
+        record = self.agents.get(agent)
+        if record is None or record.quarantined:
+            return
+        self.agents[agent] = msgspec.structs.replace(record, quarantined=reason)
+        out.append(
+            Persist(
+                op=SetQuarantine(agent, reason),
+                audit=[self.record(now, "quarantined", agent=agent, reason=reason)],
+            )
+        )
+        self._close_agent(
+            agent,
+            Refusal(ErrorCode.QUARANTINED, f"agent quarantined: {reason}", fatal=True),
+            now,
+            out,
+        )
+
+    def _close_agent(self, agent: str, refusal: Refusal, now: float, out: list[Effect]) -> None:
+        for link in list(self.routing.online.get(agent, ())):
+            self._refuse(link, refusal, now, out)
+
+    def _close(self, link: Link, now: float, out: list[Effect], *, notify: bool = True) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        returned = link.session.close()
+        self.connections -= 1
+        if link.counted_unauthenticated:
+            self.unauthenticated -= 1
+            link.counted_unauthenticated = False
+        for other in self.routing.detach(link, returned):
+            self._top_up(other, now, out)
+        if notify:
+            out.append(Close(link.id))
+
+    # --- the operator's plane ------------------------------------------------------------------
+
+    def new_message(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        now: float,
+        *,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        deliver_at: float | None = None,
+    ) -> StoredMessage:
+        """A message with the next delivery number (numbers follow submit order,
+        which is commit order) and an id derived from it."""
+        self._last_delivery += 1
+        delivery = self._last_delivery
+        return StoredMessage(
+            id=message_id(self._id_prefix, delivery),
+            sender=sender,
+            recipient=recipient,
+            body=body,
+            sent_at=now,
+            thread=thread,
+            reply_to=reply_to,
+            deliver_at=deliver_at,
+            delivery=delivery,
+        )
+
+    def next_delivery(self) -> int:
+        self._last_delivery += 1
+        return self._last_delivery
+
+    def message_record(
+        self, message: StoredMessage, now: float, event: str, **extra: Any
+    ) -> AuditRecord:
+        """The audit line of a message the relay accepts, holds or queues."""
+        options = self.limits.sanitize
+        scrubbed = options.enabled and options.redact_secrets and message.sender in self.agents
+        fields = {
+            "id": message.id,
+            "from": message.sender,
+            "to": message.recipient,
+            **body_fields(
+                message.body, self.config.audit.log_all_messages, secrets_removed=scrubbed
+            ),
+            **extra,
+        }
+        if message.thread:
+            fields["thread"] = message.thread
+        if message.deliver_at:
+            fields["deliver_at"] = message.deliver_at
+        return AuditRecord(now, event, fields)
+
+    def end_sessions(self, agent: str, why: str, now: float) -> list[Effect]:
+        """Forget every session of ``agent`` and close its links (a rotated
+        credential stops working at once, not at session expiry)."""
+        out: list[Effect] = [Persist(op=DeleteSessionsOf(agent))]
+        self.admission.end_sessions_of(agent)
+        self._close_agent(agent, Refusal(ErrorCode.AUTH_FAILED, why, fatal=True), now, out)
+        return self._finish(out, now)
+
+    def set_db_rules(self, db_rules: Iterable[tuple[str, str, str]]) -> None:
+        self._db_rules = [Rule(s, r, a) for s, r, a in db_rules]
+        self.admission.policy = self._policy()
+
+    def _policy(self) -> Policy:
+        return Policy.from_rules([*self.config.rules, *self._db_rules])
+
+    def rules_with_source(self) -> list[dict[str, str]]:
+        rows = [
+            {"from": r.sender, "to": r.recipient, "action": r.action, "source": "config"}
+            for r in self.config.rules
+        ]
+        rows += [
+            {"from": r.sender, "to": r.recipient, "action": r.action, "source": "admin"}
+            for r in self._db_rules
+        ]
+        return sorted(rows, key=lambda r: (r["from"], r["to"], r["source"]))
+
+    def reload(self, new: Config) -> dict[str, list[str]]:
+        """Take what can change while running from ``new``: policy rules, anomaly
+        rules, sanitisation, and whether the audit keeps bodies. Everything else
+        (paths, sockets, user, limits) is reported as needing a restart."""
+        old = self.config
+        applied: list[str] = []
+        restart: list[str] = []
+        if new.rules != old.rules:
+            applied.append("policy")
+        if new.anomaly != old.anomaly:
+            applied.append("anomaly")
+            self.anomaly = AnomalyDetector(new.anomaly)
+        if new.limits.sanitize != old.limits.sanitize:
+            applied.append("security.sanitize")
+        if new.audit.log_all_messages != old.audit.log_all_messages:
+            applied.append("audit.log_all_messages")
+        for name in (
+            "state_dir",
+            "socket_path",
+            "admin_socket_path",
+            "socket_mode",
+            "socket_group",
+            "user",
+            "per_agent_sockets",
+            "agent_socket_dir",
+        ):
+            if getattr(new, name) != getattr(old, name):
+                restart.append(name)
+        if replace(new.limits, sanitize=old.limits.sanitize) != old.limits:
+            restart.append("security limits")
+        if replace(new.audit, log_all_messages=old.audit.log_all_messages) != old.audit:
+            restart.append("audit.log_path/retention/log_group")
+        kept = replace(
+            old,
+            rules=new.rules,
+            anomaly=new.anomaly,
+            limits=replace(old.limits, sanitize=new.limits.sanitize),
+            audit=replace(old.audit, log_all_messages=new.audit.log_all_messages),
+        )
+        self.config = kept
+        self.limits = kept.limits
+        self.admission.limits = kept.limits
+        self.admission.policy = self._policy()
+        return {"applied": applied, "restart_needed": restart}
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _audit(self, out: list[Effect], now: float, event: str, **fields: Any) -> None:
+        """An audit line nobody waits for: it rides with the next commit."""
+        out.append(Persist(audit=[AuditRecord(now, event, fields)]))
+
+    def _finish(self, out: list[Effect], now: float) -> list[Effect]:
+        """One ``delivered`` line per link for everything this call pushed."""
+        delivered = self.routing.delivered
+        if delivered:
+            self.routing.delivered = {}
+            out.append(
+                Persist(
+                    audit=[
+                        AuditRecord(
+                            now,
+                            "delivered",
+                            {"to": link.agent, "ids": ids, "session": link.session.session_id},
+                        )
+                        for link, ids in delivered.items()
+                    ]
+                )
+            )
+        return out
