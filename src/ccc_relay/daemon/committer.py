@@ -68,8 +68,9 @@ LAZY_DELAY = 0.02
 # behind it (lat-1k p99 7-17 ms at 1 s, 3-4 ms at 0.1 s). Ten background
 # flushes a second cost the relay no measurable CPU.
 AUDIT_SYNC_EVERY = 0.1
-# Batches of up to this many jobs commit on the event loop (see above). At
-# 1,000 msg/s this took the relay from 66-76% to 54-61% of a core.
+# Batches of up to this many jobs and messages together commit on the event
+# loop (see above): an idle relay's single message. A job may carry a whole
+# read's sends, so messages count, not jobs.
 INLINE_BATCH = 8
 # A COMMIT (SQLite's WAL write and fsync, the batch's statements already done)
 # at least this long is counted as slow: at 1,000 msg/s it holds up the five
@@ -184,7 +185,7 @@ class Committer:
         if self.failure is not None:
             self._fail(batch, self.failure)
             return
-        small = len(batch) <= INLINE_BATCH
+        small = len(batch) + sum(len(job.messages) for job in batch) <= INLINE_BATCH
         try:
             if small:
                 results = self._apply(batch, small)

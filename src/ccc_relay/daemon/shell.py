@@ -19,7 +19,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import msgspec
 
 from ccc_relay.core.effects import (
     Close,
@@ -39,12 +41,18 @@ from ccc_relay.protocol.frames import Error, Goodbye, Send
 from ccc_relay.store import StoreFailure
 from ccc_relay.store.ops import DeleteExpiredSessions, Nothing, ReadSchedule
 
-if TYPE_CHECKING:
-    from ccc_relay.daemon.connection import AgentConnection
-
 log = logging.getLogger("ccc_relay.daemon")
 
 SCHEDULER_IDLE = 60.0  # seconds the scheduler sleeps when nothing is scheduled
+
+
+class Connection(Protocol):
+    """What the shell needs of a connection (``daemon/connection.py``)."""
+
+    def write(self, frame: msgspec.Struct) -> None: ...
+    def close(self) -> None: ...
+    def hold_input(self) -> None: ...
+    def release_input(self) -> None: ...
 
 
 class RelayShell:
@@ -54,14 +62,14 @@ class RelayShell:
         self.core = core
         self.committer = committer
         self.clock = clock
-        self.connections: dict[int, AgentConnection] = {}
+        self.connections: dict[int, Connection] = {}
         self._next_id = 0
         self._schedule_changed = asyncio.Event()
 
     # --- connections ------------------------------------------------------------------
 
     def connected(
-        self, conn: AgentConnection, peer: tuple[int, int, int], bound_agent: str | None
+        self, conn: Connection, peer: tuple[int, int, int], bound_agent: str | None
     ) -> int:
         self._next_id += 1
         cid = self._next_id
