@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ccc_relay import credentials
 from ccc_relay.policy.acl import Policy
 from ccc_relay.policy.config import Limits
-from ccc_relay.policy.limits import WindowLimiter, admit
+from ccc_relay.policy.limits import WindowLimiter
 from ccc_relay.protocol.errors import ErrorCode, Refusal
 from ccc_relay.store.records import AgentRecord, SessionRecord
 
 MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
 RATE_WINDOW = 60.0
+TOO_FAR_AHEAD = Refusal(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
 AUTH_FAILED = Refusal(
     ErrorCode.AUTH_FAILED,
     "authentication failed: unknown agent, wrong credential, or wrong peer",
@@ -152,37 +153,73 @@ class Admission:
 
     # --- sending --------------------------------------------------------------
 
-    def check_send(
-        self, sender: str, session: Session, to: str, deliver_at: float | None, now: float
-    ) -> str | Refusal:
-        """Policy and limits for one send: the pair's action, or the refusal
-        (FORBIDDEN -- unknown and forbidden recipients get the same answer --,
-        INVALID for a deliver_at too far ahead, RATE_LIMITED with retry_after).
+    def check_sends(
+        self,
+        sender: str,
+        session: Session,
+        sends: Sequence[tuple[str, float | None]],
+        now: float,
+    ) -> list[str | Refusal]:
+        """Policy and limits for consecutive sends of one session, decided
+        together: for each (recipient, deliver_at), in order, the pair's action or
+        the refusal (FORBIDDEN -- unknown and forbidden recipients get the same
+        answer --, INVALID for a deliver_at too far ahead, RATE_LIMITED with
+        retry_after). The result is the same as deciding them one by one: every
+        limiter is asked once per batch, and each send takes one place in the
+        session's, the agent's, its pair's and the relay's window.
         """
         record = self.agents.get(sender)
         if record is not None and record.quarantined:
-            return Refusal(ErrorCode.QUARANTINED, "this agent is quarantined", fatal=True)
-        action = self.policy.action(sender, to, self.agents.keys())
-        if action is None:
-            return Refusal(ErrorCode.FORBIDDEN, f"you may not send to {to!r}")
-        if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
-            return Refusal(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
-        wait = admit(
-            (
-                session.limiter,
-                self._agent_limiter(sender),
-                self._pair_limiter(sender, to),
-                self._global_limiter,
-            ),
-            now,
-        )
-        if wait:
-            return Refusal(
+            quarantined = Refusal(ErrorCode.QUARANTINED, "this agent is quarantined", fatal=True)
+            return [quarantined] * len(sends)
+        known = self.agents.keys()
+        policy = self.policy
+        shared = (session.limiter, self._agent_limiter(sender), self._global_limiter)
+        room = min(limiter.room(now) for limiter in shared)
+        pair_room: dict[str, int] = {}
+        actions: dict[str, str | None] = {}
+        taken: dict[str, int] = {}
+        results: list[str | Refusal] = []
+        limited: list[tuple[int, str]] = []
+        for to, deliver_at in sends:
+            if to not in actions:
+                actions[to] = policy.action(sender, to, known)
+            action = actions[to]
+            if action is None:
+                results.append(Refusal(ErrorCode.FORBIDDEN, f"you may not send to {to!r}"))
+                continue
+            if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
+                results.append(
+                    Refusal(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
+                )
+                continue
+            pair = pair_room.get(to)
+            if pair is None:
+                pair = pair_room[to] = self._pair_limiter(sender, to).room(now)
+            if room <= 0 or pair <= 0:
+                limited.append((len(results), to))
+                results.append(action)  # replaced below by the refusal
+                continue
+            room -= 1
+            pair_room[to] = pair - 1
+            taken[to] = taken.get(to, 0) + 1
+            results.append(action)
+        admitted = sum(taken.values())
+        if admitted:
+            for limiter in shared:
+                limiter.record_many(now, admitted)
+            for to, count in taken.items():
+                self._pair_limiter(sender, to).record_many(now, count)
+        for index, to in limited:
+            wait = max(
+                limiter.retry_after(now) for limiter in (*shared, self._pair_limiter(sender, to))
+            )
+            results[index] = Refusal(
                 ErrorCode.RATE_LIMITED,
                 f"rate limit reached ({self.limits.rate_per_minute:g} msg/min); retry later",
                 retry_after=round_up(wait),
             )
-        return action
+        return results
 
     def _agent_limiter(self, agent: str) -> WindowLimiter:
         limiter = self._agent_limiters.get(agent)

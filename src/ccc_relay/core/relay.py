@@ -96,6 +96,20 @@ SANITIZE_INLINE_LIMIT = 64 * 1024
 BENIGN_CHANGES = frozenset({"newline", "nfc"})
 
 
+def _size_refusal(body: str, limit: int) -> Refusal | None:
+    try:
+        size = body_size(body)
+    except ProtocolError as exc:  # a lone surrogate
+        return exc.refusal
+    if size > limit:
+        return Refusal(
+            ErrorCode.TOO_LARGE,
+            f"body is {size} bytes; the limit is {limit} bytes; the connection is closed",
+            fatal=True,
+        )
+    return None
+
+
 def message_id(prefix: str, delivery: int) -> str:
     """``m_`` + the run's 8-character prefix + the delivery number in hex."""
     return f"m_{prefix}{delivery:x}"
@@ -110,6 +124,7 @@ class _Batch:
     audit: list[AuditRecord] = field(default_factory=list)
     seqs: dict[str, int] = field(default_factory=dict)
     outcomes: list[SendOutcome] = field(default_factory=list)
+    recipients: dict[str, int] = field(default_factory=dict)  # accepted, not yet counted
 
 
 class RelayCore:
@@ -221,26 +236,43 @@ class RelayCore:
 
     # --- frames --------------------------------------------------------------------------------
 
-    def _drain(
-        self, link: Link, now: float, out: list[Effect], batch: _Batch | None = None
-    ) -> None:
-        """Decide every complete frame the link holds, until it is held or closed."""
+    def _drain(self, link: Link, now: float, out: list[Effect]) -> None:
+        """Decide every complete frame the link holds, until it is held or closed.
+
+        Consecutive sends are decided together (``_on_sends``) and made durable
+        by one ``Persist``; any other frame first sends the batch so far on its
+        way, so the store sees the frames' order.
+        """
         session = link.session
-        batch = batch or _Batch()
+        batch = _Batch()
+        if link.admitted:  # sends already decided, behind a big body that was sanitised
+            admitted, link.admitted = link.admitted, []
+            self._admit_all(link, admitted, now, out, batch)
         while not link.held and not link.closed:
-            event = session.next_event()
-            if event is None:
+            events = link.waiting or session.next_events()
+            link.waiting = []
+            if not events:
                 break
-            if isinstance(event, Rejected):
-                self._refuse(link, event.refusal, now, out, seq=event.seq)
-                continue
             if session.ready and self._expired(link, now, out):
                 break
-            if isinstance(event, Send):
-                self._on_send(link, event, now, out, batch)
-                continue
-            self._flush(link, batch, now, out)  # keep the store's order the frames' order
-            self._on_frame(link, event, now, out)
+            i = 0
+            while i < len(events) and not link.held and not link.closed:
+                event = events[i]
+                if isinstance(event, Send):
+                    j = i + 1
+                    while j < len(events) and isinstance(events[j], Send):
+                        j += 1
+                    self._on_sends(link, cast(list[Send], events[i:j]), now, out, batch)
+                    i = j
+                    continue
+                i += 1
+                if isinstance(event, Rejected):
+                    self._refuse(link, event.refusal, now, out, seq=event.seq)
+                    continue
+                self._flush(link, batch, now, out)  # the store sees the frames' order
+                self._on_frame(link, event, now, out)
+            if link.held:
+                link.waiting = events[i:]
         self._flush(link, batch, now, out)
 
     def _on_frame(self, link: Link, frame: ClientFrame, now: float, out: list[Effect]) -> None:
@@ -348,48 +380,77 @@ class RelayCore:
 
     # --- send ----------------------------------------------------------------------------------
 
-    def _on_send(
-        self, link: Link, frame: Send, now: float, out: list[Effect], batch: _Batch
+    def _on_sends(
+        self, link: Link, sends: list[Send], now: float, out: list[Effect], batch: _Batch
     ) -> None:
+        """Decide consecutive sends together: the seq rule and the size limit for
+        each, then policy and every rate limiter once for all of them
+        (``Admission.check_sends``), then sanitising and the batch, in order."""
         agent = link.agent
         sid = link.session.session_id
         assert agent is not None
         assert sid is not None
         session = self.admission.sessions[sid]
-        refusal = seq_refusal(session.last_seq, frame.seq)
-        if refusal is not None:
-            self._refuse(link, refusal, now, out, seq=frame.seq)
-            return
-        # The seq is consumed whatever happens next, so the client's next frame
-        # is always last+1; the high-water mark is made durable with the batch.
-        session.last_seq = frame.seq
-        batch.seqs[sid] = frame.seq
-        try:
-            size = body_size(frame.body)
-        except ProtocolError as exc:  # a lone surrogate
-            size, refusal = 0, exc.refusal
-        if size > self.limits.max_message_size:
-            refusal = Refusal(
-                ErrorCode.TOO_LARGE,
-                f"body is {size} bytes; the limit is {self.limits.max_message_size} bytes; "
-                "the connection is closed",
-                fatal=True,
+        limit = self.limits.max_message_size
+        # Per send, in order: a refusal, or None while it waits for admission.
+        verdicts: list[Refusal | None] = []
+        for frame in sends:
+            refusal = seq_refusal(session.last_seq, frame.seq)
+            if refusal is None:
+                # The seq is consumed whatever happens next, so the client's next
+                # frame is always last+1; the high-water mark rides with the batch.
+                session.last_seq = frame.seq
+                batch.seqs[sid] = frame.seq
+                refusal = _size_refusal(frame.body, limit)
+            verdicts.append(refusal)
+            if refusal is not None and refusal.fatal:
+                break  # the link closes here: what follows is never read
+        candidates = [f for f, v in zip(sends, verdicts, strict=False) if v is None]
+        actions = iter(
+            self.admission.check_sends(
+                agent, session, [(f.to, f.deliver_at) for f in candidates], now
             )
-        if refusal is not None:
-            self._refuse(link, refusal, now, out, seq=frame.seq)
-            return
-        action = self.admission.check_send(agent, session, frame.to, frame.deliver_at, now)
-        if isinstance(action, Refusal):
-            self._refuse(link, action, now, out, seq=frame.seq)
-            return
+        )
+        decided: list[tuple[Send, str | Refusal]] = []
+        for frame, verdict in zip(sends, verdicts, strict=False):
+            outcome = next(actions) if verdict is None else verdict
+            if isinstance(outcome, Refusal):
+                self._admit_all(link, decided, now, out, batch)
+                decided = []
+                if link.held:  # behind a big body: refusals keep their place
+                    link.admitted.append((frame, outcome))
+                else:
+                    self._refuse(link, outcome, now, out, seq=frame.seq, audit=batch.audit)
+                continue
+            decided.append((frame, outcome))
+        self._admit_all(link, decided, now, out, batch)
+
+    def _admit_all(
+        self,
+        link: Link,
+        decided: list[tuple[Send, str | Refusal]],
+        now: float,
+        out: list[Effect],
+        batch: _Batch,
+    ) -> None:
+        """Sanitise and batch admitted sends in order; a body too big to clean on
+        the loop goes to the shell, and what follows it waits on the link."""
         options = self.limits.sanitize
-        if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
-            self._flush(link, batch, now, out)
-            link.held = True
-            out.append(Sanitize(link.id, frame, action))
-            return
-        cleaned = sanitize(frame.body, options) if options.enabled else None
-        self._admit(link, frame, action, cleaned, now, out, batch)
+        for index, (frame, action) in enumerate(decided):
+            if link.held:
+                link.admitted.extend(decided[index:])
+                break
+            if isinstance(action, Refusal):
+                self._refuse(link, action, now, out, seq=frame.seq, audit=batch.audit)
+                continue
+            if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
+                self._flush(link, batch, now, out)
+                link.held = True
+                out.append(Sanitize(link.id, frame, action))
+                continue
+            cleaned = sanitize(frame.body, options) if options.enabled else None
+            self._admit(link, frame, action, cleaned, now, out, batch)
+        self._alert_accepted(link, batch, now, out)
 
     def sanitized(
         self, conn: int, frame: Send, action: str, cleaned: Sanitized, now: float
@@ -402,7 +463,9 @@ class RelayCore:
         link.held = False
         batch = _Batch()
         self._admit(link, frame, action, cleaned, now, out, batch)
-        self._drain(link, now, out, batch)
+        self._alert_accepted(link, batch, now, out)
+        self._flush(link, batch, now, out)
+        self._drain(link, now, out)
         return self._finish(out, now)
 
     def _admit(
@@ -448,7 +511,15 @@ class RelayCore:
         )
         (batch.held if hold else batch.messages).append(message)
         batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes))
-        self._alert(self.anomaly.accepted(agent, frame.to, now), now, out)
+        batch.recipients[frame.to] = batch.recipients.get(frame.to, 0) + 1
+
+    def _alert_accepted(self, link: Link, batch: _Batch, now: float, out: list[Effect]) -> None:
+        """The anomaly rules see what was accepted, once per recipient per batch."""
+        agent = link.agent
+        assert agent is not None
+        for recipient, count in batch.recipients.items():
+            self._alert(self.anomaly.accepted(agent, recipient, now, count), now, out)
+        batch.recipients.clear()
 
     def _flush(self, link: Link, batch: _Batch, now: float, out: list[Effect]) -> None:
         """One ``Persist`` for the batch's sends (nobody waits when all were refused);
@@ -463,8 +534,8 @@ class RelayCore:
                     then=SendsDurable(link.id, batch.outcomes),
                 )
             )
-        elif batch.seqs:
-            out.append(Persist(seqs=batch.seqs))
+        elif batch.seqs or batch.audit:
+            out.append(Persist(audit=batch.audit, seqs=batch.seqs))
         batch.messages, batch.held, batch.audit, batch.seqs, batch.outcomes = [], [], [], {}, []
 
     # --- receiving -----------------------------------------------------------------------------
@@ -690,9 +761,11 @@ class RelayCore:
         out: list[Effect],
         *,
         seq: int | None = None,
+        audit: list[AuditRecord] | None = None,
     ) -> None:
         """Answer a refusal, count and audit it, feed the anomaly rules, and close
-        the link when it is fatal."""
+        the link when it is fatal. ``audit``: a batch's lines, where this one
+        keeps its place among them."""
         code = refusal.code.value
         self.counters.refused[code] += 1
         who = link.agent
@@ -707,19 +780,24 @@ class RelayCore:
             fields["claimed"] = claimed
         if seq is not None:
             fields["send_seq"] = seq
-        self._audit(
-            out,
+        record = AuditRecord(
             now,
             "refused",
-            agent=who,
-            code=code,
-            reason=refusal.message,
-            **fields,
-            session=link.session.session_id,
-            peer_pid=pid,
-            peer_uid=uid,
-            peer_gid=gid,
+            {
+                "agent": who,
+                "code": code,
+                "reason": refusal.message,
+                **fields,
+                "session": link.session.session_id,
+                "peer_pid": pid,
+                "peer_uid": uid,
+                "peer_gid": gid,
+            },
         )
+        if audit is not None:
+            audit.append(record)
+        else:
+            out.append(Persist(audit=[record]))
         out.append(
             Reply(
                 link.id,

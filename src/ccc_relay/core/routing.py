@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ccc_relay.core.effects import Effect, Reply
-from ccc_relay.protocol.frames import Message
-from ccc_relay.protocol.session import AgentSession
+from ccc_relay.protocol.errors import Refusal
+from ccc_relay.protocol.frames import ClientFrame, Message, Send
+from ccc_relay.protocol.session import AgentSession, Rejected
 from ccc_relay.store.records import StoredMessage
 
 # Committed messages waiting for window room are kept in memory up to this many
@@ -42,6 +43,10 @@ class Link:
     held: bool = False  # a big body is being sanitised: later frames wait
     counted_unauthenticated: bool = False
     closed: bool = False
+    # While ``held``: frames read but not yet decided, and sends decided but not
+    # yet batched (an admitted action, or a refusal that keeps its place).
+    waiting: list[ClientFrame | Rejected] = field(default_factory=list)
+    admitted: list[tuple[Send, str | Refusal]] = field(default_factory=list)
 
     @property
     def agent(self) -> str | None:

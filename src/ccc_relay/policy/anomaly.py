@@ -122,7 +122,8 @@ class AnomalyDetector:
             alerts += self._count(agent, "sanitized", now)
         return alerts
 
-    def accepted(self, agent: str, recipient: str, now: float) -> list[Alert]:
+    def accepted(self, agent: str, recipient: str, now: float, count: int = 1) -> list[Alert]:
+        """``count`` messages from ``agent`` to ``recipient`` were accepted at ``now``."""
         state = self._state(agent)
         alerts: list[Alert] = []
         # fan-out: distinct recipients written to within the window
@@ -142,7 +143,7 @@ class AnomalyDetector:
             for _ in range(min(gap, BASELINE_MINUTES + 1)):
                 state.minutes.append(0)
             state.minute = minute
-        state.minutes[-1] += 1
+        state.minutes[-1] += count
         rule = self.config.rules.get("rate_jump")
         history = list(state.minutes)[:-1]
         current = state.minutes[-1]

@@ -79,6 +79,24 @@ class WindowLimiter:
         self._counts[pos] += 1
         self._total += 1
 
+    def room(self, now: float) -> int:
+        """How many more events fit now."""
+        idx = math.floor(now / self._width)
+        if idx != self._expired_at:
+            self._expire(idx)
+        return max(0, math.floor(self.limit - self._total))
+
+    def record_many(self, now: float, count: int) -> None:
+        """Record ``count`` events at once (they fit: see ``room``)."""
+        idx = math.floor(now / self._width)
+        pos = idx % (self._slots + 1)
+        if self._indexes[pos] != idx:
+            self._total -= self._counts[pos]
+            self._counts[pos] = 0
+            self._indexes[pos] = idx
+        self._counts[pos] += count
+        self._total += count
+
     @property
     def count(self) -> int:
         return self._total

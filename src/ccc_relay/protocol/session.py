@@ -140,6 +140,17 @@ class AgentSession:
             return frame
         return None
 
+    def next_events(self) -> list[ClientFrame | Rejected]:
+        """Every complete frame, judged in the current phase. Before the hello,
+        one at a time: the hello changes the phase the next frame is judged in."""
+        if self.phase is not Phase.READY:
+            event = self.next_event()
+            return [] if event is None else [event]
+        events: list[ClientFrame | Rejected] = []
+        while (event := self.next_event()) is not None:
+            events.append(event)
+        return events
+
     @property
     def buffered(self) -> int:
         """Bytes of an unfinished line held right now."""
