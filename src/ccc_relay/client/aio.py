@@ -1,54 +1,56 @@
 """The asyncio client: many requests in flight, pushed messages on a queue.
 
-A reader task routes each frame: ``accepted``/``error`` with a seq to that
-send's future; other answers to the oldest waiting request of their kind;
-``message`` frames (after duplicate suppression) to ``messages``. Sends may
-be pipelined: ``send()`` returns once the relay accepted, ``send_nowait()``
-returns the future at once (benchmarks keep a window of them).
+A reader task feeds what it reads to the ``ClientSession``, which decides what
+each frame answers; the task only resolves that request's future. Pushed
+messages (after duplicate dropping) go from the session's inbox to
+``messages``, except while a fetch is outstanding: those are its answer's.
+Sends may be pipelined: ``send()`` returns once the relay accepted,
+``send_nowait()`` returns the future at once (benchmarks keep a window of them).
+
+``connect()`` again after ``close()`` (or after the relay closed the
+connection) starts a new session on the same object; the ids already taken in
+are remembered, so the relay's redelivery of a message not yet acknowledged is
+dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from typing import Any
 
 from ccc_relay.client.base import (
     RelayError,
     RelayUnavailable,
-    SeenIds,
+    answer,
     check_recipient,
+    unexpected,
     unreachable,
 )
 from ccc_relay.client.endpoint import Endpoint
-from ccc_relay.client.signatures import verify_message
-from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
+from ccc_relay.client.signatures import verifier
+from ccc_relay.protocol.client_session import (
+    REPLY_LINE_CAP,
+    ClientSession,
+    Event,
+    Notice,
+    Reply,
+    Request,
+)
 from ccc_relay.protocol.frames import (
+    MAX_ACK_IDS,
     Accepted,
-    Ack,
     Acked,
     AgentInfo,
     AgentList,
-    Bye,
     Error,
-    Fetch,
     Fetched,
-    Goodbye,
     Held,
-    Hello,
-    ListAgents,
     Message,
-    Ping,
-    Pong,
-    Send,
-    Subscribe,
     Welcome,
 )
 
 READ_CHUNK = 256 * 1024
-REPLY_LINE_CAP = 100 * 1024 * 1024
-_ANSWERS = (Welcome, Fetched, Acked, AgentList, Pong)
 
 
 class AsyncRelayClient:
@@ -59,42 +61,39 @@ class AsyncRelayClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sends: dict[int, asyncio.Future[Accepted | Held]] = {}
-        self._waiting: dict[type, deque[asyncio.Future[Any]]] = {k: deque() for k in _ANSWERS}
-        self._fetched: list[Message] | None = None
-        self._seen = SeenIds()
-        self._seq = 0
+        self._session = ClientSession(verify=verifier(endpoint.relay_pubkey))
+        # A send's future gets its accepted/held frame; other requests' get the Reply.
+        self._waiting: dict[Request, asyncio.Future[Any]] = {}
         self._closed: RelayError | None = None
 
     async def connect(self) -> Welcome:
         """Connect and authenticate. Raises RelayUnavailable or RelayError."""
+        if self._writer is not None or self._task is not None:
+            await self.close()  # what is left of an earlier connection
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(
                 str(self.endpoint.socket_path), limit=REPLY_LINE_CAP
             )
         except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
             raise unreachable(self.endpoint.socket_path, exc) from None
+        self._session.connection_closed()  # nothing of an earlier connection is pending
+        self._closed = None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         try:
-            welcome: Welcome = await self._request(
-                Hello(
-                    agent=self.endpoint.agent,
-                    credential=self.endpoint.credential.reveal(),
-                    signatures=self.endpoint.relay_pubkey is not None,
-                ),
-                Welcome,
+            request, data = self._session.hello(
+                self.endpoint.agent, self.endpoint.credential.reveal()
             )
+            welcome = answer(await self._request(request, data), Welcome)
         except BaseException:
             await self.close()
             raise
         self.welcome = welcome
-        self._seq = welcome.last_seq
         return welcome
 
     async def close(self) -> None:
         if self._writer is not None:
             with contextlib.suppress(OSError, RuntimeError):
-                self._writer.write(encode(Bye()))
+                self._writer.write(self._session.bye())
                 self._writer.close()
                 await self._writer.wait_closed()
         if self._task is not None:
@@ -102,6 +101,7 @@ class AsyncRelayClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._writer = None
+        self._task = None
 
     async def __aenter__(self) -> AsyncRelayClient:
         await self.connect()
@@ -124,35 +124,30 @@ class AsyncRelayClient:
         """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError."""
         self._check_open()
         check_recipient(to)
-        self._seq += 1
-        future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
-        self._sends[self._seq] = future
-        self._write(
-            Send(
-                seq=self._seq,
-                to=to,
-                body=text,
-                thread=thread,
-                reply_to=reply_to,
-                deliver_at=deliver_at,
-            )
+        request, data = self._session.send(
+            to, text, thread=thread, reply_to=reply_to, deliver_at=deliver_at
         )
+        future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
+        self._issue(request, data, future)
         return future
 
     async def send(self, to: str, text: str, **options: Any) -> Accepted | Held:
         return await self.send_nowait(to, text, **options)
 
     async def fetch(self, limit: int = 100) -> list[Message]:
-        self._fetched = []
-        await self._request(Fetch(limit=limit), Fetched)
-        messages, self._fetched = self._fetched, None
-        return messages
+        """Messages waiting for this agent (not acknowledged yet)."""
+        return (await self.fetch_page(limit))[0]
+
+    async def fetch_page(self, limit: int = 100) -> tuple[list[Message], int]:
+        """Like :meth:`fetch`, with how many more messages still wait after these."""
+        reply = await self._request(*self._ready().fetch(limit))
+        return list(reply.messages), answer(reply, Fetched).pending
 
     async def ack(self, ids: list[str]) -> int:
         settled = 0
-        for start in range(0, len(ids), 1024):
-            answer: Acked = await self._request(Ack(ids=ids[start : start + 1024]), Acked)
-            settled += answer.count
+        for start in range(0, len(ids), MAX_ACK_IDS):
+            reply = await self._request(*self._ready().ack(ids[start : start + MAX_ACK_IDS]))
+            settled += answer(reply, Acked).count
         return settled
 
     async def inbox(self, limit: int = 100, *, ack: bool = True) -> list[Message]:
@@ -162,15 +157,14 @@ class AsyncRelayClient:
         return messages
 
     async def agents(self) -> list[AgentInfo]:
-        answer: AgentList = await self._request(ListAgents(), AgentList)
-        return answer.agents
+        return answer(await self._request(*self._ready().agents()), AgentList).agents
 
     async def ping(self) -> None:
-        await self._request(Ping(), Pong)
+        await self._request(*self._ready().ping())
 
     async def subscribe(self, window: int = 64) -> None:
         """Pushed messages then arrive on ``self.messages``."""
-        self._write(Subscribe(window=window))
+        self._write(self._session.subscribe(window))
 
     async def wait_for_message(self, timeout: float | None) -> Message | None:  # noqa: ASYNC109
         """The next pushed message, or None when ``timeout`` passes first."""
@@ -186,82 +180,88 @@ class AsyncRelayClient:
         if self._closed is not None:
             raise self._closed
 
-    def _write(self, frame: Any) -> None:
+    def _ready(self) -> ClientSession:
+        """The session, once the connection is known to be usable: a request is
+        only entered in it when it can be written."""
+        self._check_open()
+        return self._session
+
+    def _write(self, data: bytes) -> None:
         if self._writer is None:
             raise RelayUnavailable("not connected")
-        self._writer.write(encode(frame))
+        self._writer.write(data)
 
-    async def _request(self, frame: Any, answer: type) -> Any:
-        self._check_open()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[answer].append(future)
-        self._write(frame)
-        return await future
+    async def _request(self, request: Request, data: bytes) -> Reply:
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._issue(request, data, future)
+        try:
+            return await future
+        except BaseException:
+            self._forget(request)
+            raise
+
+    def _issue(self, request: Request, data: bytes, future: asyncio.Future[Any]) -> None:
+        self._waiting[request] = future
+        try:
+            self._write(data)
+        except BaseException:
+            self._forget(request)
+            raise
+
+    def _forget(self, request: Request) -> None:
+        """Nobody waits for ``request`` any more (cancelled, or never written): its
+        answer, when it comes, is dropped, and an abandoned fetch's messages stay
+        in the inbox, for ``messages``."""
+        self._waiting.pop(request, None)
+        self._session.abandon(request)
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
-        buffer = LineBuffer(REPLY_LINE_CAP)
+        reader = self._reader
         reason: RelayError = RelayUnavailable("the relay closed the connection")
         try:
             while True:
-                data = await self._reader.read(READ_CHUNK)
+                data = await reader.read(READ_CHUNK)
                 if not data:
                     break
-                for line in buffer.feed(data):
-                    frame = decode_relay_frame(line)
-                    closing = self._route(frame)
+                self._session.receive_data(data)
+                while (event := self._session.next_event()) is not None:
+                    closing = self._resolve(event)
                     if closing is not None:
                         reason = closing
+                self._hand_out()
         except (OSError, RelayError) as exc:
             reason = exc if isinstance(exc, RelayError) else RelayUnavailable(str(exc))
         finally:
             self._fail_all(reason)
+            self._hand_out()
 
-    def _route(self, frame: Any) -> RelayError | None:
-        if isinstance(frame, Message):
-            if self.endpoint.relay_pubkey is not None:
-                verify_message(self.endpoint.relay_pubkey, frame)  # a failure ends the session
-            if self._seen.first_time(frame):
-                if self._fetched is not None:
-                    self._fetched.append(frame)
-                else:
-                    self.messages.put_nowait(frame)
+    def _resolve(self, event: Event) -> RelayError | None:
+        """Settle the future ``event`` answers; a notice is returned, as the
+        reason the connection will end with."""
+        if isinstance(event, Notice):
+            return unexpected(event.frame)
+        future = self._waiting.pop(event.request, None)
+        if future is None or future.done():
             return None
-        if isinstance(frame, Accepted | Held):
-            future = self._sends.pop(frame.seq, None)
-            if future is not None and not future.done():
-                future.set_result(frame)
-            return None
-        if isinstance(frame, Error):
-            error = RelayError.from_frame(frame)
-            if frame.seq is not None and frame.seq in self._sends:
-                future = self._sends.pop(frame.seq)
-                if not future.done():
-                    future.set_exception(error)
-                return None
-            # An error without seq answers the oldest waiting request.
-            for waiters in self._waiting.values():
-                if waiters:
-                    waiters.popleft().set_exception(error)
-                    return None
-            return error
-        if isinstance(frame, Goodbye):
-            return RelayUnavailable(f"the relay closed the session: {frame.reason}")
-        queue = self._waiting.get(type(frame))
-        if queue:
-            future = queue.popleft()
-            if not future.done():
-                future.set_result(frame)
+        if isinstance(event.frame, Error):
+            future.set_exception(RelayError.from_frame(event.frame))
+        elif event.request.seq is not None:
+            future.set_result(event.frame)  # send_nowait's future holds the frame itself
+        else:
+            future.set_result(event)
         return None
+
+    def _hand_out(self) -> None:
+        """Inbox to ``messages``, unless an outstanding fetch will take them."""
+        if not self._session.fetching:
+            for message in self._session.take_messages():
+                self.messages.put_nowait(message)
 
     def _fail_all(self, reason: RelayError) -> None:
         self._closed = reason
-        for future in self._sends.values():
+        self._session.connection_closed()
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
             if not future.done():
                 future.set_exception(reason)
-        self._sends.clear()
-        for waiters in self._waiting.values():
-            while waiters:
-                future = waiters.popleft()
-                if not future.done():
-                    future.set_exception(reason)

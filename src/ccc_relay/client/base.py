@@ -1,14 +1,18 @@
-"""What both clients share: errors, duplicate suppression, frame building."""
+"""What both clients share: the errors they raise and how a relay frame becomes one.
+
+The protocol's client-side rules (numbering, matching answers, the inbox,
+duplicate dropping) are not here but in ``ccc_relay.protocol.client_session``.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar
 
-from ccc_relay.protocol.frames import Error, Message
+from ccc_relay.protocol.client_session import Reply
+from ccc_relay.protocol.frames import Error, Goodbye, Message, RelayFrame
 from ccc_relay.protocol.names import agent_name_problem
 
-SEEN_IDS = 65536  # ids remembered to drop redeliveries; bounded so a long-lived client stays small
+F = TypeVar("F")
 
 
 class RelayError(Exception):
@@ -57,20 +61,20 @@ def check_recipient(name: str) -> None:
         raise RelayError("invalid", f"{name!r} is not an agent name: {problem}")
 
 
-class SeenIds:
-    """At-least-once becomes exactly-once for the agent: repeats are dropped."""
+def unexpected(frame: RelayFrame) -> RelayError:
+    """What a client raises for a frame it did not wait for (or a refusal)."""
+    if isinstance(frame, Error):
+        return RelayError.from_frame(frame)
+    if isinstance(frame, Goodbye):
+        return RelayUnavailable(f"the relay closed the session: {frame.reason}")
+    return RelayError("invalid", f"unexpected {type(frame).__name__} frame from the relay")
 
-    def __init__(self, capacity: int = SEEN_IDS) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._capacity = capacity
 
-    def first_time(self, message: Message) -> bool:
-        if message.id in self._ids:
-            return False
-        self._ids[message.id] = None
-        if len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-        return True
+def answer(reply: Reply, kind: type[F]) -> F:
+    """The frame of ``reply`` when it is a ``kind``; RelayError for a refusal."""
+    if isinstance(reply.frame, kind):
+        return reply.frame
+    raise unexpected(reply.frame)
 
 
 def message_dict(message: Message) -> dict[str, Any]:

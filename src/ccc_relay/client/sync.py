@@ -1,8 +1,14 @@
 """The blocking client: one request at a time, pushed messages kept aside.
 
-Used by the CLI and the Claude Code hooks. It authenticates on ``connect()``,
-numbers its sends (seq 1, 2, 3...), and keeps every pushed ``message`` frame
-that arrives while it waits for an answer, so nothing is lost between calls.
+Used by the CLI and the Claude Code hooks. It authenticates on ``connect()``
+and then writes each request and reads until its answer; what the bytes mean
+(numbering, which answer is whose, the inbox, dropping repeated deliveries) is
+decided by its ``ClientSession``. Pushed messages that arrive while it waits
+stay in the session's inbox, so nothing is lost between calls.
+
+``connect()`` again after ``close()`` starts a new session on the same object;
+the ids already taken in are remembered, so the relay's redelivery of a
+message not yet acknowledged is dropped.
 """
 
 from __future__ import annotations
@@ -11,46 +17,32 @@ import socket
 import time
 from collections import deque
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from ccc_relay.client.base import (
-    RelayError,
     RelayUnavailable,
-    SeenIds,
+    answer,
     check_recipient,
+    unexpected,
     unreachable,
 )
 from ccc_relay.client.endpoint import Endpoint
-from ccc_relay.client.signatures import verify_message
-from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
+from ccc_relay.client.signatures import verifier
+from ccc_relay.protocol.client_session import ClientSession, Notice, Reply, Request
 from ccc_relay.protocol.frames import (
+    MAX_ACK_IDS,
     Accepted,
-    Ack,
     Acked,
     AgentInfo,
     AgentList,
-    Bye,
-    Error,
-    Fetch,
     Fetched,
-    Goodbye,
     Held,
-    Hello,
-    ListAgents,
     Message,
-    Ping,
     Pong,
-    RelayFrame,
-    Send,
-    Subscribe,
     Welcome,
 )
 
-F = TypeVar("F")
-
 READ_CHUNK = 256 * 1024
-# Replies are bounded by the relay's own limits; 16 MB body * 6 + envelope.
-REPLY_LINE_CAP = 100 * 1024 * 1024
 
 
 class RelayClient:
@@ -59,11 +51,14 @@ class RelayClient:
         self.timeout = timeout
         self.welcome: Welcome | None = None
         self._sock: socket.socket | None = None
-        self._buffer = LineBuffer(REPLY_LINE_CAP)
-        self._frames: deque[RelayFrame] = deque()
-        self._inbox: deque[Message] = deque()
-        self._seen = SeenIds()
-        self._seq = 0
+        self._session = ClientSession(verify=verifier(endpoint.relay_pubkey))
+
+    @property
+    def _inbox(self) -> deque[Message]:
+        # The session's inbox. Only tests/test_relay.py's older duplicate test
+        # still reaches in here (that file is maintained elsewhere); remove this
+        # when that test goes.
+        return self._session.inbox
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -77,34 +72,28 @@ class RelayClient:
             sock.close()
             raise unreachable(self.endpoint.socket_path, exc) from None
         self._sock = sock
+        self._session.connection_closed()  # nothing of an earlier connection is pending
         try:
-            self._write(
-                Hello(
-                    agent=self.endpoint.agent,
-                    credential=self.endpoint.credential.reveal(),
-                    signatures=self.endpoint.relay_pubkey is not None,
-                )
+            request, data = self._session.hello(
+                self.endpoint.agent, self.endpoint.credential.reveal()
             )
-            frame = self._next_reply()
+            welcome = answer(self._call(request, data), Welcome)
         except BaseException:
             self.close()
             raise
-        if isinstance(frame, Welcome):
-            self.welcome = frame
-            self._seq = frame.last_seq
-            return frame
-        self.close()
-        raise _unexpected(frame)
+        self.welcome = welcome
+        return welcome
 
     def close(self) -> None:
         if self._sock is None:
             return
         try:
-            self._sock.sendall(encode(Bye()))
+            self._sock.sendall(self._session.bye())
         except OSError:
             pass
         self._sock.close()
         self._sock = None
+        self._session.connection_closed()
 
     def __enter__(self) -> RelayClient:
         if self._sock is None:
@@ -130,19 +119,13 @@ class RelayClient:
         """Send one message; return the relay's ``accepted`` (or ``held`` when the
         pair's policy holds messages for the operator). Raises RelayError."""
         check_recipient(to)
-        self._seq += 1
-        seq = self._seq
-        self._write(
-            Send(seq=seq, to=to, body=text, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+        request, data = self._session.send(
+            to, text, thread=thread, reply_to=reply_to, deliver_at=deliver_at
         )
-        while True:
-            frame = self._next_reply()
-            if isinstance(frame, Accepted | Held) and frame.seq == seq:
-                return frame
-            if isinstance(frame, Error) and frame.seq in (seq, None):
-                raise RelayError.from_frame(frame)
-            if not isinstance(frame, Accepted | Held | Error):
-                raise _unexpected(frame)
+        frame = self._call(request, data).frame
+        if isinstance(frame, Accepted | Held):
+            return frame
+        raise unexpected(frame)
 
     def fetch(self, limit: int = 100) -> list[Message]:
         """Messages waiting for this agent (not acknowledged yet)."""
@@ -150,16 +133,15 @@ class RelayClient:
 
     def fetch_page(self, limit: int = 100) -> tuple[list[Message], int]:
         """Like :meth:`fetch`, with how many more messages still wait after these."""
-        self._write(Fetch(limit=limit))
-        pending = self._expect(Fetched).pending
-        return self._take_inbox(), pending
+        reply = self._call(*self._session.fetch(limit))
+        return list(reply.messages), answer(reply, Fetched).pending
 
     def ack(self, ids: list[str]) -> int:
         """Tell the relay these messages are processed; returns how many it settled."""
         settled = 0
-        for start in range(0, len(ids), 1024):
-            self._write(Ack(ids=ids[start : start + 1024]))
-            settled += self._expect(Acked).count
+        for start in range(0, len(ids), MAX_ACK_IDS):
+            reply = self._call(*self._session.ack(ids[start : start + MAX_ACK_IDS]))
+            settled += answer(reply, Acked).count
         return settled
 
     def inbox(self, limit: int = 100, *, ack: bool = True) -> list[Message]:
@@ -169,18 +151,16 @@ class RelayClient:
         return messages
 
     def agents(self) -> list[AgentInfo]:
-        self._write(ListAgents())
-        return self._expect(AgentList).agents
+        return answer(self._call(*self._session.agents()), AgentList).agents
 
     def ping(self) -> float:
         started = time.perf_counter()
-        self._write(Ping())
-        self._expect(Pong)
+        answer(self._call(*self._session.ping()), Pong)
         return time.perf_counter() - started
 
     def subscribe(self, window: int = 64) -> None:
         """Ask the relay to push messages as they arrive (see ``wait_for_message``)."""
-        self._write(Subscribe(window=window))
+        self._write(self._session.subscribe(window))
 
     def wait_for_message(self, timeout: float | None) -> Message | None:
         """The next pushed message, or None after ``timeout`` seconds.
@@ -188,61 +168,55 @@ class RelayClient:
         Call ``subscribe()`` first. Raises RelayError when the relay ends the session.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._inbox:
+        while True:
+            event = self._session.next_event()
+            if isinstance(event, Notice):
+                raise unexpected(event.frame)
+            if event is not None:
+                continue  # a late answer; no request of this client waits for it
+            message = self._session.next_message()
+            if message is not None:
+                return message
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            if not self._read_frames(remaining):
-                continue
-            while self._frames:
-                frame = self._frames.popleft()
-                if isinstance(frame, Error):
-                    raise RelayError.from_frame(frame)
-                if isinstance(frame, Goodbye):
-                    raise RelayUnavailable(f"the relay closed the session: {frame.reason}")
-        return self._inbox.popleft()
+            self._read(remaining)
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _take_inbox(self) -> list[Message]:
-        messages = list(self._inbox)
-        self._inbox.clear()
-        return messages
+    def _call(self, request: Request, data: bytes) -> Reply:
+        """Write a request and read until its reply; a refusal is raised."""
+        try:
+            self._write(data)
+            while True:
+                event = self._session.next_event()
+                if event is None:
+                    if not self._read(self.timeout):
+                        raise RelayUnavailable(f"the relay did not answer within {self.timeout:g}s")
+                elif isinstance(event, Notice):
+                    raise unexpected(event.frame)
+                elif event.request is request:
+                    return event
+        except BaseException:
+            # Its answer may still come; it must not be taken for a later request's.
+            self._session.abandon(request)
+            raise
 
-    def _expect(self, kind: type[F]) -> F:
-        frame = self._next_reply()
-        if isinstance(frame, kind):
-            return frame
-        raise _unexpected(frame)
-
-    def _write(self, frame: Any) -> None:
+    def _write(self, data: bytes) -> None:
         if self._sock is None:
             raise RelayUnavailable("not connected")
         try:
-            self._sock.sendall(encode(frame))
+            self._sock.sendall(data)
         except OSError as exc:
             raise RelayUnavailable(f"the connection to the relay broke: {exc}") from None
 
-    def _next_reply(self) -> RelayFrame:
-        """The next frame that is not a pushed message."""
-        while True:
-            while self._frames:
-                frame = self._frames.popleft()
-                if not isinstance(frame, Message):
-                    return frame
-            self._read_frames(self.timeout)
-
-    def _read_frames(self, timeout: float | None) -> bool:
-        """Read once; queue complete frames (messages go to the inbox)."""
+    def _read(self, timeout: float | None) -> bool:
+        """Read once into the session; False when ``timeout`` passed first."""
         assert self._sock is not None
         self._sock.settimeout(timeout)
         try:
             data = self._sock.recv(READ_CHUNK)
         except TimeoutError:
-            if timeout == self.timeout:
-                raise RelayUnavailable(
-                    f"the relay did not answer within {self.timeout:g}s"
-                ) from None
             return False
         except OSError as exc:
             raise RelayUnavailable(f"the connection to the relay broke: {exc}") from None
@@ -250,25 +224,6 @@ class RelayClient:
             if self._sock is not None:
                 self._sock.settimeout(self.timeout)
         if not data:
-            pending = [f for f in self._frames if isinstance(f, Error)]
-            if pending:
-                return True
             raise RelayUnavailable("the relay closed the connection")
-        for line in self._buffer.feed(data):
-            frame = decode_relay_frame(line)
-            if isinstance(frame, Message):
-                if self.endpoint.relay_pubkey is not None:
-                    verify_message(self.endpoint.relay_pubkey, frame)
-                if self._seen.first_time(frame):
-                    self._inbox.append(frame)
-            else:
-                self._frames.append(frame)
+        self._session.receive_data(data)
         return True
-
-
-def _unexpected(frame: RelayFrame) -> RelayError:
-    if isinstance(frame, Error):
-        return RelayError.from_frame(frame)
-    if isinstance(frame, Goodbye):
-        return RelayUnavailable(f"the relay closed the session: {frame.reason}")
-    return RelayError("invalid", f"unexpected {type(frame).__name__} frame from the relay")
