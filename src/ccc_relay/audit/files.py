@@ -10,6 +10,7 @@ here writes.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import hashlib
 import os
@@ -29,6 +30,14 @@ FILE_SUFFIX = ".jsonl"
 FILE_OPENED = "file_opened"
 _FILE_NAME = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.jsonl$")
 _READ_BLOCK = 64 * 1024  # first step when reading a file backwards; doubles for long lines
+
+
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+
+def day_end(day: str) -> float:
+    """The Unix time at which UTC day ``day`` (YYYY-MM-DD) ends."""
+    return (datetime.date.fromisoformat(day).toordinal() - _EPOCH_ORDINAL + 1) * 86400.0
 
 
 def day_of(ts: float) -> str:

@@ -47,6 +47,7 @@ from ccc_relay.audit.files import (
     GENESIS,
     Tail,
     audit_files,
+    day_end,
     day_of,
     day_of_file,
     decode_line,
@@ -59,6 +60,8 @@ from ccc_relay.audit.records import AuditLogError, AuditRecord, StagedLine, fsyn
 from ccc_relay.audit.restoring import RESTORED, Restoring
 from ccc_relay.audit.signing import CHECKPOINT
 from ccc_relay.audit.upkeep import Upkeep
+
+_CHAIN_KEY_SET = frozenset(CHAIN_KEYS)
 
 __all__ = ["RESTORED", "TORN_LINE", "AuditLog", "AuditLogError", "AuditRecord", "StagedLine"]
 
@@ -81,6 +84,7 @@ class AuditLog(Restoring, Upkeep):
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._day: str | None = None  # the day of the open file
+        self._day_ends = 0.0  # when that day ends (Unix time)
         self._floor: str | None = None  # the day of the file holding the last line
         self._last_file: str | None = None  # that file's name
         self._pending: list[tuple[str, dict[str, Any]]] = []  # recorded with the next line
@@ -152,8 +156,11 @@ class AuditLog(Restoring, Upkeep):
         if self.append_unsynced(records):
             self.sync_owed()()
 
-    def append_unsynced(self, records: Sequence[AuditRecord]) -> list[StagedLine]:
-        """Chain and write ``records`` without an fsync; return every line written.
+    def append_unsynced(
+        self, records: Sequence[AuditRecord], *, stage: bool = True
+    ) -> list[StagedLine]:
+        """Chain and write ``records`` without an fsync; return every line written
+        (nothing with ``stage=False``, for a caller that fsyncs them itself).
 
         The lines are in the page cache, visible to readers, but on disk only
         after a later :meth:`sync_owed` callable returned. The caller keeps
@@ -164,7 +171,7 @@ class AuditLog(Restoring, Upkeep):
         staged: list[StagedLine] = []
         if not records:
             return staged
-        self._staged = staged
+        self._staged = staged if stage else None
         try:
             lines: list[bytes] = []
             for record in records:
@@ -200,6 +207,8 @@ class AuditLog(Restoring, Upkeep):
 
     def _enter(self, ts: float, lines: list[bytes]) -> None:
         """Make the file for ``ts`` the open one, flushing ``lines`` into the old one first."""
+        if ts < self._day_ends and self._day is not None and not self._pending:
+            return  # still the open file's day (or earlier: the log never goes back)
         day = day_of(ts)
         floor = self._day or self._floor
         if floor is not None and day < floor:
@@ -217,7 +226,7 @@ class AuditLog(Restoring, Upkeep):
         self._pending.clear()
 
     def _chain(self, ts: float, event: str, fields: dict[str, Any]) -> bytes:
-        if any(key in fields for key in CHAIN_KEYS):
+        if not _CHAIN_KEY_SET.isdisjoint(fields):
             fields = {(f"{k}_" if k in CHAIN_KEYS else k): v for k, v in fields.items()}
         line = _encoder.encode(
             {"seq": self.seq + 1, "ts": round(ts, 6), "prev": self.head, "event": event, **fields}
@@ -245,6 +254,7 @@ class AuditLog(Restoring, Upkeep):
             os.close(fd)
             raise
         self._fd, self._day = fd, day
+        self._day_ends = day_end(day)
         return fresh
 
     def _flush(self, lines: list[bytes], *, sync: bool = True) -> None:

@@ -9,7 +9,6 @@ must both make the directory's change survive a power cut.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,9 +25,9 @@ class StagedLine(NamedTuple):
     line: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """An event waiting for its place in the chain."""
+class AuditRecord(NamedTuple):
+    """An event waiting for its place in the chain. (A tuple: one is made per
+    message, and a tuple is the cheapest immutable record to make.)"""
 
     ts: float
     event: str

@@ -22,6 +22,10 @@ the shell (``ccc_relay.daemon.shell``) carries them out:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# Effects are plain slotted records, not frozen ones: two or three are made per
+# message, and a frozen dataclass costs twice as much to make. Nothing changes
+# an effect once the core returned it.
 from typing import Any
 
 from ccc_relay.audit.records import AuditRecord
@@ -32,7 +36,7 @@ from ccc_relay.store.records import StoredMessage
 # --- continuations: what to do once the store answered ------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendOutcome:
     """One admitted send, answered once its batch is durable."""
 
@@ -42,25 +46,25 @@ class SendOutcome:
     changes: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendsDurable:
     conn: int
     outcomes: list[SendOutcome]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AckDurable:
     conn: int
     agent: str
     ids: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FetchRead:
     conn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TopUpRead:
     conn: int
     room: int
@@ -73,13 +77,13 @@ Then = SendsDurable | AckDurable | FetchRead | TopUpRead
 # --- effects ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     conn: int
     frame: RelayFrame
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     conn: int
 
@@ -93,20 +97,20 @@ class Persist:
     then: Then | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sanitize:
     conn: int
     frame: Send
     action: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Log:
     level: int  # a ``logging`` level number
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScheduleChanged:
     pass
 

@@ -234,12 +234,13 @@ class Committer:
 
     def _apply(self, batch: list[Job[Any]], small: bool) -> list[Any]:
         """Runs on the committer thread (or the loop's, for a ``small`` batch)."""
-        staged = self._audit.append_unsynced([record for job in batch for record in job.audit])
-        self._collect_audit_sync()
+        records = [record for job in batch for record in job.audit]
         # A big batch fsyncs its audit lines beside the commit: one flush
         # amortised over the batch costs less CPU than copying every line into
         # relay.db. A small one lets them ride the commit's own fsync instead.
-        direct = self._syncer.submit(self._audit.sync_owed()) if staged and not small else None
+        staged = self._audit.append_unsynced(records, stage=small)
+        self._collect_audit_sync()
+        direct = self._syncer.submit(self._audit.sync_owed()) if records and not small else None
         outbox_synced = self._synced > self._trimmed and self._outboxed > self._trimmed
         trim = self._synced if outbox_synced else 0
         store = self._store
