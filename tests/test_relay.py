@@ -108,7 +108,9 @@ def test_pushed_delivery_wakes_a_subscribed_agent(relay: RunningRelay) -> None:
         b.ack([got.id])
 
 
-def test_unacked_messages_are_redelivered_and_the_client_drops_repeats(relay: RunningRelay) -> None:
+def test_unacked_messages_are_redelivered_to_a_new_session(relay: RunningRelay) -> None:
+    """At least once on the wire; tests/test_client_redelivery.py proves the client
+    libraries then hand each id out once."""
     alice, bob = relay.add_agent("alice"), relay.add_agent("bob")
     relay.allow("alice", "bob")
     with relay.client(alice) as a:
@@ -118,9 +120,6 @@ def test_unacked_messages_are_redelivered_and_the_client_drops_repeats(relay: Ru
     with relay.client(bob) as b:
         [again] = b.fetch()  # a new session gets it again: at-least-once
         assert again.id == sent.id
-        # The same client never hands the same id out twice.
-        b._inbox.append(again)
-        assert [m.id for m in b.fetch()] == [sent.id]
         assert b.ack([sent.id]) == 1
     with relay.client(bob) as b:
         assert b.fetch() == []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections import deque
 from types import TracebackType
 from typing import Any
 
@@ -52,13 +51,6 @@ class RelayClient:
         self.welcome: Welcome | None = None
         self._sock: socket.socket | None = None
         self._session = ClientSession(verify=verifier(endpoint.relay_pubkey))
-
-    @property
-    def _inbox(self) -> deque[Message]:
-        # The session's inbox. Only tests/test_relay.py's older duplicate test
-        # still reaches in here (that file is maintained elsewhere); remove this
-        # when that test goes.
-        return self._session.inbox
 
     # --- lifecycle -----------------------------------------------------------
 
