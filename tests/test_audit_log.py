@@ -86,6 +86,32 @@ def test_each_line_chains_to_the_sha256_of_the_line_before(log_dir: Path) -> Non
     assert (log.seq, log.head) == (4, line_hash(raw[-1]))
 
 
+def test_rewinding_takes_back_the_lines_of_a_rolled_back_batch(log_dir: Path) -> None:
+    """The committer rewinds when a batch's transaction fails: the log must not say
+    that what rolled back happened, and the chain goes on from where it stood."""
+    log = AuditLog(log_dir)
+    log.append([event(T0 + 10, body="kept")])
+    mark = log.mark()
+    log.append_unsynced([event(T0 + 11, body="rolled back"), event(T0 + 12, body="also")])
+    log.rewind(mark)
+    log.append([event(T0 + 13, body="after")])
+    log.close()
+    assert [r.get("body") for r in all_lines(log_dir)] == [None, "kept", "after"]
+    assert verify_log(log_dir).ok
+
+
+def test_a_rewind_across_midnight_names_the_lines_it_could_not_take_back(log_dir: Path) -> None:
+    log = AuditLog(log_dir)
+    log.append([event(T0 + DAY - 2, body="kept")])
+    mark = log.mark()
+    log.append_unsynced([event(T0 + DAY - 1, body="rolled back"), event(T0 + DAY + 1)])
+    log.rewind(mark)
+    log.close()
+    last = all_lines(log_dir)[-1]
+    assert (last["event"], last["first"], last["last"]) == ("rolled_back", 3, 5)
+    assert verify_log(log_dir).ok
+
+
 def test_an_events_own_fields_cannot_overwrite_the_chain_keys(log_dir: Path) -> None:
     log = AuditLog(log_dir)
     log.append([AuditRecord(T0, "admin", {"seq": 99, "prev": "x", "event": "forged"})])

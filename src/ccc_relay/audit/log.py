@@ -36,6 +36,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,27 @@ from ccc_relay.audit.upkeep import Upkeep
 
 _CHAIN_KEY_SET = frozenset(CHAIN_KEYS)
 
+
+@dataclass(frozen=True, slots=True)
+class AuditMark:
+    """Where the chain stood before a batch (see ``AuditLog.rewind``)."""
+
+    day: str | None
+    size: int | None
+    seq: int
+    head: str
+    pending: list[tuple[str, dict[str, Any]]]
+    floor: str | None
+    last_file: str | None
+
+
 __all__ = ["RESTORED", "TORN_LINE", "AuditLog", "AuditLogError", "AuditRecord", "StagedLine"]
 
 log = logging.getLogger("ccc_relay.audit")
 
 TORN_LINE = "torn_line_dropped"
+# Names lines a rolled-back transaction had written that could not be cut back.
+ROLLED_BACK = "rolled_back"
 
 _encoder = msgspec.json.Encoder()
 
@@ -181,6 +198,35 @@ class AuditLog(Restoring, Upkeep):
         finally:
             self._staged = None
         return staged
+
+    def mark(self) -> AuditMark:
+        """Where the chain stands now, for :meth:`rewind`."""
+        size = os.fstat(self._fd).st_size if self._fd is not None else None
+        return AuditMark(
+            self._day, size, self.seq, self.head, list(self._pending), self._floor, self._last_file
+        )
+
+    def rewind(self, mark: AuditMark) -> None:
+        """Take back the unsynced lines written since ``mark``: the transaction they
+        described rolled back, so the log must not say it happened.
+
+        The open file is cut back to where it stood. If a new day's file was
+        opened meanwhile (a batch across midnight), its lines stay and a chained
+        ``rolled_back`` line names them instead. Raises OSError.
+        """
+        if self.seq == mark.seq:
+            return
+        if self._day == mark.day and self._fd is not None and mark.size is not None:
+            os.ftruncate(self._fd, mark.size)
+            os.fsync(self._fd)
+            self.seq, self.head = mark.seq, mark.head
+            self._pending = mark.pending
+            self._floor, self._last_file = mark.floor, mark.last_file
+            return
+        first, last = mark.seq + 1, self.seq
+        self.append(
+            [AuditRecord(self._day_ends - 1e-6, ROLLED_BACK, {"first": first, "last": last})]
+        )
 
     def sync_owed(self) -> Callable[[], int]:
         """A callable that fsyncs every line written so far and returns the last one's seq.

@@ -47,7 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ccc_relay.audit.log import AuditLog, AuditRecord
+from ccc_relay.audit.log import AuditLog, AuditMark, AuditRecord
 from ccc_relay.store import Store, StoredMessage, StoreFailure
 from ccc_relay.store.ops import Nothing, StoreOp
 
@@ -238,7 +238,12 @@ class Committer:
         # A big batch fsyncs its audit lines beside the commit: one flush
         # amortised over the batch costs less CPU than copying every line into
         # relay.db. A small one lets them ride the commit's own fsync instead.
-        staged = self._audit.append_unsynced(records, stage=small)
+        mark = self._audit.mark()
+        try:
+            staged = self._audit.append_unsynced(records, stage=small)
+        except BaseException:
+            self._rewind(mark)
+            raise
         self._collect_audit_sync()
         direct = self._syncer.submit(self._audit.sync_owed()) if records and not small else None
         outbox_synced = self._synced > self._trimmed and self._outboxed > self._trimmed
@@ -278,6 +283,7 @@ class Committer:
             took = time.perf_counter() - started
         except BaseException:
             store.rollback()
+            self._rewind(mark)  # the log must not record what did not happen
             raise
         self.longest_commit = max(self.longest_commit, took)
         self.slow_commits += took >= SLOW_COMMIT
@@ -287,6 +293,17 @@ class Committer:
             self._outboxed = staged[-1].seq
         self._start_audit_sync()
         return results
+
+    def _rewind(self, mark: AuditMark) -> None:
+        try:
+            self._audit.rewind(mark)
+        except OSError as exc:
+            log.critical(
+                "audit: the lines of a rolled-back batch (after seq %d) could not be taken "
+                "back: %s",
+                mark.seq,
+                exc,
+            )
 
     def _collect_audit_sync(self) -> None:
         """Note how far a finished background fsync got; raise what it raised."""
