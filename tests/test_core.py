@@ -608,3 +608,21 @@ def test_persisted_sends_of_a_closed_connection_still_reach_the_recipient() -> N
     c.core.disconnected(alice, T0)
     effects = c.core.persisted(persist.then, None, T0)
     assert [(e.conn, type(e.frame)) for e in effects if isinstance(e, Reply)] == [(bob, Message)]
+
+
+def test_a_defect_in_store_work_is_answered_internal() -> None:
+    c = Core()
+    _conn, then, _seqs = continuation(c, "fetch")
+    effects = c.core.persist_failed(then, "a defect", T0, defect=True)
+    assert [code for code, _ in errors(effects)] == ["internal"]
+    assert "internal" in audit_events(effects)
+
+
+def test_once_the_store_has_failed_a_hello_is_refused_unavailable() -> None:
+    c = Core()
+    c.core.store_failed("durable store failed: disk I/O error")
+    conn = c.open()
+    effects = c.frames(conn, Hello(agent="alice", credential=c.creds["alice"].reveal()))
+    assert errors(effects) == [("unavailable", None)]
+    assert closes(effects) == [conn]
+    assert not any(isinstance(r, Welcome) for r in replies(effects))

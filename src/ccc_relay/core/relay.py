@@ -156,6 +156,7 @@ class RelayCore:
         # across restarts, and minted without a syscall per message.
         self._id_prefix = id_prefix or secrets.token_urlsafe(6)  # 8 characters
         self._line_cap = line_cap_for(self.limits.max_message_size)
+        self.store_failure: str | None = None
 
     # --- views the shell and the admin plane read ----------------------------------------------
 
@@ -319,6 +320,14 @@ class RelayCore:
             self._refuse(link, refusal, now, out)
             return
         link.claimed = hello.agent
+        if self.store_failure is not None:
+            refusal = Refusal(
+                ErrorCode.UNAVAILABLE,
+                f"the relay cannot store anything right now: {self.store_failure}",
+                fatal=True,
+            )
+            self._refuse(link, refusal, now, out)
+            return
         pid, uid, gid = link.peer
         if link.bound_agent is not None and hello.agent != link.bound_agent:
             # Same answer as a wrong credential; the audit line says which.
@@ -628,10 +637,12 @@ class RelayCore:
                     self._topped_up(link, then, cast(list[StoredMessage], result), now, out)
         return self._finish(out, now)
 
-    def persist_failed(self, then: Then | None, reason: str, now: float) -> list[Effect]:
+    def persist_failed(
+        self, then: Then | None, reason: str, now: float, *, defect: bool = False
+    ) -> list[Effect]:
         """The store failed the work of a ``Persist``: whoever waits is told
-        ``unavailable``; the agent's audit line says so (if the audit can still
-        take it)."""
+        ``unavailable`` (``internal`` for a ``defect`` in the work rather than a
+        failing store), and an audit line says so, if the audit can still take it."""
         out: list[Effect] = []
         if then is None:
             return out
@@ -640,32 +651,32 @@ class RelayCore:
             link.topping_up = False
         if link is None or link.closed:
             return out
-        text = f"the relay cannot store messages right now: {reason}"
+        code = ErrorCode.INTERNAL if defect else ErrorCode.UNAVAILABLE
+        what = {SendsDurable: "store messages", AckDurable: "record acks"}.get(
+            type(then), "read messages"
+        )
+        text = f"the relay cannot {what} right now: {reason}"
         if isinstance(then, SendsDurable):
             for outcome in then.outcomes:
-                out.append(
-                    Reply(
-                        link.id,
-                        Error(code=ErrorCode.UNAVAILABLE.value, message=text, seq=outcome.seq),
-                    )
-                )
+                out.append(Reply(link.id, Error(code=code.value, message=text, seq=outcome.seq)))
         else:
-            what = {AckDurable: "record acks", FetchRead: "read messages"}.get(
-                type(then), "read messages"
-            )
-            text = f"the relay cannot {what} right now: {reason}"
-            out.append(Reply(link.id, Error(code=ErrorCode.UNAVAILABLE.value, message=text)))
-        self.counters.refused[ErrorCode.UNAVAILABLE.value] += 1
+            out.append(Reply(link.id, Error(code=code.value, message=text)))
+        self.counters.refused[code.value] += 1
         self._audit(
             out,
             now,
-            "unavailable",
+            code.value,
             agent=link.agent,
             session=link.session.session_id,
             work=type(then).__name__,
             reason=reason,
         )
         return self._finish(out, now)
+
+    def store_failed(self, reason: str) -> None:
+        """The store stopped accepting work: new sessions are refused from now on
+        (a session the store cannot record could not be resumed)."""
+        self.store_failure = reason
 
     def _sends_durable(
         self, then: SendsDurable, link: Link | None, now: float, out: list[Effect]

@@ -138,7 +138,12 @@ class Daemon:
         core.admission.load_sessions(store.live_sessions(now), now)
         relay = RelayShell(core, committer, self.clock)
         self.relay = relay
-        committer.on_failure = lambda reason: log.critical("acceptance stopped: %s", reason)
+
+        def store_failed(reason: str) -> None:
+            log.critical("acceptance stopped: %s", reason)
+            core.store_failed(reason)
+
+        committer.on_failure = store_failed
         try:
             await self._serve(relay, committer, agent_sock, admin_sock, install_signals)
         finally:

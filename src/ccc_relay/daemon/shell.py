@@ -165,9 +165,14 @@ class RelayShell:
             result = done.result()
             self._guarded(then.conn, lambda: self.core.persisted(then, result, self.clock()))
             return
-        if not isinstance(exc, StoreFailure):  # already logged by the committer
+        defect = not isinstance(exc, StoreFailure)  # a failing store: already logged
+        if defect:
             log.error("store work for connection %d failed", then.conn, exc_info=exc)
-        self._guarded(then.conn, lambda: self.core.persist_failed(then, str(exc), self.clock()))
+        reason = str(exc)
+        self._guarded(
+            then.conn,
+            lambda: self.core.persist_failed(then, reason, self.clock(), defect=defect),
+        )
 
     def _sanitize(self, effect: Sanitize) -> None:
         conn = self.connections.get(effect.conn)
