@@ -177,7 +177,8 @@ def _yaml_bool(value: bool) -> str:
 
 
 class CccServer(Server):
-    """``ccc-statusd start`` on a config that raises only the rate limits."""
+    """``ccc-statusd start`` on a config that raises only the rate limits and the
+    per-recipient queue and audit caps (a flood is one sender at thousands of msg/s)."""
 
     def config_text(self) -> str:
         state = self.dir / "state"
@@ -192,6 +193,9 @@ class CccServer(Server):
             f"    global_rate_limit: {rate}\n"
             "    max_connections: 4096\n"
             "    max_unauthenticated: 64\n"
+            "    max_queued_messages: 1000000\n"
+            "    max_queued_bytes: 4GiB\n"
+            "    audit_body_bytes_per_minute: 1000GB\n"
             "    require_session_auth: true\n"
             f"    sanitize: {_yaml_bool(self.system.sanitize)}\n"
             "    sanitize_paths: escape\n"

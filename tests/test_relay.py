@@ -240,13 +240,30 @@ def test_an_unauthenticated_connection_has_a_deadline(relay_factory) -> None:
     assert time.monotonic() - started < 3
 
 
-def test_unauthenticated_connections_are_capped(relay_factory) -> None:
+def test_unauthenticated_connections_are_capped_and_the_oldest_makes_room(
+    relay_factory,
+) -> None:
+    """At the cap, the connection that waited longest is closed with ``busy``: a
+    silent peer cannot hold every place while others want to say hello."""
     relay = relay_factory(max_unauthenticated=2)
+    oldest, second = raw(relay), raw(relay)
+    third = raw(relay)
+    [error] = read_frames(oldest, 1)
+    assert error["code"] == "busy"
+    alice = relay.add_agent("alice")
+    send_frames(third, hello(alice))
+    assert read_frames(third, 1)[0]["type"] == "welcome"
+    for sock in (oldest, second, third):
+        sock.close()
+
+
+def test_one_peer_uid_cannot_hold_every_place_before_hello(relay_factory) -> None:
+    relay = relay_factory(max_unauthenticated=8, max_unauthenticated_per_uid=2)
     waiting = [raw(relay), raw(relay)]
     third = raw(relay)
     [error] = read_frames(third, 1)
-    assert error["code"] == "busy"
-    for sock in waiting:
+    assert error["code"] == "busy" and "this user" in error["message"]
+    for sock in (*waiting, third):
         sock.close()
 
 

@@ -171,7 +171,7 @@ def test_state_table(phase: Phase, name: str) -> None:
     line, expectations = LINES[name]
     expected = expectations[phase]
     session = session_in(phase)
-    assert session.receive_data(line) is None
+    assert session.receive_data(line, 0.0) is None
     event = session.next_event()
     if isinstance(expected, Frame):
         assert event == expected.frame
@@ -194,7 +194,7 @@ def test_state_table(phase: Phase, name: str) -> None:
 @pytest.mark.parametrize("phase", list(Phase), ids=lambda p: p.value)
 def test_a_too_long_line_is_refused_by_receive_data(phase: Phase) -> None:
     session = session_in(phase)
-    refusal = session.receive_data(b"x" * (CAP + 1))  # no newline: refused while arriving
+    refusal = session.receive_data(b"x" * (CAP + 1), 0.0)  # no newline: refused while arriving
     if phase is Phase.CLOSED:
         assert refusal is None  # bytes after the close are ignored
     else:
@@ -208,7 +208,7 @@ def test_a_line_of_exactly_the_cap_is_decoded_not_refused(phase: Phase) -> None:
     session = session_in(phase)
     line = b'{"type":"ping","data":"' + b"y" * (CAP - 25) + b'"}'
     assert len(line) <= CAP
-    assert session.receive_data(line + b"\n") is None
+    assert session.receive_data(line + b"\n", 0.0) is None
     event = session.next_event()
     # Too long for a ping's data, but an invalid frame, not a too_large line.
     assert isinstance(event, Rejected) and event.refusal.code is ErrorCode.INVALID
@@ -248,7 +248,7 @@ def test_seq_rule(last: int, seq: int, code: ErrorCode | None) -> None:
 
 def test_a_hello_and_a_send_in_one_read_the_send_is_judged_after_the_hello() -> None:
     session = AgentSession(CAP)
-    assert session.receive_data(encode(HELLO) + encode(SEND)) is None
+    assert session.receive_data(encode(HELLO) + encode(SEND), 0.0) is None
     assert session.next_event() == HELLO
     session.authenticated("alice", "s_abcdefgh12", wants_signatures=False)
     assert session.next_event() == SEND  # judged in READY, not in the phase of the read
@@ -257,7 +257,7 @@ def test_a_hello_and_a_send_in_one_read_the_send_is_judged_after_the_hello() -> 
 
 def test_a_send_after_a_hello_that_did_not_authenticate_is_auth_required() -> None:
     session = AgentSession(CAP)
-    session.receive_data(encode(HELLO) + encode(SEND))
+    session.receive_data(encode(HELLO) + encode(SEND), 0.0)
     assert session.next_event() == HELLO
     # The core refused the hello without closing (e.g. a failed resume): still HELLO.
     event = session.next_event()
@@ -271,12 +271,12 @@ def test_a_send_after_a_hello_that_did_not_authenticate_is_auth_required() -> No
 
 def test_a_close_drops_the_lines_still_waiting() -> None:
     session = session_in(Phase.READY)
-    session.receive_data(encode(PING) + encode(BYE) + encode(PING))
+    session.receive_data(encode(PING) + encode(BYE) + encode(PING), 0.0)
     assert session.next_event() == PING
     assert session.next_event() == BYE
     session.close()
     assert session.next_event() is None
-    assert session.receive_data(encode(PING)) is None
+    assert session.receive_data(encode(PING), 0.0) is None
     assert session.next_event() is None
 
 
@@ -288,7 +288,7 @@ def drive(chunks: list[bytes]) -> list[object]:
     session = AgentSession(CAP)
     events: list[object] = []
     for chunk in chunks:
-        assert session.receive_data(chunk) is None
+        assert session.receive_data(chunk, 0.0) is None
         while (event := session.next_event()) is not None:
             events.append(event)
             if isinstance(event, Hello):
@@ -326,10 +326,10 @@ def test_bytes_one_at_a_time() -> None:
 def test_an_unfinished_line_is_buffered_not_decoded() -> None:
     session = session_in(Phase.READY)
     line = encode(PING)
-    session.receive_data(line[:-1])
+    session.receive_data(line[:-1], 0.0)
     assert session.next_event() is None
     assert session.buffered == len(line) - 1
-    session.receive_data(b"\n")
+    session.receive_data(b"\n", 0.0)
     assert session.next_event() == PING
     assert session.buffered == 0
 
@@ -350,7 +350,7 @@ def test_an_unfinished_line_is_buffered_not_decoded() -> None:
 @pytest.mark.parametrize("phase", [Phase.HELLO, Phase.READY], ids=lambda p: p.value)
 def test_deep_nesting_is_invalid_not_a_recursion_error(phase: Phase, line: bytes) -> None:
     session = session_in(phase)
-    assert session.receive_data(line + b"\n") is None
+    assert session.receive_data(line + b"\n", 0.0) is None
     event = session.next_event()
     assert isinstance(event, Rejected)
     assert (event.refusal.code, event.refusal.fatal, event.seq) == (ErrorCode.INVALID, False, None)

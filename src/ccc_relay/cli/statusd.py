@@ -72,6 +72,20 @@ def effective_settings(config: Config) -> dict[str, Any]:
         "session_timeout": format_duration(limits.session_timeout),
         "require_session_auth": limits.require_session_auth,
         "hello_timeout": format_duration(limits.hello_timeout),
+        "max_connections": limits.max_connections,
+        "max_unauthenticated": limits.max_unauthenticated,
+        "max_unauthenticated_per_uid": limits.max_unauthenticated_per_uid,
+        "max_connections_per_agent": limits.max_connections_per_agent,
+        "max_sessions_per_agent": limits.max_sessions_per_agent,
+        "auth_failures_per_minute": f"{limits.auth_failures_per_minute:g} per uid and name",
+        "frame_rate_limit": f"{limits.frame_rate:g} frames/min/agent",
+        "max_queued_messages": f"{limits.max_queued_messages} per recipient (half per sender)",
+        "max_queued_bytes": (
+            f"{format_size(limits.max_queued_bytes)} per recipient (half per sender)"
+        ),
+        "audit_body_bytes_per_minute": (
+            f"{format_size(limits.audit_body_bytes_per_minute)} per agent"
+        ),
         "audit.log_path": str(config.audit.log_path),
         "audit.log_all_messages": config.audit.log_all_messages,
         "audit.retention": format_duration(config.audit.retention),

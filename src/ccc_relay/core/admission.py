@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ccc_relay import credentials
@@ -28,6 +28,7 @@ from ccc_relay.protocol.errors import ErrorCode, Refusal
 from ccc_relay.store.records import AgentRecord, SessionRecord
 
 MAX_SCHEDULE_AHEAD = 30 * 86400.0  # deliver_at may not lie further ahead than this
+MAX_AUTH_FAILURE_KEYS = 10_000  # failed-hello counters kept before idle ones are swept
 RATE_WINDOW = 60.0
 TOO_FAR_AHEAD = Refusal(ErrorCode.INVALID, "deliver_at lies more than 30 days ahead")
 AUTH_FAILED = Refusal(
@@ -64,7 +65,10 @@ class Admission:
         self._agent_limiters: dict[str, WindowLimiter] = {}
         self._pair_limiters: dict[tuple[str, str], WindowLimiter] = {}
         self._global_limiter = WindowLimiter(limits.global_rate_per_minute, RATE_WINDOW)
-        self._auth_failures: dict[int, WindowLimiter] = {}
+        # Failed hellos, per (peer uid, claimed name): a wrong guess at one name
+        # must not lock out another agent of the same uid.
+        self._auth_failures: dict[tuple[int, str], WindowLimiter] = {}
+        self._sessions_of: dict[str, dict[str, None]] = {}  # per agent, oldest first
 
     # --- authentication -------------------------------------------------------
 
@@ -82,13 +86,14 @@ class Admission:
         QUARANTINED; SESSION_EXPIRED for a resume of an unknown or expired session).
         """
         _pid, uid, gid = peer
-        failures = self._auth_failures.get(uid)
+        failures = self._auth_failures.get((uid, agent))
         if failures is not None:
             wait = failures.retry_after(now)
             if wait:
                 return Refusal(
                     ErrorCode.RATE_LIMITED,
-                    "too many failed hellos from this user; wait before trying again",
+                    "too many failed hellos for this agent from this user; wait before trying "
+                    "again",
                     fatal=True,
                     retry_after=round_up(wait),
                 )
@@ -99,8 +104,10 @@ class Admission:
         if ok and record is not None and record.gid is not None and record.gid != gid:
             ok = False
         if not ok or record is None:
+            if len(self._auth_failures) >= MAX_AUTH_FAILURE_KEYS:
+                self._forget_idle_failures(now)
             limiter = self._auth_failures.setdefault(
-                uid, WindowLimiter(self.limits.auth_failures_per_minute, RATE_WINDOW)
+                (uid, agent), WindowLimiter(self.limits.auth_failures_per_minute, RATE_WINDOW)
             )
             limiter.record(now)
             return AUTH_FAILED
@@ -126,30 +133,72 @@ class Admission:
             last_seq=0,
             limiter=WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
         )
-        self.sessions[session.id] = session
+        self._remember(session)
         return session, SessionRecord(session.id, agent, now, session.expires, 0)
+
+    def _remember(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self._sessions_of.setdefault(session.agent, {})[session.id] = None
+
+    def forget(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            of_agent = self._sessions_of.get(session.agent, {})
+            of_agent.pop(session_id, None)
+            if not of_agent:
+                self._sessions_of.pop(session.agent, None)
+
+    def make_room(self, agent: str, in_use: Callable[[str], bool]) -> list[str]:
+        """``agent`` opened a session: while it holds more than
+        ``max_sessions_per_agent``, forget its oldest sessions that no connection
+        is using. The ids forgotten (their rows go too); a session in use, the new
+        one included, is never taken."""
+        held = self._sessions_of.get(agent, {})
+        excess = len(held) - self.limits.max_sessions_per_agent
+        forgotten: list[str] = []
+        for sid in list(held):
+            if excess <= 0:
+                break
+            if not in_use(sid):
+                self.forget(sid)
+                forgotten.append(sid)
+                excess -= 1
+        return forgotten
+
+    def sessions_held(self, agent: str) -> int:
+        return len(self._sessions_of.get(agent, ()))
 
     def load_sessions(self, records: Iterable[SessionRecord], now: float) -> None:
         for r in records:
             if r.expires > now and r.agent in self.agents:
-                self.sessions[r.id] = Session(
-                    r.id,
-                    r.agent,
-                    r.expires,
-                    r.last_seq,
-                    WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
+                self._remember(
+                    Session(
+                        r.id,
+                        r.agent,
+                        r.expires,
+                        r.last_seq,
+                        WindowLimiter(self.limits.rate_per_minute, RATE_WINDOW),
+                    )
                 )
 
     def expire(self, now: float) -> list[Session]:
         """Forget the sessions past their expiry; the ones forgotten."""
         expired = [s for s in self.sessions.values() if s.expires <= now]
         for session in expired:
-            del self.sessions[session.id]
+            self.forget(session.id)
+        self._forget_idle_failures(now)
         return expired
 
     def end_sessions_of(self, agent: str) -> None:
-        for sid in [sid for sid, s in self.sessions.items() if s.agent == agent]:
-            del self.sessions[sid]
+        for sid in list(self._sessions_of.get(agent, ())):
+            self.forget(sid)
+
+    def _forget_idle_failures(self, now: float) -> None:
+        """Drop failed-hello counters with nothing left in their window (bounded memory)."""
+        for key in [
+            k for k, limiter in self._auth_failures.items() if limiter.room(now) >= limiter.limit
+        ]:
+            del self._auth_failures[key]
 
     # --- sending --------------------------------------------------------------
 

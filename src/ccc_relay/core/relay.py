@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -43,10 +43,12 @@ from ccc_relay.core.effects import (
     TopUpRead,
 )
 from ccc_relay.core.routing import Counters, Link, Routing
+from ccc_relay.core.shares import ACK_IDS_PER_FRAME, SUMMARY_INTERVAL, Shares
 from ccc_relay.policy.acl import HOLD, Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import Config, Rule
 from ccc_relay.policy.sanitize import Sanitized, sanitize
+from ccc_relay.policy.sanitize_unicode import strip_unicode
 from ccc_relay.protocol.codec import body_size, line_cap_for
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError, Refusal
 from ccc_relay.protocol.frames import (
@@ -82,6 +84,7 @@ from ccc_relay.store.ops import (
     ReadDue,
     ReadDueAndPending,
     SetQuarantine,
+    StoreOp,
 )
 from ccc_relay.store.records import AgentRecord, StoredMessage
 
@@ -94,6 +97,28 @@ SANITIZE_INLINE_LIMIT = 64 * 1024
 # Normalisations that say nothing about intent; the rest count towards the
 # "sanitized" anomaly rule.
 BENIGN_CHANGES = frozenset({"newline", "nfc"})
+
+
+# Refusals one connection may earn per SUMMARY_INTERVAL before it is closed; a
+# connection that has not said hello gets only a few lines wrong.
+STRIKES_PER_INTERVAL = 200
+STRIKES_BEFORE_HELLO = 3
+WAITED_LONGEST = Refusal(
+    ErrorCode.BUSY,
+    "too many connections are waiting to authenticate and this one waited longest; "
+    "say hello right after connecting",
+    fatal=True,
+    retry_after=1.0,
+)
+
+
+def _clean_thread(thread: str) -> str:
+    """A thread name as it may reach a terminal or a model: one line, no control,
+    bidi or invisible characters."""
+    if thread.isascii() and thread.isprintable():
+        return thread
+    cleaned = strip_unicode(thread, {})
+    return " ".join(cleaned.split()) if not cleaned.isprintable() else cleaned
 
 
 def _size_refusal(body: str, limit: int) -> Refusal | None:
@@ -137,6 +162,7 @@ class RelayCore:
         last_delivery: int,
         sign: Callable[[Message], str],
         now: float,
+        queued: Iterable[tuple[str, str, int, int]] = (),
         id_prefix: str | None = None,
     ) -> None:
         self.config = config
@@ -149,8 +175,10 @@ class RelayCore:
         self.admission = Admission(self.limits, self.agents, self._policy())
         self.routing = Routing(sign, self.counters)
         self.anomaly = AnomalyDetector(config.anomaly)
+        self.shares = Shares(self.limits, queued)
         self.connections = 0
-        self.unauthenticated = 0
+        self._waiting: dict[int, Link] = {}  # connections yet to say hello, oldest first
+        self._waiting_by_uid: Counter[int] = Counter()
         self._last_delivery = last_delivery
         # Ids are this run's random prefix plus the delivery number: unique
         # across restarts, and minted without a syscall per message.
@@ -184,21 +212,42 @@ class RelayCore:
     def connect(
         self, conn: int, peer: tuple[int, int, int], now: float, *, bound_agent: str | None = None
     ) -> list[Effect]:
-        """A connection opened (on a per-agent socket: ``bound_agent``)."""
+        """A connection opened (on a per-agent socket: ``bound_agent``).
+
+        Connections waiting to say hello are capped per peer uid and in total; at
+        the total cap the one that has waited longest makes room, so holding every
+        place takes opening connections faster than others say hello.
+        """
         link = Link(conn, AgentSession(self._line_cap), peer, now, bound_agent=bound_agent)
         self.routing.links[conn] = link
         self.connections += 1
         out: list[Effect] = []
-        if self.connections > self.limits.max_connections:
+        uid = peer[1]
+        limits = self.limits
+        if self.connections > limits.max_connections:
             busy = "too many connections to the relay; try again later"
-        elif self.unauthenticated >= self.limits.max_unauthenticated:
-            busy = "too many connections are waiting to authenticate; try again later"
+        elif self._waiting_by_uid[uid] >= limits.max_unauthenticated_per_uid:
+            busy = "too many connections of this user are waiting to authenticate; try again later"
         else:
-            self.unauthenticated += 1
-            link.counted_unauthenticated = True
-            return out
+            if len(self._waiting) >= limits.max_unauthenticated:
+                oldest = next(iter(self._waiting.values()))
+                self._refuse(oldest, WAITED_LONGEST, now, out)
+            self._waiting[conn] = link
+            self._waiting_by_uid[uid] += 1
+            return self._finish(out, now)
         self._refuse(link, Refusal(ErrorCode.BUSY, busy, fatal=True, retry_after=1.0), now, out)
         return self._finish(out, now)
+
+    @property
+    def unauthenticated(self) -> int:
+        return len(self._waiting)
+
+    def _stop_waiting(self, link: Link) -> None:
+        if self._waiting.pop(link.id, None) is not None:
+            uid = link.peer[1]
+            self._waiting_by_uid[uid] -= 1
+            if not self._waiting_by_uid[uid]:
+                del self._waiting_by_uid[uid]
 
     def receive(self, conn: int, data: bytes, now: float) -> list[Effect]:
         """Bytes arrived on a connection."""
@@ -206,7 +255,7 @@ class RelayCore:
         out: list[Effect] = []
         if link is None or link.closed:
             return out
-        refusal = link.session.receive_data(data)
+        refusal = link.session.receive_data(data, now)
         if refusal is not None:
             self._refuse(link, refusal, now, out)
         else:
@@ -254,8 +303,12 @@ class RelayCore:
             link.waiting = []
             if not events:
                 break
-            if session.ready and self._expired(link, now, out):
-                break
+            over: list[ClientFrame | Rejected] = []
+            if session.ready:
+                if self._expired(link, now, out):
+                    break
+                allowed = self._frames_allowed(link, events, now)
+                events, over = events[:allowed], events[allowed:]
             i = 0
             while i < len(events) and not link.held and not link.closed:
                 event = events[i]
@@ -273,8 +326,33 @@ class RelayCore:
                 self._flush(link, batch, now, out)  # the store sees the frames' order
                 self._on_frame(link, event, now, out)
             if link.held:
-                link.waiting = events[i:]
+                link.waiting = events[i:] + over  # over budget: judged again afterwards
+            elif over:
+                self._flush(link, batch, now, out)
+                self._refuse_over_budget(link, over, now, out)
         self._flush(link, batch, now, out)
+
+    def _frames_allowed(self, link: Link, events: list[ClientFrame | Rejected], now: float) -> int:
+        """How many of ``events`` the agent's frame budget allows (those are counted)."""
+        agent = link.agent
+        assert agent is not None
+        costs = [1 + len(e.ids) // ACK_IDS_PER_FRAME if isinstance(e, Ack) else 1 for e in events]
+        return self.shares.frames_allowed(agent, costs, now)
+
+    def _refuse_over_budget(
+        self, link: Link, events: list[ClientFrame | Rejected], now: float, out: list[Effect]
+    ) -> None:
+        refusal = Refusal(
+            ErrorCode.RATE_LIMITED,
+            f"too many frames ({self.limits.frame_rate:g} per minute per agent, of any kind); "
+            "slow down",
+            retry_after=1.0,
+        )
+        for event in events:
+            if link.closed:
+                break
+            seq = event.seq if isinstance(event, Send | Rejected) else None
+            self._refuse(link, refusal, now, out, seq=seq)
 
     def _on_frame(self, link: Link, frame: ClientFrame, now: float, out: list[Effect]) -> None:
         if isinstance(frame, Ack):
@@ -351,14 +429,31 @@ class RelayCore:
             self._refuse(link, result, now, out)
             return
         session, new_record = result
-        link.session.authenticated(hello.agent, session.id, wants_signatures=hello.signatures)
-        if link.counted_unauthenticated:
-            self.unauthenticated -= 1
-            link.counted_unauthenticated = False
+        agent = hello.agent
+        links = self.routing.online.get(agent, ())
+        if len(links) >= self.limits.max_connections_per_agent:
+            if new_record is not None:
+                self.admission.forget(session.id)
+            refusal = Refusal(
+                ErrorCode.BUSY,
+                f"agent {agent!r} has {len(links)} connections already, the most allowed; "
+                "close one first",
+                fatal=True,
+                retry_after=1.0,
+            )
+            self._refuse(link, refusal, now, out)
+            return
+        op: StoreOp[None] = Nothing()
+        if new_record is not None:
+            in_use = {other.session.session_id for other in links} | {session.id}
+            forgotten = self.admission.make_room(agent, in_use.__contains__)
+            op = CreateSession(new_record, tuple(forgotten))
+        link.session.authenticated(agent, session.id, wants_signatures=hello.signatures)
+        self._stop_waiting(link)
         self.routing.attach(link)
         out.append(
             Persist(
-                op=CreateSession(new_record) if new_record is not None else Nothing(),
+                op=op,
                 audit=[
                     self.record(
                         now,
@@ -445,6 +540,8 @@ class RelayCore:
         """Sanitise and batch admitted sends in order; a body too big to clean on
         the loop goes to the shell, and what follows it waits on the link."""
         options = self.limits.sanitize
+        agent = link.agent
+        assert agent is not None
         for index, (frame, action) in enumerate(decided):
             if link.held:
                 link.admitted.extend(decided[index:])
@@ -452,6 +549,11 @@ class RelayCore:
             if isinstance(action, Refusal):
                 self._refuse(link, action, now, out, seq=frame.seq, audit=batch.audit)
                 continue
+            if action != HOLD:
+                full = self.shares.queue_refusal(agent, frame.to, len(frame.body))
+                if full is not None:
+                    self._refuse(link, full, now, out, seq=frame.seq, audit=batch.audit)
+                    continue
             if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
                 self._flush(link, batch, now, out)
                 link.held = True
@@ -498,16 +600,24 @@ class RelayCore:
             findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
             if findings:
                 self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
+        thread = frame.thread
+        if thread is not None:
+            thread = _clean_thread(thread)
+            if thread != frame.thread:
+                changes.append("thread: control or invisible characters removed")
+                extra["thread_cleaned"] = True
         message = self.new_message(
             agent,
             frame.to,
             body,
             now,
-            thread=frame.thread,
+            thread=thread,
             reply_to=frame.reply_to,
             deliver_at=frame.deliver_at,
         )
         hold = action == HOLD
+        if not hold:
+            self.shares.queued(agent, frame.to, len(body.encode()))
         batch.audit.append(
             self.message_record(
                 message,
@@ -620,11 +730,12 @@ class RelayCore:
         if isinstance(then, SendsDurable):
             self._sends_durable(then, link if live else None, now, out)
         elif isinstance(then, AckDurable):
-            assert isinstance(result, int)
-            self.counters.acked += result
+            rows = cast(list[tuple[str, int]], result)
+            self.counters.acked += len(rows)
+            self.shares.unqueued((sender, then.agent, size) for sender, size in rows)
             self.routing.settle(then.agent, then.ids)
             if link is not None and live:
-                out.append(Reply(link.id, Acked(count=result)))
+                out.append(Reply(link.id, Acked(count=len(rows))))
                 self._top_up(link, now, out)
         elif isinstance(then, FetchRead):
             if link is not None and live:
@@ -646,6 +757,12 @@ class RelayCore:
         out: list[Effect] = []
         if then is None:
             return out
+        if isinstance(then, SendsDurable):  # never stored: they do not wait after all
+            self.shares.unqueued(
+                (o.message.sender, o.message.recipient, len(o.message.body.encode()))
+                for o in then.outcomes
+                if not o.held
+            )
         link = self.routing.links.get(then.conn)
         if link is not None:
             link.topping_up = False
@@ -703,6 +820,7 @@ class RelayCore:
     def message_committed(self, message: StoredMessage, now: float) -> list[Effect]:
         """A message the operator plane made durable: count it and route it."""
         out: list[Effect] = []
+        self.shares.queued(message.sender, message.recipient, len(message.body.encode()))
         self._committed(message, now, out)
         return self._finish(out, now)
 
@@ -754,6 +872,50 @@ class RelayCore:
                 self._expired(link, now, out)
         return self._finish(out, now)
 
+    def tick(self, now: float) -> list[Effect]:
+        """Time passed (the shell calls this about once a second): long lines that
+        stopped arriving are refused, and refusal summaries whose interval ended
+        are audited."""
+        out: list[Effect] = []
+        for link in list(self.routing.links.values()):
+            if link.closed or not link.session.buffered:
+                continue
+            refusal = link.session.check_partial(now)
+            if refusal is not None:
+                self._refuse(link, refusal, now, out)
+        summaries = self.shares.refusals_due(now)
+        if summaries:
+            out.append(Persist(audit=summaries))
+        return self._finish(out, now)
+
+    def stopping(self, now: float) -> list[Effect]:
+        """The relay stops: every pending refusal summary is audited."""
+        summaries = self.shares.refusals_due(now, everything=True)
+        return [Persist(audit=summaries)] if summaries else []
+
+    def stalled(self, conn: int, now: float) -> list[Effect]:
+        """A connection has not read what it was sent for too long: it is closed
+        (an error frame would only queue behind what it does not read)."""
+        link = self.routing.links.get(conn)
+        out: list[Effect] = []
+        if link is None or link.closed:
+            return out
+        pid, uid, _gid = link.peer
+        who = link.agent or f"uid {uid}"
+        self._audit(
+            out,
+            now,
+            "cut_off",
+            agent=link.agent,
+            session=link.session.session_id,
+            reason="it stopped reading what the relay sends",
+            peer_pid=pid,
+            peer_uid=uid,
+        )
+        out.append(Log(logging.WARNING, f"closed a connection of {who}: it stopped reading"))
+        self._close(link, now, out)
+        return self._finish(out, now)
+
     def schedule_due(self, agents: Iterable[str], now: float) -> list[Effect]:
         """Scheduled messages of these agents fell due."""
         out: list[Effect] = []
@@ -791,24 +953,25 @@ class RelayCore:
             fields["claimed"] = claimed
         if seq is not None:
             fields["send_seq"] = seq
-        record = AuditRecord(
-            now,
-            "refused",
-            {
-                "agent": who,
-                "code": code,
-                "reason": refusal.message,
-                **fields,
-                "session": link.session.session_id,
-                "peer_pid": pid,
-                "peer_uid": uid,
-                "peer_gid": gid,
-            },
-        )
-        if audit is not None:
-            audit.append(record)
-        else:
-            out.append(Persist(audit=[record]))
+        line = {
+            "agent": who,
+            "code": code,
+            "reason": refusal.message,
+            **fields,
+            "session": link.session.session_id,
+            "peer_pid": pid,
+            "peer_uid": uid,
+            "peer_gid": gid,
+        }
+        # A flood of refusals is one line per kind and a counted summary: keyed by
+        # the agent, or by the peer uid while no registered name is proven.
+        key: object = name if known else ("uid", uid)
+        records = self.shares.refusal_lines(key, code, line, now)
+        if records:
+            if audit is not None:
+                audit += records
+            else:
+                out.append(Persist(audit=records))
         out.append(
             Reply(
                 link.id,
@@ -818,6 +981,33 @@ class RelayCore:
         if known:
             self._alert(self.anomaly.refused(name, code, now), now, out)  # type: ignore[arg-type]
         if refusal.fatal:
+            self._close(link, now, out)
+            return
+        # Repeat offenders are cut off: a connection refused this often in one
+        # interval is spending the relay's time on nothing.
+        if now - link.strikes_since >= SUMMARY_INTERVAL:
+            link.strikes, link.strikes_since = 0, now
+        link.strikes += 1
+        limit = STRIKES_BEFORE_HELLO if link.agent is None else STRIKES_PER_INTERVAL
+        if link.strikes > limit:
+            self._audit(
+                out,
+                now,
+                "cut_off",
+                agent=who,
+                **({"claimed": claimed} if who is None and claimed else {}),
+                session=link.session.session_id,
+                refusals=link.strikes,
+                peer_pid=pid,
+                peer_uid=uid,
+            )
+            out.append(
+                Log(
+                    logging.WARNING,
+                    f"cut off a connection of {name or f'uid {uid}'}: "
+                    f"{link.strikes} refusals in {SUMMARY_INTERVAL:g}s",
+                )
+            )
             self._close(link, now, out)
 
     def _alert(self, alerts: list[Alert], now: float, out: list[Effect]) -> None:
@@ -872,9 +1062,7 @@ class RelayCore:
         link.closed = True
         returned = link.session.close()
         self.connections -= 1
-        if link.counted_unauthenticated:
-            self.unauthenticated -= 1
-            link.counted_unauthenticated = False
+        self._stop_waiting(link)
         for other in self.routing.detach(link, returned):
             self._top_up(other, now, out)
         if notify:
@@ -918,14 +1106,18 @@ class RelayCore:
     ) -> AuditRecord:
         """The audit line of a message the relay accepts, holds or queues."""
         options = self.limits.sanitize
-        scrubbed = options.enabled and options.redact_secrets and message.sender in self.agents
+        sender = message.sender
+        agent = sender in self.agents
+        scrubbed = options.enabled and options.redact_secrets and agent
+        whole = self.config.audit.log_all_messages
+        if whole and agent and not self.shares.audit_body(sender, len(message.body), now):
+            whole = False  # this agent's share of the audit is spent for now
+            extra["body_omitted"] = "audit_body_bytes_per_minute"
         fields = {
             "id": message.id,
-            "from": message.sender,
+            "from": sender,
             "to": message.recipient,
-            **body_fields(
-                message.body, self.config.audit.log_all_messages, secrets_removed=scrubbed
-            ),
+            **body_fields(message.body, whole, secrets_removed=scrubbed),
             **extra,
         }
         if message.thread:

@@ -41,8 +41,9 @@ class Link:
     backlog: bool = False  # the store may hold messages for it beyond what it has
     topping_up: bool = False  # a store read for it is under way
     held: bool = False  # a big body is being sanitised: later frames wait
-    counted_unauthenticated: bool = False
     closed: bool = False
+    strikes: int = 0  # refusals since strikes_since (see RelayCore._refuse)
+    strikes_since: float = 0.0
     # While ``held``: frames read but not yet decided, and sends decided but not
     # yet batched (an admitted action, or a refusal that keeps its place).
     waiting: list[ClientFrame | Rejected] = field(default_factory=list)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # bound: above the high mark we stop reading its frames until it drains.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 WRITE_LOW_WATER = 1024 * 1024
+# A peer that has not drained its buffer for this long is not reading at all:
+# it is disconnected (loudly) rather than holding its 4 MiB for ever.
+WRITE_STALL_LIMIT = 30.0
 
 
 class AgentConnection(asyncio.Protocol):
@@ -38,6 +41,7 @@ class AgentConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._input_held = False
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -62,15 +66,23 @@ class AgentConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         self._transport = None
         self.shell.disconnected(self.id)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._update_reading()
+        self._stall_timer = asyncio.get_running_loop().call_later(
+            WRITE_STALL_LIMIT, self.shell.stalled, self.id
+        )
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._update_reading()
 
     def _hello_due(self) -> None:

@@ -134,6 +134,7 @@ class Daemon:
             last_delivery=store.max_delivery(),
             sign=signer.sign,
             now=now,
+            queued=store.queue_totals(),
         )
         core.admission.load_sessions(store.live_sessions(now), now)
         relay = RelayShell(core, committer, self.clock)
@@ -219,6 +220,7 @@ class Daemon:
             commit_task = tasks.create_task(committer.run(), name="committer")
             scheduler = tasks.create_task(relay.run_scheduler(), name="scheduler")
             sweeper = tasks.create_task(sweep_sessions(relay), name="sweeper")
+            ticker = tasks.create_task(relay.run_ticks(), name="ticks")
             upkeep = tasks.create_task(
                 audit_upkeep(
                     committer,
@@ -266,6 +268,7 @@ class Daemon:
             relay.say_goodbye("relay shutting down")
             scheduler.cancel()
             sweeper.cancel()
+            ticker.cancel()
             upkeep.cancel()
             try:
                 stopped = relay.core.record(self.clock(), "daemon_stopped")

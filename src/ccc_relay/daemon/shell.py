@@ -44,6 +44,7 @@ from ccc_relay.store.ops import DeleteExpiredSessions, Nothing, ReadSchedule
 log = logging.getLogger("ccc_relay.daemon")
 
 SCHEDULER_IDLE = 60.0  # seconds the scheduler sleeps when nothing is scheduled
+TICK_INTERVAL = 1.0  # how often the core is told the time when nothing else happens
 
 
 class Connection(Protocol):
@@ -91,6 +92,7 @@ class RelayShell:
 
     def say_goodbye(self, reason: str) -> None:
         """Close every agent connection with a ``goodbye`` (the relay is stopping)."""
+        self._guarded(None, lambda: self.core.stopping(self.clock()))
         for conn in list(self.connections.values()):
             conn.write(Goodbye(reason=reason))
             conn.close()
@@ -253,6 +255,15 @@ class RelayShell:
                 )
             except TimeoutError:
                 pass
+
+    async def run_ticks(self) -> None:
+        """Let the core see time pass while nothing else happens."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            self._guarded(None, lambda: self.core.tick(self.clock()))
+
+    def stalled(self, cid: int) -> None:
+        self._guarded(cid, lambda: self.core.stalled(cid, self.clock()))
 
     def expire_sessions(self) -> None:
         now = self.clock()

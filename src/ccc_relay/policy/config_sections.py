@@ -71,6 +71,21 @@ def parse_limits(security: Mapping[str, Any]) -> Limits:
             security, "auth_failures_per_minute", p, 10.0
         ),
         sanitize=_sanitize_options(security, p),
+        max_connections_per_agent=read_positive_int(security, "max_connections_per_agent", p, 16),
+        max_sessions_per_agent=read_positive_int(security, "max_sessions_per_agent", p, 64),
+        max_unauthenticated_per_uid=read_positive_int(
+            security, "max_unauthenticated_per_uid", p, 16
+        ),
+        frames_per_minute=(
+            read_rate(security, "frame_rate_limit", p, 0.0)
+            if "frame_rate_limit" in security
+            else None
+        ),
+        max_queued_messages=read_positive_int(security, "max_queued_messages", p, 10_000),
+        max_queued_bytes=read_size(security, "max_queued_bytes", p, 256 * 1024**2),
+        audit_body_bytes_per_minute=read_size(
+            security, "audit_body_bytes_per_minute", p, 32 * 1024**2
+        ),
     )
 
 

@@ -40,8 +40,24 @@ class Limits:
     hello_timeout: float = 5.0  # an unauthenticated connection is closed after this
     max_connections: int = 4096
     max_unauthenticated: int = 64
-    auth_failures_per_minute: float = 10.0  # per peer uid, before hellos are throttled
+    auth_failures_per_minute: float = 10.0  # per (peer uid, agent name), before hellos wait
     sanitize: SanitizeOptions = field(default_factory=SanitizeOptions)
+    # Fair shares: what one agent (or one peer uid before its hello) may hold, so
+    # one at its cap never makes another wait.
+    max_connections_per_agent: int = 16  # authenticated connections
+    max_sessions_per_agent: int = 64  # the oldest idle one is forgotten for a new one
+    max_unauthenticated_per_uid: int = 16  # connections waiting to say hello
+    # Every frame of any type counts; None: 60 per message the agent may send.
+    frames_per_minute: float | None = None
+    max_queued_messages: int = 10_000  # waiting for one recipient (half of it per sender)
+    max_queued_bytes: int = 256 * 1024**2  # of bodies waiting for one recipient (likewise)
+    # Bodies one agent may put into the audit log per minute; past it, their
+    # lines keep only the size and SHA-256.
+    audit_body_bytes_per_minute: int = 32 * 1024**2
+
+    @property
+    def frame_rate(self) -> float:
+        return self.frames_per_minute or 60 * self.agent_rate_per_minute
 
 
 @dataclass(frozen=True, slots=True)

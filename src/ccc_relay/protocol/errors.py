@@ -30,6 +30,8 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     QUARANTINED = "quarantined"
     BUSY = "busy"  # too many connections
+    QUEUE_FULL = "queue_full"  # the recipient's queue (or the sender's half of it) is full
+    TOO_SLOW = "too_slow"  # a long line stopped arriving at a sane rate
     # Admin plane.
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"

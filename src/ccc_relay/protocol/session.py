@@ -41,6 +41,20 @@ from ccc_relay.protocol.frames import (
     Subscribe,
 )
 
+# A frame other than a send never needs more than this; a longer unfinished line
+# must show a "send" tag or it is refused before it grows further.
+SHORT_LINE_CAP = 64 * 1024
+SEND_TAG = b'"send"'
+# A line past SHORT_LINE_CAP must arrive at this rate on average, after a grace:
+# a megabyte body takes a second at worst, and nobody holds memory by trickling.
+MIN_LINE_RATE = 64 * 1024  # bytes per second
+LINE_GRACE = 2.0  # seconds
+LONG_NON_SEND = Refusal(
+    ErrorCode.TOO_LARGE,
+    f"a frame other than send is at most {SHORT_LINE_CAP // 1024} KiB; the connection is closed",
+    fatal=True,
+)
+
 
 class Phase(enum.Enum):
     HELLO = "hello"
@@ -89,6 +103,9 @@ class AgentSession:
     __slots__ = (
         "_buffer",
         "_lines",
+        "_partial_is_send",
+        "_partial_since",
+        "_tail",
         "agent",
         "inflight",
         "phase",
@@ -102,6 +119,9 @@ class AgentSession:
         self.phase = Phase.HELLO
         self._buffer = LineBuffer(line_cap)
         self._lines: deque[bytes] = deque()
+        self._partial_since = 0.0  # when the unfinished line began to arrive
+        self._partial_is_send = False  # it carries a "send" tag: it may grow to the cap
+        self._tail = b""  # the last bytes seen of it, for a tag split across reads
         self.agent: str | None = None
         self.session_id: str | None = None
         self.wants_signatures = False
@@ -111,15 +131,47 @@ class AgentSession:
 
     # --- bytes in, events out -------------------------------------------------
 
-    def receive_data(self, data: bytes) -> Refusal | None:
-        """Take bytes from the socket. A line longer than the cap is refused
-        (fatal) before it is buffered whole."""
+    def receive_data(self, data: bytes, now: float) -> Refusal | None:
+        """Take bytes from the socket, read at ``now``. A line is refused (fatal)
+        before it is buffered whole when it outgrows the cap; when it is past
+        ``SHORT_LINE_CAP`` and shows no sign of being a ``send``; or when, that
+        long, it arrives slower than ``MIN_LINE_RATE``."""
         if self.phase is Phase.CLOSED:
             return None
         try:
-            self._lines.extend(self._buffer.feed(data))
+            lines = self._buffer.feed(data)
         except ProtocolError as exc:
             return exc.refusal
+        if lines:
+            self._lines.extend(lines)
+            self._partial_since = now  # what is left started arriving about now
+            self._partial_is_send = False
+            self._tail = b""
+        if not self._buffer.pending:
+            self._tail = b""
+            return None
+        if not self._partial_is_send:
+            seen = self._tail + data[-self._buffer.pending :]
+            self._partial_is_send = SEND_TAG in seen
+            self._tail = seen[-len(SEND_TAG) :]
+        if self._buffer.pending > SHORT_LINE_CAP and not self._partial_is_send:
+            return LONG_NON_SEND
+        return self.check_partial(now)
+
+    def check_partial(self, now: float) -> Refusal | None:
+        """A long unfinished line must keep arriving (the relay asks this of every
+        link from time to time, so a peer that stops sending is caught too)."""
+        pending = self._buffer.pending
+        if pending <= SHORT_LINE_CAP or self.phase is Phase.CLOSED:
+            return None
+        took = now - self._partial_since
+        if took > LINE_GRACE and pending < took * MIN_LINE_RATE:
+            return Refusal(
+                ErrorCode.TOO_SLOW,
+                f"a line of {pending} bytes has been arriving for {took:.0f}s; a long line must "
+                f"arrive at {MIN_LINE_RATE // 1024} KiB/s or more; the connection is closed",
+                fatal=True,
+            )
         return None
 
     def next_event(self) -> ClientFrame | Rejected | None:

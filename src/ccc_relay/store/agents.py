@@ -91,7 +91,9 @@ class AgentRegistry:
 
     def live_sessions(self, now: float) -> list[SessionRecord]:
         rows = self._db.execute(
-            "SELECT id, agent, created, expires, last_seq FROM sessions WHERE expires > ?", (now,)
+            "SELECT id, agent, created, expires, last_seq FROM sessions WHERE expires > ?"
+            " ORDER BY created",
+            (now,),
         )
         return [SessionRecord(*row) for row in rows]
 
@@ -104,6 +106,9 @@ class AgentRegistry:
 
     def delete_expired_sessions(self, now: float) -> int:
         return self._db.execute("DELETE FROM sessions WHERE expires <= ?", (now,)).rowcount
+
+    def delete_sessions(self, ids: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM sessions WHERE id = ?", [(sid,) for sid in ids])
 
     def delete_sessions_of(self, agent: str) -> None:
         self._db.execute("DELETE FROM sessions WHERE agent = ?", (agent,))

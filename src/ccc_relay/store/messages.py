@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from ccc_relay.store.records import MESSAGE_COLUMNS, StoredMessage, message_from_row
 
+_IN_CHUNK = 512  # ids per DELETE (SQLite allows 32,766 parameters; a frame carries 1,024)
+
 
 class MessageQueue:
     # Provided by Store.
@@ -44,23 +46,34 @@ class MessageQueue:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
         return int(row[0]) if row else 0
 
-    def ack(self, recipient: str, items: Sequence[tuple[int | None, str]]) -> int:
-        """Delete acknowledged messages; only the recipient's own count.
+    def ack(self, recipient: str, items: Sequence[tuple[int | None, str]]) -> list[tuple[str, int]]:
+        """Delete acknowledged messages; only the recipient's own count. Returns the
+        (sender, body bytes) of each row deleted.
 
-        ``items`` are (delivery number when known, id): with the number the
-        delete is a primary-key lookup, without it the id's index is used. The
-        id and the recipient must match either way.
+        ``items`` are (delivery number when known, id): the relay knows the number
+        of a message in flight, and then the delete is a primary-key lookup;
+        without it the id's index is used.
         """
-        by_key = [(d, mid, recipient) for d, mid in items if d is not None]
-        by_id = [(mid, recipient) for d, mid in items if d is None]
-        before = self._db.total_changes
-        if by_key:
-            self._db.executemany(
-                "DELETE FROM messages WHERE delivery = ? AND id = ? AND recipient = ?", by_key
-            )
-        if by_id:
-            self._db.executemany("DELETE FROM messages WHERE id = ? AND recipient = ?", by_id)
-        return self._db.total_changes - before
+        by_key = [d for d, _mid in items if d is not None]
+        by_id = [mid for d, mid in items if d is None]
+        deleted: list[tuple[str, int]] = []
+        for column, values in (("delivery", by_key), ("id", by_id)):
+            for start in range(0, len(values), _IN_CHUNK):
+                chunk = values[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                deleted += self._db.execute(
+                    f"DELETE FROM messages WHERE recipient = ? AND {column} IN ({marks})"  # noqa: S608
+                    " RETURNING sender, length(CAST(body AS BLOB))",
+                    (recipient, *chunk),
+                ).fetchall()
+        return deleted
+
+    def queue_totals(self) -> list[tuple[str, str, int, int]]:
+        """(sender, recipient, messages, body bytes) waiting, per pair."""
+        return self._db.execute(
+            "SELECT sender, recipient, count(*), sum(length(CAST(body AS BLOB)))"
+            " FROM messages GROUP BY sender, recipient"
+        ).fetchall()
 
     def due(
         self,

@@ -37,13 +37,13 @@ class StoreOp(Generic[T_co]):
 
 
 @dataclass(frozen=True, slots=True)
-class AckMessages(StoreOp[int]):
-    """Delete the recipient's own acknowledged rows; how many there were."""
+class AckMessages(StoreOp[list[tuple[str, int]]]):
+    """Delete the recipient's own acknowledged rows; the (sender, body bytes) of each."""
 
     agent: str
     items: Sequence[tuple[int | None, str]]  # (delivery number if known, id)
 
-    def apply(self, store: Store) -> int:
+    def apply(self, store: Store) -> list[tuple[str, int]]:
         return store.ack(self.agent, self.items)
 
 
@@ -142,9 +142,14 @@ class ReadSchedule(StoreOp[tuple[list[str], float | None]]):
 
 @dataclass(frozen=True, slots=True)
 class CreateSession(StoreOp[None]):
+    """A new session, and the agent's oldest idle ones it replaces (``forget``)."""
+
     record: SessionRecord
+    forget: tuple[str, ...] = ()
 
     def apply(self, store: Store) -> None:
+        if self.forget:
+            store.delete_sessions(self.forget)
         store.create_session(self.record)
 
 
