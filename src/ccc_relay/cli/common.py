@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from ccc_relay.cli.terminal import shown
 from ccc_relay.client.base import RelayError, RelayUnavailable
 from ccc_relay.client.endpoint import host_config
 from ccc_relay.credentials import CredentialError
@@ -43,7 +44,7 @@ def load_host_config(config_path: str | None) -> Config:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {shown(message, one_line=True)}", err=True)
     sys.exit(code)
 
 
@@ -70,7 +71,7 @@ def handle_errors(fn: F) -> F:
 def _report(exc: RelayError, json_mode: bool) -> None:
     if json_mode:
         click.echo(json.dumps({"error": exc.as_dict()}))
-    text = f"error: {exc.message} [{exc.code}]"
+    text = f"error: {shown(exc.message, one_line=True)} [{shown(exc.code, one_line=True)}]"
     if exc.retry_after is not None:
         text += f" (retry after {exc.retry_after:g}s)"
     click.echo(text, err=True)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ccc_relay.cli.terminal import shown
 from ccc_relay.protocol.frames import Message
 
 
@@ -26,7 +27,8 @@ def when(ts: float | None) -> str:
 
 def print_status(data: dict[str, Any]) -> None:
     out = console()
-    state = "accepting" if data["accepting"] else f"NOT ACCEPTING: {data['failure']}"
+    failure = shown(str(data["failure"]), one_line=True)
+    state = "accepting" if data["accepting"] else f"NOT ACCEPTING: {failure}"
     out.print(f"ccc-statusd running, pid {data['pid']}, up {data['uptime']:.0f}s, {state}")
     out.print(f"socket {data['socket']}  state {data['state_dir']}")
     counters = data["counters"]
@@ -102,7 +104,7 @@ def print_held(rows: Iterable[dict[str, Any]]) -> None:
             Text(r["to"]),
             when(r["sent_at"]),
             str(r["size"]),
-            Text(preview),
+            Text(shown(preview, one_line=True)),
         )
     console().print(table)
 
@@ -115,5 +117,5 @@ def print_messages(messages: Iterable[Message]) -> None:
             header += f" thread {m.thread}"
         if m.reply_to:
             header += f" reply to {m.reply_to}"
-        out.print(Text(header, style="bold"))
-        out.print(Text(m.body))
+        out.print(Text(shown(header, one_line=True), style="bold"))
+        out.print(Text(shown(m.body)))
