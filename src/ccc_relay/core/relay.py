@@ -791,9 +791,12 @@ class RelayCore:
         return self._finish(out, now)
 
     def store_failed(self, reason: str) -> None:
-        """The store stopped accepting work: new sessions are refused from now on
-        (a session the store cannot record could not be resumed)."""
+        """The store stopped accepting work: new sessions are refused until it
+        recovers (a session the store cannot record could not be resumed)."""
         self.store_failure = reason
+
+    def store_recovered(self) -> None:
+        self.store_failure = None
 
     def _sends_durable(
         self, then: SendsDurable, link: Link | None, now: float, out: list[Effect]

@@ -33,7 +33,10 @@ a write always sees that write.
 
 When the audit file or the database fails (disk full, EIO, fsync error) the
 committer fails every job of the batch and every later one with StoreFailure:
-acceptance stops loudly and is never retried behind anyone's back.
+acceptance stops loudly (logged at CRITICAL, ``accepting: false`` in status).
+Nothing refused is ever retried: the committer only probes the store, with
+backoff, by writing one ``store_recovered`` audit line and one transaction; when
+both are durable, acceptance resumes.
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ INLINE_BATCH = 8
 # messages that arrive meanwhile. On a healthy local disk they are rare; many
 # of them mean the disk, not the relay, sets the latency.
 SLOW_COMMIT = 0.005
+# After the store failed (a full disk, an I/O error), it is tried again after
+# this long, then twice as long each time up to the maximum.
+RECOVERY_RETRY_MIN = 1.0
+RECOVERY_RETRY_MAX = 30.0
 
 
 @dataclass(slots=True)
@@ -119,6 +126,8 @@ class Committer:
         self.slow_commits = 0  # COMMITs that took SLOW_COMMIT or longer
         self.longest_commit = 0.0  # seconds, the longest COMMIT
         self.on_failure: Callable[[str], None] | None = None
+        self.on_recovery: Callable[[], None] | None = None
+        self._retry_in = RECOVERY_RETRY_MIN
 
     def submit(self, job: Job[T], *, want_result: bool = True) -> asyncio.Future[T] | None:
         """Queue ``job``. Raises StoreFailure once the store has failed.
@@ -164,6 +173,9 @@ class Committer:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                if self.failure is not None:
+                    await self._recover(loop)
+                    continue
                 await self._wake.wait()
                 self._wake.clear()
                 # Commit while someone waits, or once a job nobody waits for
@@ -175,6 +187,44 @@ class Committer:
                     await self._commit(loop, self._take_batch())
         finally:
             await self._drain(loop)
+
+    async def _recover(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait, then try the store again: one audit line and one transaction, the
+        way every batch writes. Acceptance resumes when both are durable (a full
+        disk that was cleared, say); until then everything is refused."""
+        await asyncio.sleep(self._retry_in)
+        failure = self.failure
+        assert failure is not None
+        try:
+            await loop.run_in_executor(self._executor, self._probe, failure)
+        except (OSError, sqlite3.Error) as exc:
+            self._retry_in = min(self._retry_in * 2, RECOVERY_RETRY_MAX)
+            log.error("the store still fails (%s); next try in %gs", exc, self._retry_in)
+            return
+        log.warning("the store works again after: %s; the relay accepts messages", failure)
+        self.failure = None
+        self._retry_in = RECOVERY_RETRY_MIN
+        self._wake.set()  # what was queued meanwhile (nothing is: it was refused)
+        if self.on_recovery is not None:
+            self.on_recovery()
+
+    def _probe(self, failure: str) -> None:
+        """Runs on the committer thread. Raises what the store raises."""
+        mark = self._audit.mark()
+        store = self._store
+        try:
+            self._audit.append([AuditRecord(time.time(), "store_recovered", {"after": failure})])
+            store.begin()
+            try:
+                store.set_meta("audit_head", f"{self._audit.seq} {self._audit.head}")
+                store.commit()
+            except BaseException:
+                store.rollback()
+                raise
+        except BaseException:
+            self._rewind(mark)
+            raise
+        self._synced = self._audit.seq  # append() fsynced every line so far
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On shutdown, write what is queued before the store closes."""
@@ -297,6 +347,10 @@ class Committer:
     def _rewind(self, mark: AuditMark) -> None:
         try:
             self._audit.rewind(mark)
+            # Seqs past the mark will be written again: nothing past it is synced
+            # or in the outbox any more.
+            self._synced = min(self._synced, self._audit.seq)
+            self._outboxed = min(self._outboxed, self._audit.seq)
         except OSError as exc:
             log.critical(
                 "audit: the lines of a rolled-back batch (after seq %d) could not be taken "

@@ -145,6 +145,7 @@ class Daemon:
             core.store_failed(reason)
 
         committer.on_failure = store_failed
+        committer.on_recovery = core.store_recovered
         try:
             await self._serve(relay, committer, agent_sock, admin_sock, install_signals)
         finally:
