@@ -18,8 +18,10 @@ import click
 
 from ccc_relay import __version__
 from ccc_relay.cli.common import config_option, emit_json, handle_errors, load_host_config
+from ccc_relay.cli.terminal import shown
 from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
+from ccc_relay.client.reconnect import Backoff
 from ccc_relay.client.sync import RelayClient
 from ccc_relay.protocol.frames import Accepted, Held
 
@@ -38,7 +40,9 @@ class Context:
         self.as_agent = as_agent
 
     @contextmanager
-    def client(self) -> Iterator[RelayClient]:
+    def client(self, reconnect: Backoff | None = None) -> Iterator[RelayClient]:
+        """A connected client; with ``reconnect`` it outlives a relay restart,
+        saying so on stderr."""
         config = load_host_config(self.config_path)
         endpoint = Endpoint.resolve(
             socket_path=self.socket_path,
@@ -46,7 +50,13 @@ class Context:
             as_agent=self.as_agent,
             config=config,
         )
-        client = RelayClient(endpoint)
+        client = RelayClient(
+            endpoint,
+            reconnect=reconnect,
+            on_reconnect=lambda exc: click.echo(
+                f"ccc: {shown(exc.message, one_line=True)}; reconnecting", err=True
+            ),
+        )
         client.connect()
         try:
             yield client
@@ -219,11 +229,16 @@ def inbox(obj: Context, limit: int, peek: bool, as_json: bool) -> None:
 @pass_context
 @handle_errors
 def watch(obj: Context, as_json: bool, count: int | None, timeout: float | None) -> None:
-    """Print messages as they arrive (acknowledging each), until Ctrl-C."""
+    """Print messages as they arrive (acknowledging each), until Ctrl-C.
+
+    When the relay goes away (a restart, a crash) it connects again by itself,
+    with backoff, resuming its session: messages sent meanwhile are printed
+    once the relay is back, each once.
+    """
     from ccc_relay.cli.render import print_messages
 
     seen = 0
-    with obj.client() as client:
+    with obj.client(reconnect=Backoff()) as client:
         client.subscribe()
         try:
             while count is None or seen < count:
