@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import secrets
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ccc_relay.integrations import fence as fence_module
 from ccc_relay.integrations.fence import (
     NONCE_BYTES,
     NOTICE,
@@ -207,7 +207,7 @@ def test_a_drawn_nonce_that_the_batch_carries_or_already_used_is_drawn_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     draws = iter([COPIED_NONCE, "1" * 32, "1" * 32, "2" * 32])
-    monkeypatch.setattr(secrets, "token_hex", lambda _: next(draws))
+    monkeypatch.setattr(fence_module, "draw_nonce", lambda: next(draws))
     fenced = fence_messages([message("a"), message(f"quoting {COPIED_NONCE.upper()}")])
     assert [p.nonce for p in parse_fences(fenced)] == ["1" * 32, "2" * 32]
 
@@ -216,7 +216,7 @@ def test_a_drawn_nonce_that_the_body_carries_is_drawn_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     draws = iter([COPIED_NONCE, "3" * 32])
-    monkeypatch.setattr(secrets, "token_hex", lambda _: next(draws))
+    monkeypatch.setattr(fence_module, "draw_nonce", lambda: next(draws))
     assert nonce_of(fence(f"see {COPIED_NONCE}")) == "3" * 32
 
 

@@ -10,11 +10,11 @@ log line or an exception message by accident.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
-import secrets
 from pathlib import Path
+
+# hashlib, hmac and secrets are imported where they are used: the Claude Code
+# hooks read a credential file and nothing more, and must start fast.
 
 PREFIX = "ccc1."  # a recognisable prefix lets secret scanners find leaked credentials
 CREDENTIAL_BYTES = 32  # 256 bits
@@ -33,6 +33,8 @@ class Credential:
 
     @classmethod
     def generate(cls) -> Credential:
+        import secrets
+
         raw = secrets.token_bytes(CREDENTIAL_BYTES)
         return cls(PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"))
 
@@ -48,6 +50,8 @@ class Credential:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
+        import hmac
+
         return isinstance(other, Credential) and hmac.compare_digest(self._value, other._value)
 
     def __hash__(self) -> int:
@@ -55,6 +59,8 @@ class Credential:
 
 
 def hash_credential(value: str) -> str:
+    import hashlib
+
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -64,6 +70,8 @@ def matches(presented: str, stored_digest: str | None) -> bool:
     An unknown agent (``stored_digest`` None) costs the same work as a known
     one, so timing does not reveal which names exist.
     """
+    import hmac
+
     candidate = hash_credential(presented)
     expected = stored_digest if stored_digest is not None else "0" * 64
     return hmac.compare_digest(candidate, expected) and stored_digest is not None
@@ -106,6 +114,8 @@ def write_secret_file(
     if replace:
         if path.is_symlink():
             raise error(f"{path} is a symlink; refusing to write {what} through it")
+        import secrets
+
         target = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(target, flags, 0o600)

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+import msgspec
 
 from ccc_relay.credentials import Credential, CredentialError, read_credential_file
-from ccc_relay.policy.config import Config, embedded_defaults, load_config
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from ccc_relay.policy.config import Config
+
+PUBKEY_ENV = "CCC_RELAY_PUBKEY"
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+# A msgspec Struct, not a dataclass: Claude Code hooks load this module and
+# the dataclasses module alone costs them more start-up time than msgspec's Structs.
+class Endpoint(msgspec.Struct, frozen=True):
     socket_path: Path
     agent: str
     credential: Credential
@@ -40,9 +47,14 @@ class Endpoint:
     ) -> Endpoint:
         """Raises CredentialError when no usable credential (or relay key) can be found."""
         env = os.environ if env is None else env
-        config = config or host_config(env=env)
-        sock = Path(socket_path or env.get("CCC_SOCKET") or config.socket_path)
+        # The config is read only when something must come from it: inside a
+        # container the environment says it all (and a hook stays fast).
+        sock_given = socket_path or env.get("CCC_SOCKET")
+        if config is None and (not sock_given or (credential_file is None and as_agent)):
+            config = host_config(env=env)
+        sock = Path(sock_given or config.socket_path)  # type: ignore[union-attr]
         if credential_file is None and as_agent is not None:
+            assert config is not None
             credential_file = config.credentials_dir / f"{as_agent}.cred"
         credential_file = credential_file or env.get("CCC_CREDENTIAL")
         if not credential_file:
@@ -51,6 +63,8 @@ class Endpoint:
                 "or pass --credential FILE (or --as NAME on the relay's host)"
             )
         agent, credential = read_credential_file(credential_file)
+        if not env.get(PUBKEY_ENV):
+            return cls(sock, agent, credential, None)
         from ccc_relay.client.signatures import public_key_from_env
 
         try:
@@ -67,6 +81,8 @@ def host_config(
 
     Raises ConfigError for a config file that does not validate.
     """
+    from ccc_relay.policy.config import embedded_defaults, load_config
+
     env = os.environ if env is None else env
     path = path or env.get("CCC_CONFIG")
     return load_config(path, env=env) if path else embedded_defaults(env)

@@ -28,11 +28,16 @@ Refusals that no wait can change (``auth_failed``, ``quarantined``,
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from ccc_relay.client.base import RelayError, RelayUnavailable
+
+if TYPE_CHECKING:
+    import random
+
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.protocol.codec import encode
 from ccc_relay.protocol.frames import Hello
@@ -46,8 +51,7 @@ RETRYABLE = frozenset(
 SESSION_GONE = "session_expired"
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
+class Backoff(msgspec.Struct, frozen=True):
     """Exponential backoff with jitter: the n-th wait lies in
     ``[d/2, d]`` for ``d = min(maximum, initial * factor**n)``, so clients that
     lost the same relay do not all come back in the same millisecond, and no
@@ -65,6 +69,8 @@ class Backoff:
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
         """The waits before each attempt: 0 first, then growing, jittered."""
+        import random  # not at module level: the hooks load this module
+
         uniform = (rng or random).uniform
         yield 0.0
         delay = self.initial

@@ -41,7 +41,6 @@ from ccc_relay.client.reconnect import (
     outcome_unknown,
     retryable,
 )
-from ccc_relay.client.signatures import verifier
 from ccc_relay.protocol.client_session import ClientSession, Notice, Reply, Request
 from ccc_relay.protocol.frames import (
     MAX_ACK_IDS,
@@ -87,7 +86,7 @@ class RelayClient:
         self.reconnects = 0  # connections replaced since the object was made
         self.welcome: Welcome | None = None
         self._sock: socket.socket | None = None
-        self._session = ClientSession(verify=verifier(endpoint.relay_pubkey))
+        self._session = ClientSession(verify=_verifier(endpoint))
         self._live = False  # connect() succeeded and close() was not called since
         self._window: int | None = None  # subscribed with this window
 
@@ -390,3 +389,12 @@ class RelayClient:
             raise _Broken(RelayUnavailable("the relay closed the connection"), written=True)
         self._session.receive_data(data)
         return True
+
+
+def _verifier(endpoint: Endpoint) -> Callable[[Message], None] | None:
+    # Loaded only with a relay key: the hooks use this client and must start fast.
+    if endpoint.relay_pubkey is None:
+        return None
+    from ccc_relay.client.signatures import verifier
+
+    return verifier(endpoint.relay_pubkey)

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 NONCE_BYTES = 16  # 128 bits: unguessable, and a collision with a body is astronomically rare
 QUOTE = "> "
@@ -73,8 +74,7 @@ class FenceError(ValueError):
     """Text that is not a well-formed fence."""
 
 
-@dataclass(frozen=True, slots=True)
-class FencedMessage:
+class FencedMessage(msgspec.Struct, frozen=True):
     nonce: str
     sender: str
     to: str
@@ -95,9 +95,15 @@ def _timestamp(sent_at: float) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def draw_nonce() -> str:
+    """128 fresh random bits in hex (what ``secrets.token_hex`` does, without
+    loading ``secrets``, which the Claude Code hooks would pay for)."""
+    return os.urandom(NONCE_BYTES).hex()
+
+
 def _fresh_nonce(avoid: str) -> str:
     while True:
-        nonce = secrets.token_hex(NONCE_BYTES)
+        nonce = draw_nonce()
         if nonce not in avoid:
             return nonce
 

@@ -18,16 +18,18 @@ or unreadable input, it prints nothing and exits 0.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from ccc_relay.client.base import RelayError, message_dict
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.sync import RelayClient
 from ccc_relay.credentials import CredentialError
 from ccc_relay.integrations.fence import BATCH_NOTICE, fence_blocks
-from ccc_relay.policy.config import ConfigError
+from ccc_relay.policy.errors import ConfigError
 from ccc_relay.protocol.frames import Message
 
 HOOK_TIMEOUT = 5.0  # seconds a hook may wait for the relay; Claude Code waits on us
@@ -67,13 +69,25 @@ def run_hook(
         return ""
 
 
+def main(event: str) -> int:
+    """``ccc hook EVENT`` on the short path (see ``cli/entry.py``): stdin in,
+    stdout out, exit 0 whatever happens."""
+    try:
+        stdin_text = sys.stdin.read(1024 * 1024) if not sys.stdin.isatty() else ""
+    except (OSError, UnicodeDecodeError):
+        stdin_text = ""
+    output = run_hook(event, stdin_text)
+    if output:
+        sys.stdout.write(output + "\n")
+    return 0
+
+
 def context_length(text: str) -> int:
     """Length as Claude Code (JavaScript) counts it: UTF-16 code units."""
     return len(text.encode("utf-16-le")) // 2
 
 
-@dataclass(frozen=True, slots=True)
-class HookContext:
+class HookContext(msgspec.Struct, frozen=True):
     """What one hook puts before the model, and which messages that settles."""
 
     text: str

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccc_relay.policy.anomaly import AnomalyConfig
+from ccc_relay.policy.errors import ConfigError
 from ccc_relay.policy.sanitize import SanitizeOptions
 
 DEFAULT_MAX_MESSAGE_SIZE = 1_000_000  # the seed's 1MB, SI
@@ -24,8 +25,7 @@ DEFAULT_RETENTION = 30 * 86400.0
 MAX_MESSAGE_SIZE_CEILING = 16 * 1000**2
 
 
-class ConfigError(ValueError):
-    """A config that must not be used; the message names key and value."""
+__all__ = ["ConfigError"]  # re-exported: the error's home is policy/errors.py
 
 
 @dataclass(frozen=True, slots=True)

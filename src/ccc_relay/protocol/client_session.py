@@ -40,7 +40,8 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from ccc_relay.protocol.codec import LineBuffer, decode_relay_frame, encode
 from ccc_relay.protocol.frames import (
@@ -91,8 +92,9 @@ class SeenIds:
         return True
 
 
-@dataclass(eq=False, slots=True)
-class Request:
+# A msgspec Struct, not a dataclass: Claude Code hooks load this module and
+# the dataclasses module alone costs them more start-up time than msgspec's Structs.
+class Request(msgspec.Struct, eq=False):
     """One request sent and not answered yet.
 
     Compared by identity, so a client can key its waiters (futures) by it.
@@ -104,8 +106,7 @@ class Request:
     seq: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     """The relay answered ``request``: with its answer, or with an ``Error``.
 
     ``messages`` are a fetch's messages (empty for other requests).
@@ -116,8 +117,7 @@ class Reply:
     messages: tuple[Message, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
+class Notice(msgspec.Struct, frozen=True):
     """A frame for the session rather than a request: an error no request
     waits for (the session expired, the agent was quarantined...) or ``bye``."""
 

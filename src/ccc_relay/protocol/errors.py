@@ -10,7 +10,8 @@ itself (``unavailable``, ``internal``).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+import msgspec
 
 
 class ErrorCode(enum.StrEnum):
@@ -40,8 +41,9 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
+# A msgspec Struct, not a dataclass: Claude Code hooks load this module and
+# the dataclasses module alone costs them more start-up time than msgspec's Structs.
+class Refusal(msgspec.Struct, frozen=True):
     """A refusal as a value: a stable code, a sentence a human can act on, and
     whether the connection ends after the error frame (``fatal``).
 
