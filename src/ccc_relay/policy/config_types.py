@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccc_relay.policy.anomaly import AnomalyConfig
-from ccc_relay.policy.errors import ConfigError
+from ccc_relay.policy.errors import ConfigError as ConfigError  # its home; re-exported
 from ccc_relay.policy.sanitize import SanitizeOptions
 
 DEFAULT_MAX_MESSAGE_SIZE = 1_000_000  # the seed's 1MB, SI
@@ -23,9 +23,6 @@ DEFAULT_RETENTION = 30 * 86400.0
 # Hard ceiling on max_message_size: the line cap is six times it and every
 # connection may hold one line, so a larger value is a memory hazard.
 MAX_MESSAGE_SIZE_CEILING = 16 * 1000**2
-
-
-__all__ = ["ConfigError"]  # re-exported: the error's home is policy/errors.py
 
 
 @dataclass(frozen=True, slots=True)
