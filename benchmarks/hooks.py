@@ -34,7 +34,9 @@ def _wall(command: list[str], env: dict[str, str], stdin: str) -> float:
 
 def measure(runs: int) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="ccc-hooks-", dir="/tmp"))
-    env = {**os.environ, "CCC_CACHE_DIR": str(root), "CCC_CONFIG": ""}
+    # Nothing of the caller's CCC_* environment: every command talks to this relay.
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("CCC_")}
+    env = {**clean, "CCC_CACHE_DIR": str(root)}
     start = [str(BIN / "ccc-statusd"), "start"] + (["--allow-root"] if os.geteuid() == 0 else [])
     relay = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

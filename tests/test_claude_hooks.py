@@ -15,7 +15,6 @@ from ccc_relay.integrations.hooks import (
     run_hook,
 )
 from ccc_relay.integrations.install import InstallError, install_claude
-from ccc_relay.protocol.frames import Message
 from tests.support import RunningRelay, run_cli
 
 
@@ -89,10 +88,8 @@ def test_a_message_too_long_for_the_context_is_named_and_not_acknowledged(
         assert b.inbox() == []
 
 
-def _message(body: str, n: int = 0) -> Message:
-    return Message(
-        id=f"m_{n:04d}", sender="alice", to="bob", sent_at=1.0e9, body=body, delivery=n + 1
-    )
+def _message(body: str, n: int = 0) -> dict[str, object]:
+    return {"id": f"m_{n:04d}", "from": "alice", "to": "bob", "sent_at": 1.0e9, "body": body}
 
 
 def test_the_budget_counts_characters_as_javascript_does() -> None:
@@ -186,3 +183,38 @@ def test_install_cli(tmp_path: Path) -> None:
     assert result.returncode == 0 and ".mcp.json" in result.stdout
     again = run_cli("ccc", "install", "claude", "--project", str(tmp_path))
     assert "nothing changed" in again.stdout
+
+
+def test_the_hook_path_loads_no_protocol_library(tmp_path: Path) -> None:
+    """``ccc hook`` speaks to the relay on the standard library (integrations/hook_link):
+    what it must not load is what made a hook slow."""
+    code = (
+        "import sys, ccc_relay.cli.entry, ccc_relay.integrations.hooks\n"
+        "heavy = ('msgspec', 'asyncio', 'click', 'rich', 'yaml', 'cryptography', 'dataclasses')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == ""
+
+
+def test_a_hook_through_a_relay_that_signs_verifies_every_delivery(relay: RunningRelay) -> None:
+    """With CCC_RELAY_PUBKEY the hook reads through the full client, which checks
+    every delivery's signature (the short path never sees such a relay)."""
+    from ccc_relay.client.signatures import load_public_key
+    from ccc_relay.daemon.signing import public_key_of
+
+    alice, bob = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    with relay.client(alice) as a:
+        sent = a.send("bob", "signed for you")
+    key = public_key_of(relay.config.state_dir)
+    assert key is not None
+    signed_bob = bob._replace(relay_pubkey=load_public_key(key))
+    out = json.loads(run_hook("user-prompt-submit", "{}", lambda: signed_bob))
+    [fenced] = parse_fences(_fenced_part(out["hookSpecificOutput"]["additionalContext"]))
+    assert fenced.message_id == sent.id

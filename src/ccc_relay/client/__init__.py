@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ccc_relay.client.base import RelayError, RelayUnavailable
+from ccc_relay.client.errors import RelayError, RelayUnavailable
 
 if TYPE_CHECKING:
     from ccc_relay.client.admin import AdminClient

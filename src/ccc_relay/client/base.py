@@ -8,50 +8,22 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from ccc_relay.client.errors import RelayError, RelayUnavailable, unreachable
 from ccc_relay.protocol.client_session import Reply
 from ccc_relay.protocol.frames import Error, Goodbye, Message, RelayFrame
 from ccc_relay.protocol.names import agent_name_problem
 
 F = TypeVar("F")
 
-
-class RelayError(Exception):
-    """A refusal from the relay: ``code`` is stable, ``message`` is for humans."""
-
-    def __init__(
-        self, code: str, message: str, *, retry_after: float | None = None, seq: int | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        self.seq = seq
-
-    @classmethod
-    def from_frame(cls, frame: Error) -> RelayError:
-        return cls(frame.code, frame.message, retry_after=frame.retry_after, seq=frame.seq)
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.retry_after is not None:
-            data["retry_after"] = self.retry_after
-        return data
-
-
-class RelayUnavailable(RelayError):
-    """No relay answers at the socket (not running, wrong path, no permission)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("relay_unavailable", message)
-
-
-def unreachable(path: object, exc: OSError) -> RelayUnavailable:
-    """The sentence for a socket the client could not connect to."""
-    if isinstance(exc, PermissionError):
-        return RelayUnavailable(
-            f"permission denied on {path}; this user is not in the relay socket's group"
-        )
-    return RelayUnavailable(f"no relay is listening on {path}; is ccc-statusd running?")
+__all__ = [
+    "RelayError",
+    "RelayUnavailable",
+    "answer",
+    "check_recipient",
+    "message_dict",
+    "unexpected",
+    "unreachable",
+]
 
 
 def check_recipient(name: str) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import msgspec
+from typing import TYPE_CHECKING, NamedTuple
 
 from ccc_relay.credentials import Credential, CredentialError, read_credential_file
 
@@ -25,9 +23,9 @@ if TYPE_CHECKING:
 PUBKEY_ENV = "CCC_RELAY_PUBKEY"
 
 
-# A msgspec Struct, not a dataclass: Claude Code hooks load this module and
-# the dataclasses module alone costs them more start-up time than msgspec's Structs.
-class Endpoint(msgspec.Struct, frozen=True):
+# A NamedTuple, not a dataclass: Claude Code hooks load this module, and the
+# dataclasses module (or msgspec) would cost them more than the rest of their start.
+class Endpoint(NamedTuple):
     socket_path: Path
     agent: str
     credential: Credential

@@ -37,8 +37,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-
-import msgspec
+from typing import NamedTuple
 
 NONCE_BYTES = 16  # 128 bits: unguessable, and a collision with a body is astronomically rare
 QUOTE = "> "
@@ -74,7 +73,7 @@ class FenceError(ValueError):
     """Text that is not a well-formed fence."""
 
 
-class FencedMessage(msgspec.Struct, frozen=True):
+class FencedMessage(NamedTuple):
     nonce: str
     sender: str
     to: str

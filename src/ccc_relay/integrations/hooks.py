@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple, Protocol
 
-import msgspec
-
-from ccc_relay.client.base import RelayError, message_dict
 from ccc_relay.client.endpoint import Endpoint
-from ccc_relay.client.sync import RelayClient
+from ccc_relay.client.errors import RelayError
 from ccc_relay.credentials import CredentialError
 from ccc_relay.integrations.fence import BATCH_NOTICE, fence_blocks
+from ccc_relay.integrations.hook_link import HookLink
 from ccc_relay.policy.errors import ConfigError
-from ccc_relay.protocol.frames import Message
+
+# A delivered message as the fence takes it: id, from, to, sent_at, body, ...
+Message = Mapping[str, Any]
 
 HOOK_TIMEOUT = 5.0  # seconds a hook may wait for the relay; Claude Code waits on us
 FETCH_LIMIT = 20  # messages looked at per prompt; the rest wait for the next
@@ -87,7 +88,7 @@ def context_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-class HookContext(msgspec.Struct, frozen=True):
+class HookContext(NamedTuple):
     """What one hook puts before the model, and which messages that settles."""
 
     text: str
@@ -105,7 +106,7 @@ def compose_context(
     is either shown in full or not at all; order is kept, except that a message
     too long for any hook context is named instead, so it cannot hold back the rest.
     """
-    blocks = fence_blocks([message_dict(m) for m in messages], notice=False)
+    blocks = fence_blocks(messages, notice=False)
     # Room for the messages once the header and the longest "N more wait" line are
     # counted; the lines naming too-long messages are paid from the same room.
     room = (
@@ -151,8 +152,8 @@ def _header(shown: int) -> str:
 
 def _too_long_line(message: Message) -> str:
     return (
-        f"Message {message.id} from {json.dumps(message.sender)} "
-        f"({context_length(message.body):,} characters) is too long to show here: "
+        f"Message {message['id']} from {json.dumps(message['from'])} "
+        f"({context_length(message['body']):,} characters) is too long to show here: "
         "read it with the read_inbox tool."
     )
 
@@ -164,9 +165,41 @@ def _waiting_line(waiting: int) -> str:
     )
 
 
+class _Reader(Protocol):
+    def fetch(self, limit: int) -> tuple[list[Message], int]: ...
+    def ack(self, ids: list[str]) -> int: ...
+
+
+@contextmanager
+def _connected(endpoint: Endpoint) -> Iterator[_Reader]:
+    """The relay, read the short way (``hook_link``); with a relay key, through
+    the full client, which verifies every delivery's signature."""
+    if endpoint.relay_pubkey is None:
+        credential = endpoint.credential.reveal()
+        with HookLink(endpoint.socket_path, endpoint.agent, credential, HOOK_TIMEOUT) as link:
+            yield link
+        return
+    from ccc_relay.client.base import message_dict
+    from ccc_relay.client.sync import RelayClient
+
+    class Verified:
+        def __init__(self, client: RelayClient) -> None:
+            self.client = client
+
+        def fetch(self, limit: int) -> tuple[list[Message], int]:
+            messages, pending = self.client.fetch_page(limit)
+            return [message_dict(m) for m in messages], pending
+
+        def ack(self, ids: list[str]) -> int:
+            return self.client.ack(ids)
+
+    with RelayClient(endpoint, timeout=HOOK_TIMEOUT) as client:
+        yield Verified(client)
+
+
 def _context(hook_event: str, factory: Callable[[], Endpoint]) -> str:
-    with RelayClient(factory(), timeout=HOOK_TIMEOUT) as client:
-        messages, pending = client.fetch_page(FETCH_LIMIT)
+    with _connected(factory()) as client:
+        messages, pending = client.fetch(FETCH_LIMIT)
         if not messages:
             return ""
         context = compose_context(messages, pending)
@@ -177,18 +210,18 @@ def _context(hook_event: str, factory: Callable[[], Endpoint]) -> str:
         }
         rendered = json.dumps(output)
         if context.shown:  # only once they are surely in the output
-            client.ack([m.id for m in context.shown])
+            client.ack([m["id"] for m in context.shown])
         return rendered
 
 
 def _stop(payload: dict[str, Any], factory: Callable[[], Endpoint]) -> str:
     if payload.get("stop_hook_active"):
         return ""  # this stop already follows a Stop hook's block: let it end
-    with RelayClient(factory(), timeout=HOOK_TIMEOUT) as client:
-        waiting = client.fetch(FETCH_LIMIT)  # not acked: the next read gets them
+    with _connected(factory()) as client:
+        waiting, _pending = client.fetch(FETCH_LIMIT)  # not acked: the next read gets them
     if not waiting:
         return ""
-    senders = sorted({m.sender for m in waiting})
+    senders = sorted({m["from"] for m in waiting})
     reason = (
         f"{len(waiting)} new message(s) from {', '.join(senders)} wait in the ccc relay. "
         "Read them with the read_inbox tool and decide whether they matter to your task "
