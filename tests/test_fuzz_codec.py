@@ -15,8 +15,8 @@ complete lines or raises ``FrameTooLarge`` only for a line past its cap.
   and one valid frame of each kind, with a dictionary of the protocol's
   tokens. For a long run by hand, see ``tests/fuzz_codec.py``.
 
-Two strict xfails at the end pin what the hunt found: the name and id patterns
-accept a trailing newline (see their reasons).
+The tests at the end pin what the hunt found: name and id patterns ending in
+"$" let a trailing newline through (Python's "$" matches before a final newline).
 """
 
 from __future__ import annotations
@@ -234,12 +234,6 @@ def test_atheris_finds_nothing(tmp_path: Path) -> None:
 # --- what the hunt found --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol/names.py + frames.py: the name and id patterns end in '$', which in "
-    "Python's re (used by msgspec's Meta(pattern=...)) also matches before a final newline, "
-    "so the decoder takes 'bob\\n' as an agent name and 'm_abcdefgh\\n' as a message id",
-)
 @pytest.mark.parametrize(
     "line",
     [
@@ -255,11 +249,6 @@ def test_a_trailing_newline_is_not_part_of_a_name_or_id(line: bytes) -> None:
         decode_client_frame(line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the '$' pattern bug end to end: a real relay accepts a send whose reply_to "
-    "ends in a newline and delivers it with that newline",
-)
 def test_a_real_relay_refuses_a_reply_to_with_a_trailing_newline(relay: object) -> None:
     import socket
 

@@ -27,7 +27,7 @@ Bounded for CI (``max_examples`` below, ~10 s). For a longer hunt::
     CCC_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest -q tests/test_fuzz_session.py
 
 Two deterministic tests at the end pin a bug this hunt found in the long-line
-rate check (``xfail(strict=True)`` until it is fixed; see their docstrings).
+rate check: it was measured from the last complete line, not the line's own start.
 """
 
 from __future__ import annotations
@@ -380,12 +380,6 @@ TestAgentSession = SessionMachine.TestCase
 # --- what the hunt found --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol/session.py: a long line's rate is measured from the end of the last "
-    "complete line, not from its own first byte, so a send past 64 KiB after an idle "
-    "pause is refused too_slow although it arrives at full speed",
-)
 def test_a_long_send_after_an_idle_pause_is_not_too_slow() -> None:
     """Reproduction: hello at t=1000, nothing for 10 s, then the first 256 KiB
     read of a 1 MB send at t=1010. The line began arriving at t=1010, so its
@@ -401,12 +395,6 @@ def test_a_long_send_after_an_idle_pause_is_not_too_slow() -> None:
     assert session.receive_data(line[: 256 * 1024], 1010.0) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol/session.py: too_slow measured from the last complete line "
-    "(see test_a_long_send_after_an_idle_pause_is_not_too_slow); the real relay "
-    "closes the connection of a client that sends a big message after 5 s idle",
-)
 def test_a_real_relay_accepts_a_big_send_after_an_idle_pause(
     relay_factory: Callable[..., object],
 ) -> None:

@@ -29,8 +29,8 @@ MAX_PING_CHARS = 256
 MAX_SEQ = 2**63 - 1  # fits SQLite's INTEGER
 
 AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_NAME_PATTERN, max_length=MAX_AGENT_NAME)]
-MessageId = Annotated[str, msgspec.Meta(pattern=r"^m_[A-Za-z0-9_-]{8,64}$")]
-SessionId = Annotated[str, msgspec.Meta(pattern=r"^s_[A-Za-z0-9_-]{8,64}$")]
+MessageId = Annotated[str, msgspec.Meta(pattern=r"^m_[A-Za-z0-9_-]{8,64}\Z")]
+SessionId = Annotated[str, msgspec.Meta(pattern=r"^s_[A-Za-z0-9_-]{8,64}\Z")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 Thread = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_THREAD_CHARS)]
 # Unix seconds; bounded so arithmetic on it can never overflow or go negative.

@@ -12,7 +12,9 @@ import re
 
 MAX_AGENT_NAME = 64  # long enough for "team-project-role-3", short enough for a path component
 
-AGENT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,63}$"
+# "\Z", not "$": in Python's re (which msgspec's Meta(pattern=) uses) "$" also
+# matches before a final newline, and "bob\n" is not a name.
+AGENT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,63}\Z"
 _AGENT_NAME = re.compile(AGENT_NAME_PATTERN)
 
 # Names the relay itself speaks as; no agent may take them.

@@ -138,11 +138,12 @@ class AgentSession:
         long, it arrives slower than ``MIN_LINE_RATE``."""
         if self.phase is Phase.CLOSED:
             return None
+        fresh = not self._buffer.pending  # this read starts a new line
         try:
             lines = self._buffer.feed(data)
         except ProtocolError as exc:
             return exc.refusal
-        if lines:
+        if lines or fresh:
             self._lines.extend(lines)
             self._partial_since = now  # what is left started arriving about now
             self._partial_is_send = False
