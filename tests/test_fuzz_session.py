@@ -20,7 +20,10 @@ refusal and at random (the peer went away). After every step:
 * the seq high-water mark only grows, and by exactly one per send taken;
 * the window is never negative and the driver never pushes past ``room``;
   ``inflight`` holds exactly the pushed, unsettled ids;
-* every refusal carries one of the documented codes.
+* every refusal carries one of the documented codes; a line past 64 KiB is
+  refused ``too_large`` exactly when it shows no ``"send"`` tag, and
+  ``too_slow`` only when it has been arriving, since its own first byte, for
+  longer than the grace and slower than the rate.
 
 Bounded for CI (``max_examples`` below, ~10 s). For a longer hunt::
 
@@ -62,6 +65,9 @@ from ccc_relay.protocol.frames import (
 )
 from ccc_relay.protocol.session import (
     ALLOWED,
+    LINE_GRACE,
+    MIN_LINE_RATE,
+    SEND_TAG,
     SHORT_LINE_CAP,
     WRONG_PHASE,
     AgentSession,
@@ -144,6 +150,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.events = 0
         self.shrunk = False  # a later subscribe asked for a smaller window
         self.seen_phase = Phase.HELLO
+        self.line_started = self.now  # when the model's unfinished line began to arrive
 
     @initialize()
     def start(self) -> None:
@@ -167,18 +174,34 @@ class SessionMachine(RuleBasedStateMachine):
         if closed:
             assert refusal is None  # bytes after the close are ignored
             return
+        fresh = not self.partial
         self.partial += piece
         *complete, self.partial = self.partial.split(b"\n")
         self.lines.extend(line for line in complete if line.strip())
+        if complete or fresh:
+            self.line_started = self.now  # the unfinished rest began with this read
+        long_non_send = len(self.partial) > SHORT_LINE_CAP and SEND_TAG not in self.partial
         if refusal is not None:
             # Only for an unfinished line past the short cap; the core closes the
             # link at once (what else the read finished is never decided).
             assert refusal.fatal and refusal.code in (ErrorCode.TOO_LARGE, ErrorCode.TOO_SLOW)
             assert len(self.partial) > SHORT_LINE_CAP
+            if refusal.code is ErrorCode.TOO_LARGE:
+                assert long_non_send, "a long line carrying a send tag refused too_large"
+            else:
+                self.check_too_slow()
             self.close()
             return
+        assert not long_non_send, "a long line without a send tag was not refused"
         assert self.session.buffered == len(self.partial)
         self.drain()
+
+    def check_too_slow(self) -> None:
+        """``too_slow`` only for a long line that has been arriving, since its own
+        first byte, for longer than the grace and slower than the rate."""
+        took = self.now - self.line_started
+        assert took > LINE_GRACE, f"too_slow after {took}s"
+        assert len(self.partial) < took * MIN_LINE_RATE
 
     def drain(self) -> None:
         """Take every event, as the core does: one at a time before the hello,
@@ -337,6 +360,7 @@ class SessionMachine(RuleBasedStateMachine):
             assert self.phase is not Phase.CLOSED
             assert refusal.code is ErrorCode.TOO_SLOW and refusal.fatal
             assert len(self.partial) > SHORT_LINE_CAP
+            self.check_too_slow()
             self.close()
 
     @rule()
