@@ -198,6 +198,12 @@ def test_sigkill_under_load_loses_nothing_doubles_nothing(state_dir: Path) -> No
         ]
         receivers = [asyncio.create_task(receiver(a, stop_receiving)) for a in agents]
         try:
+            # A welcome is sent before its session is committed; a send accepted
+            # on it proves the session durable, so every resume can succeed.
+            deadline = time.monotonic() + 20
+            while {s.sender for s in sent.values() if s.outcome == "accepted"} != set(AGENTS):
+                assert time.monotonic() < deadline, "not every agent got a send accepted"
+                await asyncio.sleep(0.01)
             await killer(relay, agents, random.Random(rng.random()), figures)
             stop_sending.set()
             await asyncio.wait_for(asyncio.gather(*senders), 30)
