@@ -36,7 +36,8 @@ def test_retention_cuts_old_days_and_the_chain_still_verifies(
     first_files = audit_files(relay.config.audit.log_path)
     assert len(first_files) == 1
     lines = [json.loads(x) for x in first_files[0].read_text().splitlines()]
-    assert lines[-1]["event"] == "checkpoint"  # a run ends with a signed checkpoint
+    # A run ends with a signed checkpoint, then a seal over it.
+    assert [x["event"] for x in lines[-2:]] == ["checkpoint", "seal"]
 
     clock.advance(31 * DAY)
     relay = relay_factory(clock=clock)

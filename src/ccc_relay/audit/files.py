@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,38 @@ def decode_line(line: bytes) -> dict[str, Any]:
     if not isinstance(record.get("event"), str):
         raise ValueError("no valid 'event'")
     return record
+
+
+def read_backwards(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    """The complete lines of ``files``, newest first: (file, offset of the line, line).
+
+    Reads blocks from the end, so finding a line near the end of a long log is
+    cheap. Bytes after a file's last newline (an unfinished line) are skipped.
+    Raises OSError.
+    """
+    for path in reversed(files):
+        with open(path, "rb") as f:
+            pos = f.seek(0, os.SEEK_END)
+            buf = b""  # the bytes from ``pos`` on that are not handed out yet
+            complete = False  # whether an unfinished last line was cut from ``buf``
+            while True:
+                if pos > 0:
+                    step = min(max(_READ_BLOCK, len(buf)), pos)
+                    pos -= step
+                    f.seek(pos)
+                    buf = f.read(step) + buf
+                if not complete:
+                    cut = buf.rfind(b"\n")
+                    if cut == -1:
+                        if pos == 0:
+                            break  # not one complete line
+                        continue
+                    buf, complete = buf[: cut + 1], True
+                end = len(buf) - 1  # ``buf`` ends with the newline of the line before ``end``
+                while (start := buf.rfind(b"\n", 0, end)) != -1:
+                    yield path, pos + start + 1, buf[start + 1 : end]
+                    end = start
+                if pos == 0:
+                    yield path, 0, buf[:end]
+                    break
+                buf = buf[: end + 1]

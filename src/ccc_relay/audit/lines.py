@@ -17,9 +17,12 @@ from typing import Any
 
 from ccc_relay.audit.files import FILE_OPENED, decode_line, line_hash
 from ccc_relay.audit.retention import RETENTION_CUT
+from ccc_relay.audit.sealing import SEAL
 from ccc_relay.audit.signing import CHECKPOINT
+from ccc_relay.audit.tamper import ALARM_ACK, TAMPER_ALARM, UNCOMMITTED
 
-_KEPT_EVENTS = {FILE_OPENED, CHECKPOINT, RETENTION_CUT}  # lines whose fields verify reads
+# Lines whose fields verify reads.
+_KEPT_EVENTS = {FILE_OPENED, CHECKPOINT, RETENTION_CUT, SEAL, TAMPER_ALARM, ALARM_ACK, UNCOMMITTED}
 
 
 @dataclass(slots=True)

@@ -17,9 +17,12 @@ line (a crash mid-write, before its fsync) is cut off and the cut is recorded
 as a ``torn_line_dropped`` line. A lock on the directory
 keeps a second writer (a second daemon starting up) from touching the files.
 
-Retention cuts (``apply_retention``; the rule is in ``retention.py``) and
-signed checkpoints (``checkpoint``; the rule is in ``signing.py``) are lines of
-the same chain; they live in ``upkeep.py``. Only the committer thread calls the
+Retention cuts (``apply_retention``; the rule is in ``retention.py``), signed
+checkpoints (``checkpoint``; the rule is in ``signing.py``) and forward-secure
+seals (``seal``, with the ``sealer`` the daemon attaches; the rule is in
+``sealing.py``) are lines of the same chain; they live in ``upkeep.py``. The
+checks at start against relay.db's recorded head and the seal key, which raise
+tamper alarms, live in ``tamper.py``. Only the committer thread calls the
 writing methods. ``append_unsynced`` writes without an fsync and hands the
 lines back: the committer keeps them in relay.db's outbox, committed with the
 decisions they record, until a ``sync_owed`` fsync has put them on disk.
@@ -59,7 +62,9 @@ from ccc_relay.audit.files import (
 )
 from ccc_relay.audit.records import AuditLogError, AuditRecord, StagedLine, fsync_dir
 from ccc_relay.audit.restoring import RESTORED, Restoring
+from ccc_relay.audit.sealing import SEAL, Sealer
 from ccc_relay.audit.signing import CHECKPOINT
+from ccc_relay.audit.tamper import TamperChecks
 from ccc_relay.audit.upkeep import Upkeep
 
 _CHAIN_KEY_SET = frozenset(CHAIN_KEYS)
@@ -76,6 +81,9 @@ class AuditMark:
     pending: list[tuple[str, dict[str, Any]]]
     floor: str | None
     last_file: str | None
+    checkpointed: int
+    sealed: int
+    seal_due: int
 
 
 __all__ = ["RESTORED", "TORN_LINE", "AuditLog", "AuditLogError", "AuditRecord", "StagedLine"]
@@ -89,7 +97,7 @@ ROLLED_BACK = "rolled_back"
 _encoder = msgspec.json.Encoder()
 
 
-class AuditLog(Restoring, Upkeep):
+class AuditLog(Restoring, Upkeep, TamperChecks):
     """The writer. Raises AuditLogError from the constructor when the log is held or damaged."""
 
     def __init__(
@@ -106,6 +114,9 @@ class AuditLog(Restoring, Upkeep):
         self._last_file: str | None = None  # that file's name
         self._pending: list[tuple[str, dict[str, Any]]] = []  # recorded with the next line
         self._checkpointed = 0  # seq of the last checkpoint line
+        self._sealed = 0  # seq of the last seal line
+        self._seal_due = 0  # that seal's seq while its epoch's key is not destroyed yet
+        self.sealer: Sealer | None = None  # set by the daemon: seals need a seal key
         self._dirty = False  # lines written to the open file since its last fsync
         self._staged: list[StagedLine] | None = None  # collects what append_unsynced writes
         self.seq = 0
@@ -149,6 +160,8 @@ class AuditLog(Restoring, Upkeep):
             self._floor, self._last_file = day_of_file(path), path.name
             if record["event"] == CHECKPOINT:
                 self._checkpointed = self.seq
+            elif record["event"] == SEAL:
+                self._sealed = self.seq
             return
 
     def _drop_torn(self, path: Path, tail: Tail) -> None:
@@ -203,8 +216,9 @@ class AuditLog(Restoring, Upkeep):
         """Where the chain stands now, for :meth:`rewind`."""
         size = os.fstat(self._fd).st_size if self._fd is not None else None
         return AuditMark(
-            self._day, size, self.seq, self.head, list(self._pending), self._floor, self._last_file
-        )
+            self._day, size, self.seq, self.head, list(self._pending), self._floor,
+            self._last_file, self._checkpointed, self._sealed, self._seal_due,
+        )  # fmt: skip
 
     def rewind(self, mark: AuditMark) -> None:
         """Take back the unsynced lines written since ``mark``: the transaction they
@@ -212,7 +226,9 @@ class AuditLog(Restoring, Upkeep):
 
         The open file is cut back to where it stood. If a new day's file was
         opened meanwhile (a batch across midnight), its lines stay and a chained
-        ``rolled_back`` line names them instead. Raises OSError.
+        ``rolled_back`` line names them instead. A seal cut back this way was never
+        committed, so its epoch's key is still the current one and seals again.
+        Raises OSError.
         """
         if self.seq == mark.seq:
             return
@@ -222,6 +238,8 @@ class AuditLog(Restoring, Upkeep):
             self.seq, self.head = mark.seq, mark.head
             self._pending = mark.pending
             self._floor, self._last_file = mark.floor, mark.last_file
+            self._checkpointed, self._sealed = mark.checkpointed, mark.sealed
+            self._seal_due = mark.seal_due
             return
         first, last = mark.seq + 1, self.seq
         self.append(
@@ -344,3 +362,5 @@ class AuditLog(Restoring, Upkeep):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self.sealer is not None:
+            self.sealer.close()

@@ -1,7 +1,9 @@
 """What relay.db records about the audit log, read without the relay.
 
 ``meta.audit_head`` is the head the relay last committed: ``verify`` checks
-that the log reaches it, so a cut tail shows. ``audit_outbox`` holds the lines
+that the log reaches it, so a cut tail shows. ``meta.audit_clean_stop`` is that
+head again when the relay stopped cleanly there (cleared when it starts), so
+lines after it were not the relay's. ``audit_outbox`` holds the lines
 committed but not yet fsynced to their file. The database is opened read-only.
 """
 
@@ -68,6 +70,24 @@ def read_recorded_head(db_path: Path) -> Head | None:
         return Head.parse(str(row[0]))
     except ValueError as exc:
         raise HeadUnavailable(f"{db_path}: audit_head is malformed: {exc}") from None
+
+
+CLEAN_STOP = "audit_clean_stop"
+
+
+def read_clean_stop(db_path: Path) -> Head | None:
+    """The head at which the relay last stopped cleanly, if it is stopped since.
+
+    Raises HeadUnavailable when relay.db cannot be read.
+    """
+    if not db_path.exists():
+        return None
+    row = _read(db_path, "the clean stop", lambda db: db.execute(
+        "SELECT value FROM meta WHERE key = ?", (CLEAN_STOP,)).fetchone())  # fmt: skip
+    try:
+        return None if row is None or not row[0] else Head.parse(str(row[0]))
+    except ValueError:
+        return None
 
 
 def read_outbox(db_path: Path) -> list[tuple[int, bytes]]:

@@ -22,6 +22,10 @@ class Kind(StrEnum):
     INSERTED = "inserted"
     TRUNCATED = "truncated"
     FORGED = "forged checkpoint"
+    FORGED_SEAL = "forged seal"
+    MISSING_SEAL = "missing seal"
+    APPENDED = "appended"
+    ALARM = "tamper alarm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,12 @@ class Report:
     checkpoints: int = 0
     signatures: int = 0  # checkpoints whose signature was verified with a key
     starts_after_cut: bool = False
+    seals: int = 0
+    seals_verified: int = 0  # seals whose MAC was verified with a seal key
+    sealed_epochs: tuple[int, int] | None = None  # the first and last verified epoch
+    unsealed: tuple[int, int] | None = None  # seqs after the last verified seal (with a key)
+    bad_epoch: int | None = None  # the first epoch whose seal is forged or missing
+    alarms: list[dict[str, Any]] = field(default_factory=list)  # unacknowledged tamper alarms
     problem: Break | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -65,6 +75,14 @@ class Report:
             "checkpoints": self.checkpoints,
             "signatures_verified": self.signatures,
             "starts_after_retention_cut": self.starts_after_cut,
+            "seals": self.seals,
+            "seals_verified": self.seals_verified,
+            "sealed_epochs": None if self.sealed_epochs is None else list(self.sealed_epochs),
+            "unsealed_tail": None
+            if self.unsealed is None
+            else {"first_seq": self.unsealed[0], "last_seq": self.unsealed[1]},
+            "bad_epoch": self.bad_epoch,
+            "tamper_alarms": self.alarms,
             "notes": self.notes,
             "problem": None
             if problem is None

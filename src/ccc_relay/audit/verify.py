@@ -11,12 +11,19 @@ The rules, checked along the files oldest first:
   anyone);
 * a ``checkpoint`` signs the line before it and, given a public key, its
   signature verifies;
+* a ``seal`` seals the line before it and, given a seal key, the seals run
+  through the epochs one by one and each MAC verifies (``verify_seals.py``);
+  the lines after the last verified seal are reported as the unsealed tail;
 * the head recorded outside the log (``audit_head`` in relay.db) is a line of
   the chain. The log may run ahead of it (lines are written before the
   database commits) but may not stop short of it or differ at it -- unless the
   lines it lacks are in relay.db's ``audit_outbox`` and continue the chain to
   the head exactly: a power cut took them from the files before their fsync,
-  and the relay writes them back at its next start.
+  and the relay writes them back at its next start. Once the relay stopped
+  cleanly the log may not run ahead either: it did not write those lines, and
+  its next start sets them apart with a tamper alarm;
+* every ``tamper_alarm`` line is acknowledged by a later
+  ``tamper_alarm_acknowledged`` line.
 
 Where a check fails the neighbourhood decides the kind: a line whose true
 predecessor comes later was reordered; a line the chain skips over was
@@ -39,7 +46,9 @@ from ccc_relay.audit.lines import Line, Peekable, read_lines, retention_cuts
 from ccc_relay.audit.recorded import Head
 from ccc_relay.audit.report import Break, Kind, Report
 from ccc_relay.audit.retention import explains_start
+from ccc_relay.audit.sealing import SEAL, SealKey
 from ccc_relay.audit.signing import CHECKPOINT, signature_problem
+from ccc_relay.audit.verify_seals import AlarmWalk, SealWalk
 
 LOOKAHEAD = 1000  # lines examined to tell a moved line from a deleted one
 
@@ -72,12 +81,17 @@ def verify_log(
     recorded: Head | None = None,
     public_key: Ed25519PublicKey | None = None,
     outbox: Sequence[tuple[int, bytes]] = (),
+    seal_key: SealKey | None = None,
+    stopped_cleanly: bool = False,
 ) -> Report:
     """Walk the chain in ``log_dir`` and report the first break, if any.
 
     ``recorded`` is the head kept outside the log (relay.db) and ``outbox``
     the lines relay.db still keeps (``recorded.read_outbox``); ``public_key``
-    checks checkpoint signatures. Raises OSError when a file cannot be read.
+    checks checkpoint signatures and ``seal_key`` seals. ``stopped_cleanly``
+    says the relay stopped cleanly at ``recorded`` and is not running, so
+    nothing may follow the recorded head.
+    Raises OSError when a file cannot be read.
     """
     files = audit_files(log_dir)
     report = Report(files=len(files))
@@ -89,6 +103,9 @@ def verify_log(
     head_seen = False
     start_cut: int | None = None  # seq of the cut line that explains the start
     anchor = recorded.seq if recorded is not None else 0  # lines up to here are vouched for
+    seals = SealWalk(seal_key, report)
+    alarms = AlarmWalk()
+    after_head: Line | None = None  # the first line after the recorded head
     for line in lines:
         if not line.complete:
             if lines.peek(1):
@@ -107,6 +124,10 @@ def verify_log(
             problem = _check_checkpoint(line, prev, public_key, report)
             if problem is None and public_key is not None:
                 anchor = max(anchor, line.seq - 1)
+        if problem is None and line.event == SEAL:
+            problem = seals.check(line, prev, start_cut is not None)
+            if problem is None and seals.last_verified == line.seq:
+                anchor = max(anchor, line.seq - 1)
         if problem is None and recorded is not None and line.seq == recorded.seq:
             head_seen = True
             if line.hash != recorded.hash:
@@ -116,6 +137,9 @@ def verify_log(
             report.problem = problem
             return report
         report.lines += 1
+        alarms.see(line)
+        if recorded is not None and line.seq == recorded.seq + 1 and after_head is None:
+            after_head = line
         before, prev = prev, line
     if prev is not None:
         report.head = Head(prev.seq, prev.hash)
@@ -140,9 +164,18 @@ def verify_log(
                                    f"explained only by a retention cut (seq {start_cut}) past the "
                                    "recorded head and every verified checkpoint")  # fmt: skip
     if report.problem is None and recorded is not None and prev is not None:
-        if (extra := prev.seq - recorded.seq) > 0:
+        if (extra := prev.seq - recorded.seq) > 0 and stopped_cleanly and after_head is not None:
+            report.problem = _at(Kind.APPENDED, after_head, f"{extra} line(s) follow the head "
+                                 f"relay.db recorded (seq {recorded.seq}), where the relay "
+                                 "stopped cleanly: it did not write them; its next start sets "
+                                 "them apart and raises a tamper alarm")  # fmt: skip
+        elif extra > 0:
             report.notes.append(f"{extra} line(s) follow the head relay.db recorded (written "
                                 "before the database committed, or appended since)")  # fmt: skip
+    if report.problem is None:
+        report.problem = alarms.finish(report, report.notes)
+    if report.problem is None:
+        seals.finish(report.notes)
     return report
 
 

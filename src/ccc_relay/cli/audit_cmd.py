@@ -1,16 +1,24 @@
-"""``ccc audit``: verify, tail, search and export the checkpoint key, on the relay's host.
+"""``ccc audit``: verify, tail, search, export the checkpoint and seal keys, acknowledge
+tamper alarms, on the relay's host.
 
-These commands only read files -- the audit dir, relay.db (read-only) and the
-signing key -- and never talk to the relay, so they work while it is stopped
-and cannot change anything. The dirs come from ``--config`` / CCC_CONFIG or the
+These commands read files -- the audit dir, relay.db (read-only) and the keys
+-- and never talk to the relay, so they work while it is stopped. Two change
+something: ``seal-key export`` destroys the seed it prints, and
+``acknowledge`` asks the running relay (admin socket) to record that a tamper
+alarm was looked into. The dirs come from ``--config`` / CCC_CONFIG or the
 embedded defaults, like every operator command.
 
-Exit codes: 0 fine, 1 the chain is broken (verify), 2 usage, 4 something could
-not be read (config, log, relay.db, key).
+Exit codes: 0 fine, 1 the chain is broken or a seal forged or a tamper alarm
+open (verify), or refused (seal-key export, acknowledge), 2 usage, 3 the relay
+is not running (acknowledge), 4 something could not be read (config, log,
+relay.db, key), 5 the log verifies but ends in an unsealed tail (verify with
+--seal-key, unless --allow-unsealed-tail).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -19,16 +27,27 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ccc_relay.cli.common import EXIT_CONFIG, config_option, emit_json, fail, load_host_config
+from ccc_relay.cli.common import (
+    EXIT_CONFIG,
+    EXIT_REFUSED,
+    config_option,
+    emit_json,
+    fail,
+    handle_errors,
+    load_host_config,
+)
 from ccc_relay.policy.config import Config
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from ccc_relay.audit.sealing import SealKey
+
 # The audit modules are imported inside each command: ``ccc`` is also the agents'
 # command, and ``ccc send`` should not pay for hashing, signing and search code.
 
 EXIT_BROKEN = 1
+EXIT_UNSEALED = 5
 FOLLOW_INTERVAL = 0.5  # seconds between looks at the log for -f
 
 
@@ -50,10 +69,13 @@ def audit() -> None:
     """Verify, read and search the relay's hash-chained audit log.
 
     \b
-      ccc audit verify --pubkey audit.pub   check every line, file and checkpoint
+      ccc audit seal-key export             once, at set-up: keep its line off the host
+      ccc audit verify --seal-key KEY --pubkey audit.pub
+                                            check every line, file, seal and checkpoint
       ccc audit tail -f                     watch decisions as they are made
       ccc audit search --from alice --since 1h --code rate_limited
       ccc audit pubkey > audit.pub          keep this copy away from the host
+      ccc audit acknowledge SEQ --note ...  after looking into a tamper alarm
     """
 
 
@@ -62,10 +84,32 @@ def audit() -> None:
 @click.option("--pubkey", "pubkey_path", type=click.Path(dir_okay=False),
               help="Public key (from 'ccc audit pubkey') to check checkpoint signatures with; "
                    "default: the relay's own key, if readable.")  # fmt: skip
+@click.option(
+    "--seal-key",
+    "seal_key_arg",
+    metavar="KEY|FILE",
+    help="The seal key from 'ccc audit seal-key export' (the line itself, or a file "
+    "holding it): verify every seal, and report lines after the last one.",
+)
+@click.option(
+    "--allow-unsealed-tail",
+    is_flag=True,
+    help="Exit 0 when the log verifies but lines follow its last seal (a running "
+    "relay seals every 5 minutes).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(config_path: str | None, pubkey_path: str | None, as_json: bool) -> None:
-    """Check the whole chain; exit 1 naming the first edited, missing or moved line."""
-    from ccc_relay.audit.recorded import HeadUnavailable, read_outbox, read_recorded_head
+def verify(
+    config_path: str | None, pubkey_path: str | None, seal_key_arg: str | None,
+    allow_unsealed_tail: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Check the whole chain; exit 1 naming the first edited, missing or moved line,
+    forged or missing seal, or open tamper alarm; exit 5 for an unsealed tail."""
+    from ccc_relay.audit.recorded import (
+        HeadUnavailable,
+        read_clean_stop,
+        read_outbox,
+        read_recorded_head,
+    )
     from ccc_relay.audit.verify import verify_log
 
     config = _config(config_path)
@@ -74,20 +118,35 @@ def verify(config_path: str | None, pubkey_path: str | None, as_json: bool) -> N
         # Read the head before the files: the log only ever runs ahead of relay.db.
         recorded = read_recorded_head(config.db_path)
         outbox = read_outbox(config.db_path)
+        clean_stop = read_clean_stop(config.db_path)
     except HeadUnavailable as exc:
         fail(str(exc), EXIT_CONFIG)
     if recorded is None:
         notes.append(f"no head recorded in {config.db_path}: a cut tail cannot be detected")
     key, key_source = _public_key(config, pubkey_path, notes)
+    seal_key = _seal_key(seal_key_arg)
+    log_dir = config.audit.log_path
     try:
-        report = verify_log(config.audit.log_path, recorded=recorded, public_key=key, outbox=outbox)
+        report = verify_log(
+            log_dir, recorded=recorded, public_key=key, outbox=outbox, seal_key=seal_key,
+            stopped_cleanly=clean_stop is not None and clean_stop == recorded
+            and _relay_stopped(log_dir),
+        )  # fmt: skip
     except OSError as exc:
         fail(f"cannot read the audit log: {exc}", EXIT_CONFIG)
     notes = report.notes + notes
     if key is None and report.checkpoints:
         notes.append("checkpoint signatures were not checked: no key (pass --pubkey)")
+    if seal_key is None:
+        notes.append("seals were not verified: pass --seal-key with the key exported at set-up "
+                     "('ccc audit seal-key export'); only seals prove the past was not rewritten "
+                     "by someone holding this host's keys")  # fmt: skip
+    tail = report.unsealed if report.problem is None else None
+    if tail is not None and allow_unsealed_tail:
+        notes.append(f"{_unsealed(tail)} (allowed)")
     if as_json:
         emit_json({**report.as_dict(), "notes": notes, "key": key_source,
+                   "seal_key": None if seal_key is None else seal_key.key_id,
                    "recorded_head": None if recorded is None else str(recorded)})  # fmt: skip
     elif report.problem is not None:
         click.echo(f"FAIL: {report.problem}")
@@ -95,10 +154,70 @@ def verify(config_path: str | None, pubkey_path: str | None, as_json: bool) -> N
         click.echo(f"OK: {report.lines} lines, {report.files} files, head {report.head.hash}")
         signed = f", {report.signatures} signatures verified with {key_source}" if key else ""
         click.echo(f"seq {report.head.seq}; {report.checkpoints} checkpoints{signed}")
+        click.echo(_seals_line(report, seal_key))
+        if tail is not None and not allow_unsealed_tail:
+            click.echo(f"UNSEALED TAIL: {_unsealed(tail)}")
     if not as_json:
         for note in notes:
             click.echo(f"note: {note}", err=True)
-    sys.exit(EXIT_BROKEN if report.problem is not None else 0)
+    if report.problem is not None:
+        sys.exit(EXIT_BROKEN)
+    sys.exit(EXIT_UNSEALED if tail is not None and not allow_unsealed_tail else 0)
+
+
+def _seals_line(report: Any, seal_key: SealKey | None) -> str:
+    if seal_key is None:
+        return f"{report.seals} seals (not verified)"
+    epochs = report.sealed_epochs
+    which = "" if epochs is None else f", epochs {epochs[0]}..{epochs[1]}"
+    return (f"{report.seals} seals, {report.seals_verified} verified with seal key "
+            f"{seal_key.key_id}{which}")  # fmt: skip
+
+
+def _unsealed(tail: tuple[int, int]) -> str:
+    first, last = tail
+    return (f"seq {first}..{last} ({last - first + 1} line(s)) follow the last verified seal: "
+            "nothing vouches for them. A running relay seals every 5 minutes and at a clean "
+            "stop, a crashed one at its next start; lines after the seal of a stopped relay "
+            "were appended by someone else")  # fmt: skip
+
+
+def _seal_key(arg: str | None) -> SealKey | None:
+    """``--seal-key``: the exported line itself, or a file holding it."""
+    from ccc_relay.audit.sealing import EXPORT_PREFIX, SealKey, SealKeyError
+
+    if arg is None:
+        return None
+    text = arg
+    if not arg.startswith(EXPORT_PREFIX):
+        try:
+            text = Path(arg).read_text(encoding="ascii", errors="replace")[:4096]
+        except OSError as exc:
+            fail(f"--seal-key: cannot read {arg}: {exc.strerror}", EXIT_CONFIG)
+    try:
+        return SealKey.parse(text)
+    except SealKeyError as exc:
+        fail(f"--seal-key: {exc}", EXIT_CONFIG)
+
+
+def _relay_stopped(log_dir: Path) -> bool:
+    """Whether no relay holds the log's lock now (so nothing may follow the recorded head).
+
+    Only tries the lock and lets go at once; False when that cannot be told.
+    """
+    try:
+        fd = os.open(log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _public_key(
@@ -153,6 +272,90 @@ def pubkey(config_path: str | None, raw: bool) -> None:
     except SigningKeyError as exc:
         fail(str(exc), EXIT_CONFIG)
     click.echo(public_base64(key) if raw else public_pem(key).rstrip("\n"))
+
+
+@audit.group("seal-key")
+def seal_key_group() -> None:
+    """The key that verifies the log's forward-secure seals."""
+
+
+@seal_key_group.command("export")
+@config_option
+@click.option("--force", is_flag=True,
+              help="After the one export: print the current epoch's key instead, which "
+                   "verifies only the seals from that epoch on.")  # fmt: skip
+def seal_key_export(config_path: str | None, force: bool) -> None:
+    """Print the seal key once, at set-up, and destroy this host's copy of it.
+
+    Keep the line off this host (a password manager, another machine, paper):
+    with it 'ccc audit verify --seal-key' proves that no line before the last
+    seal was changed since, even by someone who took over this host. It can
+    make seals too, so guard it like a password.
+    """
+    from ccc_relay.audit.sealing import SealKeyError, destroy_seed, read_seed
+
+    state_dir = _config(config_path).state_dir
+    try:
+        seed = read_seed(state_dir)
+        if seed is not None:
+            click.echo(seed.export())
+            sys.stdout.flush()
+            destroy_seed(state_dir)
+            click.echo(f"seal key {seed.key_id} (epoch 0): keep this line off this host; its "
+                       "copy here has been destroyed, so it cannot be exported again",
+                       err=True)  # fmt: skip
+            return
+        current = _current_seal_key(state_dir)
+    except SealKeyError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except OSError as exc:
+        fail(f"cannot export the seal key from {state_dir}: {exc}", EXIT_CONFIG)
+    if current is None:
+        fail(f"no seal key in {state_dir} yet: ccc-statusd makes one when it first starts",
+             EXIT_CONFIG)  # fmt: skip
+    if not force:
+        fail(f"the seal key {current.key_id} was exported already and its epoch-0 copy destroyed "
+             "on this host: only that copy verifies every seal, and no one can print it again. "
+             f"--force prints the key of the current epoch ({current.epoch}) instead; it "
+             f"verifies only the seals from epoch {current.epoch} on, never the ones before "
+             "(that is what forward security means)", EXIT_REFUSED)  # fmt: skip
+    click.echo(current.export())
+    click.echo(f"seal key {current.key_id} from epoch {current.epoch} on: seals before that "
+               "epoch cannot be verified with it; keep it off this host", err=True)  # fmt: skip
+
+
+def _current_seal_key(state_dir: Path) -> SealKey | None:
+    """The relay's current epoch key (read again if the relay was rewriting it)."""
+    from ccc_relay.audit.sealing import SealKeyError, read_state
+
+    for attempt in range(3):
+        try:
+            return read_state(state_dir)
+        except SealKeyError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
+    return None  # pragma: no cover
+
+
+@audit.command("acknowledge")
+@click.argument("seq", type=click.IntRange(1, None))
+@click.option("--note", help="What you found; kept in the acknowledgement line.")
+@config_option
+@handle_errors
+def acknowledge(seq: int, note: str | None, config_path: str | None) -> None:
+    """Record that the tamper alarm at SEQ was looked into (the relay must be running).
+
+    The alarm's line stays in the log; verify accepts it from then on and
+    names it in a note.
+    """
+    from ccc_relay.client.admin import AdminClient
+
+    admin = AdminClient(_config(config_path).admin_socket_path)
+    fields: dict[str, Any] = {"seq": seq} if note is None else {"seq": seq, "note": note}
+    result = admin.request("audit_acknowledge", **fields)
+    alarm = result.get("acknowledged") or {}
+    click.echo(f"acknowledged the tamper alarm at seq {seq}: {alarm.get('detail')}")
 
 
 @audit.command("tail")

@@ -51,6 +51,7 @@ def print_status(data: dict[str, Any]) -> None:
     sandbox = data.get("sandbox", {})
     if sandbox:
         out.print(f"sandbox: {sandbox.get('landlock')}")
+    print_audit_state(out, data)
     table = Table("agent", "online", "queued", "state", title=f"{len(data['agents'])} agents")
     for agent in data["agents"]:
         online = Text(f"yes ({agent['online']})" if agent["online"] else "no")
@@ -63,6 +64,29 @@ def print_status(data: dict[str, Any]) -> None:
                 f"alert {when(alert['ts'])} {alert['agent']}: {alert['rule']} "
                 f"({alert['value']:g} >= {alert['threshold']:g})",
                 style="yellow",
+            )
+        )
+
+
+def print_audit_state(out: Console, data: dict[str, Any]) -> None:
+    """The audit's seal key and its unacknowledged tamper alarms (loud: they need a human)."""
+    seal = data.get("audit_seal")
+    if seal and "problem" in seal:
+        out.print(Text(f"audit seal key: {seal['problem']}", style="bold red"))
+    elif seal:
+        exported = (
+            "exported" if seal["exported"] else "NOT EXPORTED: run 'ccc audit seal-key export'"
+        )
+        style = "" if seal["exported"] else "yellow"
+        out.print(Text(f"audit seal key {seal['key_id']}, epoch {seal['epoch']}, {exported}",
+                       style=style))  # fmt: skip
+    for alarm in data.get("audit_alarms") or []:
+        out.print(
+            Text(
+                f"AUDIT TAMPER ALARM at seq {alarm.get('seq')} ({when(alarm.get('ts'))}): "
+                f"{alarm.get('detail')} -- investigate, then 'ccc audit acknowledge "
+                f"{alarm.get('seq')}'",
+                style="bold red",
             )
         )
 

@@ -25,8 +25,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from ccc_relay.audit.records import AuditRecord
+from ccc_relay.audit.sealing import seal_status
+from ccc_relay.audit.tamper import ALARM_ACK
 from ccc_relay.core.effects import Persist
 from ccc_relay.core.relay import OPERATOR, RELAY
+from ccc_relay.daemon.audit_lifecycle import AcknowledgeAuditAlarm, ReadAuditAlarms
 from ccc_relay.daemon.committer import SLOW_COMMIT, Job
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.protocol import admin as ops
@@ -98,6 +101,8 @@ class Operator:
                 if self.reload is None:
                     raise ProtocolError(ErrorCode.INVALID, "this relay cannot reload")
                 return self.reload()
+            case ops.AuditAcknowledge():
+                return await self.acknowledge_audit_alarm(request)
             case ops.Shutdown():
                 self._audit("admin_shutdown")
                 self.shutdown.set()
@@ -329,10 +334,12 @@ class Operator:
     async def status(self) -> dict[str, Any]:
         core, committer = self.core, self.shell.committer
         held: int | None
+        alarms: list[dict[str, Any]] | None
         try:
             depths, held = await committer.read(store_ops.ReadStatus())
+            alarms = await committer.read(ReadAuditAlarms())
         except StoreFailure:
-            depths, held = {}, None  # status must still answer when the store has failed
+            depths, held, alarms = {}, None, None  # status must answer when the store has failed
         activity = core.routing.activity
         return {
             "pid": os.getpid(),
@@ -347,6 +354,8 @@ class Operator:
             "held": held,
             "anomalies": core.counters.anomalies,
             "alerts": list(core.alerts)[-20:],
+            "audit_alarms": alarms,
+            "audit_seal": seal_status(core.config.state_dir),
             "agents": [
                 {
                     "name": name,
@@ -373,6 +382,17 @@ class Operator:
                 "longest_commit_ms": round(committer.longest_commit * 1000, 3),
             },
         }
+
+    async def acknowledge_audit_alarm(self, request: ops.AuditAcknowledge) -> dict[str, Any]:
+        alarms = await self.shell.committer.read(ReadAuditAlarms())
+        if not any(a.get("seq") == request.seq for a in alarms):
+            known = ", ".join(str(a.get("seq")) for a in alarms) or "none"
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no unacknowledged audit tamper alarm at "
+                                f"seq {request.seq} (unacknowledged: {known})")  # fmt: skip
+        alarm = await self._write(
+            AcknowledgeAuditAlarm(request.seq), ALARM_ACK, alarm_seq=request.seq, note=request.note
+        )
+        return {"acknowledged": alarm}
 
     def list_sessions(self) -> list[dict[str, Any]]:
         core = self.core

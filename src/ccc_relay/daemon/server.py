@@ -117,7 +117,7 @@ class Daemon:
             raise
         store = Store(config.db_path)
         audit = open_audit_log(config)
-        restore_audit_outbox(store, audit)
+        restore_audit_outbox(store, audit, self.clock())  # tamper alarms are written at now
         # Loaded (or created, owned by the relay's user) before the confinement.
         self.checkpoint_key = load_or_create_signing_key(config.state_dir)
         if self.harden:

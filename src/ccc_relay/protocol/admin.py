@@ -98,6 +98,13 @@ class AgentRelease(_Admin, tag="agent_release"):
     name: AgentName
 
 
+class AuditAcknowledge(_Admin, tag="audit_acknowledge"):
+    """The operator has looked into the audit's tamper alarm at ``seq``."""
+
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    note: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
 AdminRequest = (
     AgentAdd
     | AgentRemove
@@ -115,6 +122,7 @@ AdminRequest = (
     | Reject
     | AgentRelease
     | Reload
+    | AuditAcknowledge
 )
 
 
