@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ from tests.support import FakeClock, run_cli
 from tests.test_relay import wait_for
 
 T0 = 1_790_000_000.0  # a fixed noon-ish time: every run writes into one day's file
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
 
 
 def ccc(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -297,6 +299,42 @@ def test_a_running_relay_destroys_a_sealed_epochs_key_right_after_the_seal(
     wait_for(lambda: any(r["event"] == "seal" for r in records(relay.config.audit.log_path)))
     wait_for(lambda: read_state(state_dir).epoch == 1)  # not 5 minutes later, at the next seal
     relay.stop()
+
+
+# --- the documented stand-alone check -------------------------------------------------------
+
+
+def documented_script() -> str:
+    block = DOCS.read_text().split("<!-- seal-check.py -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_seal_script_in_the_docs_checks_seals_with_python_alone(
+    relay_factory, state_dir: Path, tmp_path: Path
+) -> None:
+    log_dir = runs(relay_factory, ["pay 10 dollars", "an unrelated later message"])
+    seal_key = export(state_dir)
+    script = tmp_path / "seal-check.py"
+    script.write_text(documented_script())
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-I", str(script), seal_key, str(log_dir)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    done = check()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "seals verified up to epoch 3 (seq 24); 0 line(s) after it"
+    original = {p: p.read_bytes() for p in audit_files(log_dir)}
+    # Old seals kept verbatim over a re-chained log: they no longer seal what precedes them.
+    rewrite(log_dir, b"pay 10 dollars", b"pay 99 dollars", lambda record, *_: record)
+    done = check()
+    assert done.returncode == 1 and "does not seal the line before it" in done.stderr
+    for path, data in original.items():
+        path.write_bytes(data)
+    rewrite(log_dir, b"pay 10 dollars", b"pay 99 dollars",
+            resealed_with_the_current_key(state_dir))  # fmt: skip
+    done = check()
+    assert done.returncode == 1 and "FORGED: the seal of epoch 1 at seq 13" in done.stderr
 
 
 # --- the key on disk --------------------------------------------------------------------------
