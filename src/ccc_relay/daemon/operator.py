@@ -75,7 +75,7 @@ class Operator:
                 return await self.rotate_agent(request)
             case ops.AgentRemove():
                 return await self.remove_agent(request)
-            case ops.AgentList():
+            case ops.ListRegisteredAgents():
                 return await self.list_agents()
             case ops.AgentRelease():
                 return await self.release_agent(request)

@@ -13,7 +13,7 @@ import msgspec
 
 from ccc_relay.protocol.frames import AgentName
 
-CredentialHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+CredentialHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Id = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 
 
@@ -37,7 +37,7 @@ class AgentRotate(_Admin, tag="agent_rotate"):
     cred_hash: CredentialHash
 
 
-class AgentList(_Admin, tag="agent_list"):
+class ListRegisteredAgents(_Admin, tag="agent_list"):
     pass
 
 
@@ -109,7 +109,7 @@ AdminRequest = (
     AgentAdd
     | AgentRemove
     | AgentRotate
-    | AgentList
+    | ListRegisteredAgents
     | Allow
     | Deny
     | PolicyShow
