@@ -163,8 +163,13 @@ class Committer:
         return batch
 
     async def read(self, op: StoreOp[T]) -> T:
-        """Run ``op`` (a read, or a write someone waits for), in order with queued
-        writes; its result once its batch committed. Raises StoreFailure."""
+        """Run the read ``op`` in order with queued writes (so it sees them); its
+        result. Raises StoreFailure."""
+        return await self.perform(op)
+
+    async def perform(self, op: StoreOp[T]) -> T:
+        """Run ``op``, a write someone waits for; its result once its batch
+        committed. Raises StoreFailure."""
         future = self.submit(Job(op=op))
         assert future is not None
         return await future

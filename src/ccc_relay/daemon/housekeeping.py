@@ -97,7 +97,7 @@ async def audit_upkeep(
         sealed = committer.submit(Job(op=WriteCheckpoint(audit, now, key)))
         try:
             if sealed is not None and await sealed:
-                await committer.read(SettleSeal(audit))
+                await committer.perform(SettleSeal(audit))
         except Exception as exc:  # the committer has logged and reported a failing store
             log.error("audit: the checkpoint and seal were not written: %s", exc)
         ticks += 1
