@@ -480,3 +480,31 @@ def test_async_subscriber_and_sender_go_on_after_a_relay_restart(
             await bob.close()
 
     asyncio.run(scenario())
+
+
+def test_a_connection_the_relay_ended_leaves_no_open_socket_behind(
+    endpoint: Endpoint, scripted: Callable[[list[Script]], ScriptedRelay]
+) -> None:
+    """When the relay ends the connection (or the reader task is cancelled, as a
+    loop's shutdown does), the client closes its own end at once: a client
+    dropped without ``close()`` leaves no open transport for the garbage
+    collector (an "unclosed transport" ResourceWarning, and under uvloop a
+    loop whose ``close()`` waits for that handle for ever)."""
+    import gc
+    import warnings
+
+    relay = scripted([breaks_after_sends(0, [])])
+
+    async def scenario() -> None:
+        client = AsyncRelayClient(endpoint)
+        await client.connect()
+        with pytest.raises(RelayUnavailable):
+            await client.wait_for_message(10)  # the relay hung up
+        del client
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(scenario())
+        gc.collect()
+    relay.finish()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught

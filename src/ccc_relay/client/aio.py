@@ -53,6 +53,7 @@ from ccc_relay.protocol.client_session import (
     Reply,
     Request,
 )
+from ccc_relay.protocol.errors import ProtocolError
 from ccc_relay.protocol.frames import (
     MAX_ACK_IDS,
     Accepted,
@@ -376,10 +377,10 @@ class AsyncRelayClient:
 
     def _write_send(self, send: _Send) -> None:
         request, data = self._session.send(send.to, send.text, **send.options)
+        self._issue(request, data, send.future)  # raises when it cannot be written
         send.seq = request.seq
         self._sends[request] = send
         send.future.add_done_callback(lambda _f: self._sends.pop(request, None))
-        self._issue(request, data, send.future)
 
     async def _request(self, make: Callable[[], tuple[Request, bytes]]) -> Reply:
         """Make a request and wait for its reply; a reconnecting client waits for
@@ -422,7 +423,8 @@ class AsyncRelayClient:
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
-        reader = self._reader
+        assert self._writer is not None
+        reader, writer = self._reader, self._writer
         reason: RelayError = RelayUnavailable("the relay closed the connection")
         cancelled = False  # stopped by this client: nothing to recover
         try:
@@ -438,10 +440,15 @@ class AsyncRelayClient:
                 self._hand_out()
         except (OSError, RelayError) as exc:
             reason = exc if isinstance(exc, RelayError) else RelayUnavailable(str(exc))
+        except ProtocolError as exc:  # the relay sent a line that is no relay frame
+            reason = RelayError(exc.code, exc.message)
         except asyncio.CancelledError:
             cancelled = True
             raise
         finally:
+            # This connection is over: its socket is closed here, whoever ended
+            # it, so no transport is left for the garbage collector to find open.
+            writer.close()
             self._connection_lost(reason, may_recover=not cancelled)
             self._hand_out()
 
