@@ -3,7 +3,8 @@
 1. validate the config and refuse root without ``daemon.user`` (the caller,
    before anything here runs);
 2. create the state and log dirs private (0700), owned by the account the
-   daemon will run as;
+   daemon will run as; refuse them when anything in them is another user's,
+   writable by others, or a symlink (someone could have planted a key);
 3. take the agents' socket from systemd (socket activation) or bind it
    (configured mode and group), and bind the admin socket (0600), refusing
    symlinks and live daemons at their paths;
@@ -52,8 +53,10 @@ from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.daemon.signing import MessageSigner
 from ccc_relay.daemon.sockets import (
     bind_unix_socket,
+    check_private_tree,
     ensure_private_dir,
     inherited_socket,
+    private_roots,
     remove_socket,
 )
 from ccc_relay.policy.config import Config, ConfigError, load_config
@@ -96,6 +99,9 @@ class Daemon:
             # 0711: containers' launchers may reach a socket whose name they
             # know; nobody but the relay may list or create entries.
             ensure_private_dir(config.agent_sockets, 0o711, owner=owner)
+        # Nothing in them may be another user's, writable by others or a link.
+        for root in private_roots(*_private_dirs(config)):
+            check_private_tree(root, os.geteuid() if owner is None else owner[0])
         inherited = inherited_socket(config.socket_path)
         agent_sock = inherited or bind_unix_socket(
             config.socket_path, mode=config.socket_mode, group=config.socket_group
@@ -312,6 +318,11 @@ class Daemon:
     def _reload_quietly(self, relay: RelayShell) -> None:
         with contextlib.suppress(ProtocolError):  # already logged and audited
             self.reload(relay)
+
+
+def _private_dirs(config: Config) -> list[Path]:
+    dirs = [config.state_dir, config.audit.log_path]
+    return [*dirs, config.agent_sockets] if config.per_agent_sockets else dirs
 
 
 def _submitted(committer: Committer, job: Job[Any]) -> asyncio.Future[Any]:

@@ -1,6 +1,7 @@
 """The relay's message-signing key: Ed25519, kept 0600 in the state dir.
 
-Created on first start, loaded on every later one. Its public half is what
+Created on first start, loaded on every later one -- only when it is a regular
+file of the relay's own user that nobody else may read or write. Its public half is what
 agents put in ``CCC_RELAY_PUBKEY`` (``ccc-statusd pubkey`` prints it) to check
 that what they received is what the relay delivered, unchanged.
 
@@ -11,16 +12,24 @@ signs for the sessions that verify (``hello.signatures``), not for everyone.
 from __future__ import annotations
 
 import base64
+import errno
 import os
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.protocol.frames import Message
 from ccc_relay.protocol.signature import message_signed_bytes
 
 KEY_FILE = "relay-signing.key"
+MAX_KEY_FILE = 16 * 1024  # a PEM key is a few hundred bytes; refuse to slurp anything huge
+
+
+class MessageKeyError(SigningKeyError):
+    """The message-signing key is exposed, planted or malformed; the message says the fix."""
 
 
 class MessageSigner:
@@ -28,12 +37,20 @@ class MessageSigner:
         self._key = key
 
     @classmethod
-    def load_or_create(cls, state_dir: Path) -> MessageSigner:
-        """Raises OSError when the key file cannot be read or written, ValueError
-        when it is not an Ed25519 key."""
+    def load_or_create(cls, state_dir: Path, *, owner: int | None = None) -> MessageSigner:
+        """Load the key, or create it (0600, never through a symlink) when there is none.
+
+        An existing key must be a regular file of ``owner`` (this process's
+        user when None) that nobody else may read or write: anyone who could
+        have read it can forge the relay's signatures, anyone who could have
+        written it may have planted their own.
+
+        Raises MessageKeyError (a ValueError) for a key that is exposed, not
+        a file or not an Ed25519 key, OSError when it cannot be read or written.
+        """
         path = state_dir / KEY_FILE
         try:
-            data = path.read_bytes()
+            data = _read_private(path, os.geteuid() if owner is None else owner)
         except FileNotFoundError:
             key = Ed25519PrivateKey.generate()
             pem = key.private_bytes(
@@ -47,9 +64,12 @@ class MessageSigner:
                 f.flush()
                 os.fsync(f.fileno())
             return cls(key)
-        loaded = serialization.load_pem_private_key(data, password=None)
+        try:
+            loaded = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise MessageKeyError(f"{path} is not a PEM private key") from None
         if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
+            raise MessageKeyError(f"{path} does not hold an Ed25519 private key")
         return cls(loaded)
 
     def public_key_b64(self) -> str:
@@ -65,8 +85,50 @@ class MessageSigner:
 
 
 def public_key_of(state_dir: Path) -> str | None:
-    """The relay's public key (base64), or None before the relay first ran."""
+    """The relay's public key (base64), or None before the relay first ran.
+
+    The key must belong to whoever owns ``state_dir`` (the relay's user, also
+    when root asks). Raises what ``MessageSigner.load_or_create`` raises.
+    """
     path = state_dir / KEY_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    return MessageSigner.load_or_create(state_dir).public_key_b64()
+    owner = os.lstat(state_dir).st_uid
+    return MessageSigner.load_or_create(state_dir, owner=owner).public_key_b64()
+
+
+def _read_private(path: Path, owner: int) -> bytes:
+    """The bytes of the key file at ``path`` after checking who may touch it.
+
+    Raises FileNotFoundError when there is none, MessageKeyError when it is
+    a symlink, not a regular file, another user's or open to others.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MessageKeyError(
+                f"{path} is a symlink; the relay's key must be a file of its own: "
+                f"remove the link (rm {path}) and the relay makes a new key"
+            ) from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise MessageKeyError(f"{path} is not a regular file; remove it with: rm -r {path}")
+        if info.st_uid != owner:
+            raise MessageKeyError(
+                f"{path} belongs to uid {info.st_uid}, not to uid {owner} that the relay runs "
+                f"as, so it may have been planted: remove it (rm {path}) and the relay makes "
+                f"a new one, or if you made it fix it with: sudo chown {owner} {path}"
+            )
+        if info.st_mode & 0o077:
+            raise MessageKeyError(
+                f"{path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}), "
+                f"so the key may be known to them: if it never left your hands fix it with: "
+                f"chmod 600 {path}; else remove it (rm {path}) and the relay makes a new one"
+            )
+        data = f.read(MAX_KEY_FILE + 1)
+    if len(data) > MAX_KEY_FILE:
+        raise MessageKeyError(f"{path} is too large to be a key")
+    return data

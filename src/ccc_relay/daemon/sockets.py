@@ -20,6 +20,7 @@ import grp
 import os
 import socket
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 # path -> (device, inode) of every socket this process bound, so shutdown
@@ -61,8 +62,112 @@ def ensure_private_dir(
             f"{path} belongs to uid {info.st_uid}, not to uid {uid} that the relay runs as; "
             f"fix it with: sudo chown -R {uid} {path}"
         )
+    if not created and info.st_mode & 0o022:
+        raise StateDirError(
+            f"{path} is writable by {_who_may_write(info.st_mode)} (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}), so anything in it may have been planted; "
+            f"check what it holds, then fix it with: chmod {mode:o} {path}"
+        )
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
+
+
+# What the relay opens by name in its state dir: regular files of its own
+# (a root-made one it could not write, another user's it must not trust), the
+# keys readable by their owner only. The names are those of store/sqlite.py,
+# daemon/signing.py and audit/signing.py (tests/test_state_dir.py checks).
+STATE_FILES = ("relay.db", "relay.db-wal", "relay.db-shm", "relay.db-journal", "daemon.pid")
+KEY_FILES = ("relay-signing.key", "audit-signing.key")
+
+
+class StateDirError(SocketPathError):
+    """The relay's own files could have been tampered with; the message says how to fix it."""
+
+
+def check_private_tree(
+    root: Path,
+    uid: int,
+    *,
+    own_files: Collection[str] = STATE_FILES,
+    key_files: Collection[str] = KEY_FILES,
+) -> None:
+    """Refuse a private directory in which anybody but ``uid`` (or root) could have changed a thing.
+
+    Everything beneath ``root``, never following a link, must belong to ``uid``
+    or root, must not be writable by group or others (sockets aside: their mode
+    is who may connect) and must not be a symlink: the relay makes none. Names
+    in ``own_files`` and ``key_files`` directly in ``root`` must moreover be
+    regular files of ``uid`` itself, and keys neither readable nor writable by
+    anyone else. A root-owned directory ``uid`` may not read (credentials/
+    made by an administrator) is root's affair and not entered.
+
+    Raises StateDirError naming the path, the problem and the fix.
+    """
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except PermissionError:
+            if directory != root and os.lstat(directory).st_uid == 0:
+                continue
+            raise StateDirError(
+                f"{directory} cannot be read by uid {os.geteuid()}; "
+                f"fix it with: sudo chown -R {uid} {directory}"
+            ) from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed since the listing: nothing to trust
+                continue
+            top = directory == root
+            key = top and entry.name in key_files
+            _check_entry(path, info, uid, own=key or (top and entry.name in own_files), key=key)
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(path)
+
+
+def _check_entry(path: Path, info: os.stat_result, uid: int, *, own: bool, key: bool) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise StateDirError(
+            f"{path} is a symlink, which the relay never makes in its own directories "
+            f"(it could point it at any file); remove it with: rm {path}"
+        )
+    if info.st_uid not in (uid, 0) or (own and info.st_uid != uid):
+        owners = f"uid {uid}" if own else f"uid {uid} or root"
+        raise StateDirError(
+            f"{path} belongs to uid {info.st_uid}, not to {owners} (the relay's); if you did "
+            f"not put it there, remove it, else fix it with: sudo chown {uid} {path}"
+        )
+    if own and not stat.S_ISREG(info.st_mode):
+        raise StateDirError(
+            f"{path} is not a regular file; the relay keeps only its own files under that "
+            f"name: remove it with: rm -r {path}"
+        )
+    if key and info.st_mode & 0o077:
+        raise StateDirError(
+            f"{path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}), "
+            f"so the key may be known to them: if it never left your hands fix it with: "
+            f"chmod 600 {path}; else remove it (rm {path}) and the relay makes a new one"
+        )
+    if info.st_mode & 0o022 and not stat.S_ISSOCK(info.st_mode):
+        planted = ", so anything in it may have been planted" if stat.S_ISDIR(info.st_mode) else ""
+        raise StateDirError(
+            f"{path} is writable by {_who_may_write(info.st_mode)} (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}){planted}; check it, then fix it with: "
+            f"chmod go-w {path}"
+        )
+
+
+def private_roots(*dirs: Path) -> list[Path]:
+    """``dirs`` without repeats and without any that lies inside another. Raises nothing."""
+    unique = sorted(set(dirs))
+    return [d for d in unique if not any(o != d and o in d.parents for o in unique)]
+
+
+def _who_may_write(mode: int) -> str:
+    return " and ".join(who for who, bit in (("its group", 0o020), ("others", 0o002)) if mode & bit)
 
 
 def _clear_stale(path: Path) -> None:
