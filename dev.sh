@@ -11,8 +11,9 @@ VENV="${CCC_VENV:-.venv}"
 # Debian packages the tests use: bubblewrap (sandboxes), nftables (firewall
 # checks), iproute2, util-linux (unshare/setpriv), python3-venv (the venv),
 # graphviz (policy graphs), apparmor (apparmor_parser checks the profile),
-# podman + runc (the isolation proof runs in podman too).
-DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor podman runc)
+# podman + runc (the isolation proof runs in podman too), libseccomp2 (the
+# relay and `ccc run` compile their seccomp filters with it, through ctypes).
+DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor podman runc libseccomp2)
 
 need_root() { [ "$(id -u)" -eq 0 ] && echo "" || echo "sudo"; }
 
@@ -58,6 +59,8 @@ setup() {
     if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
         install_debian_packages python3-venv
     fi
+    # The relay refuses to start without the library its seccomp filter is compiled with.
+    install_debian_packages libseccomp2
     if [ ! -x "$VENV/bin/python" ]; then
         "$py" -m venv "$VENV"
     fi

@@ -169,6 +169,66 @@ def test_root_start_drops_to_the_user_and_confines_itself(
             proc.stderr.close()
 
 
+def status_fields(pid: int, *names: str) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in names:
+            fields[key] = value.strip()
+    return fields
+
+
+def test_the_started_daemon_runs_under_its_seccomp_filter(
+    service_account: tuple[str, str], state_dir: Path
+) -> None:
+    # Not under systemd: the relay loads the filter itself, after dropping to
+    # the user and Landlock, before it serves; its probe is a call the filter refuses.
+    user, group = service_account
+    os.chmod(state_dir, 0o755)
+    state = state_dir / "relay"
+    config = state_dir / "relay.yaml"
+    config.write_text(
+        f"daemon:\n  user: {user}\n  socket_group: {group}\n"
+        f"  state_dir: {state}\n  socket_path: {state_dir}/claude-ipc.sock\n"
+        f"  audit:\n    log_path: {state_dir}/log\n"
+    )
+    command, env = daemon_command()
+    proc = subprocess.Popen(
+        [*command, "start", "--config", str(config)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (state / "daemon.pid").exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        fields = status_fields(proc.pid, "Seccomp", "Seccomp_filters", "NoNewPrivs")
+        assert fields == {"Seccomp": "2", "Seccomp_filters": "2", "NoNewPrivs": "1"}
+        status = AdminClient(state / "admin.sock").request("status")
+        assert status["sandbox"]["seccomp_probe"] == "unshare(0) refused: EPERM"
+        assert status["sandbox"]["seccomp"].startswith("filter loaded:")
+        # Still a working relay: an agent authenticates over its Unix socket.
+        cred = Credential.generate()
+        AdminClient(state / "admin.sock").request(
+            "agent_add", name="alice", cred_hash=cred.digest()
+        )
+        with RelayClient(Endpoint(state_dir / "claude-ipc.sock", "alice", cred)) as alice:
+            assert alice.inbox() == []
+        stopped = run_cli("ccc-statusd", "stop", "--config", str(config))
+        assert stopped.returncode == 0, stopped.stderr
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
 def test_root_without_a_user_is_refused(state_dir: Path) -> None:
     result = run_cli(
         "ccc-statusd", "start", env={"CCC_CACHE_DIR": str(state_dir / "x"), "CCC_CONFIG": ""}

@@ -13,7 +13,8 @@
    thread;
 5. open the store and the audit log as that user, then confine the process
    with Landlock to its state, log and runtime dirs, and check the
-   confinement holds by trying to open a file outside it;
+   confinement holds by trying to open a file outside it; load the seccomp
+   filter (daemon/seccomp.py) and check that ``unshare(0)`` is refused;
 6. serve until SIGTERM/SIGINT or an admin ``shutdown``; then stop listening,
    say bye to every connection, flush the committer, close the store.
 
@@ -49,6 +50,7 @@ from ccc_relay.daemon.connection import AgentConnection
 from ccc_relay.daemon.housekeeping import WriteCheckpoint, audit_upkeep, sweep_sessions
 from ccc_relay.daemon.operator import Operator
 from ccc_relay.daemon.privileges import drop_privileges
+from ccc_relay.daemon.seccomp import DaemonFilter, refuse_io_uring
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.daemon.signing import MessageSigner
 from ccc_relay.daemon.sockets import (
@@ -127,8 +129,10 @@ class Daemon:
         # Loaded (or created, owned by the relay's user) before the confinement.
         self.checkpoint_key = load_or_create_signing_key(config.state_dir)
         if self.harden:
+            syscalls = DaemonFilter()  # compiled now: Landlock hides libseccomp from the loader
             status, self.sandbox = confine(config)
             check_confinement(status, self.sandbox)
+            self.sandbox.update(syscalls.enforce())
         committer = Committer(store, audit)
         self._audit = audit
         signer = MessageSigner.load_or_create(config.state_dir)
@@ -353,6 +357,7 @@ def run_fast(main: Coroutine[Any, Any, T]) -> T:
 def run_daemon(config: Config) -> None:
     """Run in the foreground until stopped, hardened. Raises what start-up raises."""
     tune_garbage_collector()
+    refuse_io_uring()  # before the loop exists: see daemon/seccomp.py
     run_fast(Daemon(config, harden=True).run())
 
 
