@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import pytest
 
 from ccc_relay.containers.detect import capped_ulimits, missing_tools, present_etc_files
 from ccc_relay.containers.sandbox import launch_command, run_sandbox
+from ccc_relay.containers.seccomp import sandbox_filter_fd
 from ccc_relay.containers.spec import SandboxSpec
 from ccc_relay.containers.staging import open_credential, prepare_podman_rootfs, stage_credential
 
@@ -337,25 +339,150 @@ def test_memory_limit_stops_a_large_allocation(host: Host) -> None:
     assert b"allocated" in sandbox_output(host.spec(PYTHON, "-c", grab)).encode()
 
 
+MIB = 1024**2
+
+
+# Writes 5 MiB into /dev/shm and /tmp (capped at 2 and 3 MiB by the tests) and
+# tries to make a file in /dev itself; prints (outcome, bytes written) for each.
+_FILL = (
+    "import errno, json, os\n"
+    "def fill(path):\n"
+    "    written = 0\n"
+    "    try:\n"
+    "        with open(path, 'wb') as f:\n"
+    f"            for _ in range({5 * MIB // (64 * 1024)}):\n"
+    "                written += f.write(bytes(64 * 1024))\n"
+    "                f.flush()\n"
+    "    except OSError as exc:\n"
+    "        return errno.errorcode[exc.errno], written\n"
+    "    return 'ok', written\n"
+    "seen = {p: fill(p) for p in ('/dev/shm/fill', '/tmp/fill', '/dev/planted')}\n"
+    "print(json.dumps(seen))\n"
+)
+
+
+def _assert_capped(seen: dict[str, list[Any]]) -> None:
+    assert seen["/dev/shm/fill"][0] == "ENOSPC"
+    assert 0 < seen["/dev/shm/fill"][1] <= 2 * MIB
+    assert seen["/tmp/fill"][0] == "ENOSPC"
+    assert 2 * MIB < seen["/tmp/fill"][1] <= 3 * MIB
+
+
+def test_dev_shm_and_tmp_stop_at_their_caps_and_dev_is_read_only(host: Host) -> None:
+    # Memory-backed mounts count against no rlimit: only their size caps bound them.
+    spec = host.spec(PYTHON, "-c", _FILL, shm_size=2 * MIB, tmp_size=3 * MIB)
+    seen = json.loads(sandbox_output(spec))
+    _assert_capped(seen)
+    assert seen["/dev/planted"] == ["EROFS", 0]
+
+
+_SECCOMP_PROBE = r"""
+import ctypes, errno, json, os, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = {"unshare": 272, "mount": 165, "ptrace": 101, "keyctl": 250, "personality": 135,
+      "bpf": 321, "setns": 308, "clone": 56, "ioctl": 16, "process_vm_readv": 310}
+
+def call(name, *args):
+    wide = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    if libc.syscall(ctypes.c_long(NR[name]), *wide) >= 0:
+        return "ok"
+    return errno.errorcode[ctypes.get_errno()]
+
+def in_child(name, *args):
+    # ptrace(TRACEME) and clone() change the caller: try them in a throwaway child.
+    pid = os.fork()
+    if pid == 0:
+        result = call(name, *args)
+        os._exit(0 if result == "ok" else getattr(errno, result))
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return "ok" if code == 0 else errno.errorcode.get(code, str(code))
+
+seen = {
+    "status": {k: v.strip() for k, v in (l.split(":", 1) for l in open("/proc/self/status"))
+               if k.startswith("Seccomp")},
+    "unshare(0)": call("unshare", 0),
+    "unshare(CLONE_NEWUSER)": call("unshare", 0x10000000),
+    "setns": call("setns", 0, 0),
+    "mount": call("mount", b"none", b"/tmp", b"tmpfs", 0, None),
+    "ptrace(TRACEME)": in_child("ptrace", 0, 0, 0, 0),
+    "process_vm_readv": call("process_vm_readv", os.getpid(), None, 0, None, 0, 0),
+    "keyctl(GET_KEYRING_ID)": call("keyctl", 0, -3, 0),
+    "personality(ADDR_NO_RANDOMIZE)": call("personality", 0x0040000),
+    "personality(query)": call("personality", 0xFFFFFFFF),
+    "bpf": call("bpf", 0, None, 0),
+    "clone(CLONE_NEWNS)": in_child("clone", 0x00020000 | 17, 0, 0, 0, 0),
+    "ioctl(TIOCSTI)": call("ioctl", 0, 0x5412, ctypes.c_char_p(b"x")),
+}
+
+# Ordinary work: a shell pipeline, a thread, a subprocess, a pty, files in the project.
+with open("/workspace/notes.txt", "w") as f:
+    f.write("hello\n")
+os.rename("/workspace/notes.txt", "/workspace/renamed.txt")
+shell = subprocess.run(["sh", "-c", "cat /workspace/renamed.txt | tr a-z A-Z; echo $((6*7))"],
+                       capture_output=True, text=True)
+seen["shell"] = shell.stdout
+box = []
+worker = threading.Thread(target=lambda: box.append(sum(range(10))))
+worker.start()
+worker.join()
+seen["thread"] = box
+primary, secondary = os.openpty()
+os.write(secondary, b"pty\n")
+seen["pty"] = os.read(primary, 16).decode()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the probe uses x86_64 numbers")
+def test_seccomp_refuses_namespaces_mounts_tracing_and_the_keyring(host: Host) -> None:
+    seen = json.loads(sandbox_output(host.spec(PYTHON, "-c", _SECCOMP_PROBE)))
+    assert seen.pop("status")["Seccomp"] == "2"  # filtering
+    assert seen.pop("personality(query)") == "ok"
+    # Without the filter unshare(0), ptrace, process_vm_readv, keyctl and the
+    # personality change succeed, and the others fail otherwise (ENOSPC from
+    # --disable-userns, EINVAL, ENOTTY) but for mount and clone(CLONE_NEWNS),
+    # which lack of capabilities refuses too.
+    assert seen == {
+        "unshare(0)": "EPERM",
+        "unshare(CLONE_NEWUSER)": "EPERM",
+        "setns": "EPERM",
+        "mount": "EPERM",
+        "ptrace(TRACEME)": "EPERM",
+        "process_vm_readv": "EPERM",
+        "keyctl(GET_KEYRING_ID)": "EPERM",
+        "personality(ADDR_NO_RANDOMIZE)": "EPERM",
+        "bpf": "EPERM",
+        "clone(CLONE_NEWNS)": "EPERM",
+        "ioctl(TIOCSTI)": "EPERM",
+        "shell": "HELLO\n42\n",
+        "thread": [45],
+        "pty": "pty\r\n",
+    }
+    assert (host.alice_project / "renamed.txt").read_text() == "hello\n"
+
+
 def test_sandbox_dies_with_its_launcher(host: Host) -> None:
     marker = f"{time.time_ns() % 10**6}.5"  # a sleep nobody else is running
     spec = host.spec("sleep", marker)
-    fd = open_credential(spec.credential_path)
+    fd, program = open_credential(spec.credential_path), sandbox_filter_fd()
     try:
-        argv = launch_command(spec, as_root=os.geteuid() == 0, credential_fd=fd)
+        argv = launch_command(spec, as_root=os.geteuid() == 0, credential_fd=fd, seccomp_fd=program)
         launcher = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 "import subprocess, sys, time\n"
-                f"subprocess.Popen(sys.argv[1:], pass_fds=({fd},))\n"
+                f"subprocess.Popen(sys.argv[1:], pass_fds=({fd}, {program}))\n"
                 "time.sleep(300)\n",
                 *argv,
             ],
-            pass_fds=(fd,),
+            pass_fds=(fd, program),
         )
     finally:
         os.close(fd)
+        os.close(program)
     try:
         sleeper = _wait_for(lambda: _pid_running(["sleep", marker]), present=True)
         assert sleeper is not None, "the sandboxed process never started"
@@ -444,6 +571,34 @@ def test_podman_sandbox_keeps_the_same_promises(host: Host) -> None:
     # container make user namespaces (docs/containers.md says how to close it).
     assert seen["hostname"] == "ccc-alice"
     assert seen["env"]["CCC_SOCKET"] == "/run/ccc.sock"
+
+
+def test_podman_caps_dev_shm_and_tmp(host: Host) -> None:
+    if missing_tools("podman", as_root=os.geteuid() == 0):
+        pytest.skip("needs podman and runc (apt-get install podman runc)")
+    if os.geteuid() != 0:
+        pytest.skip("rootless podman maps ids through subuid ranges; this checks rootful podman")
+    launcher = host.base / "launcher"
+    rootfs = prepare_podman_rootfs(launcher / "rootfs", etc_files=present_etc_files())
+    credential = stage_credential(host.credential, launcher / "staged", host.uid, host.gid)
+    spec = host.spec(
+        PYTHON,
+        "-c",
+        _FILL,
+        runtime="podman",
+        credential_path=credential,
+        shm_size=2 * MIB,
+        tmp_size=3 * MIB,
+    )
+    argv = launch_command(
+        spec, as_root=True, rootfs_dir=rootfs, etc_files=present_etc_files(),
+        ulimits=capped_ulimits(),
+    )  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    seen = json.loads(result.stdout)
+    _assert_capped(seen)
+    assert seen["/dev/planted"] == ["EACCES", 0]  # podman's /dev is root's
 
 
 def test_ccc_run_starts_the_sandbox_from_the_relays_config(host: Host) -> None:

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 
 from ccc_relay.cli import containers_cmd
 from ccc_relay.cli.containers_cmd import agent_socket, run
-from ccc_relay.containers.bwrap import CREDENTIAL_FD, bwrap_command
+from ccc_relay.containers.bwrap import CREDENTIAL_FD, SECCOMP_FD, bwrap_command
 from ccc_relay.containers.detect import (
     HostError,
     Identity,
@@ -34,7 +35,7 @@ from ccc_relay.containers.detect import (
     missing_tools,
 )
 from ccc_relay.containers.engines import docker_command, podman_command
-from ccc_relay.containers.sandbox import launch_command, print_line
+from ccc_relay.containers.sandbox import launch_command, print_line, seccomp_command
 from ccc_relay.containers.spec import ETC_FILES, SandboxSpec, SandboxSpecError
 from ccc_relay.containers.staging import (
     LaunchError,
@@ -138,8 +139,33 @@ def test_bwrap_isolates_namespaces_and_privileges() -> None:
     assert "--share-net" not in options
     # The root is made read-only after the last mount point is created.
     mounts = [i for i, a in enumerate(options) if a in ("--bind", "--ro-bind", "--ro-bind-data")]
-    assert options.index("--remount-ro") > max(mounts)
-    assert options[options.index("--remount-ro") + 1] == "/"
+    remounts = {options[i + 1]: i for i, a in enumerate(options) if a == "--remount-ro"}
+    assert remounts["/"] > max(mounts)
+
+
+def test_bwrap_caps_every_writable_tmpfs_and_loads_the_seccomp_program() -> None:
+    spec = replace(SPEC, tmp_size=3 * 1024**2, shm_size=2 * 1024**2)
+    options = bwrap_command(spec, seccomp_fd=9)
+    options = options[: options.index("--")]
+    tmpfs = {options[i + 1]: options[i - 1] for i, a in enumerate(options) if a == "--tmpfs"}
+    assert tmpfs == {"/dev/shm": str(2 * 1024**2), "/tmp": str(3 * 1024**2)}
+    assert all(options[i - 2] == "--size" for i, a in enumerate(options) if a == "--tmpfs")
+    # bubblewrap's /dev is a tmpfs of the sandbox uid without a size: read-only
+    # once /dev/shm is mounted on it.
+    remounts = [options[i + 1] for i, a in enumerate(options) if a == "--remount-ro"]
+    assert remounts == ["/dev", "/"]
+    assert options.index("--remount-ro") > options.index("/dev/shm") > options.index("--dev")
+    assert options[options.index("--seccomp") + 1] == "9"
+
+
+def test_engines_cap_tmp_and_dev_shm() -> None:
+    spec = replace(SPEC, tmp_size=3 * 1024**2, shm_size=2 * 1024**2)
+    for argv in (
+        podman_command(replace(spec, runtime="podman"), ROOTFS),
+        docker_command(replace(spec, runtime="docker", image="x")),
+    ):
+        assert argv[argv.index("--shm-size") + 1] == str(2 * 1024**2)
+        assert f"size={3 * 1024**2}" in argv[argv.index("--tmpfs") + 1]
 
 
 def test_bwrap_environment_is_exactly_the_sandbox_one() -> None:
@@ -188,10 +214,12 @@ def test_non_root_launch_has_no_setpriv() -> None:
     assert "setpriv" not in launch_command(SPEC, as_root=False)
 
 
-def test_print_line_is_the_argv_plus_the_credential_redirect() -> None:
+def test_print_line_is_the_argv_plus_the_credential_and_seccomp_redirects() -> None:
     argv = launch_command(SPEC, as_root=True)
     line = print_line(SPEC, argv)
-    assert shlex.split(line) == [*argv, f"{CREDENTIAL_FD}<", str(SPEC.credential_path)]
+    credential = f"{CREDENTIAL_FD}< {shlex.quote(str(SPEC.credential_path))}"
+    seccomp = f"{SECCOMP_FD}< <({shlex.join(seccomp_command())})"
+    assert line == f"{shlex.join(argv)} {credential} {seccomp}"
 
 
 def test_print_line_quotes_awkward_paths() -> None:
@@ -530,9 +558,12 @@ def test_cli_prints_a_bwrap_command(host: dict[str, Path]) -> None:
         "-la",
     )
     assert code == 0, out
-    argv = shlex.split(out)
+    line, _, seccomp = out.strip().rpartition(" 4< <(")
+    assert seccomp == f"{sys.executable} -m ccc_relay.containers.seccomp)"
+    argv = shlex.split(line)
     assert argv[-2:] == ["3<", str(host["state"] / "credentials" / "alice.cred")]
     assert argv[argv.index("--") + 1 :][-4:-2] == ["ls", "-la"]
+    assert argv[argv.index("--seccomp") + 1] == "4"
     bind = argv.index("--ro-bind", argv.index("--bind"))
     assert argv[bind : bind + 3] == [
         "--ro-bind",

@@ -1,5 +1,9 @@
 """The bubblewrap command line for a sandbox spec, and what stands in for what bubblewrap lacks.
 
+Every writable memory-backed mount inside is size-capped (``/tmp``,
+``/dev/shm``; bubblewrap's own ``/dev`` is made read-only), and the agent's
+command runs under the seccomp program of ``containers.seccomp``.
+
 bubblewrap has no cgroups and, started by root, would show up as uid 0 to the
 relay; ``prlimit`` and ``setpriv`` prefixes make up for both. Everything here
 is pure (a spec in, an argv out), so the output is compared byte for byte
@@ -22,12 +26,17 @@ from ccc_relay.containers.spec import (
 # sandbox as a file owned by the sandbox uid, so the relay's 0700 credentials
 # directory never has to be reachable by that uid.
 CREDENTIAL_FD = 3
+# ... and the compiled seccomp program (containers.seccomp) from this one.
+SECCOMP_FD = 4
 
 
-def bwrap_command(spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD) -> list[str]:
+def bwrap_command(
+    spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD, seccomp_fd: int = SECCOMP_FD
+) -> list[str]:
     """The bubblewrap argv for ``spec``; run it as ``spec.uid`` (see ``sandbox.launch_command``).
 
-    The credential is read from ``credential_fd``, which the caller opens.
+    The credential is read from ``credential_fd`` and the seccomp program
+    from ``seccomp_fd``, which the caller opens.
     """
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
     if spec.new_session:
@@ -52,6 +61,16 @@ def bwrap_command(spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD) -> l
         "--proc",
         "/proc",
         "--dev",
+        "/dev",
+        # bubblewrap's /dev is a tmpfs of the sandbox uid with no size limit:
+        # /dev/shm gets a capped tmpfs of its own, the rest becomes read-only.
+        "--perms",
+        "1777",
+        "--size",
+        str(spec.shm_size),
+        "--tmpfs",
+        "/dev/shm",  # noqa: S108
+        "--remount-ro",
         "/dev",
         "--perms",
         "1777",
@@ -79,6 +98,8 @@ def bwrap_command(spec: SandboxSpec, *, credential_fd: int = CREDENTIAL_FD) -> l
         SANDBOX_WORKSPACE,
         "--cap-drop",
         "ALL",
+        "--seccomp",
+        str(seccomp_fd),
         "--",
         *(spec.command or DEFAULT_COMMAND),
     ]

@@ -118,8 +118,9 @@ def _engine_common(spec: SandboxSpec) -> list[str]:
         argv += ["--memory", str(spec.memory_limit), "--memory-swap", str(spec.memory_limit)]
     if spec.pids_limit is not None:
         argv += ["--pids-limit", str(spec.pids_limit)]
-    # The sandbox's own /tmp, not a host temporary file.
+    # The sandbox's own /tmp, not a host temporary file; /dev/shm capped as well.
     argv += ["--tmpfs", f"/tmp:rw,nosuid,nodev,size={spec.tmp_size},mode=1777"]  # noqa: S108
+    argv += ["--shm-size", str(spec.shm_size)]
     return argv
 
 

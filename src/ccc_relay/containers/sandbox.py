@@ -3,8 +3,9 @@
 ``launch_command`` picks the runtime's builder (``bwrap`` or ``engines``)
 and, for bubblewrap, the prefixes that drop privileges and set limits; it is
 pure, and ``print_line`` shows its result as ``ccc run --print`` does.
-``run_sandbox`` and ``exec_sandbox`` open the credential descriptor that
-bubblewrap reads and pass on only the environment the runtime tools need.
+``run_sandbox`` and ``exec_sandbox`` open the credential and seccomp
+descriptors that bubblewrap reads and pass on only the environment the
+runtime tools need.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from ccc_relay.containers.bwrap import (
     CREDENTIAL_FD,
+    SECCOMP_FD,
     bwrap_command,
     bwrap_limits_prefix,
     setpriv_prefix,
@@ -28,6 +31,7 @@ from ccc_relay.containers.engines import (
     docker_command,
     podman_command,
 )
+from ccc_relay.containers.seccomp import SeccompError, sandbox_filter_fd
 from ccc_relay.containers.spec import ETC_FILES, SandboxSpec, SandboxSpecError
 from ccc_relay.containers.staging import LaunchError, open_credential
 
@@ -38,6 +42,7 @@ def launch_command(
     as_root: bool,
     rootfs_dir: Path | None = None,
     credential_fd: int = CREDENTIAL_FD,
+    seccomp_fd: int = SECCOMP_FD,
     etc_files: Sequence[str] = ETC_FILES,
     ulimits: tuple[int, int] = (PODMAN_NOFILE, PODMAN_NPROC),
 ) -> list[str]:
@@ -50,7 +55,7 @@ def launch_command(
         return [
             *drop,
             *bwrap_limits_prefix(spec),
-            *bwrap_command(spec, credential_fd=credential_fd),
+            *bwrap_command(spec, credential_fd=credential_fd, seccomp_fd=seccomp_fd),
         ]
     if spec.runtime == "podman":
         if rootfs_dir is None:
@@ -62,18 +67,36 @@ def launch_command(
     return docker_command(spec)
 
 
-def shell_line(argv: Sequence[str], *, fd_files: Mapping[int, Path] | None = None) -> str:
-    """``argv`` as one shell-quoted line, with ``N< FILE`` for descriptors it reads."""
+def shell_line(
+    argv: Sequence[str],
+    *,
+    fd_files: Mapping[int, Path] | None = None,
+    fd_commands: Mapping[int, Sequence[str]] | None = None,
+) -> str:
+    """``argv`` as one shell-quoted line, with ``N< FILE`` for descriptors it reads
+    from files and ``N< <(COMMAND)`` (bash) for those it reads from a command's output."""
     line = shlex.join(argv)
     for fd, path in sorted((fd_files or {}).items()):
         line += f" {fd}< {shlex.quote(str(path))}"
+    for fd, command in sorted((fd_commands or {}).items()):
+        line += f" {fd}< <({shlex.join(command)})"
     return line
 
 
+def seccomp_command() -> list[str]:
+    """The command that writes the sandbox's seccomp program to standard output."""
+    return [sys.executable, "-m", "ccc_relay.containers.seccomp"]
+
+
 def print_line(spec: SandboxSpec, argv: Sequence[str]) -> str:
-    """What ``ccc run --print`` shows for ``argv``: runnable as it stands in a shell."""
-    fds = {CREDENTIAL_FD: spec.credential_path} if spec.runtime == "bwrap" else None
-    return shell_line(argv, fd_files=fds)
+    """What ``ccc run --print`` shows for ``argv``: runnable as it stands in bash."""
+    if spec.runtime != "bwrap":
+        return shell_line(argv)
+    return shell_line(
+        argv,
+        fd_files={CREDENTIAL_FD: spec.credential_path},
+        fd_commands={SECCOMP_FD: seccomp_command()},
+    )
 
 
 # --- touching the host ---------------------------------------------------------
@@ -93,13 +116,17 @@ def run_sandbox(
     when the credential cannot be opened, subprocess.TimeoutExpired on timeout.
     """
     as_root = os.geteuid() == 0 if as_root is None else as_root
-    fd = open_credential(spec.credential_path) if spec.runtime == "bwrap" else -1
+    fds: list[int] = []
     try:
+        if spec.runtime == "bwrap":
+            fds.append(open_credential(spec.credential_path))
+            fds.append(_seccomp_fd())
         argv = launch_command(
             spec,
             as_root=as_root,
             rootfs_dir=rootfs_dir,
-            credential_fd=fd if fd >= 0 else CREDENTIAL_FD,
+            credential_fd=fds[0] if fds else CREDENTIAL_FD,
+            seccomp_fd=fds[1] if fds else SECCOMP_FD,
         )
         return subprocess.run(
             argv,
@@ -107,30 +134,43 @@ def run_sandbox(
             capture_output=True,
             timeout=timeout,
             check=False,
-            pass_fds=(fd,) if fd >= 0 else (),
+            pass_fds=tuple(fds),
             env=_launcher_env(),
         )
     finally:
-        if fd >= 0:
+        for fd in fds:
             os.close(fd)
 
 
 def exec_sandbox(spec: SandboxSpec, argv: Sequence[str]) -> NoReturn:
-    """Replace this process with ``argv`` (built with CREDENTIAL_FD), so signals reach it.
+    """Replace this process with ``argv`` (built with CREDENTIAL_FD and SECCOMP_FD),
+    so signals reach it.
 
-    Raises LaunchError when the credential cannot be opened or ``argv[0]`` run.
+    Raises LaunchError when the credential cannot be opened, the seccomp
+    program not made, or ``argv[0]`` not run.
     """
     if spec.runtime == "bwrap":
-        fd = open_credential(spec.credential_path)
-        if fd != CREDENTIAL_FD:
-            os.dup2(fd, CREDENTIAL_FD)  # the copy is inheritable; the original is not
-            os.close(fd)
-        else:
-            os.set_inheritable(fd, True)
+        _install_fd(open_credential(spec.credential_path), CREDENTIAL_FD)
+        _install_fd(_seccomp_fd(), SECCOMP_FD)
     try:
         os.execvpe(argv[0], list(argv), _launcher_env())  # noqa: S606 -- a validated argv
     except OSError as exc:
         raise LaunchError(f"cannot run {argv[0]}: {exc.strerror}") from None
+
+
+def _install_fd(fd: int, target: int) -> None:
+    if fd != target:
+        os.dup2(fd, target)  # the copy is inheritable; the original is not
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, True)
+
+
+def _seccomp_fd() -> int:
+    try:
+        return sandbox_filter_fd()
+    except (SeccompError, OSError) as exc:
+        raise LaunchError(f"cannot make the sandbox's seccomp filter: {exc}") from None
 
 
 def _launcher_env() -> dict[str, str]:

@@ -3,7 +3,8 @@
 The rule this module owns: a sandbox sees its own project read-write at
 ``/workspace``, the relay socket at ``/run/ccc.sock``, its own credential
 read-only at ``/run/ccc/credential``, a read-only ``/usr`` with the few ``/etc``
-files programs need, and a private ``/tmp`` -- nothing else of the host. It runs
+files programs need, and a private ``/tmp`` and ``/dev/shm`` (memory, size-capped) --
+nothing else of the host. It runs
 as a non-root uid with no capabilities, no new privileges, its own pid, ipc,
 uts and network namespaces, and a clean environment.
 
@@ -32,6 +33,7 @@ NETWORKS = ("none", "egress")
 DEFAULT_MEMORY_LIMIT = 4 * 1024**3  # room for an agent plus a compiler, not for a runaway
 DEFAULT_PIDS_LIMIT = 4096  # a parallel build fits; a fork bomb stops here
 DEFAULT_TMP_SIZE = 1024**3  # /tmp is memory-backed; cap it so it cannot eat the host's RAM
+DEFAULT_SHM_SIZE = 64 * 1024**2  # /dev/shm likewise (docker's and podman's default)
 
 # The minimum of /etc that lets programs run: users and groups for `id` and
 # os.userInfo(), name service and loader caches, localhost, time zone, the
@@ -88,6 +90,7 @@ class SandboxSpec:
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT  # bytes
     pids_limit: int | None = DEFAULT_PIDS_LIMIT
     tmp_size: int = DEFAULT_TMP_SIZE
+    shm_size: int = DEFAULT_SHM_SIZE  # /dev/shm
     runtime: str = "bwrap"
     image: str | None = None  # docker only
     env: tuple[tuple[str, str], ...] = ()  # extra variables, e.g. TERM
@@ -134,6 +137,7 @@ class SandboxSpec:
             ("memory limit", self.memory_limit),
             ("pids limit", self.pids_limit),
             ("tmp size", self.tmp_size),
+            ("shm size", self.shm_size),
         ):
             if limit is not None and limit <= 0:
                 raise SandboxSpecError(f"the {label} must be positive, not {limit}")
