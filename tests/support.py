@@ -124,6 +124,8 @@ def start_relay(config: Config, clock: Callable[[], float] = time.time) -> Runni
             task = asyncio.ensure_future(daemon.run(install_signals=False))
             ready = asyncio.ensure_future(daemon.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():  # it stopped before it was ready: report why, not "started"
+                await task
             started.set()
             await task
 
