@@ -240,3 +240,20 @@ def test_an_agents_share_of_the_audit_keeps_only_sizes_past_its_cap(relay_factor
     assert "body" not in lines[second.id] and lines[second.id]["size"] == 600
     assert lines[second.id]["body_omitted"] == "audit_body_bytes_per_minute"
     assert len(lines[second.id]["sha256"]) == 64
+
+
+def test_all_queues_together_have_a_cap_of_their_own(relay_factory: Any) -> None:
+    relay = relay_factory(max_queued_messages_total=3)
+    alice, bob, _carol = (relay.add_agent(n) for n in ("alice", "bob", "carol"))
+    relay.allow("alice", "bob")
+    relay.allow("alice", "carol")
+    with relay.client(alice) as a:
+        a.send("bob", "1")
+        a.send("carol", "2")
+        a.send("bob", "3")
+        with pytest.raises(RelayError) as caught:
+            a.send("carol", "4")
+        assert caught.value.code == "queue_full" and "relay's queues" in caught.value.message
+        with relay.client(bob) as b:
+            assert len(b.inbox()) == 2
+        a.send("carol", "4, again")

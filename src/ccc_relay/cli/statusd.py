@@ -84,8 +84,11 @@ def effective_settings(config: Config) -> dict[str, Any]:
             f"{format_size(limits.max_queued_bytes)} per recipient (half per sender)"
         ),
         "audit_body_bytes_per_minute": (
-            f"{format_size(limits.audit_body_bytes_per_minute)} per agent"
+            f"{format_size(limits.audit_body_bytes_per_minute)} per agent, "
+            f"{format_size(limits.audit_body_bytes_per_minute_total)} in all"
         ),
+        "max_queued_messages_total": limits.max_queued_messages_total,
+        "max_queued_bytes_total": format_size(limits.max_queued_bytes_total),
         "audit.log_path": str(config.audit.log_path),
         "audit.log_all_messages": config.audit.log_all_messages,
         "audit.retention": format_duration(config.audit.retention),

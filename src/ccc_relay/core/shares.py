@@ -7,9 +7,11 @@ makes another wait.
 * **Queues.** Messages and body bytes waiting for one recipient are capped
   (``max_queued_messages``, ``max_queued_bytes``), and one sender may fill at
   most half of each: a flood to an offline agent cannot crowd out the others
-  writing to it. A message counts from admission until its recipient acks it.
-* **Audit.** The body bytes one agent may put into the audit log per minute;
-  past it, its lines keep the size and SHA-256 instead of the body.
+  writing to it; all recipients together have caps of their own. A message
+  counts from admission until its recipient acks it.
+* **Audit.** The body bytes one agent, and all agents together, may put into
+  the audit log per minute; past it, lines keep the size and SHA-256 instead of
+  the body.
 * **Refusals.** The first refusal of each kind per agent (or per peer uid
   before a name is proven) and interval is audited in full; the rest of that
   interval are counted into one ``refusals_counted`` line at its end.
@@ -51,6 +53,8 @@ class Shares:
         self._audit_bytes: dict[str, WindowLimiter] = {}
         self._to: dict[str, list[int]] = {}  # recipient -> [messages, bytes]
         self._pair: dict[tuple[str, str], list[int]] = {}  # (sender, recipient) -> likewise
+        self._total = [0, 0]  # everything waiting: [messages, bytes]
+        self._audit_total = WindowLimiter(limits.audit_body_bytes_per_minute_total, RATE_WINDOW)
         for sender, recipient, count, size in queued:
             self._add(sender, recipient, count, size)
         self._refusals: dict[object, _Refusals] = {}
@@ -81,7 +85,13 @@ class Shares:
         limits = self.limits
         to = self._to.get(recipient, (0, 0))
         pair = self._pair.get((sender, recipient), (0, 0))
-        if to[0] + 1 > limits.max_queued_messages or to[1] + size > limits.max_queued_bytes:
+        total = self._total
+        if (
+            total[0] + 1 > limits.max_queued_messages_total
+            or total[1] + size > limits.max_queued_bytes_total
+        ):
+            whose = "the relay's queues are full"
+        elif to[0] + 1 > limits.max_queued_messages or to[1] + size > limits.max_queued_bytes:
             whose = f"{recipient!r}'s queue is full"
         elif (
             pair[0] + 1 > limits.max_queued_messages // 2
@@ -109,6 +119,8 @@ class Shares:
         return messages, size
 
     def _add(self, sender: str, recipient: str, count: int, size: int) -> None:
+        self._total[0] += count
+        self._total[1] += size
         to = self._to.setdefault(recipient, [0, 0])
         to[0] += count
         to[1] += size
@@ -128,9 +140,11 @@ class Shares:
         if limiter is None:
             limiter = WindowLimiter(self.limits.audit_body_bytes_per_minute, RATE_WINDOW)
             self._audit_bytes[agent] = limiter
-        if limiter.room(now) < size:
+        total = self._audit_total
+        if limiter.room(now) < size or total.room(now) < size:
             return False
         limiter.record_many(now, size)
+        total.record_many(now, size)
         return True
 
     # --- refusals ------------------------------------------------------------------------

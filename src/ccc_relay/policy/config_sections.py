@@ -83,6 +83,13 @@ def parse_limits(security: Mapping[str, Any]) -> Limits:
         ),
         max_queued_messages=read_positive_int(security, "max_queued_messages", p, 10_000),
         max_queued_bytes=read_size(security, "max_queued_bytes", p, 256 * 1024**2),
+        max_queued_messages_total=read_positive_int(
+            security, "max_queued_messages_total", p, 100_000
+        ),
+        max_queued_bytes_total=read_size(security, "max_queued_bytes_total", p, 2 * 1024**3),
+        audit_body_bytes_per_minute_total=read_size(
+            security, "audit_body_bytes_per_minute_total", p, 256 * 1024**2
+        ),
         audit_body_bytes_per_minute=read_size(
             security, "audit_body_bytes_per_minute", p, 32 * 1024**2
         ),

@@ -48,9 +48,12 @@ class Limits:
     frames_per_minute: float | None = None
     max_queued_messages: int = 10_000  # waiting for one recipient (half of it per sender)
     max_queued_bytes: int = 256 * 1024**2  # of bodies waiting for one recipient (likewise)
+    max_queued_messages_total: int = 100_000  # waiting for everyone together
+    max_queued_bytes_total: int = 2 * 1024**3
     # Bodies one agent may put into the audit log per minute; past it, their
     # lines keep only the size and SHA-256.
     audit_body_bytes_per_minute: int = 32 * 1024**2
+    audit_body_bytes_per_minute_total: int = 256 * 1024**2  # all agents together
 
     @property
     def frame_rate(self) -> float:
