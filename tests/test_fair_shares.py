@@ -257,3 +257,17 @@ def test_all_queues_together_have_a_cap_of_their_own(relay_factory: Any) -> None
         with relay.client(bob) as b:
             assert len(b.inbox()) == 2
         a.send("carol", "4, again")
+
+
+def test_a_burst_then_silence_does_not_hold_a_long_line() -> None:
+    """A long send line that arrived fast and then stopped is cut off after
+    LINE_STALL, however fast its average was: its bytes are not held for free."""
+    from ccc_relay.protocol.codec import line_cap_for
+    from ccc_relay.protocol.session import LINE_STALL, AgentSession
+
+    session = AgentSession(line_cap_for(1_000_000))
+    burst = b'{"type":"send","seq":1,"to":"bob","body":"' + b"x" * 900_000
+    assert session.receive_data(burst, 100.0) is None
+    assert session.check_partial(100.0 + LINE_STALL - 0.5) is None
+    refusal = session.check_partial(100.0 + LINE_STALL + 0.5)
+    assert refusal is not None and refusal.code == "too_slow" and refusal.fatal

@@ -66,6 +66,7 @@ from ccc_relay.protocol.frames import (
 from ccc_relay.protocol.session import (
     ALLOWED,
     LINE_GRACE,
+    LINE_STALL,
     MIN_LINE_RATE,
     SEND_TAG,
     SHORT_LINE_CAP,
@@ -151,6 +152,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.shrunk = False  # a later subscribe asked for a smaller window
         self.seen_phase = Phase.HELLO
         self.line_started = self.now  # when the model's unfinished line began to arrive
+        self.last_byte = self.now  # when a byte of it last arrived
 
     @initialize()
     def start(self) -> None:
@@ -180,6 +182,8 @@ class SessionMachine(RuleBasedStateMachine):
         self.lines.extend(line for line in complete if line.strip())
         if complete or fresh:
             self.line_started = self.now  # the unfinished rest began with this read
+        if self.partial:
+            self.last_byte = self.now
         long_non_send = len(self.partial) > SHORT_LINE_CAP and SEND_TAG not in self.partial
         if refusal is not None:
             # Only for an unfinished line past the short cap; the core closes the
@@ -187,7 +191,10 @@ class SessionMachine(RuleBasedStateMachine):
             assert refusal.fatal and refusal.code in (ErrorCode.TOO_LARGE, ErrorCode.TOO_SLOW)
             assert len(self.partial) > SHORT_LINE_CAP
             if refusal.code is ErrorCode.TOO_LARGE:
-                assert long_non_send, "a long line carrying a send tag refused too_large"
+                # Past the short cap without a send tag, or past the line cap at all.
+                assert long_non_send or len(self.partial) > CAP, (
+                    "a long line carrying a send tag refused too_large under the line cap"
+                )
             else:
                 self.check_too_slow()
             self.close()
@@ -198,7 +205,10 @@ class SessionMachine(RuleBasedStateMachine):
 
     def check_too_slow(self) -> None:
         """``too_slow`` only for a long line that has been arriving, since its own
-        first byte, for longer than the grace and slower than the rate."""
+        first byte, for longer than the grace and slower than the rate, or that
+        has had no byte for longer than LINE_STALL."""
+        if self.now - self.last_byte > LINE_STALL:
+            return
         took = self.now - self.line_started
         assert took > LINE_GRACE, f"too_slow after {took}s"
         assert len(self.partial) < took * MIN_LINE_RATE

@@ -323,3 +323,18 @@ def test_a_failed_read_is_answered_and_audited_while_the_store_goes_on(
     wait_for(lambda: bool(audited()))
     [line] = audited()
     assert line["agent"] == "bob" and line["work"] == "FetchRead"
+
+
+def test_the_relays_own_tasks_outlive_a_failed_store(relay: RunningRelay) -> None:
+    """The scheduler and the audit upkeep read and write through the committer too:
+    a failed store must not end the task group that runs the relay."""
+    alice, _bob = pair(relay)
+    break_commits(relay)
+    with client(alice) as a, pytest.raises(RelayError):
+        a.send("bob", "fails the store")
+    shell = relay.daemon.relay
+    assert shell is not None
+    relay.call(shell._schedule_changed.set)  # the scheduler reads now, and fails
+    time.sleep(0.3)
+    assert relay.thread.is_alive()
+    assert relay.admin.request("status")["accepting"] is False

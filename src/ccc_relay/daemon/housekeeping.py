@@ -92,13 +92,13 @@ async def audit_upkeep(
     ticks = 0
     while True:
         now = clock()
-        if ticks % RETENTION_EVERY_CHECKPOINTS == 0:
-            committer.submit(Job(op=ApplyRetention(audit, now, retention)), want_result=False)
-        sealed = committer.submit(Job(op=WriteCheckpoint(audit, now, key)))
         try:
+            if ticks % RETENTION_EVERY_CHECKPOINTS == 0:
+                committer.submit(Job(op=ApplyRetention(audit, now, retention)), want_result=False)
+            sealed = committer.submit(Job(op=WriteCheckpoint(audit, now, key)))
             if sealed is not None and await sealed:
                 await committer.perform(SettleSeal(audit))
-        except Exception as exc:  # the committer has logged and reported a failing store
+        except Exception as exc:  # a failing store: the committer logged it and probes it
             log.error("audit: the checkpoint and seal were not written: %s", exc)
         ticks += 1
         await asyncio.sleep(CHECKPOINT_INTERVAL)

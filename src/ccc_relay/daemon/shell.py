@@ -44,6 +44,7 @@ from ccc_relay.store.ops import DeleteExpiredSessions, Nothing, ReadSchedule
 log = logging.getLogger("ccc_relay.daemon")
 
 SCHEDULER_IDLE = 60.0  # seconds the scheduler sleeps when nothing is scheduled
+SCHEDULER_RETRY = 5.0  # seconds before the scheduler reads again after a store failure
 TICK_INTERVAL = 1.0  # how often the core is told the time when nothing else happens
 
 
@@ -243,7 +244,12 @@ class RelayShell:
         last = self.clock()
         while True:
             now = self.clock()
-            due, upcoming = await self.committer.read(ReadSchedule(now, last))
+            try:
+                due, upcoming = await self.committer.read(ReadSchedule(now, last))
+            except StoreFailure:
+                # The committer logged it and probes the store; look again later.
+                await asyncio.sleep(SCHEDULER_RETRY)
+                continue
             last = now
             if due:
                 self._guarded(None, lambda: self.core.schedule_due(due, self.clock()))  # noqa: B023

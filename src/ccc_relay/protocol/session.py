@@ -49,6 +49,8 @@ SEND_TAG = b'"send"'
 # a megabyte body takes a second at worst, and nobody holds memory by trickling.
 MIN_LINE_RATE = 64 * 1024  # bytes per second
 LINE_GRACE = 2.0  # seconds
+# ... and may not stall: a burst, then silence, would hold its bytes for free.
+LINE_STALL = 5.0  # seconds without a byte of a long unfinished line
 LONG_NON_SEND = Refusal(
     ErrorCode.TOO_LARGE,
     f"a frame other than send is at most {SHORT_LINE_CAP // 1024} KiB; the connection is closed",
@@ -104,6 +106,7 @@ class AgentSession:
         "_buffer",
         "_lines",
         "_partial_is_send",
+        "_partial_last",
         "_partial_since",
         "_tail",
         "agent",
@@ -120,6 +123,7 @@ class AgentSession:
         self._buffer = LineBuffer(line_cap)
         self._lines: deque[bytes] = deque()
         self._partial_since = 0.0  # when the unfinished line began to arrive
+        self._partial_last = 0.0  # when a byte of it last arrived
         self._partial_is_send = False  # it carries a "send" tag: it may grow to the cap
         self._tail = b""  # the last bytes seen of it, for a tag split across reads
         self.agent: str | None = None
@@ -151,6 +155,7 @@ class AgentSession:
         if not self._buffer.pending:
             self._tail = b""
             return None
+        self._partial_last = now
         if not self._partial_is_send:
             seen = self._tail + data[-self._buffer.pending :]
             self._partial_is_send = SEND_TAG in seen
@@ -165,6 +170,13 @@ class AgentSession:
         pending = self._buffer.pending
         if pending <= SHORT_LINE_CAP or self.phase is Phase.CLOSED:
             return None
+        if now - self._partial_last > LINE_STALL:
+            return Refusal(
+                ErrorCode.TOO_SLOW,
+                f"a line of {pending} bytes stopped arriving {now - self._partial_last:.0f}s ago; "
+                "the connection is closed",
+                fatal=True,
+            )
         took = now - self._partial_since
         if took > LINE_GRACE and pending < took * MIN_LINE_RATE:
             return Refusal(
