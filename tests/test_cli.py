@@ -221,3 +221,33 @@ def test_send_falls_back_to_direct_only_when_configured_and_says_so(state_dir: P
         listener.wait(10)
         if listener.stderr:
             listener.stderr.close()
+
+
+def test_explicit_beats_implicit_and_times_are_human(
+    daemon: dict[str, str], state_dir: Path
+) -> None:
+    """--as wins over CCC_CREDENTIAL (the audit names who acted); --as with
+    --credential is refused; --reply-to and --at speak the user's words."""
+    env = daemon
+    ok("ccc", "agent", "add", "alice", env=env)
+    ok("ccc", "agent", "add", "bob", env=env)
+    ok("ccc", "allow", "alice", "bob", "--both", env=env)
+    alice_env = {**env, "CCC_CREDENTIAL": str(state_dir / "credentials" / "alice.cred")}
+    assert ok("ccc", "--as", "bob", "whoami", env=alice_env).startswith("bob ")
+    both = run_cli(
+        "ccc", "--as", "bob", "--credential", alice_env["CCC_CREDENTIAL"], "whoami", env=env
+    )
+    assert both.returncode == 2 and "not both" in both.stderr
+    bad = run_cli("ccc", "--as", "alice", "send", "bob", "hi", "--reply-to", "nonsense", env=env)
+    assert bad.returncode == 2 and "is not a message id" in bad.stderr
+    assert "$." not in bad.stderr and "pattern" not in bad.stderr
+    later = ok("ccc", "--as", "alice", "send", "bob", "later", "--at", "10m", env=env)
+    assert later.startswith("accepted ")
+    from datetime import UTC, datetime, timedelta
+
+    in_two_days = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%MZ")
+    iso = ok("ccc", "--as", "alice", "send", "bob", "later", "--at", in_two_days, env=env)
+    assert iso.startswith("accepted ")
+    nonsense = run_cli("ccc", "--as", "alice", "send", "bob", "x", "--at", "soonish", env=env)
+    assert nonsense.returncode == 2 and "ISO 8601" in nonsense.stderr
+    assert "no messages" in run_cli("ccc", "--as", "bob", "inbox", env=env).stderr  # not due yet

@@ -8,6 +8,7 @@ deny, policy, status.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import click
 from ccc_relay import __version__
 from ccc_relay.cli.common import config_option, emit_json, handle_errors, load_host_config
 from ccc_relay.cli.terminal import shown
+from ccc_relay.cli.when import Delay, DeliverAt
 from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.reconnect import Backoff
@@ -65,6 +67,18 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+_MESSAGE_ID = re.compile(r"m_[A-Za-z0-9_-]{8,64}")
+
+
+def _message_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not _MESSAGE_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{shown(value, one_line=True)!r} is not a message id; ids look like "
+            "m_Ab3dEf9h1 (ccc inbox prints them)",
+            ctx,
+            param,
+        )
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,6 +123,13 @@ def main(
       ccc allow alice bob --both
       ccc status
     """
+    if as_agent is not None and credential is not None:
+        # Explicit beats implicit: --as wins over CCC_CREDENTIAL, and both flags
+        # at once are a contradiction, not a choice to make silently.
+        if ctx.get_parameter_source("credential") is click.core.ParameterSource.ENVIRONMENT:
+            credential = None
+        else:
+            raise click.UsageError("use --as NAME or --credential FILE, not both")
     ctx.obj = Context(config_path, socket_path, credential, as_agent)
 
 
@@ -119,9 +140,15 @@ def main(
 @click.argument("to")
 @click.argument("text", required=False)
 @click.option("--thread", help="Thread id to group a conversation.")
-@click.option("--reply-to", help="Id of the message this answers.")
-@click.option("--at", "deliver_at", type=float, help="Deliver at this Unix time.")
-@click.option("--in", "delay", type=float, help="Deliver after this many seconds.")
+@click.option("--reply-to", callback=_message_id, help="Id of the message this answers (m_...).")
+@click.option(
+    "--at",
+    "deliver_at",
+    type=DeliverAt(),
+    help="Deliver later: in 10m / 2h / 1d, at an ISO 8601 time (2026-12-24T09:00, Z for "
+    "UTC), or at a Unix time.",
+)
+@click.option("--in", "delay", type=Delay(), help="Deliver after this delay (90s, 10m, 2h).")
 @click.option("--json", "as_json", is_flag=True, help="Print the relay's answer as JSON.")
 @click.option(
     "--direct",
