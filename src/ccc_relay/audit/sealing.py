@@ -26,7 +26,6 @@ as well as check them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -35,6 +34,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ccc_relay.audit.records import write_new_private_file
 
 SEAL = "seal"
 SEAL_KEY_CREATED = "seal_key_created"
@@ -195,23 +196,6 @@ def read_seed(state_dir: Path) -> SealKey | None:
         raise SealKeyError(f"{path} is damaged: not an exported seal key") from None
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (0600, never through a symlink) holding ``data``, fsynced."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -280,9 +264,11 @@ class Sealer:
             if current is None:
                 seed = os.urandom(32)
                 current = SealKey(key_id_of(seed), 0, seed)
-                _write_new(state_dir / SEED_FILE, (current.export() + "\n").encode("ascii"))
+                write_new_private_file(
+                    state_dir / SEED_FILE, (current.export() + "\n").encode("ascii")
+                )
                 created = True
-            _write_new(path, _state_record(current.key_id, current.epoch, current.key))
+            write_new_private_file(path, _state_record(current.key_id, current.epoch, current.key))
             _fsync_dir(state_dir)
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         return cls(path, fd, current, created=created)

@@ -26,6 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ccc_relay.audit.records import write_new_private_file
+
 KEY_FILE = "audit-signing.key"
 CHECKPOINT = "checkpoint"
 MESSAGE_TAG = b"ccc-audit-checkpoint/1\n"  # versioned so a signature cannot mean anything else
@@ -97,22 +99,10 @@ def load_or_create_signing_key(state_dir: Path) -> Ed25519PrivateKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )  # fmt: skip
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o600)
+        write_new_private_file(path, pem)
     except FileExistsError:  # another process made it a moment ago
         return load_signing_key(state_dir)
-    try:
-        view = memoryview(pem)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)
     return key
 
 
