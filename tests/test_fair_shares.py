@@ -271,3 +271,15 @@ def test_a_burst_then_silence_does_not_hold_a_long_line() -> None:
     assert session.check_partial(100.0 + LINE_STALL - 0.5) is None
     refusal = session.check_partial(100.0 + LINE_STALL + 0.5)
     assert refusal is not None and refusal.code == "too_slow" and refusal.fatal
+
+
+def test_the_queue_cap_counts_bytes_not_characters(relay_factory: Any) -> None:
+    """Four-byte characters fill a queue four times as fast as their count suggests."""
+    relay = relay_factory(max_queued_bytes=2_000)
+    alice, _bob = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    with relay.client(alice) as a:
+        a.send("bob", "\U0001f600" * 240)  # 960 bytes: within alice's half (1,000)
+        with pytest.raises(RelayError) as caught:
+            a.send("bob", "\U0001f600" * 20)  # 80 more bytes, only 20 characters
+        assert caught.value.code == "queue_full"

@@ -44,6 +44,7 @@ class SendOutcome:
     message: StoredMessage
     held: bool
     changes: list[str]
+    size: int  # the stored body's bytes, as the queue caps count them
 
 
 @dataclass(slots=True)

@@ -540,8 +540,6 @@ class RelayCore:
         """Sanitise and batch admitted sends in order; a body too big to clean on
         the loop goes to the shell, and what follows it waits on the link."""
         options = self.limits.sanitize
-        agent = link.agent
-        assert agent is not None
         for index, (frame, action) in enumerate(decided):
             if link.held:
                 link.admitted.extend(decided[index:])
@@ -549,11 +547,6 @@ class RelayCore:
             if isinstance(action, Refusal):
                 self._refuse(link, action, now, out, seq=frame.seq, audit=batch.audit)
                 continue
-            if action != HOLD:
-                full = self.shares.queue_refusal(agent, frame.to, len(frame.body))
-                if full is not None:
-                    self._refuse(link, full, now, out, seq=frame.seq, audit=batch.audit)
-                    continue
             if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
                 self._flush(link, batch, now, out)
                 link.held = True
@@ -592,6 +585,13 @@ class RelayCore:
         agent = link.agent
         assert agent is not None
         body = frame.body if cleaned is None else cleaned.text
+        hold = action == HOLD
+        size = len(body.encode())  # as stored: what the queue caps and its accounting count
+        if not hold:
+            full = self.shares.queue_refusal(agent, frame.to, size)
+            if full is not None:
+                self._refuse(link, full, now, out, seq=frame.seq, audit=batch.audit)
+                return
         extra: dict[str, Any] = {}
         changes: list[str] = []
         if cleaned is not None and cleaned.changes:
@@ -615,9 +615,8 @@ class RelayCore:
             reply_to=frame.reply_to,
             deliver_at=frame.deliver_at,
         )
-        hold = action == HOLD
         if not hold:
-            self.shares.queued(agent, frame.to, len(body.encode()))
+            self.shares.queued(agent, frame.to, size)
         batch.audit.append(
             self.message_record(
                 message,
@@ -629,7 +628,7 @@ class RelayCore:
             )
         )
         (batch.held if hold else batch.messages).append(message)
-        batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes))
+        batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes, size))
         batch.recipients[frame.to] = batch.recipients.get(frame.to, 0) + 1
 
     def _alert_accepted(self, link: Link, batch: _Batch, now: float, out: list[Effect]) -> None:
@@ -759,7 +758,7 @@ class RelayCore:
             return out
         if isinstance(then, SendsDurable):  # never stored: they do not wait after all
             self.shares.unqueued(
-                (o.message.sender, o.message.recipient, len(o.message.body.encode()))
+                (o.message.sender, o.message.recipient, o.size)
                 for o in then.outcomes
                 if not o.held
             )
