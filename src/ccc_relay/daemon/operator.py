@@ -295,11 +295,10 @@ class Operator:
         return {"id": message_id, "to": target.recipient, "notified": target.sender}
 
     async def _held(self, message_id: str) -> StoredMessage:
-        held = await self.shell.committer.read(store_ops.ReadHeld())
-        for message in held:
-            if message.id == message_id:
-                return message
-        raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
+        held = await self.shell.committer.read(store_ops.ReadHeldMessage(message_id))
+        if held is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
+        return held
 
     async def _commit(
         self,

@@ -32,17 +32,21 @@ class HeldMessages:
         )
         return [message_from_row(row) for row in rows]
 
-    def take_held(self, message_id: str) -> StoredMessage | None:
-        """Remove a held message and return it (None when there is no such id)."""
+    def held_message(self, message_id: str) -> StoredMessage | None:
+        """The held message ``message_id``, or None."""
         row = self._db.execute(
             "SELECT 0, id, sender, recipient, body, thread, reply_to, sent_at, deliver_at"
             " FROM held WHERE id = ?",
             (message_id,),
         ).fetchone()
-        if row is None:
-            return None
-        self._db.execute("DELETE FROM held WHERE id = ?", (message_id,))
-        return message_from_row(row)
+        return None if row is None else message_from_row(row)
+
+    def take_held(self, message_id: str) -> StoredMessage | None:
+        """Remove a held message and return it (None when there is no such id)."""
+        held = self.held_message(message_id)
+        if held is not None:
+            self._db.execute("DELETE FROM held WHERE id = ?", (message_id,))
+        return held
 
     def held_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM held").fetchone()[0])

@@ -61,7 +61,7 @@ class HoldMessages(StoreOp[None]):
 @dataclass(frozen=True, slots=True)
 class ApproveHeld(StoreOp[StoredMessage | None]):
     """Take a held message and queue it, in one transaction: it is never in
-    neither table. ``fresh`` gives it a new delivery number (the id stays)."""
+    neither table. ``delivery`` is its new delivery number (the id stays)."""
 
     message_id: str
     delivery: int
@@ -249,6 +249,14 @@ class ReadStatus(StoreOp[tuple[dict[str, int], int]]):
 
     def apply(self, store: Store) -> tuple[dict[str, int], int]:
         return store.queue_depths(), store.held_count()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadHeldMessage(StoreOp[StoredMessage | None]):
+    message_id: str
+
+    def apply(self, store: Store) -> StoredMessage | None:
+        return store.held_message(self.message_id)
 
 
 @dataclass(frozen=True, slots=True)
