@@ -309,3 +309,11 @@ def test_a_missing_peer_is_a_row_that_says_how_to_install_it(
         row = run.measure(SYSTEMS[system], CASES["tput-1k"], TINY, tmp_path)
         assert row.status == f"not installed (apt-get install {package})"
         assert row.status in report.table([row], {"tput-1k": "flood"})
+
+
+def test_the_parts_benchmark_measures_each_part(tmp_path: Path) -> None:
+    from benchmarks import parts
+
+    figures = {**parts.core_parts(tmp_path / "core", 1), **parts.store_parts(tmp_path, 1)}
+    assert len(figures) == 4
+    assert all(0 < micros < 10_000 for micros in figures.values()), figures
