@@ -165,9 +165,6 @@ class Admission:
                 excess -= 1
         return forgotten
 
-    def sessions_held(self, agent: str) -> int:
-        return len(self._sessions_of.get(agent, ()))
-
     def load_sessions(self, records: Iterable[SessionRecord], now: float) -> None:
         for r in records:
             if r.expires > now and r.agent in self.agents:

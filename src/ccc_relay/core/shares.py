@@ -114,10 +114,6 @@ class Shares:
         for sender, recipient, size in rows:
             self._add(sender, recipient, -1, -size)
 
-    def waiting_for(self, recipient: str) -> tuple[int, int]:
-        messages, size = self._to.get(recipient, (0, 0))
-        return messages, size
-
     def _add(self, sender: str, recipient: str, count: int, size: int) -> None:
         self._total[0] += count
         self._total[1] += size
