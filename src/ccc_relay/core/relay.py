@@ -758,9 +758,7 @@ class RelayCore:
             return out
         if isinstance(then, SendsDurable):  # never stored: they do not wait after all
             self.shares.unqueued(
-                (o.message.sender, o.message.recipient, o.size)
-                for o in then.outcomes
-                if not o.held
+                (o.message.sender, o.message.recipient, o.size) for o in then.outcomes if not o.held
             )
         link = self.routing.links.get(then.conn)
         if link is not None:
