@@ -148,16 +148,30 @@ class Operator:
         record = AgentRecord(
             request.name, request.cred_hash, self.shell.clock(), request.uid, request.gid
         )
-        await self._write(
-            store_ops.AddAgent(record),
-            "agent_added",
-            agent=request.name,
-            uid=request.uid,
-            gid=request.gid,
-        )
-        self.core.agents[request.name] = record
+        # The agent's own socket first: an agent is registered whole or not at all,
+        # and a socket is easier to take back than a committed row.
         if self.agent_added is not None:
-            await self.agent_added(request.name)
+            try:
+                await self.agent_added(request.name)
+            except (OSError, RuntimeError) as exc:
+                raise ProtocolError(
+                    ErrorCode.UNAVAILABLE,
+                    f"agent {request.name!r} was not added: its socket could not be made "
+                    f"({exc}); fix that, then add it again",
+                ) from None
+        try:
+            await self._write(
+                store_ops.AddAgent(record),
+                "agent_added",
+                agent=request.name,
+                uid=request.uid,
+                gid=request.gid,
+            )
+        except BaseException:
+            if self.agent_removed is not None:
+                self.agent_removed(request.name)
+            raise
+        self.core.agents[request.name] = record
         return {"name": request.name}
 
     async def rotate_agent(self, request: ops.AgentRotate) -> dict[str, Any]:

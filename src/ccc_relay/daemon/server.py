@@ -57,6 +57,7 @@ from ccc_relay.daemon.sockets import (
     bind_unix_socket,
     check_private_tree,
     ensure_private_dir,
+    group_id,
     inherited_socket,
     private_roots,
     remove_socket,
@@ -95,6 +96,10 @@ class Daemon:
     async def run(self, *, install_signals: bool = True) -> None:
         config = self.config
         owner = self._service_account()
+        # Names are resolved now: once Landlock applies, /etc/group is out of reach,
+        # and sockets of agents added later still need the group.
+        socket_gid = group_id(config.socket_group) if config.socket_group else None
+        self._agent_sockets = AgentSockets(config, gid=socket_gid)
         ensure_private_dir(config.state_dir, owner=owner)
         ensure_private_dir(config.audit.log_path, owner=owner)
         if config.per_agent_sockets:
@@ -106,7 +111,7 @@ class Daemon:
             check_private_tree(root, os.geteuid() if owner is None else owner[0])
         inherited = inherited_socket(config.socket_path)
         agent_sock = inherited or bind_unix_socket(
-            config.socket_path, mode=config.socket_mode, group=config.socket_group
+            config.socket_path, mode=config.socket_mode, gid=socket_gid
         )
         try:
             admin_sock = bind_unix_socket(config.admin_socket_path, mode=0o600)

@@ -209,12 +209,16 @@ def group_id(name: str) -> int:
         ) from None
 
 
-def bind_unix_socket(path: Path, *, mode: int, group: str | None = None) -> socket.socket:
-    """A listening AF_UNIX stream socket at ``path`` with ``mode`` and ``group``.
+def bind_unix_socket(
+    path: Path, *, mode: int, group: str | None = None, gid: int | None = None
+) -> socket.socket:
+    """A listening AF_UNIX stream socket at ``path`` with ``mode`` and ``group`` (or ``gid``).
 
+    A confined relay passes ``gid``, looked up before Landlock hid /etc/group.
     Raises SocketPathError for anything unsafe at the path, OSError otherwise.
     """
-    gid = group_id(group) if group is not None else None
+    if gid is None and group is not None:
+        gid = group_id(group)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
