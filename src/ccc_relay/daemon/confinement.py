@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ log = logging.getLogger("ccc_relay.daemon")
 # is added to the Landlock rules only when it is a directory of the relay's own.
 _SHARED_RUNTIME_DIRS = frozenset({Path("/run"), Path("/var/run"), Path("/tmp"), Path("/")})  # noqa: S108
 CONFINEMENT_PROBE = Path("/etc/hostname")  # must be unreadable once confined
+# Directories too wide to open for reading because a config file sits there.
+_SHARED_CONFIG_DIRS = frozenset(
+    Path(p)
+    for p in ("/", "/etc", "/tmp", "/var/tmp", "/run", "/var/run", "/var", "/home", "/root")  # noqa: S108
+) | frozenset({Path("/dev/shm"), Path("/srv"), Path("/opt"), Path("/var/lib")})  # noqa: S108
+_HOME_ROOTS = frozenset({Path("/home")})  # /home/NAME is someone's home
 
 
 def confine(config: Config) -> tuple[LandlockStatus, dict[str, Any]]:
@@ -28,15 +35,51 @@ def confine(config: Config) -> tuple[LandlockStatus, dict[str, Any]]:
     admin_dir = config.admin_socket_path.parent
     if admin_dir not in _SHARED_RUNTIME_DIRS and admin_dir not in writable:
         writable.append(admin_dir)
-    # The config file stays readable so that a reload (SIGHUP) still works.
-    readable = [config.source] if config.source is not None else []
-    status = restrict_to(writable, readable)
+    # The config stays readable so that a reload (SIGHUP) still works.
+    readable, config_dir = config_read_rules(config.source)
+    status = restrict_to(writable, readable, files_ro=config_dir)
     sandbox = {
         "landlock": status.message,
         "abi": status.abi,
         "writable": [str(p) for p in writable],
     }
+    if config.source is not None and not config_dir:
+        log.warning(
+            "%s lies in %s, which is shared, so only the file itself stays readable: a reload "
+            "after an editor saves it by rename (sed -i, vim) will be refused; keep the config "
+            "in a directory of its own, e.g. /etc/ccc-statusd/",
+            config.source,
+            config.source.parent,
+        )
     return status, sandbox
+
+
+def config_read_rules(source: Path | None) -> tuple[list[Path], list[Path]]:
+    """(files, directories) a confined relay keeps reading for reloads. Raises nothing.
+
+    Editors and ``sed -i`` save by writing a new file and renaming it over the
+    old one, so a rule on the file alone would end with the first such save.
+    The config's directory is allowed instead -- its files read, never listed --
+    unless it is shared with things the relay must not read (``/etc``, ``/tmp``,
+    a home directory): then only the file, and a warning says so.
+    """
+    if source is None:
+        return [], []
+    directory = source.resolve().parent  # a link's target is what gets replaced
+    if _shared_dir(directory):
+        return [source], []
+    return [], [directory]
+
+
+def _shared_dir(directory: Path) -> bool:
+    if directory in _SHARED_CONFIG_DIRS or directory.parent in _HOME_ROOTS:
+        return True
+    if CONFINEMENT_PROBE.is_relative_to(directory):
+        return True
+    with contextlib.suppress(RuntimeError, KeyError):
+        if directory == Path.home():
+            return True
+    return False
 
 
 def check_confinement(status: LandlockStatus, sandbox: dict[str, Any]) -> None:

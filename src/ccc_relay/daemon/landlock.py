@@ -166,9 +166,13 @@ def restrict_to(
     paths_rw: Sequence[Path],
     paths_ro: Sequence[Path] = (),
     *,
+    files_ro: Sequence[Path] = (),
     syscalls: LandlockSyscalls | None = None,
 ) -> LandlockStatus:
     """Confine this process for good to ``paths_rw`` (read-write) and ``paths_ro`` (read-only).
+
+    Beneath a directory in ``files_ro`` files may be read but nothing listed
+    (the config's directory: an editor that saves by rename makes a new file).
 
     ``runtime_read_paths()`` are always added read-only, so lazy imports keep
     working. Call it after privileges are dropped and every file the daemon
@@ -182,14 +186,17 @@ def restrict_to(
     is missing, when other threads run and the ABI cannot confine them, or when
     the kernel refuses a rule or the restriction.
     """
-    return _restrict(paths_rw, paths_ro, syscalls or LandlockSyscalls())
+    return _restrict(paths_rw, paths_ro, files_ro, syscalls or LandlockSyscalls())
 
 
 # --- internals ----------------------------------------------------------------
 
 
 def _restrict(
-    paths_rw: Sequence[Path], paths_ro: Sequence[Path], syscalls: LandlockSyscalls
+    paths_rw: Sequence[Path],
+    paths_ro: Sequence[Path],
+    files_ro: Sequence[Path],
+    syscalls: LandlockSyscalls,
 ) -> LandlockStatus:
     try:
         abi = syscalls.abi_version()
@@ -208,6 +215,7 @@ def _restrict(
     fs, net, scope = handled_rights(abi)
     rules = [(Path(p), READ_WRITE & fs, True) for p in paths_rw]
     rules += [(Path(p), READ_ONLY & fs, False) for p in (*paths_ro, *runtime_read_paths())]
+    rules += [(Path(p), FS_READ_FILE & fs, False) for p in files_ro]
     try:
         ruleset_fd = syscalls.create_ruleset(ruleset_attr(abi))
     except OSError as exc:

@@ -314,6 +314,20 @@ class Daemon:
                 ErrorCode.INVALID, "the relay runs on embedded defaults: there is no file to reload"
             )
         try:
+            source.open("rb").close()
+        except PermissionError:
+            reason = (
+                f"the relay may no longer read {source}: it was replaced (an editor or sed -i "
+                "saves by rename) in a directory the relay's confinement does not cover; keep "
+                "the config in a directory of its own (e.g. /etc/ccc-statusd/) and restart "
+                "the relay"
+            )
+            relay.audit("config_reload_failed", config=str(source), reason=reason)
+            log.error("config reload failed, keeping the running config: %s", reason)
+            raise ProtocolError(ErrorCode.INVALID, f"reload refused: {reason}") from None
+        except OSError:
+            pass  # load_config names what is wrong with it
+        try:
             new = load_config(source)
         except ConfigError as exc:
             relay.audit("config_reload_failed", config=str(source), reason=str(exc))
