@@ -1,7 +1,8 @@
-"""Pre-optimisation implementation of ``ccc_relay.policy.sanitize``, kept verbatim.
+"""Pre-optimisation implementation of ``ccc_relay.policy.sanitize``.
 
-It is frozen: tests/test_sanitize_equivalence.py proves the fast one equivalent to it.
-Its original docstring follows.
+It is frozen but for changes of a rule itself, made here and in the fast one
+together: tests/test_sanitize_equivalence.py proves the fast one equivalent to
+it. Its original docstring follows.
 
 Message sanitisation: the one rule for what a stored message body may contain.
 
@@ -18,8 +19,9 @@ Every body passes through :func:`sanitize` before it is stored, so no reader
 * secrets (``redact_secrets``): private keys, API tokens, JWTs, this project's
   own ``ccc1.`` credentials and high-entropy ``key=``/``token:``/``password=``
   values become ``[redacted:KIND]``;
-* filesystem paths (``paths``): absolute, ``~/`` and ``../`` paths are escaped
-  to an inert, labelled form (or redacted), as the specification asks.
+* filesystem paths (``paths``): absolute paths under a well-known file-system
+  root or with a ``..`` segment, ``file:`` URLs, ``~/`` and ``../`` paths are
+  escaped to an inert, labelled form (or redacted), as the specification asks.
 
 Three kinds of invisible character stay, because removing them would break
 ordinary text: U+200D (ZWJ) inside an emoji sequence, U+200C/U+200D between two
@@ -376,16 +378,18 @@ _ABSOLUTE = re.compile(
     rf"|(?<![^{_BOUNDARY}]/){_SEG}"
     rf")(?:/{_SEG})*/?"
 )
-_HOME = re.compile(rf"~(?<![^{_BOUNDARY}]~)[\w.-]*/{_SEG}(?:/{_SEG})*/?")
+_HOME = re.compile(rf"~(?<![^{_BOUNDARY}]~)(?:[^\W\d][\w.-]*)?/{_SEG}(?:/{_SEG})*/?")
 _TRAVERSAL = re.compile(
     rf"(?<![^{_BOUNDARY}])(?:(?:{_SEG}/)*\.\./(?:{_SEG}(?:/{_SEG})*/?)?"
     rf"|(?:{_SEG}/)+\.\.(?![{_SEG_CHARS}]))"
 )
 _CHAIN = re.compile(f"[/{_SEG_CHARS}]*")
-# One-segment absolute paths are usually slash commands ("/compact"), except these.
+# An absolute path names the host's file system if it starts at one of these
+# (or has a ".." segment); "/v2/orders" and "/compact" are routes and commands.
 _ROOT_DIRS = frozenset(
-    "app bin boot data dev etc home lib lib64 media mnt opt private proc root run sbin snap "
-    "srv sys tmp usr var work workspace Users Volumes".split()
+    "bin boot dev etc home lib lib32 lib64 libx32 media mnt opt proc root run sbin snap srv "
+    "sys tmp usr var app data work workspace workspaces nix "
+    "Applications Library System Users Volumes private".split()
 )
 
 
@@ -397,8 +401,8 @@ def _path_replacer(mode: PathMode, counted: list[int]) -> Callable[[re.Match[str
             path += ".."  # "a/.." ends in a ".." segment, not in two full stops
         tail = matched[len(path) :]
         if m.re is _ABSOLUTE and not path.startswith("//"):
-            segments = path.strip("/").split("/")
-            if len(segments) == 1 and not path.endswith("/") and segments[0] not in _ROOT_DIRS:
+            segments = [s for s in path.split("/") if s not in ("", ".")]
+            if not segments or (segments[0] not in _ROOT_DIRS and ".." not in segments):
                 return matched
         counted[0] += 1
         if mode == "redact":

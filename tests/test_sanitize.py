@@ -392,9 +392,16 @@ def test_describe_never_quotes_content() -> None:
         ("in /tmp now", "in [path:%2Ftmp] now"),
         ("`/opt/app/run.sh`", "`[path:%2Fopt%2Fapp%2Frun.sh]`"),
         ("/srv/data/", "[path:%2Fsrv%2Fdata%2F]"),
-        ("see /a/b...", "see [path:%2Fa%2Fb]..."),
-        ("/a/100%", "[path:%2Fa%2F100%25]"),
+        ("see /var/b...", "see [path:%2Fvar%2Fb]..."),
+        ("/tmp/100%", "[path:%2Ftmp%2F100%25]"),
         ("https://x.example/?next=/etc/passwd", "https://x.example/?next=[path:%2Fetc%2Fpasswd]"),
+        # A ".." segment makes any absolute path a traversal, whatever its root.
+        ("GET /v2/../../etc/shadow", "GET [path:%2Fv2%2F..%2F..%2Fetc%2Fshadow]"),
+        ("/./etc/shadow", "[path:%2F.%2Fetc%2Fshadow]"),
+        ("file:///srv2/x", "file:[path:%2F%2F%2Fsrv2%2Fx]"),
+        ("/Users/alice/.ssh", "[path:%2FUsers%2Falice%2F.ssh]"),
+        ("HOME is /workspace", "HOME is [path:%2Fworkspace]"),
+        ("~_build/out", "[path:~_build%2Fout]"),
     ],
 )
 def test_paths_are_escaped_to_an_inert_labelled_form(text: str, expected: str) -> None:
@@ -421,6 +428,14 @@ def test_paths_are_escaped_to_an_inert_labelled_form(text: str, expected: str) -
         "s/foo/bar/g",
         "wait... what? 1..10",
         "x/y/z",
+        # API routes: their first segment is no file-system root.
+        "the API changed: /v2/orders now needs a cursor",
+        "GET /api/users/{id} and POST /v1/messages",
+        "/users/42 and /orders/7/items",
+        "see /docs/guide/ or /healthz",
+        "a/b testing on 2026/12/07",
+        "~2/3 of the tests, ~50/50",
+        "yes / no",
     ],
 )
 def test_text_that_is_not_a_filesystem_path_is_left_alone(text: str) -> None:

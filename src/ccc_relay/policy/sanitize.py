@@ -11,9 +11,11 @@ Every body passes through :func:`sanitize` before it is stored, so no reader
 * secrets (``redact_secrets``, :mod:`.sanitize_secrets`): private keys, API
   tokens, JWTs, this project's own ``ccc1.`` credentials and high-entropy
   ``key=``/``token:``/``password=`` values become ``[redacted:KIND]``;
-* filesystem paths (``paths``, :mod:`.sanitize_paths`): absolute, ``~/`` and
-  ``../`` paths are escaped to an inert, labelled form (or redacted), as the
-  specification asks.
+* filesystem paths (``paths``, :mod:`.sanitize_paths`): absolute paths under a
+  well-known file-system root (``/etc``, ``/home``, ``/tmp``...) or with a
+  ``..`` segment, ``file:`` URLs, ``~/`` and ``../`` paths are escaped to an
+  inert, labelled form (or redacted), as the specification asks; API routes
+  such as ``/v2/orders`` are not paths and stay as written.
 
 The function is pure and never raises on a ``str``. The relay runs it on every
 message, and most messages need nothing done, so that case is made cheap: one

@@ -1,8 +1,13 @@
 """Filesystem paths in message bodies: what :func:`rewrite_paths` escapes or redacts.
 
-Absolute, ``~/`` and ``../`` paths are escaped to an inert, labelled form (or
-redacted), as the specification asks; URLs, relative paths such as
-``src/app.py``, fractions and slash commands are left alone.
+A path is escaped to an inert, labelled form (or redacted), as the
+specification asks, when it names the host's file system: an absolute path
+whose first directory is a well-known file-system root (``/etc/passwd``,
+``/home/u``, ``/tmp``; :data:`ROOT_DIRS`), any absolute path with a ``..``
+segment, a ``file:`` URL's path, a ``~/`` or ``~user/`` path and a relative
+path with a ``..`` segment. Everything else that merely has slashes stays as
+written: API routes (``/v2/orders``, ``GET /api/users/{id}``), URLs, relative
+paths such as ``src/app.py``, fractions, dates and slash commands.
 """
 
 from __future__ import annotations
@@ -24,17 +29,32 @@ ABSOLUTE = re.compile(
     rf"|(?<![^{_BOUNDARY}]/){_SEG}"
     rf")(?:/{_SEG})*/?"
 )
-HOME = re.compile(rf"~(?<![^{_BOUNDARY}]~)[\w.-]*/{_SEG}(?:/{_SEG})*/?")
+# A user name starts with a letter or "_", so "~2/3" (about two thirds) is no path.
+HOME = re.compile(rf"~(?<![^{_BOUNDARY}]~)(?:[^\W\d][\w.-]*)?/{_SEG}(?:/{_SEG})*/?")
 TRAVERSAL = re.compile(
     rf"(?<![^{_BOUNDARY}])(?:(?:{_SEG}/)*\.\./(?:{_SEG}(?:/{_SEG})*/?)?"
     rf"|(?:{_SEG}/)+\.\.(?![{_SEG_CHARS}]))"
 )
 _CHAIN = re.compile(f"[/{_SEG_CHARS}]*")
-# One-segment absolute paths are usually slash commands ("/compact"), except these.
-_ROOT_DIRS = frozenset(
-    "app bin boot data dev etc home lib lib64 media mnt opt private proc root run sbin snap "
-    "srv sys tmp usr var work workspace Users Volumes".split()
+# The first directories of host paths: the Linux file-system hierarchy, where
+# projects live in containers (the sandbox's /workspace, /app, /data, /work),
+# Nix, and macOS (its own capitalisation: "/users/42" is an API route). An
+# absolute path starting anywhere else ("/v2/orders", "/api/users", "/compact")
+# is an API route or a command, not a file to touch.
+ROOT_DIRS = frozenset(
+    "bin boot dev etc home lib lib32 lib64 libx32 media mnt opt proc root run sbin snap srv "
+    "sys tmp usr var app data work workspace workspaces nix "
+    "Applications Library System Users Volumes private".split()
 )
+
+
+def names_host_path(path: str) -> bool:
+    """Whether an absolute ``path`` (it starts with ``/``) names the host's file system."""
+    segments = path.split("/")
+    for segment in segments:
+        if segment not in ("", "."):  # "/./etc" and "//etc" are /etc
+            return segment in ROOT_DIRS or ".." in segments
+    return False  # "/" alone is a slash in prose ("yes / no")
 
 
 def _path_replacer(mode: PathMode, counted: list[int]) -> Callable[[re.Match[str]], str]:
@@ -44,10 +64,9 @@ def _path_replacer(mode: PathMode, counted: list[int]) -> Callable[[re.Match[str
         if path.endswith("/") and matched[len(path) :].startswith(".."):
             path += ".."  # "a/.." ends in a ".." segment, not in two full stops
         tail = matched[len(path) :]
-        if m.re is ABSOLUTE and not path.startswith("//"):
-            segments = path.strip("/").split("/")
-            if len(segments) == 1 and not path.endswith("/") and segments[0] not in _ROOT_DIRS:
-                return matched
+        # A file: URL's path ("///etc/passwd") is a host path wherever it points.
+        if m.re is ABSOLUTE and not path.startswith("//") and not names_host_path(path):
+            return matched
         counted[0] += 1
         if mode == "redact":
             return "[path]" + tail
