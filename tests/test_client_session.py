@@ -278,7 +278,7 @@ def test_bytes_split_in_two_at_every_place_give_the_same_answers() -> None:
 def test_sends_are_numbered_from_the_welcomes_last_seq() -> None:
     session = ClientSession()
     hello, data = session.hello("bob", "secret")
-    assert decode_client_frame(data) == Hello(agent="bob", credential="secret")
+    assert decode_client_frame(data) == Hello(agent="bob", credential="secret", show_delivered=True)
     welcome = msgspec.structs.replace(WELCOME, last_seq=41)  # the session had sent 41
     session.receive_data(encode(welcome))
     assert drain(session) == [Reply(hello, welcome)]
@@ -345,7 +345,9 @@ def test_every_message_is_verified_before_the_inbox_sees_it() -> None:
 
     session = ClientSession(verify=verify)
     _, data = session.hello("bob", "secret")
-    assert decode_client_frame(data) == Hello(agent="bob", credential="secret", signatures=True)
+    assert decode_client_frame(data) == Hello(
+        agent="bob", credential="secret", signatures=True, show_delivered=True
+    )
     ping, _ = session.ping()
     session.receive_data(stream(M1, Pong(), M2, M3))
     assert session.next_event() == Reply(ping, Pong())  # what came before is kept

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
+
 import pytest
 
+from ccc_relay.client import AsyncRelayClient
 from ccc_relay.policy.sanitize import SanitizeOptions
+from ccc_relay.protocol.codec import encode
+from ccc_relay.protocol.frames import Held, Hello, Send
+from tests.support import run_cli
 from tests.test_relay import audit_lines, wait_for
 
 HOSTILE = (
@@ -64,3 +72,123 @@ def test_a_large_hostile_body_is_cleaned_without_reordering(relay_factory) -> No
         got = b.inbox()
     assert [m.id for m in got] == [first.id, second.id]
     assert "\u202e" not in got[0].body and "\u200b" not in got[0].body
+
+
+# Ordinary text with slashes that are no host paths: it arrives exactly as sent.
+ORDINARY = [
+    "the API changed: /v2/orders now needs a cursor",  # docs/claude.md's example
+    "GET /api/users/{id} returns 404 for deleted users; POST /v1/messages is fine",
+    "see https://example.com/docs/v2/guide and //cdn.example.com/lib.js",
+    "half of them touch and/or mock it, 1/2 of the suite, a/b testing, TCP/IP",
+    "the release is on 2026/12/07, ~2/3 done",
+    "edit src/app.py and ./tests/test_app.py, then run /compact",
+    "route /orders/:id/items and /healthz",
+]
+
+
+@pytest.mark.parametrize("body", ORDINARY)
+def test_ordinary_text_arrives_unchanged_and_the_answer_says_so(relay_factory, body: str) -> None:
+    _, accepted, message = exchange(relay_factory, SanitizeOptions(), body)
+    assert message.body == body
+    assert accepted.changes == [] and accepted.delivered is None
+
+
+@pytest.mark.parametrize(
+    ("body", "delivered"),
+    [
+        ("read /etc/passwd now", "read [path:%2Fetc%2Fpasswd] now"),
+        ("cat ~/.ssh/id_rsa", "cat [path:~%2F.ssh%2Fid_rsa]"),
+        ("GET /v2/../../etc/shadow", "GET [path:%2Fv2%2F..%2F..%2Fetc%2Fshadow]"),
+        ("see ../../secrets", "see [path:..%2F..%2Fsecrets]"),
+        ("logs in /var/log/app.log.", "logs in [path:%2Fvar%2Flog%2Fapp.log]."),
+    ],
+)
+def test_host_paths_are_escaped_and_the_sender_gets_the_delivered_body(
+    relay_factory, body: str, delivered: str
+) -> None:
+    _, accepted, message = exchange(relay_factory, SanitizeOptions(), body)
+    assert message.body == delivered
+    assert accepted.delivered == delivered
+    assert accepted.changes == ["escaped 1 filesystem path"]
+
+
+def test_a_held_send_shows_the_delivered_body_too(relay_factory) -> None:
+    relay = relay_factory()
+    alice, _ = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.admin.request("allow", sender="alice", recipient="bob", both=False, action="hold")
+    with relay.client(alice) as a:
+        held = a.send("bob", "key ghp_" + "a" * 36)
+    assert isinstance(held, Held)
+    assert held.delivered == "key [redacted:github-token]"
+
+
+def test_the_async_client_returns_the_delivered_body(relay_factory) -> None:
+    relay = relay_factory()
+    alice, _ = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+
+    async def send_two() -> tuple[str | None, str | None]:
+        async with AsyncRelayClient(alice) as client:
+            changed = await client.send("bob", "tail /tmp/x.log")
+            same = await client.send("bob", "the API changed: /v2/orders now needs a cursor")
+        return changed.delivered, same.delivered
+
+    assert asyncio.run(send_two()) == ("tail [path:%2Ftmp%2Fx.log]", None)
+
+
+def test_a_client_that_does_not_ask_gets_the_answer_it_knows(relay_factory) -> None:
+    """A client that predates show_delivered decodes strictly: it must never get the field."""
+    relay = relay_factory()
+    alice, _ = relay.add_agent("alice"), relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(alice.socket_path))
+        hello = Hello(agent="alice", credential=alice.credential.reveal())
+        sock.sendall(encode(hello) + encode(Send(seq=1, to="bob", body="read /etc/passwd")))
+        data = b""
+        while data.count(b"\n") < 2:
+            data += sock.recv(65536)
+    welcome, accepted = (json.loads(line) for line in data.splitlines()[:2])
+    assert welcome["type"] == "welcome"
+    assert accepted["type"] == "accepted" and "delivered" not in accepted
+    assert accepted["changes"] == ["escaped 1 filesystem path"]
+
+
+@pytest.mark.slow
+def test_ccc_send_prints_what_was_delivered(relay_factory) -> None:
+    relay = relay_factory()
+    relay.add_agent("alice")
+    relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    credentials = relay.config.state_dir / "credentials"
+    env = {
+        "CCC_SOCKET": str(relay.config.socket_path),
+        "CCC_CREDENTIAL": str(credentials / "alice.cred"),
+        "CCC_CONFIG": "",
+    }
+
+    plain = run_cli("ccc", "send", "bob", "the API changed: /v2/orders now needs a cursor", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.startswith("accepted m_") and "receives" not in plain.stdout
+    assert plain.stderr == ""
+
+    changed = run_cli("ccc", "send", "bob", env=env, input="see /etc/passwd\nand ~/.aws/x\n")
+    assert changed.returncode == 0, changed.stderr
+    lines = changed.stdout.splitlines()
+    assert lines[0].startswith("accepted m_") and lines[0].endswith("-> bob")
+    assert lines[1:] == [
+        "the relay changed your message; bob receives:",
+        "> see [path:%2Fetc%2Fpasswd]",
+        "> and [path:~%2F.aws%2Fx]",
+        "> ",
+    ]
+    assert changed.stderr == "note: escaped 2 filesystem paths\n"
+
+    as_json = run_cli("ccc", "send", "bob", "cd /srv/app", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert answer["delivered"] == "cd [path:%2Fsrv%2Fapp]"
+    assert answer["changes"] == ["escaped 1 filesystem path"]
+    unchanged = json.loads(run_cli("ccc", "send", "bob", "1/2 done", "--json", env=env).stdout)
+    assert unchanged["delivered"] is None and unchanged["changes"] == []

@@ -170,6 +170,10 @@ def send(
 ) -> None:
     """Send TEXT (or standard input) to agent TO.
 
+    If the relay changed the text (secrets redacted, file-system paths escaped,
+    invisible characters removed), the text TO receives is printed after the
+    message id, each line quoted with "> ", and each change is noted on stderr.
+
     With CCC_FALLBACK=direct (or --direct) and no relay reachable, the message
     goes over the direct peer socket instead, with a warning: never silently.
     """
@@ -204,6 +208,8 @@ def send(
     )
     went_direct = isinstance(answer, DirectReceipt)
     held = isinstance(answer, Held)
+    # The body the recipient gets, when the relay changed it (None: as sent).
+    delivered = None if isinstance(answer, DirectReceipt) else answer.delivered
     if as_json:
         emit_json(
             {
@@ -211,6 +217,7 @@ def send(
                 "seq": answer.seq,
                 "to": to,
                 "changes": answer.changes,
+                "delivered": delivered,
                 "held": held,
                 "direct": went_direct,
             }
@@ -220,6 +227,9 @@ def send(
             click.echo(f"held {answer.id} -> {to}: it waits for the operator's approval")
         else:
             click.echo(f"accepted {answer.id} -> {to}" + (" (direct)" if went_direct else ""))
+        if delivered is not None:
+            click.echo(f"the relay changed your message; {to} receives:")
+            click.echo(shown("\n".join("> " + line for line in delivered.split("\n"))))
         for change in answer.changes:
             click.echo(f"note: {change}", err=True)
 

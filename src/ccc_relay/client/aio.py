@@ -162,7 +162,11 @@ class AsyncRelayClient:
         reply_to: str | None = None,
         deliver_at: float | None = None,
     ) -> asyncio.Future[Accepted | Held]:
-        """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError."""
+        """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError.
+
+        As with :meth:`RelayClient.send`, ``.delivered`` is the body the recipient
+        gets when the relay changed it (else None).
+        """
         self._check_open()
         check_recipient(to)
         options = {"thread": thread, "reply_to": reply_to, "deliver_at": deliver_at}

@@ -103,6 +103,7 @@ def hello_line(endpoint: Endpoint, resume: str | None) -> bytes:
             agent=endpoint.agent,
             credential=endpoint.credential.reveal(),
             signatures=endpoint.relay_pubkey is not None,
+            show_delivered=True,
             resume=resume,
         )
     )

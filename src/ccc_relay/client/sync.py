@@ -131,7 +131,9 @@ class RelayClient:
         deliver_at: float | None = None,
     ) -> Accepted | Held:
         """Send one message; return the relay's ``accepted`` (or ``held`` when the
-        pair's policy holds messages for the operator). Raises RelayError."""
+        pair's policy holds messages for the operator). When the relay changed the
+        body (sanitisation), ``.changes`` says how and ``.delivered`` is the body
+        the recipient gets; otherwise ``.delivered`` is None. Raises RelayError."""
         check_recipient(to)
         frame = self._call(
             lambda: self._session.send(

@@ -267,6 +267,70 @@ class Admission:
             )
         return results
 
+    def check_fanout(
+        self,
+        sender: str,
+        session: Session,
+        group: str,
+        members: Sequence[str] | None,
+        deliver_at: float | None,
+        now: float,
+    ) -> tuple[list[tuple[str, str]], list[str]] | Refusal:
+        """Policy and limits for one send to ``group`` (its ``members``, None for
+        no such group): the (member, action) pairs that get a copy and the
+        members skipped because the sender may not write to them; or the refusal
+        of the whole send. Unknown groups, groups with no member the sender may
+        write to, and forbidden agents get the same FORBIDDEN answer. Each copy
+        takes one place in the session's, the agent's and the relay's window and
+        one in its pair's; all fit or none is taken (RATE_LIMITED).
+        """
+        record = self.agents.get(sender)
+        if record is not None and record.quarantined:
+            return Refusal(ErrorCode.QUARANTINED, "this agent is quarantined", fatal=True)
+        known = self.agents.keys()
+        policy = self.policy
+        copies: list[tuple[str, str]] = []
+        skipped: list[str] = []
+        for member in members or ():
+            if member == sender:
+                continue
+            action = policy.action(sender, member, known)
+            if action is None:
+                skipped.append(member)
+            else:
+                copies.append((member, action))
+        if not copies:
+            return Refusal(ErrorCode.FORBIDDEN, f"you may not send to {group!r}")
+        if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
+            return TOO_FAR_AHEAD
+        shared = (session.limiter, self._agent_limiter(sender), self._global_limiter)
+        pairs = [self._pair_limiter(sender, member) for member, _action in copies]
+        cost = len(copies)
+        if cost > min(limiter.limit for limiter in shared):
+            return Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"a send to {group} costs {cost} messages, more than the rate limit allows "
+                "in a minute; write to fewer agents at a time",
+            )
+        if min(limiter.room(now) for limiter in shared) < cost or any(
+            pair.room(now) < 1 for pair in pairs
+        ):
+            wait = max(
+                *(limiter.retry_after(now, cost) for limiter in shared),
+                *(pair.retry_after(now) for pair in pairs),
+            )
+            return Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit reached ({self.limits.rate_per_minute:g} msg/min, and a send to "
+                f"{group} costs {cost}); retry later",
+                retry_after=round_up(wait),
+            )
+        for limiter in shared:
+            limiter.record_many(now, cost)
+        for pair in pairs:
+            pair.record_many(now, 1)
+        return copies, skipped
+
     def _agent_limiter(self, agent: str) -> WindowLimiter:
         limiter = self._agent_limiters.get(agent)
         if limiter is None:

@@ -45,12 +45,25 @@ class SendOutcome:
     held: bool
     changes: list[str]
     size: int  # the stored body's bytes, as the queue caps count them
+    body_changed: bool = False  # sanitising changed the body: the answer shows it
 
 
 @dataclass(slots=True)
 class SendsDurable:
     conn: int
     outcomes: list[SendOutcome]
+
+
+@dataclass(slots=True)
+class GroupDurable:
+    """One send to a group, answered once all its copies are durable."""
+
+    conn: int
+    seq: int
+    group: str  # as the sender wrote it, with its "@"
+    copies: list[SendOutcome]
+    skipped: list[str]  # members the sender may not write to
+    changes: list[str]
 
 
 @dataclass(slots=True)
@@ -72,7 +85,7 @@ class TopUpRead:
     watermark: int  # every message up to this delivery number was in the read
 
 
-Then = SendsDurable | AckDurable | FetchRead | TopUpRead
+Then = SendsDurable | GroupDurable | AckDurable | FetchRead | TopUpRead
 
 
 # --- effects ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ccc_relay.core.effects import (
     Close,
     Effect,
     FetchRead,
+    GroupDurable,
     Log,
     Persist,
     Reply,
@@ -47,6 +48,7 @@ from ccc_relay.core.shares import ACK_IDS_PER_FRAME, SUMMARY_INTERVAL, Shares
 from ccc_relay.policy.acl import HOLD, Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import Config, Rule
+from ccc_relay.policy.groups import GroupTable
 from ccc_relay.policy.sanitize import Sanitized, sanitize
 from ccc_relay.policy.sanitize_unicode import strip_unicode
 from ccc_relay.protocol.codec import body_size, line_cap_for
@@ -60,10 +62,12 @@ from ccc_relay.protocol.frames import (
     AgentList,
     Bye,
     ClientFrame,
+    Copy,
     Error,
     Fetch,
     Fetched,
     Goodbye,
+    GroupAccepted,
     Held,
     Hello,
     ListAgents,
@@ -71,6 +75,7 @@ from ccc_relay.protocol.frames import (
     Ping,
     Pong,
     Send,
+    Skipped,
     Subscribe,
     Welcome,
 )
@@ -164,12 +169,17 @@ class RelayCore:
         now: float,
         queued: Iterable[tuple[str, str, int, int]] = (),
         id_prefix: str | None = None,
+        db_groups: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.config = config
         self.limits = config.limits
         self.started_at = now
         self.agents: dict[str, AgentRecord] = {a.name: a for a in agents}
         self._db_rules = [Rule(s, r, a) for s, r, a in db_rules]
+        self._db_groups = list(db_groups)
+        self.groups = GroupTable(config.groups, self._db_groups)
+        # Sends to a group whose body is being sanitised off the loop: (copies, skipped).
+        self._fanouts: dict[int, tuple[list[tuple[str, str]], list[str]]] = {}
         self.counters = Counters()
         self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.admission = Admission(self.limits, self.agents, self._policy())
@@ -313,8 +323,14 @@ class RelayCore:
             while i < len(events) and not link.held and not link.closed:
                 event = events[i]
                 if isinstance(event, Send):
+                    if event.to[0] == "@":  # a group: decided on its own, off the direct path
+                        i += 1
+                        self._on_group_send(link, event, now, out, batch)
+                        continue
                     j = i + 1
-                    while j < len(events) and isinstance(events[j], Send):
+                    while (
+                        j < len(events) and isinstance(nxt := events[j], Send) and nxt.to[0] != "@"
+                    ):
                         j += 1
                     self._on_sends(link, cast(list[Send], events[i:j]), now, out, batch)
                     i = j
@@ -449,6 +465,7 @@ class RelayCore:
             forgotten = self.admission.make_room(agent, in_use.__contains__)
             op = CreateSession(new_record, tuple(forgotten))
         link.session.authenticated(agent, session.id, wants_signatures=hello.signatures)
+        link.shows_delivered = hello.show_delivered
         self._stop_waiting(link)
         self.routing.attach(link)
         out.append(
@@ -565,6 +582,11 @@ class RelayCore:
         if link is None or link.closed:
             return out
         link.held = False
+        if frame.to[0] == "@":
+            copies, skipped = self._fanouts.pop(conn)
+            self._admit_fanout(link, frame, copies, skipped, cleaned, now, out)
+            self._drain(link, now, out)
+            return self._finish(out, now)
         batch = _Batch()
         self._admit(link, frame, action, cleaned, now, out, batch)
         self._alert_accepted(link, batch, now, out)
@@ -628,8 +650,161 @@ class RelayCore:
             )
         )
         (batch.held if hold else batch.messages).append(message)
-        batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes, size))
+        changed = bool(cleaned and cleaned.changes)
+        batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes, size, changed))
         batch.recipients[frame.to] = batch.recipients.get(frame.to, 0) + 1
+
+    # --- send to a group -----------------------------------------------------------------------
+
+    def _on_group_send(
+        self, link: Link, frame: Send, now: float, out: list[Effect], batch: _Batch
+    ) -> None:
+        """One send to ``@group``: the seq rule and the size limit as for any send,
+        then the members the sender may write to (``Admission.check_fanout``),
+        sanitising once, and one ``Persist`` for every copy: all durable or none.
+        The sends before it in ``batch`` go to the store first."""
+        agent = link.agent
+        sid = link.session.session_id
+        assert agent is not None
+        assert sid is not None
+        session = self.admission.sessions[sid]
+        refusal = seq_refusal(session.last_seq, frame.seq)
+        if refusal is None:
+            session.last_seq = frame.seq  # consumed whatever happens next, as for any send
+            batch.seqs[sid] = frame.seq
+            refusal = _size_refusal(frame.body, self.limits.max_message_size)
+        members = self.groups.members(frame.to[1:])
+        plan = (
+            refusal
+            if refusal is not None
+            else self.admission.check_fanout(
+                agent, session, frame.to, members, frame.deliver_at, now
+            )
+        )
+        if isinstance(plan, Refusal):
+            self._refuse(link, plan, now, out, seq=frame.seq, audit=batch.audit)
+            return
+        self._flush(link, batch, now, out)  # the store sees the frames' order
+        copies, skipped = plan
+        options = self.limits.sanitize
+        if options.enabled and len(frame.body) > SANITIZE_INLINE_LIMIT:
+            link.held = True
+            self._fanouts[link.id] = plan
+            out.append(Sanitize(link.id, frame, "group"))
+            return
+        cleaned = sanitize(frame.body, options) if options.enabled else None
+        self._admit_fanout(link, frame, copies, skipped, cleaned, now, out)
+
+    def _admit_fanout(
+        self,
+        link: Link,
+        frame: Send,
+        copies: list[tuple[str, str]],
+        skipped: list[str],
+        cleaned: Sanitized | None,
+        now: float,
+        out: list[Effect],
+    ) -> None:
+        """Queue shares for every copy (all fit or the send is refused), then one
+        message and one audit line per copy, in one ``Persist``."""
+        agent = link.agent
+        sid = link.session.session_id
+        assert agent is not None
+        assert sid is not None
+        body = frame.body if cleaned is None else cleaned.text
+        size = len(body.encode())
+        queued: list[str] = []
+        for member, action in copies:
+            if action == HOLD:
+                continue
+            full = self.shares.queue_refusal(agent, member, size)
+            if full is not None:
+                self.shares.unqueued((agent, m, size) for m in queued)
+                refusal = Refusal(
+                    full.code,
+                    f"{full.message}; a send to {frame.to} stores every copy or none",
+                    retry_after=full.retry_after,
+                )
+                self._refuse(link, refusal, now, out, seq=frame.seq)
+                return
+            self.shares.queued(agent, member, size)
+            queued.append(member)
+        extra: dict[str, Any] = {"group": frame.to}
+        changes: list[str] = []
+        if cleaned is not None and cleaned.changes:
+            changes = cleaned.describe()
+            extra["sanitized"] = dict(cleaned.changes)
+            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
+            if findings:
+                self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
+        thread = frame.thread
+        if thread is not None:
+            thread = _clean_thread(thread)
+            if thread != frame.thread:
+                changes.append("thread: control or invisible characters removed")
+                extra["thread_cleaned"] = True
+        batch = _Batch()
+        outcomes: list[SendOutcome] = []
+        for member, action in copies:
+            hold = action == HOLD
+            message = self.new_message(
+                agent,
+                member,
+                body,
+                now,
+                thread=thread,
+                reply_to=frame.reply_to,
+                deliver_at=frame.deliver_at,
+            )
+            event = "held" if hold else "accepted"
+            batch.audit.append(
+                self.message_record(message, now, event, send_seq=frame.seq, session=sid, **extra)
+            )
+            (batch.held if hold else batch.messages).append(message)
+            outcomes.append(SendOutcome(frame.seq, message, hold, changes, size))
+            batch.recipients[member] = 1
+        if skipped:
+            batch.audit.append(
+                self.record(
+                    now,
+                    "group_skipped",
+                    agent=agent,
+                    group=frame.to,
+                    skipped=skipped,
+                    send_seq=frame.seq,
+                    session=sid,
+                )
+            )
+        self._alert_accepted(link, batch, now, out)
+        out.append(
+            Persist(
+                op=HoldMessages(batch.held) if batch.held else Nothing(),
+                messages=batch.messages,
+                audit=batch.audit,
+                seqs={sid: frame.seq},
+                then=GroupDurable(link.id, frame.seq, frame.to, outcomes, skipped, changes),
+            )
+        )
+
+    def _group_durable(
+        self, then: GroupDurable, link: Link | None, now: float, out: list[Effect]
+    ) -> None:
+        if link is not None:
+            sent = [Copy(to=o.message.recipient, id=o.message.id, held=o.held) for o in then.copies]
+            forbidden = ErrorCode.FORBIDDEN.value
+            answer = GroupAccepted(
+                seq=then.seq,
+                group=then.group,
+                sent=sent,
+                skipped=[Skipped(to=member, code=forbidden) for member in then.skipped],
+                changes=then.changes,
+            )
+            out.append(Reply(link.id, answer))
+        for outcome in then.copies:
+            if outcome.held:
+                self.counters.held += 1
+            else:
+                self._committed(outcome.message, now, out)
 
     def _alert_accepted(self, link: Link, batch: _Batch, now: float, out: list[Effect]) -> None:
         """The anomaly rules see what was accepted, once per recipient per batch."""
@@ -728,6 +903,8 @@ class RelayCore:
         live = link is not None and not link.closed
         if isinstance(then, SendsDurable):
             self._sends_durable(then, link if live else None, now, out)
+        elif isinstance(then, GroupDurable):
+            self._group_durable(then, link if live else None, now, out)
         elif isinstance(then, AckDurable):
             rows = cast(list[tuple[str, int]], result)
             self.counters.acked += len(rows)
@@ -756,9 +933,10 @@ class RelayCore:
         out: list[Effect] = []
         if then is None:
             return out
-        if isinstance(then, SendsDurable):  # never stored: they do not wait after all
+        if isinstance(then, SendsDurable | GroupDurable):  # never stored: they do not wait
+            outcomes = then.outcomes if isinstance(then, SendsDurable) else then.copies
             self.shares.unqueued(
-                (o.message.sender, o.message.recipient, o.size) for o in then.outcomes if not o.held
+                (o.message.sender, o.message.recipient, o.size) for o in outcomes if not o.held
             )
         link = self.routing.links.get(then.conn)
         if link is not None:
@@ -766,13 +944,17 @@ class RelayCore:
         if link is None or link.closed:
             return out
         code = ErrorCode.INTERNAL if defect else ErrorCode.UNAVAILABLE
-        what = {SendsDurable: "store messages", AckDurable: "record acks"}.get(
-            type(then), "read messages"
-        )
+        what = {
+            SendsDurable: "store messages",
+            GroupDurable: "store messages",
+            AckDurable: "record acks",
+        }.get(type(then), "read messages")
         text = f"the relay cannot {what} right now: {reason}"
         if isinstance(then, SendsDurable):
             for outcome in then.outcomes:
                 out.append(Reply(link.id, Error(code=code.value, message=text, seq=outcome.seq)))
+        elif isinstance(then, GroupDurable):
+            out.append(Reply(link.id, Error(code=code.value, message=text, seq=then.seq)))
         else:
             out.append(Reply(link.id, Error(code=code.value, message=text)))
         self.counters.refused[code.value] += 1
@@ -800,21 +982,18 @@ class RelayCore:
     ) -> None:
         for outcome in then.outcomes:
             message = outcome.message
+            # The sender sees what the recipient will read when it is not what was sent.
+            shown = link is not None and link.shows_delivered and outcome.body_changed
+            delivered = message.body if shown else None
             if outcome.held:
                 self.counters.held += 1
                 if link is not None:
-                    out.append(
-                        Reply(
-                            link.id, Held(seq=outcome.seq, id=message.id, changes=outcome.changes)
-                        )
-                    )
+                    held = Held(outcome.seq, message.id, outcome.changes, delivered)
+                    out.append(Reply(link.id, held))
                 continue
             if link is not None:
-                out.append(
-                    Reply(
-                        link.id, Accepted(seq=outcome.seq, id=message.id, changes=outcome.changes)
-                    )
-                )
+                accepted = Accepted(outcome.seq, message.id, outcome.changes, delivered)
+                out.append(Reply(link.id, accepted))
             self._committed(message, now, out)
 
     def message_committed(self, message: StoredMessage, now: float) -> list[Effect]:
@@ -1060,6 +1239,7 @@ class RelayCore:
         if link.closed:
             return
         link.closed = True
+        self._fanouts.pop(link.id, None)
         returned = link.session.close()
         self.connections -= 1
         self._stop_waiting(link)
@@ -1141,6 +1321,11 @@ class RelayCore:
     def _policy(self) -> Policy:
         return Policy.from_rules([*self.config.rules, *self._db_rules])
 
+    def set_db_groups(self, db_groups: Iterable[tuple[str, str]]) -> None:
+        """The groups relay.db holds now, as (group, member) rows."""
+        self._db_groups = list(db_groups)
+        self.groups = GroupTable(self.config.groups, self._db_groups)
+
     def rules_with_source(self) -> list[dict[str, str]]:
         rows = [
             {"from": r.sender, "to": r.recipient, "action": r.action, "source": "config"}
@@ -1153,14 +1338,16 @@ class RelayCore:
         return sorted(rows, key=lambda r: (r["from"], r["to"], r["source"]))
 
     def reload(self, new: Config) -> dict[str, list[str]]:
-        """Take what can change while running from ``new``: policy rules, anomaly
-        rules, sanitisation, and whether the audit keeps bodies. Everything else
+        """Take what can change while running from ``new``: policy rules, groups,
+        anomaly rules, sanitisation, and whether the audit keeps bodies. Everything else
         (paths, sockets, user, limits) is reported as needing a restart."""
         old = self.config
         applied: list[str] = []
         restart: list[str] = []
         if new.rules != old.rules:
             applied.append("policy")
+        if new.groups != old.groups:
+            applied.append("groups")
         if new.anomaly != old.anomaly:
             applied.append("anomaly")
             self.anomaly = AnomalyDetector(new.anomaly)
@@ -1187,6 +1374,7 @@ class RelayCore:
         kept = replace(
             old,
             rules=new.rules,
+            groups=new.groups,
             anomaly=new.anomaly,
             limits=replace(old.limits, sanitize=new.limits.sanitize),
             audit=replace(old.audit, log_all_messages=new.audit.log_all_messages),
@@ -1195,6 +1383,7 @@ class RelayCore:
         self.limits = kept.limits
         self.admission.limits = kept.limits
         self.admission.policy = self._policy()
+        self.groups = GroupTable(kept.groups, self._db_groups)
         return {"applied": applied, "restart_needed": restart}
 
     # --- plumbing ------------------------------------------------------------------------------

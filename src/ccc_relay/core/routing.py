@@ -41,6 +41,7 @@ class Link:
     backlog: bool = False  # the store may hold messages for it beyond what it has
     topping_up: bool = False  # a store read for it is under way
     held: bool = False  # a big body is being sanitised: later frames wait
+    shows_delivered: bool = False  # hello.show_delivered: answers carry a changed body
     closed: bool = False
     strikes: int = 0  # refusals since strikes_since (see RelayCore._refuse)
     strikes_since: float = 0.0

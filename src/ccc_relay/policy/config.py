@@ -1,8 +1,8 @@
 """The one frozen Config, built and validated before anything binds.
 
 The config file is YAML in the seed's layout (``daemon:`` with ``security:``
-and ``audit:`` inside it) plus an optional top-level ``policy:``. The seed's
-"Recommended daemon security configuration" block loads as it is. Every
+and ``audit:`` inside it) plus optional top-level ``policy:`` and ``groups:``.
+The seed's "Recommended daemon security configuration" block loads as it is. Every
 problem names the key and the value; unknown keys are errors, not ignored,
 because a misspelt ``rate_limt`` silently doing nothing is a security bug.
 
@@ -43,6 +43,7 @@ from ccc_relay.policy.config_types import (
     Limits,
     Rule,
 )
+from ccc_relay.policy.groups import parse_groups
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -153,7 +154,7 @@ def config_from_mapping(
 ) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with a 'daemon:' section")
-    reject_unknown_keys(data, {"daemon", "policy"}, "")
+    reject_unknown_keys(data, {"daemon", "policy", "groups"}, "")
     daemon = read_section(data, "daemon", "")
     reject_unknown_keys(daemon, _DAEMON_KEYS, "daemon.")
     security = read_section(daemon, "security", "daemon.")
@@ -181,6 +182,7 @@ def config_from_mapping(
             log_group=read_optional_name(audit, "log_group", "daemon.audit."),
         ),
         rules=parse_policy(data.get("policy")),
+        groups=parse_groups(data.get("groups")),
         per_agent_sockets=read_bool(daemon, "per_agent_sockets", "daemon.", False),
         agent_socket_dir=read_absolute_path(
             daemon, "agent_socket_dir", "daemon.", state_dir / "agents"

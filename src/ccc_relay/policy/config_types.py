@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ccc_relay.policy.anomaly import AnomalyConfig
 from ccc_relay.policy.errors import ConfigError as ConfigError  # its home; re-exported
+from ccc_relay.policy.groups import Group
 from ccc_relay.policy.sanitize import SanitizeOptions
 
 DEFAULT_MAX_MESSAGE_SIZE = 1_000_000  # the seed's 1MB, SI
@@ -88,6 +89,7 @@ class Config:
     socket_group: str | None = None
     user: str | None = None
     rules: tuple[Rule, ...] = ()
+    groups: tuple[Group, ...] = ()  # the file's; the admin plane's live in relay.db
     # One socket per agent in agent_socket_dir: the socket a container mounts is
     # its identity; a connection on it can only authenticate as that agent.
     per_agent_sockets: bool = False

@@ -50,15 +50,16 @@ class WindowLimiter:
                 self._counts[pos] = 0
                 self._indexes[pos] = -1
 
-    def retry_after(self, now: float) -> float:
-        """0.0 when one more event is allowed now; else seconds until it is."""
+    def retry_after(self, now: float, count: int = 1) -> float:
+        """0.0 when ``count`` more events are allowed now; else seconds until
+        they are (``count`` at most ``limit``)."""
         idx = math.floor(now / self._width)
         self._expire(idx)
-        if self._total + 1 <= self.limit:
+        if self._total + count <= self.limit:
             return 0.0
-        # Drop the oldest slots until one more event fits; the last dropped
-        # slot's expiry is when that happens.
-        excess = self._total + 1 - self.limit
+        # Drop the oldest slots until the events fit; the last dropped slot's
+        # expiry is when that happens.
+        excess = self._total + count - self.limit
         for slot_idx, count in sorted(
             (s, c) for s, c in zip(self._indexes, self._counts, strict=True) if s != -1
         ):

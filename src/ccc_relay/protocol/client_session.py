@@ -11,7 +11,8 @@ client-side rule of the protocol lives here, once:
   is what the relay's ``welcome`` says (0 for a new session).
 * Matching, in one rule:
 
-      accepted, held, error with seq N     the send numbered N
+      accepted, held, group_accepted,      the send numbered N
+      error with seq N
       welcome, fetched, acked, agents,     the oldest outstanding request of
       pong                                 that kind (the relay answers each
                                            kind in order)
@@ -54,6 +55,7 @@ from ccc_relay.protocol.frames import (
     Fetch,
     Fetched,
     Goodbye,
+    GroupAccepted,
     Held,
     Hello,
     ListAgents,
@@ -70,7 +72,7 @@ SEEN_IDS = 65536  # ids remembered to drop redeliveries; bounded so a long-lived
 # The relay's replies are bounded by its own limits: a 16 MB body * 6 + envelope.
 REPLY_LINE_CAP = 100 * 1024 * 1024
 
-Answer = Welcome | Accepted | Held | Fetched | Acked | AgentList | Pong
+Answer = Welcome | Accepted | Held | GroupAccepted | Fetched | Acked | AgentList | Pong
 
 
 class SeenIds:
@@ -156,8 +158,14 @@ class ClientSession:
     # --- requests: each returns the bytes to write --------------------------------
 
     def hello(self, agent: str, credential: str) -> tuple[Request, bytes]:
-        # A session that verifies signatures asks the relay to sign.
-        frame = Hello(agent=agent, credential=credential, signatures=self._verify is not None)
+        # A session that verifies signatures asks the relay to sign; every
+        # session asks to see a body the relay changed.
+        frame = Hello(
+            agent=agent,
+            credential=credential,
+            signatures=self._verify is not None,
+            show_delivered=True,
+        )
         return self._other(Welcome), encode(frame)
 
     def send(
@@ -289,7 +297,7 @@ class ClientSession:
 
     def _match(self, frame: Answer | Error) -> Request | None:
         """The one matching rule: the outstanding request ``frame`` answers, taken."""
-        if isinstance(frame, Accepted | Held):
+        if isinstance(frame, Accepted | Held | GroupAccepted):
             return self._sends.pop(frame.seq, None)
         if isinstance(frame, Error):
             if frame.seq is not None:

@@ -6,8 +6,8 @@ configuration (name lengths, seq range, batch sizes) are declared here so the
 decoder enforces them before any other code sees the frame.
 
 Client -> relay: hello, send, ack, fetch, subscribe, agents, ping, bye.
-Relay -> client: welcome, accepted, held, error, message, fetched, acked,
-agents, pong, bye.
+Relay -> client: welcome, accepted, held, group_accepted, error, message,
+fetched, acked, agents, pong, bye.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from typing import Annotated
 
 import msgspec
 
-from ccc_relay.protocol.names import AGENT_NAME_PATTERN, MAX_AGENT_NAME
+from ccc_relay.protocol.names import (
+    AGENT_NAME_PATTERN,
+    MAX_AGENT_NAME,
+    MAX_RECIPIENT,
+    RECIPIENT_PATTERN,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -29,6 +34,8 @@ MAX_PING_CHARS = 256
 MAX_SEQ = 2**63 - 1  # fits SQLite's INTEGER
 
 AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_NAME_PATTERN, max_length=MAX_AGENT_NAME)]
+# An agent, or "@" and a group's name: one send reaches each member it may.
+Recipient = Annotated[str, msgspec.Meta(pattern=RECIPIENT_PATTERN, max_length=MAX_RECIPIENT)]
 MessageId = Annotated[str, msgspec.Meta(pattern=r"^m_[A-Za-z0-9_-]{8,64}\Z")]
 SessionId = Annotated[str, msgspec.Meta(pattern=r"^s_[A-Za-z0-9_-]{8,64}\Z")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
@@ -52,6 +59,9 @@ class Hello(_Frame, tag="hello"):
     resume: SessionId | None = None
     # Ask the relay to sign every delivered message (the client verifies them).
     signatures: bool = False
+    # Ask for the body as delivered in accepted/held when the relay changed it
+    # (asked for, so a client that predates the field never receives it).
+    show_delivered: bool = False
 
     def __repr__(self) -> str:  # the credential never reaches a log through repr
         return f"Hello(agent={self.agent!r}, credential='***', version={self.version})"
@@ -59,7 +69,7 @@ class Hello(_Frame, tag="hello"):
 
 class Send(_Frame, tag="send"):
     seq: Seq
-    to: AgentName
+    to: Recipient
     body: str
     thread: Thread | None = None
     reply_to: MessageId | None = None
@@ -111,6 +121,9 @@ class Accepted(_Frame, tag="accepted"):
     id: str
     # What sanitisation changed in the body (kinds and counts, never content).
     changes: list[str] = msgspec.field(default_factory=list)
+    # The body as stored and delivered, when it is not what was sent and the
+    # hello asked (show_delivered).
+    delivered: str | None = None
 
 
 class Held(_Frame, tag="held"):
@@ -118,6 +131,32 @@ class Held(_Frame, tag="held"):
 
     seq: int
     id: str
+    changes: list[str] = msgspec.field(default_factory=list)
+    delivered: str | None = None  # as in Accepted
+
+
+class Copy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One member's copy of a send to a group: its own message id."""
+
+    to: str
+    id: str
+    held: bool = False  # the pair's policy is hold: it waits for the operator
+
+
+class Skipped(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A member that got no copy, and the code a direct send to it would get."""
+
+    to: str
+    code: str
+
+
+class GroupAccepted(_Frame, tag="group_accepted"):
+    """A send to a group is durable: one copy per member the sender may write to."""
+
+    seq: int
+    group: str
+    sent: list[Copy]
+    skipped: list[Skipped] = msgspec.field(default_factory=list)
     changes: list[str] = msgspec.field(default_factory=list)
 
 
@@ -169,5 +208,15 @@ class Goodbye(_Frame, tag="bye"):
 
 
 RelayFrame = (
-    Welcome | Accepted | Held | Error | Message | Fetched | Acked | AgentList | Pong | Goodbye
+    Welcome
+    | Accepted
+    | Held
+    | GroupAccepted
+    | Error
+    | Message
+    | Fetched
+    | Acked
+    | AgentList
+    | Pong
+    | Goodbye
 )

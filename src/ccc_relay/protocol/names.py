@@ -16,6 +16,13 @@ MAX_AGENT_NAME = 64  # long enough for "team-project-role-3", short enough for a
 # matches before a final newline, and "bob\n" is not a name.
 AGENT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,63}\Z"
 _AGENT_NAME = re.compile(AGENT_NAME_PATTERN)
+# Where a send may go: an agent, or a group as "@" + a name of the same alphabet.
+RECIPIENT_PATTERN = "^@?" + AGENT_NAME_PATTERN[1:]
+MAX_RECIPIENT = MAX_AGENT_NAME + 1
+# Members of one group, from all its sources: one send to a group is one
+# transaction with a message row and an audit line per member, and one answer
+# naming each, so a group's size bounds the work a single frame can ask for.
+MAX_GROUP_MEMBERS = 256
 
 # Names the relay itself speaks as; no agent may take them.
 RESERVED_NAMES = frozenset({"operator", "relay", "admin", "root"})
