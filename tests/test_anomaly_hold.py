@@ -276,5 +276,5 @@ def test_policy_graph_renders_svg_with_graphviz(relay: RunningRelay, tmp_path) -
     top = run_cli("ccc", "top", "--once", "--config", str(config))
     assert top.returncode == 0 and "bob" in top.stdout
     held = run_cli("ccc", "held", "--json", "--config", str(config))
-    assert json.loads(held.stdout) == []
+    assert json.loads(held.stdout) == {"held": []}
     _ = time

@@ -63,17 +63,11 @@ def test_quickstart(daemon: dict[str, str], state_dir: Path) -> None:
         ok("ccc", "--as", "alice", "send", "bob", "the API changed", "--json", env=env)
     )
     ok("ccc", "--as", "alice", "send", "bob", env=env, input="from stdin\n")
-    peek = ok("ccc", "--as", "bob", "inbox", "--peek", "--json", env=env)
-    assert [json.loads(line)["body"] for line in peek.splitlines()] == [
-        "the API changed",
-        "from stdin\n",
-    ]
-    inbox = [
-        json.loads(line)
-        for line in ok("ccc", "--as", "bob", "inbox", "--json", env=env).splitlines()
-    ]
+    peek = json.loads(ok("ccc", "--as", "bob", "inbox", "--peek", "--json", env=env))
+    assert [m["body"] for m in peek["messages"]] == ["the API changed", "from stdin\n"]
+    inbox = json.loads(ok("ccc", "--as", "bob", "inbox", "--json", env=env))["messages"]
     assert inbox[0]["id"] == sent["id"] and inbox[0]["from"] == "alice"
-    assert ok("ccc", "--as", "bob", "inbox", "--json", env=env) == ""
+    assert json.loads(ok("ccc", "--as", "bob", "inbox", "--json", env=env)) == {"messages": []}
 
     # Inside a container the same works from the environment alone.
     container_env = {
@@ -82,7 +76,7 @@ def test_quickstart(daemon: dict[str, str], state_dir: Path) -> None:
         "CCC_CREDENTIAL": str(state_dir / "credentials" / "bob.cred"),
     }
     assert json.loads(ok("ccc", "whoami", "--json", env=container_env))["agent"] == "bob"
-    agents = json.loads(ok("ccc", "agents", "--json", env=container_env))
+    agents = json.loads(ok("ccc", "agents", "--json", env=container_env))["agents"]
     assert agents == [{"name": "alice", "online": False, "may_send": True, "may_receive": True}]
 
     status = json.loads(ok("ccc", "status", "--json", env=env))
@@ -129,15 +123,18 @@ def test_errors_print_the_relays_sentence_and_exit_non_zero(daemon: dict[str, st
     as_json = run_cli("ccc", "--as", "alice", "send", "nobody", "hi", "--json", env=env)
     assert json.loads(as_json.stdout)["error"]["code"] == "forbidden"
     duplicate = run_cli("ccc", "agent", "add", "alice", env=env)
-    assert duplicate.returncode == 4 and "already exists" in duplicate.stderr
+    assert duplicate.returncode == 7 and "already exists" in duplicate.stderr  # conflict
+    assert "ccc agent rotate alice" in duplicate.stderr
     bad_name = run_cli("ccc", "agent", "add", "../etc", env=env)
     assert bad_name.returncode == 2 and "agent name" in bad_name.stderr
     missing = run_cli("ccc", "--as", "zed", "inbox", env=env)
-    assert missing.returncode == 4 and "does not exist" in missing.stderr
+    assert missing.returncode == 8 and "[credential_missing]" in missing.stderr
+    assert "relay_unavailable" not in missing.stderr and "does not exist" in missing.stderr
+    assert "ccc agent add zed" in missing.stderr and "zed.cred" in missing.stderr
     no_cred = run_cli("ccc", "inbox", env=env)
-    assert no_cred.returncode == 4 and "CCC_CREDENTIAL" in no_cred.stderr
-    unknown_deny = run_cli("ccc", "allow", "alice", "ghost", env=env)
-    assert unknown_deny.returncode == 1 and "no agent named 'ghost'" in unknown_deny.stderr
+    assert no_cred.returncode == 8 and "CCC_CREDENTIAL" in no_cred.stderr
+    unknown_allow = run_cli("ccc", "allow", "alice", "ghost", env=env)
+    assert unknown_allow.returncode == 6 and "no agent named 'ghost'" in unknown_allow.stderr
 
 
 def test_operator_session_commands(daemon: dict[str, str]) -> None:
@@ -146,25 +143,26 @@ def test_operator_session_commands(daemon: dict[str, str]) -> None:
     assert "accepted" in ok(
         "ccc-statusd", "session", "send", "bob", "hello from the operator", env=env
     )
-    assert json.loads(ok("ccc-statusd", "session", "list", "--json", env=env)) == []
-    [message] = [
-        json.loads(x) for x in ok("ccc", "--as", "bob", "inbox", "--json", env=env).splitlines()
-    ]
+    assert json.loads(ok("ccc-statusd", "session", "list", "--json", env=env)) == {"sessions": []}
+    [message] = json.loads(ok("ccc", "--as", "bob", "inbox", "--json", env=env))["messages"]
     assert message["from"] == "operator"
-    rows = json.loads(ok("ccc", "agent", "list", "--json", env=env))
+    rows = json.loads(ok("ccc", "agent", "list", "--json", env=env))["agents"]
     assert [r["name"] for r in rows] == ["bob"]
     ok("ccc", "agent", "rotate", "bob", env=env)
     ok("ccc", "--as", "bob", "whoami", env=env)  # the rewritten file works
     ok("ccc", "agent", "remove", "bob", env=env)
-    assert json.loads(ok("ccc", "agent", "list", "--json", env=env)) == []
+    assert json.loads(ok("ccc", "agent", "list", "--json", env=env)) == {"agents": []}
 
 
 def test_commands_without_a_relay_say_so(state_dir: Path) -> None:
     env = {"CCC_CACHE_DIR": str(state_dir), "CCC_CONFIG": ""}
     result = run_cli("ccc", "status", env=env)
-    assert result.returncode == 3 and "ccc-statusd start" in result.stderr
-    result = run_cli("ccc-statusd", "status", env=env)
-    assert result.returncode == 3 and "not running" in result.stdout
+    assert result.returncode == 3 and "ccc-statusd start" in result.stdout
+    assert "not running" in result.stdout
+    same = run_cli("ccc-statusd", "status", env=env)
+    assert (same.returncode, same.stdout) == (result.returncode, result.stdout)
+    as_json = run_cli("ccc", "status", "--json", env=env)
+    assert as_json.returncode == 3 and json.loads(as_json.stdout)["running"] is False
     assert not list(state_dir.glob("credentials/*"))
 
 

@@ -814,7 +814,7 @@ def test_cli_pair_send_inbox(peers: Peers, listen: Listen) -> None:
     assert made.exit_code == 0, made.output
     assert "dave+erin.key (mode 0600" in made.output
     again = runner.invoke(peer, ["pair", "dave", "erin"], env=peers.env)
-    assert again.exit_code == 4 and "--rotate" in again.output
+    assert again.exit_code == 7 and "--rotate" in again.output  # conflict
     old = read_pair_key(peers.keys_dir / "dave+erin.key")
     assert runner.invoke(peer, ["pair", "erin", "dave", "--rotate"], env=peers.env).exit_code == 0
     assert read_pair_key(peers.keys_dir / "dave+erin.key").reveal() != old.reveal()
@@ -827,8 +827,8 @@ def test_cli_pair_send_inbox(peers: Peers, listen: Listen) -> None:
     assert "from dave" in peeked.output and "hello erin" in peeked.output
     assert "did not pass through a relay" in peeked.output
     read = runner.invoke(peer, ["--as", "erin", "inbox", "--json"], env=peers.env)
-    [line] = read.stdout.splitlines()
-    assert msgspec.json.decode(line)["body"] == "hello erin"
+    [message] = msgspec.json.decode(read.stdout)["messages"]
+    assert message["body"] == "hello erin"
     empty = runner.invoke(peer, ["--as", "erin", "inbox"], env=peers.env)
     assert "no messages" in empty.output
 
@@ -840,9 +840,9 @@ def test_cli_send_without_a_listener_exits_3(peers: Peers) -> None:
     assert "no direct-mode listener" in result.output and "[peer_unavailable]" in result.output
 
 
-def test_cli_send_without_a_pair_key_exits_4(peers: Peers) -> None:
+def test_cli_send_without_a_pair_key_exits_8(peers: Peers) -> None:
     result = CliRunner().invoke(peer, ["--as", "alice", "send", "carol", "hi"], env=peers.env)
-    assert result.exit_code == 4 and "ccc peer pair alice carol" in result.output
+    assert result.exit_code == 8 and "ccc peer pair alice carol" in result.output  # credential
 
 
 @pytest.mark.slow

@@ -25,6 +25,14 @@ class CredentialError(ValueError):
     pass
 
 
+class CredentialMissing(CredentialError):
+    """The credential file named is not there (``path`` says where it was looked for)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"credential file {path} does not exist")
+        self.path = path
+
+
 class Credential:
     __slots__ = ("_value",)
 
@@ -148,7 +156,7 @@ def read_credential_file(path: str | os.PathLike[str]) -> tuple[str, Credential]
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CredentialError(f"credential file {path} does not exist") from None
+        raise CredentialMissing(path) from None
     except PermissionError:
         raise CredentialError(f"credential file {path} is not readable by this user") from None
     except OSError as exc:

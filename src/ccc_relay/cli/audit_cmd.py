@@ -8,11 +8,11 @@ something: ``seal-key export`` destroys the seed it prints, and
 alarm was looked into. The dirs come from ``--config`` / CCC_CONFIG or the
 embedded defaults, like every operator command.
 
-Exit codes: 0 fine, 1 the chain is broken or a seal forged or a tamper alarm
-open (verify), or refused (seal-key export, acknowledge), 2 usage, 3 the relay
-is not running (acknowledge), 4 something could not be read (config, log,
-relay.db, key), 5 the log verifies but ends in an unsealed tail (verify with
---seal-key, unless --allow-unsealed-tail).
+Exit codes are ``ccc``'s (docs/cli.md): 0 fine, 1 the chain is broken or a seal
+forged or a tamper alarm open (verify), or refused (seal-key export), 3 the
+relay is not running (acknowledge), 4 something could not be read (config,
+log, relay.db, key), 5 the log verifies but ends in an unsealed tail (verify
+with --seal-key, unless --allow-unsealed-tail), 6 no such alarm (acknowledge).
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ import click
 from ccc_relay.cli.common import (
     EXIT_CONFIG,
     EXIT_REFUSED,
+    EXIT_UNSEALED,
     config_option,
     emit_json,
     fail,
     handle_errors,
     load_host_config,
 )
+from ccc_relay.cli.progress import spinner
 from ccc_relay.policy.config import Config
 
 if TYPE_CHECKING:
@@ -46,8 +48,7 @@ if TYPE_CHECKING:
 # The audit modules are imported inside each command: ``ccc`` is also the agents'
 # command, and ``ccc send`` should not pay for hashing, signing and search code.
 
-EXIT_BROKEN = 1
-EXIT_UNSEALED = 5
+EXIT_BROKEN = EXIT_REFUSED
 FOLLOW_INTERVAL = 0.5  # seconds between looks at the log for -f
 
 
@@ -127,11 +128,12 @@ def verify(
     seal_key = _seal_key(seal_key_arg)
     log_dir = config.audit.log_path
     try:
-        report = verify_log(
-            log_dir, recorded=recorded, public_key=key, outbox=outbox, seal_key=seal_key,
-            stopped_cleanly=clean_stop is not None and clean_stop == recorded
-            and _relay_stopped(log_dir),
-        )  # fmt: skip
+        with spinner(f"verifying the audit log in {log_dir}"):
+            report = verify_log(
+                log_dir, recorded=recorded, public_key=key, outbox=outbox, seal_key=seal_key,
+                stopped_cleanly=clean_stop is not None and clean_stop == recorded
+                and _relay_stopped(log_dir),
+            )  # fmt: skip
     except OSError as exc:
         fail(f"cannot read the audit log: {exc}", EXIT_CONFIG)
     notes = report.notes + notes

@@ -18,7 +18,13 @@ from typing import Any
 import click
 
 from ccc_relay import __version__
-from ccc_relay.cli.common import config_option, emit_json, handle_errors, load_host_config
+from ccc_relay.cli.common import (
+    config_option,
+    emit_json,
+    emit_json_line,
+    handle_errors,
+    load_host_config,
+)
 from ccc_relay.cli.terminal import shown
 from ccc_relay.cli.when import Delay, DeliverAt
 from ccc_relay.client.base import message_dict
@@ -237,7 +243,7 @@ def send(
 @main.command()
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--peek", is_flag=True, help="Show without acknowledging (they stay queued).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"messages": [...]} for scripts.')
 @pass_context
 @handle_errors
 def inbox(obj: Context, limit: int, peek: bool, as_json: bool) -> None:
@@ -247,8 +253,7 @@ def inbox(obj: Context, limit: int, peek: bool, as_json: bool) -> None:
     with obj.client() as client:
         messages = client.fetch(limit)
         if as_json:
-            for m in messages:
-                emit_json(message_dict(m))
+            emit_json({"messages": [message_dict(m) for m in messages]})
         elif messages:
             print_messages(messages)
         else:
@@ -260,7 +265,7 @@ def inbox(obj: Context, limit: int, peek: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message (JSON Lines).")
 @click.option("--count", type=int, help="Exit after this many messages.")
 @click.option("--timeout", type=float, help="Exit 0 after this many seconds without a message.")
 @pass_context
@@ -272,6 +277,7 @@ def watch(obj: Context, as_json: bool, count: int | None, timeout: float | None)
     with backoff, resuming its session: messages sent meanwhile are printed
     once the relay is back, each once.
     """
+    from ccc_relay.cli.progress import spinner
     from ccc_relay.cli.render import print_messages
 
     seen = 0
@@ -279,11 +285,12 @@ def watch(obj: Context, as_json: bool, count: int | None, timeout: float | None)
         client.subscribe()
         try:
             while count is None or seen < count:
-                message = client.wait_for_message(timeout)
+                with spinner("waiting for messages (Ctrl-C stops)"):
+                    message = client.wait_for_message(timeout)
                 if message is None:
                     return
                 if as_json:
-                    emit_json(message_dict(message))
+                    emit_json_line(message_dict(message))
                 else:
                     print_messages([message])
                 sys.stdout.flush()
@@ -299,19 +306,23 @@ def watch(obj: Context, as_json: bool, count: int | None, timeout: float | None)
 @handle_errors
 def agents(obj: Context, as_json: bool) -> None:
     """Agents this one may talk to, and whether they are online."""
+    from ccc_relay.cli.render import online
+
     with obj.client() as client:
         rows = client.agents()
     if as_json:
         emit_json(
-            [
-                {
-                    "name": a.name,
-                    "online": a.online,
-                    "may_send": a.may_send,
-                    "may_receive": a.may_receive,
-                }
-                for a in rows
-            ]
+            {
+                "agents": [
+                    {
+                        "name": a.name,
+                        "online": a.online,
+                        "may_send": a.may_send,
+                        "may_receive": a.may_receive,
+                    }
+                    for a in rows
+                ]
+            }
         )
         return
     if not rows:
@@ -320,7 +331,7 @@ def agents(obj: Context, as_json: bool) -> None:
         direction = {(True, True): "<->", (True, False): "->", (False, True): "<-"}[
             (a.may_send, a.may_receive)
         ]
-        click.echo(f"{direction} {a.name}  ({'online' if a.online else 'offline'})")
+        click.echo(f"{direction} {a.name}  online: {online(a.online)}")
 
 
 @main.command()

@@ -1,31 +1,86 @@
 """What every command shares: finding the config, printing, turning errors into exits.
 
-Exit codes: 0 success, 1 the relay refused (its code and sentence are
-printed), 2 usage errors (click), 3 no relay reachable, 4 bad config or
-credential.
+One table of exit codes for ``ccc`` and ``ccc-statusd`` (``EXIT_CODES``,
+documented in docs/cli.md, whose table a test compares with this one). The
+same error always leaves with the same code: a relay refusal by its stable
+code (``CODE_EXITS``), a local problem by what it is.
+
+One JSON convention: ``--json`` prints exactly one JSON document, an object
+(lists go inside it), through :func:`emit_json`; commands that print a stream
+of events (``watch``, ``audit tail``, ``audit search``) print JSON Lines, one
+object per event, through :func:`emit_json_line`. An error under ``--json``
+is one more object, ``{"error": {"code", "message", "exit"}}``, on stdout,
+besides the human line on stderr.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from ccc_relay.cli.terminal import shown
-from ccc_relay.client.base import RelayError, RelayUnavailable
 from ccc_relay.client.endpoint import host_config
+from ccc_relay.client.errors import RelayError, RelayUnavailable, credential_refusal
 from ccc_relay.credentials import CredentialError
 from ccc_relay.policy.config import Config, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_REFUSED = 1
-EXIT_UNAVAILABLE = 3
-EXIT_CONFIG = 4
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the relay refused, or a check failed (the answer is "no")
+EXIT_USAGE = 2  # click's own: a wrong option or argument
+EXIT_UNAVAILABLE = 3  # no relay reachable
+EXIT_CONFIG = 4  # a config, key or file that cannot be used as it is
+EXIT_UNSEALED = 5  # audit verify: the log verifies but ends in an unsealed tail
+EXIT_NOT_FOUND = 6  # no such agent, held message, alarm
+EXIT_CONFLICT = 7  # it exists already, or is not in the state the command needs
+EXIT_CREDENTIAL = 8  # a credential missing or refused, a socket this user may not open
+
+# (code, label, meaning): the table docs/cli.md shows (tests/test_cli_conventions.py).
+EXIT_CODES: tuple[tuple[int, str, str], ...] = (
+    (EXIT_OK, "ok", "done"),
+    (EXIT_REFUSED, "refused", "the relay refused (its code and sentence are printed), "
+     "or a check failed"),
+    (EXIT_USAGE, "usage", "a wrong option or argument"),
+    (EXIT_UNAVAILABLE, "relay_unavailable", "no relay is running or reachable"),
+    (EXIT_CONFIG, "bad_config", "a config, key or file that cannot be used as it is"),
+    (EXIT_UNSEALED, "unsealed_tail", "audit verify: the log verifies but lines follow "
+     "its last seal"),
+    (EXIT_NOT_FOUND, "not_found", "no such agent, held message or alarm"),
+    (EXIT_CONFLICT, "conflict", "it exists already, or is not in the state the command needs"),
+    (EXIT_CREDENTIAL, "credential", "a credential missing or refused, or a socket this user "
+     "may not open"),
+)  # fmt: skip
+
+# Relay (and client) error codes that are not a plain refusal.
+CODE_EXITS = {
+    "relay_unavailable": EXIT_UNAVAILABLE,
+    "peer_unavailable": EXIT_UNAVAILABLE,
+    "unavailable": EXIT_UNAVAILABLE,
+    "not_found": EXIT_NOT_FOUND,
+    "conflict": EXIT_CONFLICT,
+    "auth_failed": EXIT_CREDENTIAL,
+    "credential_missing": EXIT_CREDENTIAL,
+    "credential_invalid": EXIT_CREDENTIAL,
+    "permission_denied": EXIT_CREDENTIAL,
+}
+
+# The next step for a refusal whose sentence does not already say it.
+HINTS = {
+    "forbidden": "the operator allows a pair with 'ccc allow SENDER RECIPIENT'",
+    "auth_failed": "the credential was rotated or its agent removed: ask the operator for "
+    "a new one ('ccc agent rotate NAME')",
+    "quarantined": "the operator lifts a quarantine with 'ccc agent release NAME'",
+    "session_expired": "run the command again: it starts a new session",
+    "queue_full": "the recipient has too much waiting; try again once it has read its inbox",
+}
 
 config_option = click.option(
     "--config",
@@ -36,6 +91,12 @@ config_option = click.option(
 )
 
 
+def exit_code_for(exc: RelayError) -> int:
+    """The exit code of an error: by its stable code, a refusal unless named there."""
+    default = EXIT_UNAVAILABLE if isinstance(exc, RelayUnavailable) else EXIT_REFUSED
+    return CODE_EXITS.get(exc.code, default)
+
+
 def load_host_config(config_path: str | None) -> Config:
     try:
         return host_config(config_path)
@@ -43,9 +104,23 @@ def load_host_config(config_path: str | None) -> Config:
         fail(f"invalid config: {exc}", EXIT_CONFIG)
 
 
-def fail(message: str, code: int) -> NoReturn:
+def _label(exit_code: int) -> str:
+    return next((label for code, label, _ in EXIT_CODES if code == exit_code), "error")
+
+
+def json_requested() -> bool:
+    """Whether the command being run was given ``--json``."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("as_json"))
+
+
+def fail(message: str, exit_code: int, *, code: str | None = None) -> NoReturn:
+    """One line on stderr (and the error object on stdout under --json), then exit."""
+    code = code or _label(exit_code)
+    if json_requested():
+        emit_json({"error": {"code": code, "message": message, "exit": exit_code}})
     click.echo(f"error: {shown(message, one_line=True)}", err=True)
-    sys.exit(code)
+    sys.exit(exit_code)
 
 
 def handle_errors(fn: F) -> F:
@@ -53,29 +128,133 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        json_mode = bool(kwargs.get("as_json"))
         try:
             return fn(*args, **kwargs)
-        except RelayUnavailable as exc:
-            _report(exc, json_mode)
-            sys.exit(EXIT_UNAVAILABLE)
         except RelayError as exc:
-            _report(exc, json_mode)
-            sys.exit(EXIT_REFUSED)
-        except (CredentialError, ConfigError) as exc:
-            fail(str(exc), EXIT_CONFIG)
+            report(exc)
+        except CredentialError as exc:
+            report(credential_refusal(exc))
+        except ConfigError as exc:
+            fail(f"invalid config: {exc}", EXIT_CONFIG)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _report(exc: RelayError, json_mode: bool) -> None:
-    if json_mode:
-        click.echo(json.dumps({"error": exc.as_dict()}))
-    text = f"error: {shown(exc.message, one_line=True)} [{shown(exc.code, one_line=True)}]"
+def report(exc: RelayError) -> NoReturn:
+    """Print a refusal in the user's words, with its code and next step, and exit."""
+    exit_code = exit_code_for(exc)
+    message = humane(exc.message)
+    if json_requested():
+        data = {**exc.as_dict(), "message": message, "exit": exit_code}
+        emit_json({"error": data})
+    text = f"error: {shown(message, one_line=True)} [{shown(exc.code, one_line=True)}]"
     if exc.retry_after is not None:
         text += f" (retry after {exc.retry_after:g}s)"
+    hint = HINTS.get(exc.code)
+    if hint:
+        text += f"\n  next: {hint}"
     click.echo(text, err=True)
+    sys.exit(exit_code)
 
 
-def emit_json(data: Any) -> None:
+# What a relay's schema check says (msgspec's words) in the words of the command line.
+_AT = re.compile(r"^(?P<detail>.*?) - at `\$(?P<path>[^`]*)`$")
+_FIELDS = {
+    "thread": "--thread",
+    "reply_to": "--reply-to",
+    "deliver_at": "--at",
+    "to": "the recipient",
+    "body": "the message text",
+}
+_DETAILS = (
+    (re.compile(r"Expected `str` of length <= (\d+)"), "must be at most {0} characters"),
+    (re.compile(r"Expected `str` of length >= (\d+)"), "must be at least {0} characters"),
+    (re.compile(r"Expected `str` matching regex .*"), "has a form the relay does not accept"),
+    (re.compile(r"Expected `(\w+)`, got `(\w+)`"), "must be {0}, not {1}"),
+    (re.compile(r"Expected `\w+` ([<>]=?) (\S+)"), "must be {0} {1}"),
+    (re.compile(r"Object missing required field `(\w+)`"), "'{0}' is missing"),
+    (re.compile(r"Object contains unknown field `(\w+)`"), "'{0}' is not a field the relay knows"),
+)
+
+
+_TYPES = {
+    "str": "text",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "empty",
+}
+
+
+def humane(message: str) -> str:
+    """``message`` with a schema checker's path and jargon put in plain words."""
+    prefix, sep, rest = message.partition(": ")
+    if not sep:
+        prefix, rest = "", message
+    match = _AT.match(rest)
+    detail, path = (match["detail"], match["path"].lstrip(".")) if match else (rest, None)
+    for pattern, words in _DETAILS:
+        found = pattern.fullmatch(detail)
+        if found:
+            detail = words.format(*(_TYPES.get(g, g) for g in found.groups()))
+            break
+    else:
+        if match is None:
+            return message
+    if path is not None:
+        detail = f"{_FIELDS.get(path, repr(path) if path else 'the request')} {detail}"
+    return f"{prefix}{sep}{detail}"
+
+
+def emit_json(data: Mapping[str, Any]) -> None:
+    """The one JSON document a command prints with --json: an object."""
+    if not isinstance(data, Mapping):
+        raise TypeError("--json prints one object; put lists inside it")
     click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+
+
+def emit_json_line(data: Mapping[str, Any]) -> None:
+    """One event of a stream (JSON Lines): one object on one line, flushed."""
+    click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+    sys.stdout.flush()
+
+
+def run_main(command: click.Command) -> None:
+    """Run a top-level command with no traceback for what escapes it.
+
+    A defect still says what it was and how to see the traceback
+    (CCC_DEBUG=1), and exits 70 (EX_SOFTWARE).
+    """
+    try:
+        rv = command.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (| head): nothing more to say, and nothing to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:
+        if os.environ.get("CCC_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}", EXIT_REFUSED, code="os_error")
+    except Exception as exc:
+        if os.environ.get("CCC_DEBUG"):
+            raise
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {shown(str(exc), one_line=True)}\n"
+            "  next: run again with CCC_DEBUG=1 for the traceback, and report it",
+            err=True,
+        )
+        sys.exit(70)
+    # ctx.exit(N) and --help come back as a return value without standalone mode.
+    if isinstance(rv, int):
+        sys.exit(rv)

@@ -8,13 +8,15 @@ written locally and only its SHA-256 travels to the daemon.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ccc_relay.cli.common import (
-    EXIT_CONFIG,
+    EXIT_CONFLICT,
+    EXIT_UNAVAILABLE,
     config_option,
     emit_json,
     fail,
@@ -66,7 +68,7 @@ def agent() -> None:
 )
 @click.option("--uid", type=int, help="Accept this agent only from this peer uid.")
 @click.option("--gid", type=int, help="Accept this agent only from this peer gid.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 @config_option
 @handle_errors
 def agent_add(
@@ -89,7 +91,10 @@ def agent_add(
         write_credential_file(path, name, credential)
     except FileExistsError:
         fail(
-            f"{path} already exists; remove it first or use 'ccc agent rotate {name}'", EXIT_CONFIG
+            f"agent {name}'s credential file {path} already exists; to give {name} a new "
+            f"credential use 'ccc agent rotate {name}', to start over 'ccc agent remove {name}'",
+            EXIT_CONFLICT,
+            code="conflict",
         )
     try:
         admin.request("agent_add", name=name, cred_hash=credential.digest(), uid=uid, gid=gid)
@@ -151,7 +156,7 @@ def agent_release(name: str, config_path: str | None) -> None:
 
 
 @agent.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 @config_option
 @handle_errors
 def agent_list(as_json: bool, config_path: str | None) -> None:
@@ -159,7 +164,7 @@ def agent_list(as_json: bool, config_path: str | None) -> None:
     _, admin = _admin(config_path)
     rows = admin.request("agent_list")
     if as_json:
-        emit_json(rows)
+        emit_json({"agents": rows})
         return
     from ccc_relay.cli.render import print_agents
 
@@ -207,7 +212,7 @@ def policy() -> None:
 
 
 @policy.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 @config_option
 @handle_errors
 def policy_show(as_json: bool, config_path: str | None) -> None:
@@ -215,7 +220,7 @@ def policy_show(as_json: bool, config_path: str | None) -> None:
     _, admin = _admin(config_path)
     rows = admin.request("policy_show")
     if as_json:
-        emit_json(rows)
+        emit_json({"rules": rows})
         return
     if not rows:
         click.echo("no agent may message any other (default deny); use 'ccc allow A B'")
@@ -223,16 +228,24 @@ def policy_show(as_json: bool, config_path: str | None) -> None:
         click.echo(f"{r['from']} -> {r['to']}  {r['action']}  ({r['source']})")
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
-@config_option
-@handle_errors
-def status(as_json: bool, config_path: str | None) -> None:
-    """Agents online and offline, queue depths and counters. Exits 3 when not running."""
-    _, admin = _admin(config_path)
-    data: dict[str, Any] = admin.request("status")
+def show_status(config_path: str | None, as_json: bool) -> None:
+    """What ``ccc status`` (and ``ccc-statusd status``, the same) prints."""
+    config = load_host_config(config_path)
+    try:
+        data: dict[str, Any] = AdminClient(config.admin_socket_path).request("status")
+    except RelayUnavailable as exc:
+        if exc.code != "relay_unavailable":
+            raise  # the relay may be there: this user may not ask it
+        if as_json:
+            emit_json({"running": False, "socket": str(config.socket_path)})
+        else:
+            click.echo(
+                f"ccc-statusd is not running (socket {config.socket_path}); "
+                "start it with 'ccc-statusd start'"
+            )
+        sys.exit(EXIT_UNAVAILABLE)
     if as_json:
-        emit_json(data)
+        emit_json({"running": True, **data})
         return
     from ccc_relay.cli.render import print_status
 
@@ -240,7 +253,17 @@ def status(as_json: bool, config_path: str | None) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@config_option
+@handle_errors
+def status(as_json: bool, config_path: str | None) -> None:
+    """Is the relay running, and how is it doing: agents online and offline, queue
+    depths, counters, alerts, the audit's state. Exits 3 when it is not running."""
+    show_status(config_path, as_json)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 @config_option
 @handle_errors
 def held(as_json: bool, config_path: str | None) -> None:
@@ -250,7 +273,7 @@ def held(as_json: bool, config_path: str | None) -> None:
     _, admin = _admin(config_path)
     rows = admin.request("held_list")
     if as_json:
-        emit_json(rows)
+        emit_json({"held": rows})
     elif rows:
         print_held(rows)
     else:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ccc_relay.cli.common import EXIT_CONFIG, emit_json, fail, handle_errors
+from ccc_relay.cli.common import EXIT_CONFIG, EXIT_CONFLICT, emit_json, fail, handle_errors
 from ccc_relay.client.base import message_dict
 from ccc_relay.daemon.sockets import SocketPathError
 from ccc_relay.peer.inbox import PeerStore, Received
@@ -132,7 +132,7 @@ def pair(obj: PeerOptions, a: str, b: str, out: str | None, rotate: bool,
     try:
         write_pair_key(path, key, replace=rotate)
     except FileExistsError:
-        fail(f"{path} already exists; pass --rotate to replace the key", EXIT_CONFIG)
+        fail(f"{path} already exists; pass --rotate to replace the key", EXIT_CONFLICT)
     shared = Path(obj.peer_dir or os.environ.get(ENV_DIR) or default_peer_dir()).absolute()
     prepare_shared_dir(shared, group=group)
     first, second = key.pair
@@ -208,7 +208,7 @@ def send_cmd(obj: PeerOptions, to: str, text: str | None, as_json: bool) -> None
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--peek", is_flag=True, help="Show without marking them read.")
 @click.option("--all", "show_all", is_flag=True, help="Include messages already read.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"messages": [...]} for scripts.')
 @pass_options
 @peer_errors
 def inbox(obj: PeerOptions, limit: int, peek: bool, show_all: bool, as_json: bool) -> None:
@@ -219,9 +219,9 @@ def inbox(obj: PeerOptions, limit: int, peek: bool, show_all: bool, as_json: boo
     with PeerStore(config.store_path) as store:
         rows = store.messages(limit, unread_only=not show_all)
         if as_json:
-            for row in rows:
-                emit_json({**message_dict(_as_message(row)), "direct": True,
-                           "received_at": row.received_at, "changes": row.changes})  # fmt: skip
+            emit_json({"messages": [{**message_dict(_as_message(row)), "direct": True,
+                                     "received_at": row.received_at, "changes": row.changes}
+                                    for row in rows]})  # fmt: skip
         elif rows:
             click.echo(f"note: {NOT_RELAYED}", err=True)
             print_messages([_as_message(row) for row in rows])

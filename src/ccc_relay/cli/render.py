@@ -25,11 +25,33 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def duration(seconds: float) -> str:
+    """A span as people say it: ``42s``, ``26m 7s``, ``3h 2m``, ``2d 4h`` (two units at most)."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def online(connections: int | bool) -> str:
+    """An agent's online state, the one way every table shows it: ``yes (2)`` or ``no``."""
+    if isinstance(connections, bool):
+        return "yes" if connections else "no"
+    return f"yes ({connections})" if connections else "no"
+
+
 def print_status(data: dict[str, Any]) -> None:
     out = console()
     failure = shown(str(data["failure"]), one_line=True)
     state = "accepting" if data["accepting"] else f"NOT ACCEPTING: {failure}"
-    out.print(f"ccc-statusd running, pid {data['pid']}, up {data['uptime']:.0f}s, {state}")
+    out.print(f"ccc-statusd running, pid {data['pid']}, up {duration(data['uptime'])}, {state}")
     out.print(f"socket {data['socket']}  state {data['state_dir']}")
     counters = data["counters"]
     refused = ", ".join(f"{k} {v}" for k, v in sorted(counters["refused"].items())) or "none"
@@ -54,9 +76,8 @@ def print_status(data: dict[str, Any]) -> None:
     print_audit_state(out, data)
     table = Table("agent", "online", "queued", "state", title=f"{len(data['agents'])} agents")
     for agent in data["agents"]:
-        online = Text(f"yes ({agent['online']})" if agent["online"] else "no")
         flag = Text("QUARANTINED", style="bold red") if agent.get("quarantined") else Text("ok")
-        table.add_row(Text(agent["name"]), online, str(agent["queued"]), flag)
+        table.add_row(Text(agent["name"]), online(agent["online"]), str(agent["queued"]), flag)
     out.print(table)
     for alert in data.get("alerts", [])[-5:]:
         out.print(
@@ -113,7 +134,7 @@ def print_agents(rows: Iterable[dict[str, Any]]) -> None:
         gid = "-" if r["gid"] is None else r["gid"]
         bound = f"{uid}/{gid}"
         table.add_row(
-            Text(r["name"]), when(r["created"]), bound, str(r["online"]), str(r["queued"])
+            Text(r["name"]), when(r["created"]), bound, online(r["online"]), str(r["queued"])
         )
     console().print(table)
 

@@ -14,6 +14,7 @@ from ccc_relay.audit.log import AuditLogError
 from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.cli.common import (
     EXIT_CONFIG,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     config_option,
     emit_json,
@@ -21,8 +22,8 @@ from ccc_relay.cli.common import (
     handle_errors,
     load_host_config,
 )
+from ccc_relay.cli.progress import spinner
 from ccc_relay.client.admin import AdminClient
-from ccc_relay.client.base import RelayUnavailable
 from ccc_relay.daemon.landlock import LandlockError
 from ccc_relay.daemon.privileges import PrivilegeError, describe_missing, root_check
 from ccc_relay.daemon.sockets import SocketPathError
@@ -52,9 +53,32 @@ def host_problems(config: Config) -> list[str]:
     return problems
 
 
+# The Config fields effective_settings prints under another name (field path -> key).
+SETTING_NAMES = {
+    "source": "config",
+    "limits.rate_per_minute": "rate_limit",
+    "limits.agent_rate_per_minute": "agent_rate_limit",
+    "limits.pair_rate_per_minute": "pair_rate_limit",
+    "limits.global_rate_per_minute": "global_rate_limit",
+    "limits.frames_per_minute": "frame_rate_limit",
+    "limits.audit_body_bytes_per_minute_total": "audit_body_bytes_per_minute",
+    "limits.sanitize.enabled": "sanitize",
+    "limits.sanitize.paths": "sanitize_paths",
+    "limits.sanitize.redact_secrets": "redact_secrets",
+    "rules": "policy",
+}
+
+
 def effective_settings(config: Config) -> dict[str, Any]:
+    """Every setting ``config`` holds, named as in the config file, in people's units.
+
+    The keys are the config file's (``rate_limit``, ``audit.retention``); a
+    Config field this function does not know yet is still printed, under its
+    field path, so nothing the daemon runs with is left out.
+    """
     limits = config.limits
-    return {
+    anomaly = config.anomaly
+    settings: dict[str, Any] = {
         "config": str(config.source) if config.source else "(embedded defaults)",
         "state_dir": str(config.state_dir),
         "socket_path": str(config.socket_path),
@@ -62,6 +86,8 @@ def effective_settings(config: Config) -> dict[str, Any]:
         "socket_group": config.socket_group,
         "admin_socket_path": str(config.admin_socket_path),
         "user": config.user,
+        "per_agent_sockets": config.per_agent_sockets,
+        "agent_socket_dir": str(config.agent_sockets),
         "max_message_size": (
             f"{limits.max_message_size} bytes ({format_size(limits.max_message_size)})"
         ),
@@ -78,7 +104,8 @@ def effective_settings(config: Config) -> dict[str, Any]:
         "max_connections_per_agent": limits.max_connections_per_agent,
         "max_sessions_per_agent": limits.max_sessions_per_agent,
         "auth_failures_per_minute": f"{limits.auth_failures_per_minute:g} per uid and name",
-        "frame_rate_limit": f"{limits.frame_rate:g} frames/min/agent",
+        "frame_rate_limit": f"{limits.frame_rate:g} frames/min/agent"
+        + ("" if limits.frames_per_minute else " (60 per message an agent may send)"),
         "max_queued_messages": f"{limits.max_queued_messages} per recipient (half per sender)",
         "max_queued_bytes": (
             f"{format_size(limits.max_queued_bytes)} per recipient (half per sender)"
@@ -89,16 +116,86 @@ def effective_settings(config: Config) -> dict[str, Any]:
         ),
         "max_queued_messages_total": limits.max_queued_messages_total,
         "max_queued_bytes_total": format_size(limits.max_queued_bytes_total),
+        "sanitize": limits.sanitize.enabled,
+        "sanitize_paths": limits.sanitize.paths,
+        "redact_secrets": limits.sanitize.redact_secrets,
         "audit.log_path": str(config.audit.log_path),
         "audit.log_all_messages": config.audit.log_all_messages,
         "audit.retention": format_duration(config.audit.retention),
+        "audit.log_group": config.audit.log_group,
+        "anomaly.window": format_duration(anomaly.window),
+        "anomaly.jump_min_messages": anomaly.jump_min_messages,
+        "anomaly.rules": [
+            f"{name} >= {rule.threshold:g}" + (" (quarantine)" if rule.quarantine else "")
+            for name, rule in sorted(anomaly.rules.items())
+        ],
         "policy": [f"{r.sender} -> {r.recipient} ({r.action})" for r in config.rules],
     }
+    for path, value in _fields(config):
+        if SETTING_NAMES.get(path, path) not in settings and not _covered(path, settings):
+            settings[path] = _plain(value)
+    return settings
+
+
+def _fields(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every leaf field of a dataclass, nested ones walked."""
+    import dataclasses
+
+    out: list[tuple[str, Any]] = []
+    for field in dataclasses.fields(value):
+        inner = getattr(value, field.name)
+        path = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(inner) and not isinstance(inner, type):
+            out += _fields(inner, f"{path}.")
+        else:
+            out.append((path, inner))
+    return out
+
+
+def _covered(path: str, settings: dict[str, Any]) -> bool:
+    # limits.X is printed as X (the file's daemon.security.X); anomaly.rules as itself.
+    for prefix in ("limits.", "limits.sanitize."):
+        if path.startswith(prefix) and path.removeprefix(prefix) in settings:
+            return True
+    return False
+
+
+def _human(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(_human(v) for v in value) or "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_human(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON can hold it (and a person can read it)."""
+    import dataclasses
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | set | frozenset):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"settings": {...}, "problems": [...]}.'
+)
 def check_config(file: str, as_json: bool) -> None:
     """Validate FILE and print the settings the daemon would run with.
 
@@ -110,18 +207,16 @@ def check_config(file: str, as_json: bool) -> None:
     except ConfigError as exc:
         fail(f"invalid config: {exc}", EXIT_CONFIG)
     settings = effective_settings(config)
+    problems = host_problems(config)
     if as_json:
-        emit_json(settings)
+        emit_json({"settings": settings, "problems": problems})
     else:
         width = max(len(k) for k in settings)
         for key, value in settings.items():
-            if isinstance(value, list):
-                value = ", ".join(value) or "(none)"
-            click.echo(f"{key:<{width}}  {value}")
-    problems = host_problems(config)
-    for problem in problems:
-        click.echo(f"problem: {problem}", err=True)
-    sys.exit(1 if problems else 0)
+            click.echo(f"{key:<{width}}  {_human(value)}")
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+    sys.exit(EXIT_REFUSED if problems else 0)
 
 
 @main.command()
@@ -172,35 +267,29 @@ def stop(config_path: str | None, timeout: float) -> None:
     config = load_host_config(config_path)
     AdminClient(config.admin_socket_path).request("shutdown")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not config.pid_path.exists():
-            click.echo("stopped")
-            return
-        time.sleep(0.05)
+    with spinner("waiting for the relay to stop"):
+        while time.monotonic() < deadline:
+            if not config.pid_path.exists():
+                break
+            time.sleep(0.05)
+    if not config.pid_path.exists():
+        click.echo("stopped")
+        return
     fail(f"the relay did not stop within {timeout:g}s", EXIT_UNAVAILABLE)
 
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 @handle_errors
 def status(config_path: str | None, as_json: bool) -> None:
-    """Is the relay running, and how is it doing? Exits 3 when it is not running."""
-    config = load_host_config(config_path)
-    try:
-        data = AdminClient(config.admin_socket_path).request("status")
-    except RelayUnavailable:
-        if as_json:
-            emit_json({"running": False, "socket": str(config.socket_path)})
-        else:
-            click.echo(f"not running (socket {config.socket_path})")
-        sys.exit(EXIT_UNAVAILABLE)
-    if as_json:
-        emit_json({"running": True, **data})
-        return
-    from ccc_relay.cli.render import print_status
+    """The same as 'ccc status': is the relay running, and how is it doing.
 
-    print_status(data)
+    Exits 3 when it is not running.
+    """
+    from ccc_relay.cli.operator import show_status
+
+    show_status(config_path, as_json)
 
 
 @main.command()
@@ -275,7 +364,7 @@ def session_list(config_path: str | None, as_json: bool) -> None:
     config = load_host_config(config_path)
     rows = AdminClient(config.admin_socket_path).request("session_list")
     if as_json:
-        emit_json(rows)
+        emit_json({"sessions": rows})
         return
     from ccc_relay.cli.render import print_sessions
 
@@ -296,4 +385,6 @@ def session_send(agent: str, text: str | None, config_path: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ccc_relay.cli.common import run_main
+
+    run_main(main)

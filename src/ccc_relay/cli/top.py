@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ccc_relay.cli.common import config_option, handle_errors, load_host_config
-from ccc_relay.cli.render import console, when
+from ccc_relay.cli.render import console, duration, online, when
 from ccc_relay.client.admin import AdminClient
 
 
@@ -24,7 +24,7 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None, elapsed: float
     refused = ", ".join(f"{k} {v}" for k, v in sorted(counters["refused"].items())) or "none"
     state = "accepting" if data["accepting"] else f"NOT ACCEPTING: {data['failure']}"
     header = Text(
-        f"ccc-statusd pid {data['pid']}  up {data['uptime']:.0f}s  {state}\n"
+        f"ccc-statusd pid {data['pid']}  up {duration(data['uptime'])}  {state}\n"
         f"accepted {counters['accepted']}  delivered {counters['delivered']}  "
         f"acked {counters['acked']}  held {data.get('held')}  "
         f"anomalies {data.get('anomalies', 0)}\n"
@@ -46,7 +46,7 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None, elapsed: float
         )
         table.add_row(
             Text(agent["name"]),
-            str(agent["online"]),
+            online(agent["online"]),
             rate("sent"),
             rate("delivered"),
             str(agent["queued"]),

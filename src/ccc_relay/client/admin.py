@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from ccc_relay.client.base import RelayError, RelayUnavailable
+from ccc_relay.client.errors import SocketPermissionDenied
 
 MAX_REPLY = 64 * 1024 * 1024  # status of thousands of agents still fits
 
@@ -38,8 +39,9 @@ class AdminClient:
                     "'ccc-statusd start'"
                 ) from None
             except PermissionError:
-                raise RelayUnavailable(
-                    f"permission denied on {self.path}: administration is for the relay's own user"
+                raise SocketPermissionDenied(
+                    f"permission denied on {self.path}: administration is for the relay's own "
+                    "user (run this as that user, or with sudo -u)"
                 ) from None
             sock.sendall(payload + b"\n")
             data = bytearray()

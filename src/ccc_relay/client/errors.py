@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ccc_relay.credentials import CredentialError, CredentialMissing
+
 if TYPE_CHECKING:
     from ccc_relay.protocol.frames import Error
 
@@ -39,10 +41,36 @@ class RelayUnavailable(RelayError):
         super().__init__("relay_unavailable", message)
 
 
+class SocketPermissionDenied(RelayUnavailable):
+    """The relay's socket is there but this user may not connect to it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = "permission_denied"
+
+
 def unreachable(path: object, exc: OSError) -> RelayUnavailable:
     """The sentence for a socket the client could not connect to."""
     if isinstance(exc, PermissionError):
-        return RelayUnavailable(
-            f"permission denied on {path}; this user is not in the relay socket's group"
+        return SocketPermissionDenied(
+            f"permission denied on {path}; this user is not in the relay socket's group "
+            "(add it with 'usermod -aG GROUP USER', then log in again)"
         )
     return RelayUnavailable(f"no relay is listening on {path}; is ccc-statusd running?")
+
+
+def credential_refusal(exc: CredentialError) -> RelayError:
+    """A credential problem as a refusal with its own code and the next step.
+
+    ``credential_missing`` when the file is not there (it is made by
+    ``ccc agent add NAME`` on the relay's host, and mounted into the agent's
+    container), ``credential_invalid`` for any other unusable credential.
+    """
+    if isinstance(exc, CredentialMissing):
+        name = exc.path.stem if exc.path.suffix == ".cred" else "NAME"
+        return RelayError(
+            "credential_missing",
+            f"{exc}: on the relay's host create it with 'ccc agent add {name}'; "
+            "in a container mount it read-only and point CCC_CREDENTIAL at it ('ccc run' does)",
+        )
+    return RelayError("credential_invalid", str(exc))
