@@ -105,6 +105,7 @@ class Daemon:
         if config.per_agent_sockets:
             # 0711: containers' launchers may reach a socket whose name they
             # know; nobody but the relay may list or create entries.
+            _make_searchable_parents(config.agent_sockets)
             ensure_private_dir(config.agent_sockets, 0o711, owner=owner)
         # Nothing in them may be another user's, writable by others or a link.
         for root in private_roots(*_private_dirs(config)):
@@ -146,6 +147,7 @@ class Daemon:
             config,
             agents=store.agents(),
             db_rules=store.rules(),
+            db_groups=store.group_members(),
             last_delivery=store.max_delivery(),
             sign=signer.sign,
             now=now,
@@ -346,6 +348,16 @@ class Daemon:
 def _private_dirs(config: Config) -> list[Path]:
     dirs = [config.state_dir, config.audit.log_path]
     return [*dirs, config.agent_sockets] if config.per_agent_sockets else dirs
+
+
+def _make_searchable_parents(path: Path) -> None:
+    """Create the missing parents of ``path`` mode 0755 whatever the umask, so a
+    sandbox uid can walk to the agent sockets (e.g. /run/ccc-status)."""
+    missing = [p for p in path.parents if not p.exists()]
+    for parent in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            parent.mkdir(mode=0o755)
+            os.chmod(parent, 0o755)  # noqa: S103 -- a path to walk, listing nothing of value
 
 
 def _submitted(committer: Committer, job: Job[Any]) -> asyncio.Future[Any]:

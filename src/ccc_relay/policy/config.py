@@ -15,6 +15,7 @@ the names callers use are re-exported here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "Limits",
     "Rule",
     "config_from_mapping",
+    "default_agent_socket_dir",
     "default_state_dir",
     "embedded_defaults",
     "load_config",
@@ -75,13 +77,35 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def embedded_defaults(env: Mapping[str, str] | None = None) -> Config:
+    """The config without a file: per-agent sockets where ``ccc run``'s sandboxes reach them."""
     state = default_state_dir(env).absolute()
     return Config(
         state_dir=state,
         socket_path=state / "daemon.sock",
         admin_socket_path=state / "admin.sock",
         audit=AuditConfig(log_path=state / "audit"),
+        per_agent_sockets=True,
+        agent_socket_dir=default_agent_socket_dir(state),
     )
+
+
+# Root's per-agent sockets on embedded defaults: outside root's home (mode 0700,
+# so no sandbox uid could walk to a socket inside it), on tmpfs, one directory
+# per state dir so that relays with different state dirs never share sockets.
+ROOT_AGENT_SOCKETS = Path("/run/ccc-status")
+
+
+def default_agent_socket_dir(state_dir: Path, *, euid: int | None = None) -> Path:
+    """Where embedded defaults put the per-agent sockets. Raises nothing.
+
+    A normal user's sandboxes run as that user, who can walk into the state
+    dir: ``STATE_DIR/agents``. Root's run as other uids:
+    ``/run/ccc-status/agents-HASH`` (HASH: 12 hex digits of the state dir's path).
+    """
+    if (os.geteuid() if euid is None else euid) != 0:
+        return state_dir / "agents"
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    return ROOT_AGENT_SOCKETS / f"agents-{digest}"
 
 
 # --- loading ----------------------------------------------------------------
