@@ -36,7 +36,8 @@ from ccc_relay.containers.detect import (
     needs_new_session,
     present_etc_files,
 )
-from ccc_relay.containers.sandbox import exec_sandbox, launch_command, print_line
+from ccc_relay.containers.probe import not_runnable_message, probe_ccc
+from ccc_relay.containers.sandbox import exec_sandbox, launch_command, print_line, run_engine
 from ccc_relay.containers.spec import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_PIDS_LIMIT,
@@ -46,7 +47,12 @@ from ccc_relay.containers.spec import (
     SandboxSpec,
     SandboxSpecError,
 )
-from ccc_relay.containers.staging import LaunchError, prepare_podman_rootfs, stage_credential
+from ccc_relay.containers.staging import (
+    LaunchError,
+    grant_socket,
+    prepare_podman_rootfs,
+    stage_credential,
+)
 from ccc_relay.policy.config import Config
 from ccc_relay.protocol.names import agent_name_problem
 
@@ -152,6 +158,13 @@ def launcher_dir(config: Config, as_root: bool) -> Path:
     type=click.Path(dir_okay=False),
     help="The relay's YAML config (env CCC_CONFIG); default: embedded defaults.",
 )
+@click.option(
+    "--no-ccc-check",
+    "skip_ccc_check",
+    is_flag=True,
+    help="Start even when 'ccc' does not run inside the sandbox (then the agent has no "
+    "relay: no 'ccc send', no MCP server, no hooks). By default ccc run checks first.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     name: str,
@@ -169,6 +182,7 @@ def run(
     env: tuple[str, ...],
     rootfs: Path | None,
     config_path: str | None,
+    skip_ccc_check: bool,
     command: tuple[str, ...],
 ) -> None:
     """Start agent NAME's sandbox on its project: ccc run NAME --project DIR [-- COMMAND...]
@@ -197,6 +211,11 @@ def run(
             groups=[group_id(g) for g in groups],
             socket=socket_path.stat(),
         )
+        if as_root and socket_path == config.agent_socket(name):
+            # NAME's own socket admits only NAME (with its credential): the
+            # sandbox that is NAME may use it, whatever group the relay gave it.
+            if access_problem(socket_path, identity, 6, traverse=False):
+                grant_socket(socket_path, identity.gid)
         if as_root:
             check_reachable(chosen, identity, project_dir, socket_path)
         spec = SandboxSpec(
@@ -243,7 +262,26 @@ def run(
         if print_only:
             click.echo(print_line(spec, argv))
             return
+        if not skip_ccc_check:
+            problem = probe_ccc(
+                chosen,
+                as_root=as_root,
+                uid=identity.uid,
+                gid=identity.gid,
+                extra_gids=identity.extra_gids,
+                rootfs_dir=rootfs_dir,
+                image=image,
+            )
+            if problem is not None:
+                raise click.ClickException(not_runnable_message(chosen, problem, image=image))
         sys.stdout.flush()
-        exec_sandbox(spec, argv)
+        if chosen == "bwrap":
+            exec_sandbox(spec, argv)  # bubblewrap's own errors are already plain
+        returncode, explained, engine_text = run_engine(spec, argv)
+        if explained is not None:
+            click.echo(f"Error: {explained}", err=True)
+            if engine_text.strip():
+                click.echo(f"({chosen} said: {engine_text.strip()})", err=True)
+        sys.exit(returncode)
     except (HostError, SandboxSpecError, LaunchError) as exc:
         raise click.ClickException(str(exc)) from None

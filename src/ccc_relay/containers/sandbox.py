@@ -11,9 +11,12 @@ runtime tools need.
 from __future__ import annotations
 
 import os
+import select
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -25,6 +28,7 @@ from ccc_relay.containers.bwrap import (
     bwrap_limits_prefix,
     setpriv_prefix,
 )
+from ccc_relay.containers.engine_errors import explain_engine_failure
 from ccc_relay.containers.engines import (
     PODMAN_NOFILE,
     PODMAN_NPROC,
@@ -189,3 +193,69 @@ def _launcher_env() -> dict[str, str]:
         "HOME",
     )
     return {name: os.environ[name] for name in keep if name in os.environ}
+
+
+# How long an engine's own output is held back: its start-up failures come in
+# this time, so the user's-words sentence can come first and its text after.
+ENGINE_HOLD_SECONDS = 3.0
+MAX_ENGINE_TEXT = 16 * 1024  # of the engine's stderr kept to explain a failure
+
+
+def run_engine(spec: SandboxSpec, argv: Sequence[str]) -> tuple[int, str | None, str]:
+    """Run a podman or docker ``argv`` in the foreground: stdin and stdout pass through,
+    stderr is held for the first seconds, then passed through.
+
+    Returns (exit code, the failure in the user's words or None, the engine's
+    own text when it was held back). SIGTERM and SIGHUP are passed on.
+    Raises LaunchError when ``argv[0]`` cannot be run.
+    """
+    try:
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=_launcher_env())
+    except OSError as exc:
+        raise LaunchError(f"cannot run {argv[0]}: {exc.strerror}") from None
+    assert proc.stderr is not None
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+        for sig in (signal.SIGTERM, signal.SIGHUP)
+    }
+    held = bytearray()
+    kept = bytearray()
+    released = False
+    deadline = time.monotonic() + ENGINE_HOLD_SECONDS
+    try:
+        fd = proc.stderr.fileno()
+        while True:
+            wait = None if released else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                released = True
+                _write_stderr(bytes(held))
+                held.clear()
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            kept += chunk
+            del kept[:-MAX_ENGINE_TEXT]
+            if released:
+                _write_stderr(chunk)
+            else:
+                held += chunk
+        returncode = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        proc.stderr.close()
+    text = kept.decode(errors="replace")
+    explained = explain_engine_failure(spec.runtime, returncode, text, spec)
+    if explained is None and held:
+        _write_stderr(bytes(held))  # the agent's own, or a failure with nothing to add
+        held.clear()
+    return returncode, explained, held.decode(errors="replace")
+
+
+def _write_stderr(data: bytes) -> None:
+    if data:
+        sys.stderr.flush()
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()

@@ -144,3 +144,32 @@ def stage_credential(source: Path, staging_dir: Path, uid: int, gid: int) -> Pat
     except OSError as exc:
         raise LaunchError(f"cannot stage the credential in {staging_dir}: {exc}") from None
     return target
+
+
+def grant_socket(path: Path, gid: int) -> None:
+    """Give an agent's own socket ``path`` to group ``gid``, so that agent's sandbox may connect.
+
+    Only for a per-agent socket, which authenticates nobody but its agent and
+    still asks for the agent's credential: a root launcher that mounts it for
+    that agent's sandbox lets the sandbox's group connect, whatever group the
+    relay made it with (root's, with no ``daemon.socket_group``). A symlink or
+    anything but a socket is refused, and the inode must not change while it
+    is changed. Raises LaunchError.
+    """
+    try:
+        before = os.lstat(path)
+        if not stat.S_ISSOCK(before.st_mode):
+            raise LaunchError(f"{path} is not a socket; is the relay's config right?")
+        os.chown(path, -1, gid, follow_symlinks=False)
+        after = os.lstat(path)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            raise LaunchError(f"{path} changed while it was given to the sandbox; try again")
+        if after.st_mode & 0o060 != 0o060:
+            raise LaunchError(
+                f"{path} is mode {stat.S_IMODE(after.st_mode):04o}, so no group may connect: "
+                "set daemon.socket_mode: 0660 in the relay's config"
+            )
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot let the sandbox's group {gid} use {path}: {exc.strerror}"
+        ) from None
