@@ -1,4 +1,4 @@
-"""Claude Code hooks and ``ccc install claude``."""
+"""Claude Code hooks (``ccc install claude`` is tested in test_install.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from ccc_relay.integrations.hooks import (
     context_length,
     run_hook,
 )
-from ccc_relay.integrations.install import InstallError, install_claude
 from tests.support import RunningRelay, run_cli
 
 
@@ -144,45 +143,6 @@ def test_hooks_are_quiet_without_a_relay(event: str, tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (0, "")
     garbage = run_cli("ccc", "hook", event, env=env, input="not json")
     assert (garbage.returncode, garbage.stdout) == (0, "")
-
-
-def test_install_merges_idempotently_and_never_clobbers(tmp_path: Path) -> None:
-    (tmp_path / ".claude").mkdir()
-    (tmp_path / ".mcp.json").write_text(json.dumps({"mcpServers": {"other": {"command": "x"}}}))
-    settings = {
-        "model": "opus",
-        "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "mine"}]}]},
-    }
-    (tmp_path / ".claude" / "settings.json").write_text(json.dumps(settings))
-    changes = install_claude(tmp_path)
-    assert len(changes) == 4
-    mcp = json.loads((tmp_path / ".mcp.json").read_text())
-    assert mcp["mcpServers"]["other"] == {"command": "x"}
-    assert mcp["mcpServers"]["ccc-relay"]["args"] == ["mcp"]
-    merged = json.loads((tmp_path / ".claude" / "settings.json").read_text())
-    assert merged["model"] == "opus"
-    stop_commands = [h["command"] for g in merged["hooks"]["Stop"] for h in g["hooks"]]
-    assert stop_commands == ["mine", "ccc hook stop"]
-    assert set(merged["hooks"]) == {"Stop", "SessionStart", "UserPromptSubmit"}
-    before = (tmp_path / ".claude" / "settings.json").read_text()
-    assert install_claude(tmp_path) == []
-    assert (tmp_path / ".claude" / "settings.json").read_text() == before
-
-
-def test_install_refuses_to_overwrite_broken_json(tmp_path: Path) -> None:
-    (tmp_path / ".mcp.json").write_text("{not json")
-    with pytest.raises(InstallError, match="not valid JSON"):
-        install_claude(tmp_path)
-    assert (tmp_path / ".mcp.json").read_text() == "{not json"
-    result = run_cli("ccc", "install", "claude", "--project", str(tmp_path))
-    assert result.returncode == 1 and "not valid JSON" in result.stderr
-
-
-def test_install_cli(tmp_path: Path) -> None:
-    result = run_cli("ccc", "install", "claude", "--project", str(tmp_path))
-    assert result.returncode == 0 and ".mcp.json" in result.stdout
-    again = run_cli("ccc", "install", "claude", "--project", str(tmp_path))
-    assert "nothing changed" in again.stdout
 
 
 def test_the_hook_path_loads_no_protocol_library(tmp_path: Path) -> None:

@@ -1,13 +1,23 @@
-"""``ccc mcp``, ``ccc hook EVENT`` and ``ccc install claude``: the Claude Code side."""
+"""``ccc mcp``, ``ccc hook EVENT``, ``ccc install`` and ``ccc uninstall``: the agents' side.
+
+``install``/``uninstall`` map flags to the planners in ``integrations/install_*``,
+print one line per file (or one JSON object) and write only when every file
+was understood and ``--dry-run`` is not given.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ccc_relay.client.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from ccc_relay.integrations.install import FileEdit
 
 
 def _endpoint_factory(ctx: click.Context) -> object:
@@ -60,40 +70,264 @@ def hook(ctx: click.Context, event: str) -> None:
         click.echo(output)
 
 
+# --- install / uninstall ------------------------------------------------------------
+
+
+def _command_words(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ccc_relay.integrations.install import command_words
+
+    try:
+        command_words(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+_project = click.option(
+    "--project",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The project directory to set up.",
+)
+_command = click.option(
+    "--command",
+    "command",
+    default="ccc",
+    show_default=True,
+    callback=_command_words,
+    help="How the agent should start ccc: a full path such as /opt/ccc-relay/bin/ccc "
+    "(an earlier install with another --command is replaced).",
+)
+_dry_run = click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+_user = click.option(
+    "--user",
+    is_flag=True,
+    help="Change the user's own config (in the home directory) instead of the project's.",
+)
+
+
+def _run(
+    agent: str, action: str, plan: Callable[[], list[FileEdit]], *, dry_run: bool, as_json: bool
+) -> None:
+    """Plan every file, then write all or nothing, then report one line per file."""
+    from ccc_relay.cli.common import EXIT_CONFIG, emit_json
+    from ccc_relay.cli.terminal import shown
+    from ccc_relay.integrations.install import InstallError, apply
+
+    try:
+        edits = [edit for edit in plan() if edit.old is not None or edit.new is not None]
+    except InstallError as exc:
+        if as_json:
+            error = {**exc.as_dict(), "file": str(exc.path.absolute()), "exit": EXIT_CONFIG}
+            emit_json({"error": error})
+        problem = shown(f"{exc.path}: {exc.problem}", one_line=True)
+        click.echo(f"error: {problem}\n  next: {exc.next_step}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if not dry_run:
+        try:
+            apply(edits)
+        except OSError as exc:
+            message = f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
+            if as_json:
+                emit_json({"error": {"code": "write_failed", "message": message}})
+            raise click.ClickException(message) from None
+    if as_json:
+        emit_json(
+            {
+                "agent": agent,
+                "action": action,
+                "dry_run": dry_run,
+                "changed": any(edit.change != "unchanged" for edit in edits),
+                "files": [{**edit.as_dict(), "file": str(edit.path.absolute())} for edit in edits],
+            }
+        )
+        return
+    for edit in edits:
+        click.echo(f"{edit.path}: {edit.change} ({edit.detail})")
+    if not edits:
+        click.echo(f"nothing to {action}: no file holds ccc-relay's entries")
+    if dry_run:
+        click.echo("dry run: nothing was written")
+
+
 @click.group()
 def install() -> None:
-    """Set up integrations."""
+    """Give an agent the relay: the MCP server (and, for Claude Code, the hooks).
+
+    Each command merges into the agent's own config files, keeps everything the
+    user wrote, replaces what an earlier install wrote (whatever its flags) and
+    changes nothing when run again. A malformed file stops it before anything
+    is written. ``ccc uninstall AGENT`` takes it all out again.
+    """
+
+
+@click.group()
+def uninstall() -> None:
+    """Take out what ``ccc install AGENT`` added; everything else stays as it was."""
 
 
 @install.command("claude")
+@_project
+@_command
 @click.option(
-    "--project",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="The Claude Code project to set up.",
+    "--settings",
+    "scope",
+    type=click.Choice(["shared", "local"]),
+    default=None,
+    help="Where the hooks go: 'shared' is .claude/settings.json (committed, for "
+    "everyone on the project; the default), 'local' is .claude/settings.local.json "
+    "(personal, not committed).",
 )
+@click.option("--local", is_flag=True, help="Same as --settings local.")
+@_dry_run
+@_json
+def install_claude_cmd(
+    project: Path,
+    command: str,
+    scope: str | None,
+    local: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Add the MCP server (.mcp.json) and the hooks (.claude/settings.json) to a
+    Claude Code project.
+
+    The hooks (SessionStart, UserPromptSubmit, Stop) run `ccc hook EVENT`;
+    they go to the shared or the personal settings file, and out of the other
+    one, so each runs once. The MCP server `ccc-relay` (`ccc mcp`) always goes
+    to .mcp.json, the one project file Claude Code reads MCP servers from.
+    """
+    from ccc_relay.integrations import install_claude
+
+    if local and scope == "shared":
+        raise click.UsageError("--local and --settings shared contradict each other")
+    chosen: install_claude.Scope = "local" if local or scope == "local" else "shared"
+    _run(
+        "claude",
+        "install",
+        lambda: install_claude.install(project, command=command, scope=chosen),
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+
+
+@uninstall.command("claude")
+@_project
 @click.option(
     "--command",
     "command",
     default="ccc",
     show_default=True,
-    help="How Claude Code should invoke ccc (e.g. a full path).",
+    help="The --command given to install, if its program is not called ccc.",
 )
-def install_claude_cmd(project: Path, command: str) -> None:
-    """Add the ccc-relay MCP server (.mcp.json) and hooks (.claude/settings.json).
+@_dry_run
+@_json
+def uninstall_claude_cmd(project: Path, command: str, dry_run: bool, as_json: bool) -> None:
+    """Remove the ccc-relay MCP server and hooks from a Claude Code project.
 
-    Merges with what is there; running it again changes nothing.
+    Both settings files (shared and local) are cleaned; a file install created
+    and that is left empty is deleted.
     """
-    from ccc_relay.integrations.install import InstallError, install_claude
+    from ccc_relay.integrations import install_claude
 
-    if not project.is_dir():
-        raise click.ClickException(f"{project} is not a directory")
-    try:
-        changes = install_claude(project, command=command)
-    except InstallError as exc:
-        raise click.ClickException(str(exc)) from None
-    for change in changes:
-        click.echo(change)
-    if not changes:
-        click.echo("already set up; nothing changed")
+    _run(
+        "claude",
+        "uninstall",
+        lambda: install_claude.uninstall(project, command=command),
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+
+
+@install.command("codex")
+@_project
+@_user
+@_command
+@_dry_run
+@_json
+def install_codex_cmd(
+    project: Path, user: bool, command: str, dry_run: bool, as_json: bool
+) -> None:
+    """Add the MCP server to OpenAI Codex CLI: [mcp_servers.ccc-relay] in
+    .codex/config.toml (or, with --user, $CODEX_HOME/config.toml).
+
+    Codex loads a project's .codex/config.toml only in a project it trusts.
+    Codex has no hooks: messages reach the model through the MCP tools only.
+    The entry forwards CCC_SOCKET, CCC_CREDENTIAL and the other relay variables
+    by name (env_vars); comments and layout of the file are kept.
+    """
+    from ccc_relay.integrations import install_codex
+
+    _run(
+        "codex",
+        "install",
+        lambda: install_codex.install(project, command=command, user=user),
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+
+
+@uninstall.command("codex")
+@_project
+@_user
+@_dry_run
+@_json
+def uninstall_codex_cmd(project: Path, user: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove [mcp_servers.ccc-relay] from Codex's config.toml."""
+    from ccc_relay.integrations import install_codex
+
+    _run(
+        "codex",
+        "uninstall",
+        lambda: install_codex.uninstall(project, user=user),
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+
+
+@install.command("gemini")
+@_project
+@_user
+@_command
+@_dry_run
+@_json
+def install_gemini_cmd(
+    project: Path, user: bool, command: str, dry_run: bool, as_json: bool
+) -> None:
+    """Add the MCP server to Gemini CLI: mcpServers.ccc-relay in
+    .gemini/settings.json (or, with --user, ~/.gemini/settings.json).
+
+    Gemini CLI starts it only in a folder it trusts. Gemini has no hooks:
+    messages reach the model through the MCP tools only. The entry passes
+    CCC_SOCKET, CCC_CREDENTIAL and CCC_RELAY_PUBKEY explicitly (Gemini hides
+    variables named like secrets from MCP servers).
+    """
+    from ccc_relay.integrations import install_gemini
+
+    _run(
+        "gemini",
+        "install",
+        lambda: install_gemini.install(project, command=command, user=user),
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+
+
+@uninstall.command("gemini")
+@_project
+@_user
+@_dry_run
+@_json
+def uninstall_gemini_cmd(project: Path, user: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove mcpServers.ccc-relay from Gemini CLI's settings.json."""
+    from ccc_relay.integrations import install_gemini
+
+    _run(
+        "gemini",
+        "uninstall",
+        lambda: install_gemini.uninstall(project, user=user),
+        dry_run=dry_run,
+        as_json=as_json,
+    )
