@@ -361,11 +361,13 @@ def _register_commands() -> None:
     from ccc_relay.cli import operator
     from ccc_relay.cli.audit_cmd import audit
     from ccc_relay.cli.containers_cmd import firewall, run
+    from ccc_relay.cli.doctor import doctor
     from ccc_relay.cli.integrations_cmd import hook, install, mcp, uninstall
     from ccc_relay.cli.peer_cmd import peer
 
     for command in (*operator.COMMANDS, audit, run, firewall, mcp, hook, install, uninstall, peer):
         main.add_command(command)
+    main.add_command(doctor)
 
 
 _register_commands()
