@@ -1,5 +1,5 @@
-"""What each admin request does: agents, pair rules, held and operator messages,
-status, sessions, reload and shutdown.
+"""What each admin request does: agents, pair rules, groups, held and operator
+messages, status, sessions, reload and shutdown.
 
 Every change is one store operation with its audit line in the same commit
 (``_write``), then the core is told. A refusal is a ``ProtocolError`` with a
@@ -9,7 +9,8 @@ stable code; the admin connection (``admin.py``) answers and audits it.
   Rotating a credential or removing an agent ends every session it has, so an
   old credential stops working at once; removing it also drops its rules.
 * Rules set here live in the store next to those of the config file; after a
-  change the policy is rebuilt from the rules the same commit left.
+  change the policy is rebuilt from the rules the same commit left. Groups
+  added here likewise live beside those of the config file.
 * A held message is approved (queued with a fresh delivery number, same id)
   or rejected (the sender gets a notice from ``relay``) in one transaction.
 """
@@ -32,10 +33,11 @@ from ccc_relay.core.relay import OPERATOR, RELAY
 from ccc_relay.daemon.audit_lifecycle import AcknowledgeAuditAlarm, ReadAuditAlarms
 from ccc_relay.daemon.committer import SLOW_COMMIT, Job
 from ccc_relay.daemon.shell import RelayShell
+from ccc_relay.policy.groups import MAX_GROUPS, group_name_problem
 from ccc_relay.protocol import admin as ops
 from ccc_relay.protocol.codec import body_size
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
-from ccc_relay.protocol.names import agent_name_problem
+from ccc_relay.protocol.names import MAX_GROUP_MEMBERS, agent_name_problem
 from ccc_relay.store import AgentRecord, StoredMessage, StoreFailure
 from ccc_relay.store import ops as store_ops
 
@@ -85,6 +87,12 @@ class Operator:
                 return await self.deny(request)
             case ops.PolicyShow():
                 return self.core.rules_with_source()
+            case ops.GroupAdd():
+                return await self.add_to_group(request)
+            case ops.GroupRemove():
+                return await self.remove_from_group(request)
+            case ops.GroupList():
+                return self.core.groups.with_source()
             case ops.Status():
                 return await self.status()
             case ops.SessionList():
@@ -197,6 +205,7 @@ class Operator:
         if self.agent_removed is not None:
             self.agent_removed(request.name)
         self.core.set_db_rules(rules)
+        self.core.set_db_groups(await self.shell.committer.read(store_ops.ReadGroupMembers()))
         return {"name": request.name}
 
     async def list_agents(self) -> list[dict[str, Any]]:
@@ -253,6 +262,61 @@ class Operator:
         configured = [r for r in self.core.config.rules if (r.sender, r.recipient) in pairs]
         note = "still allowed by the config file; edit it to deny" if configured else None
         return {"removed": removed, "note": note}
+
+    # --- groups ------------------------------------------------------------------------------
+
+    async def add_to_group(self, request: ops.GroupAdd) -> dict[str, Any]:
+        problem = group_name_problem(request.name)
+        if problem:
+            raise ProtocolError(ErrorCode.INVALID, problem)
+        for member in request.members:
+            self._agent(member)
+        groups = self.core.groups
+        members = tuple(dict.fromkeys([*(groups.members(request.name) or ()), *request.members]))
+        if len(members) > MAX_GROUP_MEMBERS:
+            raise ProtocolError(
+                ErrorCode.CONFLICT,
+                f"@{request.name} would have {len(members)} members; a group has at most "
+                f"{MAX_GROUP_MEMBERS}",
+            )
+        if not groups.stored_members(request.name) and len(groups.stored()) >= MAX_GROUPS:
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f"there are {MAX_GROUPS} groups already; remove one first"
+            )
+        added = tuple(dict.fromkeys(request.members))
+        rows = await self._write(
+            store_ops.AddGroupMembers(request.name, added),
+            "group_changed",
+            change="add",
+            group="@" + request.name,
+            members=list(added),
+        )
+        self.core.set_db_groups(rows)
+        now_members = self.core.groups.members(request.name) or ()
+        return {"group": request.name, "members": list(now_members)}
+
+    async def remove_from_group(self, request: ops.GroupRemove) -> dict[str, Any]:
+        groups = self.core.groups
+        if groups.members(request.name) is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no group named @{request.name}")
+        members = None if request.members is None else tuple(dict.fromkeys(request.members))
+        removed, rows = await self._write(
+            store_ops.RemoveGroupMembers(request.name, members),
+            "group_changed",
+            change="remove",
+            group="@" + request.name,
+            members=None if members is None else list(members),
+        )
+        self.core.set_db_groups(rows)
+        note = None
+        if groups.in_config(request.name):
+            note = "the config file defines this group too; edit it to change those members"
+        return {
+            "group": request.name,
+            "removed": removed,
+            "members": list(self.core.groups.members(request.name) or ()),
+            "note": note,
+        }
 
     # --- messages -----------------------------------------------------------------------------
 

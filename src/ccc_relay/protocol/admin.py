@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ccc_relay.protocol.frames import AgentName
+from ccc_relay.protocol.names import MAX_GROUP_MEMBERS
 
 CredentialHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Id = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
@@ -52,6 +53,27 @@ class Deny(_Admin, tag="deny"):
     sender: AgentName
     recipient: AgentName
     both: bool = False
+
+
+class GroupAdd(_Admin, tag="group_add"):
+    """Add agents to a group kept in relay.db (created with its first members)."""
+
+    name: AgentName  # the group's name, without its "@"
+    members: Annotated[list[AgentName], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
+
+
+class GroupRemove(_Admin, tag="group_remove"):
+    """Remove agents from a group kept in relay.db; without members, the whole group."""
+
+    name: AgentName
+    members: (
+        Annotated[list[AgentName], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
+        | None
+    ) = None
+
+
+class GroupList(_Admin, tag="group_list"):
+    pass
 
 
 class PolicyShow(_Admin, tag="policy_show"):
@@ -112,6 +134,9 @@ AdminRequest = (
     | ListRegisteredAgents
     | Allow
     | Deny
+    | GroupAdd
+    | GroupRemove
+    | GroupList
     | PolicyShow
     | Status
     | SessionList

@@ -1,7 +1,7 @@
 """Who the relay knows: registered agents, the policy rules added at run time, sessions.
 
-Removing an agent removes everything that names it -- rules, sessions, queued
-and held messages -- in the caller's transaction.
+Removing an agent removes everything that names it -- rules, group
+memberships, sessions, queued and held messages -- in the caller's transaction.
 
 A mixin of ``Store``: it uses the store's connection.
 """
@@ -49,9 +49,10 @@ class AgentRegistry:
         return cur.rowcount == 1
 
     def remove_agent(self, name: str) -> bool:
-        """Remove an agent with its rules, sessions and queued messages."""
+        """Remove an agent with its rules, group memberships, sessions and queued messages."""
         cur = self._db.execute("DELETE FROM agents WHERE name = ?", (name,))
         self._db.execute("DELETE FROM rules WHERE sender = ? OR recipient = ?", (name, name))
+        self._db.execute("DELETE FROM group_members WHERE member = ?", (name,))
         self._db.execute("DELETE FROM sessions WHERE agent = ?", (name,))
         self._db.execute("DELETE FROM messages WHERE recipient = ?", (name,))
         self._db.execute("DELETE FROM held WHERE sender = ? OR recipient = ?", (name, name))

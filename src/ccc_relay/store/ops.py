@@ -234,6 +234,39 @@ class DeleteRules(StoreOp[tuple[int, list[tuple[str, str, str]]]]):
         return removed, store.rules()
 
 
+@dataclass(frozen=True, slots=True)
+class AddGroupMembers(StoreOp[list[tuple[str, str]]]):
+    """Add members to a run-time group (creating it); every (group, member) row after."""
+
+    group: str
+    members: tuple[str, ...]
+    may_fail = True
+
+    def apply(self, store: Store) -> list[tuple[str, str]]:
+        store.add_group_members(self.group, self.members)
+        return store.group_members()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveGroupMembers(StoreOp[tuple[int, list[tuple[str, str]]]]):
+    """Remove members of a run-time group (None: all of them); how many rows went
+    and every (group, member) row after."""
+
+    group: str
+    members: tuple[str, ...] | None
+    may_fail = True
+
+    def apply(self, store: Store) -> tuple[int, list[tuple[str, str]]]:
+        removed = store.remove_group_members(self.group, self.members)
+        return removed, store.group_members()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadGroupMembers(StoreOp[list[tuple[str, str]]]):
+    def apply(self, store: Store) -> list[tuple[str, str]]:
+        return store.group_members()
+
+
 # --- what the operator reads ----------------------------------------------------------
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+# 2: group_members (groups the operator adds at run time); a version-1 file
+# gains the empty table when it is opened.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +59,11 @@ CREATE TABLE IF NOT EXISTS held (
     deliver_at REAL
 );
 CREATE INDEX IF NOT EXISTS messages_scheduled ON messages (deliver_at) WHERE deliver_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS group_members (
+    grp TEXT NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (grp, member)
+);
 CREATE TABLE IF NOT EXISTS audit_outbox (
     seq INTEGER PRIMARY KEY,
     file TEXT NOT NULL,
@@ -70,7 +77,9 @@ def apply_schema(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
     migrate(db)
     db.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        "INSERT INTO meta (key, value) VALUES ('schema', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(SCHEMA_VERSION),),
     )
 
 
