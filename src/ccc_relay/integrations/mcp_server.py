@@ -22,8 +22,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from pydantic import Field, ValidationError
 
 from ccc_relay.client.aio import AsyncRelayClient
 from ccc_relay.client.base import RelayError, message_dict
@@ -31,6 +31,7 @@ from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.reconnect import Backoff
 from ccc_relay.credentials import CredentialError
 from ccc_relay.integrations.fence import fence_messages
+from ccc_relay.integrations.mcp_errors import argument_errors
 from ccc_relay.protocol.frames import MAX_THREAD_CHARS, Held
 from ccc_relay.protocol.names import MAX_AGENT_NAME
 
@@ -94,6 +95,21 @@ async def _relay_call(awaitable: Any) -> Any:
         raise ToolError(f"{exc.code}: {exc.message}") from None
 
 
+class _Server(MCPServer[Any]):
+    """Says what is wrong with a tool's arguments in a sentence (``mcp_errors``)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            schema = next((t.input_schema for t in await self.list_tools() if t.name == name), None)
+            # Chained to the ValidationError, so the SDK logs the argument names only.
+            raise ToolError(argument_errors(name, cause, schema)) from cause
+
+
 def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPServer[Any]:
     """The MCP server; ``endpoint_factory`` defaults to CCC_SOCKET/CCC_CREDENTIAL."""
     factory = endpoint_factory or (lambda: Endpoint.resolve(env=os.environ))
@@ -106,7 +122,7 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
         finally:
             await relay.close()
 
-    server: MCPServer[Any] = MCPServer(
+    server: MCPServer[Any] = _Server(
         "ccc-relay",
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
@@ -144,6 +160,10 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
         Returns the message id and whether it was accepted or held for the
         operator's approval. Fails with the relay's code (forbidden,
         rate_limited, too_large, ...) and a sentence saying why.
+
+        If the relay changed the text (a secret redacted, a file-system path
+        escaped), "changes" says how and "delivered" is the text the recipient
+        reads.
         """
         client = await relay.client()
         answer = await _relay_call(client.send(to, text, thread=thread, reply_to=reply_to))
@@ -152,6 +172,8 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
             "to": to,
             "status": "held for operator approval" if isinstance(answer, Held) else "accepted",
             "changes": answer.changes,
+            # The text the recipient reads, when the relay changed it.
+            **({"delivered": answer.delivered} if answer.delivered is not None else {}),
         }
 
     @server.tool()
