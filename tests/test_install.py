@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -439,6 +441,41 @@ def test_a_malformed_file_is_reported_and_nothing_is_written(
     error = json.loads(as_json.stdout)["error"]
     assert error["code"] == "bad_config_file" and error["exit"] == 4
     assert error["file"] == str(broken) and problem in error["problem"] and error["next"]
+
+
+def test_a_file_that_cannot_be_written_stops_everything_first(project: Path) -> None:
+    """.claude is a file: settings.json cannot be written, so .mcp.json is not either."""
+    (project / ".claude").write_text("not a directory")
+    for args in (["--dry-run"], []):
+        result = ccc("install", "claude", "--project", str(project), *args, ok=False)
+        assert result.exit_code == 4
+        assert "settings.json: cannot be read or written" in result.output
+        assert "next: nothing was written; move that file away" in result.output
+    assert sorted(p.name for p in project.iterdir()) == [".claude"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become nobody"
+)
+def test_a_directory_this_user_cannot_write_is_named_before_anything_is_written() -> None:
+    project = Path(tempfile.mkdtemp(prefix="ccc-install-"))  # /tmp: reachable by nobody
+    try:
+        project.chmod(0o755)
+        (project / ".mcp.json").write_text('{"mcpServers": {}}\n')
+        (project / ".mcp.json").chmod(0o666)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             str(BIN / "ccc"), "install", "claude", "--project", str(project)],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": os.environ["PATH"], "HOME": str(project), "XDG_STATE_HOME": str(project)},
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        assert "is not writable for this user" in result.stderr
+        assert "next: nothing was written" in result.stderr
+        assert sorted(p.name for p in project.iterdir()) == [".mcp.json"]
+        assert (project / ".mcp.json").read_text() == '{"mcpServers": {}}\n'
+    finally:
+        shutil.rmtree(project)
 
 
 def test_the_installed_command_refuses_a_bad_command_line(project: Path) -> None:

@@ -96,8 +96,9 @@ _command = click.option(
     default="ccc",
     show_default=True,
     callback=_command_words,
-    help="How the agent should start ccc: a full path such as /opt/ccc-relay/bin/ccc "
-    "(an earlier install with another --command is replaced).",
+    help="How the agent should start ccc: a full path such as /opt/ccc-relay/bin/ccc, "
+    "split into words as a shell would (an earlier install with another --command is "
+    "replaced).",
 )
 _dry_run = click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -114,10 +115,14 @@ def _run(
     """Plan every file, then write all or nothing, then report one line per file."""
     from ccc_relay.cli.common import EXIT_CONFIG, emit_json
     from ccc_relay.cli.terminal import shown
-    from ccc_relay.integrations.install import InstallError, apply
+    from ccc_relay.integrations.install import InstallError, apply, check_writable
 
     try:
         edits = [edit for edit in plan() if edit.old is not None or edit.new is not None]
+        if dry_run:
+            check_writable(edits)
+        else:
+            apply(edits)
     except InstallError as exc:
         if as_json:
             error = {**exc.as_dict(), "file": str(exc.path.absolute()), "exit": EXIT_CONFIG}
@@ -125,14 +130,12 @@ def _run(
         problem = shown(f"{exc.path}: {exc.problem}", one_line=True)
         click.echo(f"error: {problem}\n  next: {exc.next_step}", err=True)
         sys.exit(EXIT_CONFIG)
-    if not dry_run:
-        try:
-            apply(edits)
-        except OSError as exc:
-            message = f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
-            if as_json:
-                emit_json({"error": {"code": "write_failed", "message": message}})
-            raise click.ClickException(message) from None
+    except OSError as exc:
+        message = f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
+        if as_json:
+            emit_json({"error": {"code": "write_failed", "message": message, "exit": 1}})
+        click.echo(f"error: {shown(message, one_line=True)}", err=True)
+        sys.exit(1)
     if as_json:
         emit_json(
             {
@@ -159,13 +162,13 @@ def install() -> None:
     Each command merges into the agent's own config files, keeps everything the
     user wrote, replaces what an earlier install wrote (whatever its flags) and
     changes nothing when run again. A malformed file stops it before anything
-    is written. ``ccc uninstall AGENT`` takes it all out again.
+    is written. 'ccc uninstall AGENT' takes it all out again.
     """
 
 
 @click.group()
 def uninstall() -> None:
-    """Take out what ``ccc install AGENT`` added; everything else stays as it was."""
+    """Take out what 'ccc install AGENT' added; everything else stays as it was."""
 
 
 @install.command("claude")
@@ -194,9 +197,9 @@ def install_claude_cmd(
     """Add the MCP server (.mcp.json) and the hooks (.claude/settings.json) to a
     Claude Code project.
 
-    The hooks (SessionStart, UserPromptSubmit, Stop) run `ccc hook EVENT`;
+    The hooks (SessionStart, UserPromptSubmit, Stop) run 'ccc hook EVENT';
     they go to the shared or the personal settings file, and out of the other
-    one, so each runs once. The MCP server `ccc-relay` (`ccc mcp`) always goes
+    one, so each runs once. The MCP server 'ccc-relay' ('ccc mcp') always goes
     to .mcp.json, the one project file Claude Code reads MCP servers from.
     """
     from ccc_relay.integrations import install_claude

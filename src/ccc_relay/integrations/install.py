@@ -89,6 +89,12 @@ def read_text(path: Path) -> str | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise InstallError(
+            path,
+            "cannot be read or written: a file stands where its directory should be",
+            "nothing was written; move that file away and run the command again",
+        ) from None
     except OSError as exc:
         raise InstallError(
             path, f"cannot be read ({exc.strerror})", "check its permissions"
@@ -304,14 +310,42 @@ def _make_parents(directory: Path, created: set[str]) -> None:
         created.add(_key(new))
 
 
+def check_writable(edits: Sequence[FileEdit]) -> None:
+    """Refuse before writing anything when one of the edits could not be made.
+
+    Raises InstallError naming the file.
+    """
+    for edit in edits:
+        if edit.change == "unchanged":
+            continue
+        target = Path(os.path.realpath(edit.path))
+        directory = target.parent
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        if not directory.is_dir():
+            raise InstallError(
+                edit.path,
+                f"cannot be written: {directory} is not a directory",
+                "nothing was written; move that file away and run the command again",
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise InstallError(
+                edit.path,
+                f"cannot be written: {directory} is not writable for this user",
+                "nothing was written; run the command as the directory's owner",
+            )
+
+
 def apply(edits: Sequence[FileEdit]) -> None:
     """Write every edit that changes something (a symlinked file is written through).
 
-    Raises OSError when a file cannot be written.
+    Raises InstallError when an edit cannot be made (checked before anything is
+    written), OSError when writing fails all the same.
     """
     todo = [edit for edit in edits if edit.change != "unchanged"]
     if not todo:
         return
+    check_writable(todo)
     where = record_path()
     created = _load_record(where)
     before = set(created)
