@@ -62,7 +62,6 @@ from ccc_relay.protocol.frames import (
     AgentList,
     Error,
     Fetched,
-    GroupAccepted,
     Held,
     Message,
     Welcome,
@@ -79,7 +78,7 @@ class _Send:
     to: str
     text: str
     options: dict[str, Any]
-    future: asyncio.Future[Accepted | Held | GroupAccepted]
+    future: asyncio.Future[Accepted | Held]
     seq: int | None = None  # None: not written on any connection yet
 
 
@@ -162,20 +161,16 @@ class AsyncRelayClient:
         thread: str | None = None,
         reply_to: str | None = None,
         deliver_at: float | None = None,
-    ) -> asyncio.Future[Accepted | Held | GroupAccepted]:
-        """Queue a send; the future resolves to ``accepted`` (or ``held``; for
-        ``to="@group"``, ``group_accepted`` with one id per member reached) or
-        raises RelayError.
+    ) -> asyncio.Future[Accepted | Held]:
+        """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError.
 
         As with :meth:`RelayClient.send`, ``.delivered`` is the body the recipient
         gets when the relay changed it (else None).
         """
         self._check_open()
-        check_recipient(to, groups=True)
+        check_recipient(to)
         options = {"thread": thread, "reply_to": reply_to, "deliver_at": deliver_at}
-        future: asyncio.Future[Accepted | Held | GroupAccepted] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
         send = _Send(to, text, options, future)
         if self._recovery is not None:
             self._parked.append(send)  # written once the relay is back
@@ -183,7 +178,7 @@ class AsyncRelayClient:
             self._write_send(send)
         return future
 
-    async def send(self, to: str, text: str, **options: Any) -> Accepted | Held | GroupAccepted:
+    async def send(self, to: str, text: str, **options: Any) -> Accepted | Held:
         return await self.send_nowait(to, text, **options)
 
     async def fetch(self, limit: int = 100) -> list[Message]:
