@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ccc_relay.client import AsyncRelayClient
+from ccc_relay.client import AsyncRelayClient, Endpoint
+from ccc_relay.policy.groups import Group
 from ccc_relay.policy.sanitize import SanitizeOptions
 from ccc_relay.protocol.codec import encode
 from ccc_relay.protocol.frames import Held, Hello, Send
-from tests.support import run_cli
+from tests.support import make_config, run_cli
 from tests.test_relay import audit_lines, wait_for
 
 HOSTILE = (
@@ -136,23 +140,49 @@ def test_the_async_client_returns_the_delivered_body(relay_factory) -> None:
     assert asyncio.run(send_two()) == ("tail [path:%2Ftmp%2Fx.log]", None)
 
 
+def raw_answers(endpoint: Endpoint, *sends: Send, show_delivered: bool) -> list[dict[str, Any]]:
+    """Say hello and send, on a bare socket; the relay's answers as JSON objects."""
+    hello = Hello(
+        agent=endpoint.agent,
+        credential=endpoint.credential.reveal(),
+        show_delivered=show_delivered,
+    )
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(endpoint.socket_path))
+        sock.sendall(b"".join(encode(frame) for frame in (hello, *sends)))
+        data = b""
+        while data.count(b"\n") < 1 + len(sends):
+            data += sock.recv(65536)
+    return [json.loads(line) for line in data.splitlines()]
+
+
 def test_a_client_that_does_not_ask_gets_the_answer_it_knows(relay_factory) -> None:
     """A client that predates show_delivered decodes strictly: it must never get the field."""
     relay = relay_factory()
     alice, _ = relay.add_agent("alice"), relay.add_agent("bob")
     relay.allow("alice", "bob")
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(alice.socket_path))
-        hello = Hello(agent="alice", credential=alice.credential.reveal())
-        sock.sendall(encode(hello) + encode(Send(seq=1, to="bob", body="read /etc/passwd")))
-        data = b""
-        while data.count(b"\n") < 2:
-            data += sock.recv(65536)
-    welcome, accepted = (json.loads(line) for line in data.splitlines()[:2])
+    send = Send(seq=1, to="bob", body="read /etc/passwd")
+    welcome, accepted = raw_answers(alice, send, show_delivered=False)
     assert welcome["type"] == "welcome"
     assert accepted["type"] == "accepted" and "delivered" not in accepted
     assert accepted["changes"] == ["escaped 1 filesystem path"]
+
+
+def test_a_send_to_a_group_shows_the_delivered_body(relay_factory, state_dir: Path) -> None:
+    config = replace(make_config(state_dir), groups=(Group("team", ("bob", "carol")),))
+    relay = relay_factory(config=config)
+    alice = relay.add_agent("alice")
+    relay.add_agent("bob")
+    relay.add_agent("carol")
+    relay.allow("alice", "bob")
+    relay.allow("alice", "carol")
+    changed = Send(seq=1, to="@team", body="see /etc/hosts")
+    same = Send(seq=2, to="@team", body="GET /v2/orders")
+    _, first, second = raw_answers(alice, changed, same, show_delivered=True)
+    assert first["type"] == "group_accepted" and len(first["sent"]) == 2
+    assert first["delivered"] == "see [path:%2Fetc%2Fhosts]"
+    assert second["type"] == "group_accepted" and "delivered" not in second
 
 
 @pytest.mark.slow

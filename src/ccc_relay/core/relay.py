@@ -761,7 +761,8 @@ class RelayCore:
                 self.message_record(message, now, event, send_seq=frame.seq, session=sid, **extra)
             )
             (batch.held if hold else batch.messages).append(message)
-            outcomes.append(SendOutcome(frame.seq, message, hold, changes, size))
+            changed = bool(cleaned and cleaned.changes)
+            outcomes.append(SendOutcome(frame.seq, message, hold, changes, size, changed))
             batch.recipients[member] = 1
         if skipped:
             batch.audit.append(
@@ -792,12 +793,15 @@ class RelayCore:
         if link is not None:
             sent = [Copy(to=o.message.recipient, id=o.message.id, held=o.held) for o in then.copies]
             forbidden = ErrorCode.FORBIDDEN.value
+            first = then.copies[0] if then.copies else None
+            shown = first is not None and first.body_changed and link.shows_delivered
             answer = GroupAccepted(
                 seq=then.seq,
                 group=then.group,
                 sent=sent,
                 skipped=[Skipped(to=member, code=forbidden) for member in then.skipped],
                 changes=then.changes,
+                delivered=first.message.body if first is not None and shown else None,
             )
             out.append(Reply(link.id, answer))
         for outcome in then.copies:

@@ -158,6 +158,7 @@ class GroupAccepted(_Frame, tag="group_accepted"):
     sent: list[Copy]
     skipped: list[Skipped] = msgspec.field(default_factory=list)
     changes: list[str] = msgspec.field(default_factory=list)
+    delivered: str | None = None  # as in Accepted: the one body every copy holds
 
 
 class Error(_Frame, tag="error"):
