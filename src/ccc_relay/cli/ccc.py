@@ -31,7 +31,7 @@ from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.reconnect import Backoff
 from ccc_relay.client.sync import RelayClient
-from ccc_relay.protocol.frames import Accepted, Held
+from ccc_relay.protocol.frames import Accepted, GroupAccepted, Held
 
 
 class Context:
@@ -174,7 +174,8 @@ def send(
     as_json: bool,
     direct: bool,
 ) -> None:
-    """Send TEXT (or standard input) to agent TO.
+    """Send TEXT (or standard input) to agent TO, or to @GROUP: one copy to
+    each member you may write to, one line per recipient ('ccc group').
 
     If the relay changed the text (secrets redacted, file-system paths escaped,
     invisible characters removed), the text TO receives is printed after the
@@ -188,10 +189,15 @@ def send(
     body = text if text is not None else sys.stdin.read()
     if delay is not None:
         deliver_at = time.time() + delay
+    if to.startswith("@"):
+        _send_to_group(obj, to, body, thread, reply_to, deliver_at, as_json=as_json, direct=direct)
+        return
 
     def via_relay() -> Accepted | Held:
         with obj.client() as client:
-            return client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+            answer = client.send(to, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+        assert not isinstance(answer, GroupAccepted)  # "@group" went to _send_to_group
+        return answer
 
     used = [
         name
@@ -238,6 +244,29 @@ def send(
             click.echo(shown("\n".join("> " + line for line in delivered.split("\n"))))
         for change in answer.changes:
             click.echo(f"note: {change}", err=True)
+
+
+def _send_to_group(
+    obj: Context,
+    group: str,
+    body: str,
+    thread: str | None,
+    reply_to: str | None,
+    deliver_at: float | None,
+    *,
+    as_json: bool,
+    direct: bool,
+) -> None:
+    from ccc_relay.cli.group_cmd import print_group_answer
+
+    if direct:
+        raise click.UsageError(
+            f"--direct reaches one agent; {group} is a group: send through the relay"
+        )
+    with obj.client() as client:
+        answer = client.send(group, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
+    assert isinstance(answer, GroupAccepted)  # the relay answers a send to a group so
+    print_group_answer(answer, as_json=as_json)
 
 
 @main.command()
@@ -363,6 +392,7 @@ def _register_commands() -> None:
     from ccc_relay.cli.completion import completion
     from ccc_relay.cli.containers_cmd import firewall, run
     from ccc_relay.cli.doctor import doctor
+    from ccc_relay.cli.group_cmd import group
     from ccc_relay.cli.integrations_cmd import hook, install, mcp, uninstall
     from ccc_relay.cli.manpages import manpages
     from ccc_relay.cli.peer_cmd import peer
@@ -371,6 +401,7 @@ def _register_commands() -> None:
                     peer, completion, manpages):  # fmt: skip
         main.add_command(command)
     main.add_command(doctor)
+    main.add_command(group)
 
 
 _register_commands()

@@ -62,6 +62,7 @@ from ccc_relay.protocol.frames import (
     AgentList,
     Error,
     Fetched,
+    GroupAccepted,
     Held,
     Message,
     Welcome,
@@ -78,7 +79,7 @@ class _Send:
     to: str
     text: str
     options: dict[str, Any]
-    future: asyncio.Future[Accepted | Held]
+    future: asyncio.Future[Accepted | Held | GroupAccepted]
     seq: int | None = None  # None: not written on any connection yet
 
 
@@ -161,16 +162,20 @@ class AsyncRelayClient:
         thread: str | None = None,
         reply_to: str | None = None,
         deliver_at: float | None = None,
-    ) -> asyncio.Future[Accepted | Held]:
-        """Queue a send; the future resolves to ``accepted`` (or ``held``) or raises RelayError.
+    ) -> asyncio.Future[Accepted | Held | GroupAccepted]:
+        """Queue a send; the future resolves to ``accepted`` (or ``held``; for
+        ``to="@group"``, ``group_accepted`` with one id per member reached) or
+        raises RelayError.
 
         As with :meth:`RelayClient.send`, ``.delivered`` is the body the recipient
         gets when the relay changed it (else None).
         """
         self._check_open()
-        check_recipient(to)
+        check_recipient(to, groups=True)
         options = {"thread": thread, "reply_to": reply_to, "deliver_at": deliver_at}
-        future: asyncio.Future[Accepted | Held] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Accepted | Held | GroupAccepted] = (
+            asyncio.get_running_loop().create_future()
+        )
         send = _Send(to, text, options, future)
         if self._recovery is not None:
             self._parked.append(send)  # written once the relay is back
@@ -178,7 +183,7 @@ class AsyncRelayClient:
             self._write_send(send)
         return future
 
-    async def send(self, to: str, text: str, **options: Any) -> Accepted | Held:
+    async def send(self, to: str, text: str, **options: Any) -> Accepted | Held | GroupAccepted:
         return await self.send_nowait(to, text, **options)
 
     async def fetch(self, limit: int = 100) -> list[Message]:

@@ -26,8 +26,15 @@ __all__ = [
 ]
 
 
-def check_recipient(name: str) -> None:
-    """Refuse a malformed agent name before it goes on the wire (RelayError "invalid")."""
+def check_recipient(name: str, *, groups: bool = False) -> None:
+    """Refuse a malformed agent name (or, with ``groups``, ``@group`` name)
+    before it goes on the wire (RelayError "invalid")."""
+    if groups and name.startswith("@"):
+        problem = agent_name_problem(name[1:])
+        if problem:
+            problem = problem.replace("an agent name", "a group name")
+            raise RelayError("invalid", f"{name!r} is not a group: {problem}")
+        return
     problem = agent_name_problem(name)
     if problem:
         raise RelayError("invalid", f"{name!r} is not an agent name: {problem}")

@@ -49,6 +49,7 @@ from ccc_relay.protocol.frames import (
     AgentInfo,
     AgentList,
     Fetched,
+    GroupAccepted,
     Held,
     Message,
     Pong,
@@ -129,18 +130,23 @@ class RelayClient:
         thread: str | None = None,
         reply_to: str | None = None,
         deliver_at: float | None = None,
-    ) -> Accepted | Held:
+    ) -> Accepted | Held | GroupAccepted:
         """Send one message; return the relay's ``accepted`` (or ``held`` when the
         pair's policy holds messages for the operator). When the relay changed the
         body (sanitisation), ``.changes`` says how and ``.delivered`` is the body
-        the recipient gets; otherwise ``.delivered`` is None. Raises RelayError."""
-        check_recipient(to)
+        the recipient gets; otherwise ``.delivered`` is None.
+
+        ``to`` may be ``@group``: each member the sender may write to gets its
+        own copy, and the answer is ``group_accepted``, whose ``.sent`` lists
+        each copy (``to``, ``id``, ``held``) and ``.skipped`` the members left
+        out (``to``, ``code``). Raises RelayError."""
+        check_recipient(to, groups=True)
         frame = self._call(
             lambda: self._session.send(
                 to, text, thread=thread, reply_to=reply_to, deliver_at=deliver_at
             )
         ).frame
-        if isinstance(frame, Accepted | Held):
+        if isinstance(frame, Accepted | Held | GroupAccepted):
             return frame
         raise unexpected(frame)
 

@@ -16,6 +16,7 @@ from ccc_relay.protocol.names import MAX_GROUP_MEMBERS
 
 CredentialHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Id = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Members = Annotated[list[AgentName], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
 
 
 class _Admin(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, omit_defaults=True):
@@ -59,17 +60,14 @@ class GroupAdd(_Admin, tag="group_add"):
     """Add agents to a group kept in relay.db (created with its first members)."""
 
     name: AgentName  # the group's name, without its "@"
-    members: Annotated[list[AgentName], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
+    members: Members
 
 
 class GroupRemove(_Admin, tag="group_remove"):
     """Remove agents from a group kept in relay.db; without members, the whole group."""
 
     name: AgentName
-    members: (
-        Annotated[list[AgentName], msgspec.Meta(min_length=1, max_length=MAX_GROUP_MEMBERS)]
-        | None
-    ) = None
+    members: Members | None = None
 
 
 class GroupList(_Admin, tag="group_list"):
