@@ -246,6 +246,20 @@ def test_uninstall_deletes_only_what_install_created_and_is_idempotent(project: 
     assert (project / ".claude").is_dir() and not (project / ".claude" / "settings.json").exists()
 
 
+def test_without_the_record_uninstall_keeps_the_emptied_files(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of created files is a hint: when it cannot be kept, install still
+    works, and uninstall stays on the safe side (it empties, it does not delete)."""
+    blocked = tmp_path / "state-is-a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocked))
+    ccc("install", "claude", "--project", str(project))
+    ccc("uninstall", "claude", "--project", str(project))
+    assert read_json(project / ".mcp.json") == {}
+    assert read_json(project / ".claude" / "settings.json") == {}
+
+
 def test_local_and_shared_settings(project: Path) -> None:
     shared = project / ".claude" / "settings.json"
     local = project / ".claude" / "settings.local.json"

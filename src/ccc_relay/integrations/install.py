@@ -364,7 +364,9 @@ def apply(edits: Sequence[FileEdit]) -> None:
             mode = target.stat().st_mode & 0o7777
         _write_atomically(target, edit.new, mode)
     if created != before:
-        _save_record(where, created)
+        # Only a hint for uninstall: the edits are made, and must not be reported as failed.
+        with contextlib.suppress(OSError):
+            _save_record(where, created)
 
 
 def _remove_created_dirs(directory: Path, created: set[str]) -> None:
