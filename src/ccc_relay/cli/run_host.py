@@ -62,15 +62,19 @@ def check_reachable(runtime: str, ident: Identity, project: Path, socket_path: P
     # bwrap runs as the sandbox uid and walks host paths itself; an engine
     # mounts as root, so only the final inode's permission matters there.
     walk = runtime == "bwrap"
-    socket_fix = "set daemon.socket_group in the relay's config, or pass --group"
+    socket_fix = (
+        "set daemon.socket_group in the relay's config (docs/deploy.md, 'The sockets'), "
+        "or pass --group"
+    )
     if walk and access_problem(socket_path.parent, ident, 1, traverse=True):
-        # The socket sits in a directory the sandbox uid cannot enter (the
-        # embedded defaults keep it in the private 0700 state dir).
+        # The socket sits in a directory the sandbox uid cannot enter (a
+        # config that keeps it in the private 0700 state dir).
         socket_fix = (
             "give sandboxes a socket outside the relay's private state dir: in the "
             "relay's config set daemon.per_agent_sockets: true with daemon.agent_socket_dir "
-            "(a 0711 dir), or daemon.socket_path in a dir others may enter, plus "
-            "daemon.socket_group; see docs/containers.md"
+            "in a directory whose parents others may enter (or leave the config out: "
+            "the defaults do this), plus daemon.socket_group; see docs/deploy.md, "
+            "'The sockets', and 'ccc doctor'"
         )
     for path, want, fix in (
         (project, 7, f"chown {ident.uid} {project} (or pick --uid)"),

@@ -43,10 +43,11 @@ def install_recipe(source: str | None = None) -> list[str]:
     Raises nothing.
     """
     source = source or _checkout() or "ccc-relay"
+    sudo = "" if os.geteuid() == 0 else "sudo "
     return [
-        f"sudo /usr/bin/python3 -m venv {INSTALL_DIR}",
-        f"sudo {INSTALL_DIR}/bin/pip install {source}",
-        f"sudo ln -sf {INSTALL_DIR}/bin/ccc /usr/local/bin/ccc",
+        f"{sudo}/usr/bin/python3 -m venv {INSTALL_DIR}",
+        f"{sudo}{INSTALL_DIR}/bin/pip install {source}",
+        f"{sudo}ln -sf {INSTALL_DIR}/bin/ccc /usr/local/bin/ccc",
     ]
 
 
