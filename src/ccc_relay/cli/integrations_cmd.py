@@ -88,7 +88,7 @@ _project = click.option(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
-    help="The project directory to set up.",
+    help="The project directory.",
 )
 _command = click.option(
     "--command",
@@ -194,13 +194,12 @@ def install_claude_cmd(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Add the MCP server (.mcp.json) and the hooks (.claude/settings.json) to a
-    Claude Code project.
+    """Add the MCP server and the hooks to a Claude Code project.
 
-    The hooks (SessionStart, UserPromptSubmit, Stop) run 'ccc hook EVENT';
-    they go to the shared or the personal settings file, and out of the other
-    one, so each runs once. The MCP server 'ccc-relay' ('ccc mcp') always goes
-    to .mcp.json, the one project file Claude Code reads MCP servers from.
+    The MCP server 'ccc-relay' ('ccc mcp') goes to .mcp.json, the one project
+    file Claude Code reads MCP servers from. The hooks (SessionStart,
+    UserPromptSubmit, Stop: 'ccc hook EVENT') go to the shared settings file or,
+    with --local, the personal one, and out of the other, so each runs once.
     """
     from ccc_relay.integrations import install_claude
 
@@ -228,7 +227,7 @@ def install_claude_cmd(
 @_dry_run
 @_json
 def uninstall_claude_cmd(project: Path, command: str, dry_run: bool, as_json: bool) -> None:
-    """Remove the ccc-relay MCP server and hooks from a Claude Code project.
+    """Remove the MCP server and the hooks from a Claude Code project.
 
     Both settings files (shared and local) are cleaned; a file install created
     and that is left empty is deleted.
@@ -253,11 +252,11 @@ def uninstall_claude_cmd(project: Path, command: str, dry_run: bool, as_json: bo
 def install_codex_cmd(
     project: Path, user: bool, command: str, dry_run: bool, as_json: bool
 ) -> None:
-    """Add the MCP server to OpenAI Codex CLI: [mcp_servers.ccc-relay] in
-    .codex/config.toml (or, with --user, $CODEX_HOME/config.toml).
+    """Add the MCP server to OpenAI Codex CLI's config.toml.
 
-    Codex loads a project's .codex/config.toml only in a project it trusts.
-    Codex has no hooks: messages reach the model through the MCP tools only.
+    It is the table [mcp_servers.ccc-relay] in .codex/config.toml (or, with
+    --user, $CODEX_HOME/config.toml); Codex reads a project's file only once
+    you trust the project. Codex has no hooks: messages reach the model through the MCP tools only.
     The entry forwards CCC_SOCKET, CCC_CREDENTIAL and the other relay variables
     by name (env_vars); comments and layout of the file are kept.
     """
@@ -299,10 +298,10 @@ def uninstall_codex_cmd(project: Path, user: bool, dry_run: bool, as_json: bool)
 def install_gemini_cmd(
     project: Path, user: bool, command: str, dry_run: bool, as_json: bool
 ) -> None:
-    """Add the MCP server to Gemini CLI: mcpServers.ccc-relay in
-    .gemini/settings.json (or, with --user, ~/.gemini/settings.json).
+    """Add the MCP server to Gemini CLI's settings.json.
 
-    Gemini CLI starts it only in a folder it trusts. Gemini has no hooks:
+    It is mcpServers.ccc-relay in .gemini/settings.json (or, with --user,
+    ~/.gemini/settings.json). Gemini CLI starts it only in a folder it trusts. Gemini has no hooks:
     messages reach the model through the MCP tools only. The entry passes
     CCC_SOCKET, CCC_CREDENTIAL and CCC_RELAY_PUBKEY explicitly (Gemini hides
     variables named like secrets from MCP servers).
