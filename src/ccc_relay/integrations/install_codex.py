@@ -2,7 +2,7 @@
 
 Codex reads MCP servers from ``config.toml``: the user's
 ``$CODEX_HOME/config.toml`` (``~/.codex`` by default) and, in a project it
-trusts, ``<project>/.codex/config.toml``. Each server is a table
+trusts, ``<project>/.codex/config.toml`` (Codex's "Config basics" page). Each server is a table
 ``[mcp_servers.<name>]`` with ``command``, ``args``, ``env`` and ``env_vars``
 (openai/codex docs/config.md, "mcp_servers"; codex-rs/core/src/config/types.rs,
 ``RawMcpServerConfig``, which refuses unknown keys). Codex starts a stdio server
