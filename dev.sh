@@ -4,6 +4,8 @@
 #   ./dev.sh test    set everything up and run the whole test suite
 #   ./dev.sh bench   set up the benchmark peers (Redis, NATS) and run benchmarks/
 #   ./dev.sh setup   only set up (.venv with the package and its test tools)
+# pip runs only when pyproject.toml, the venv's Python or the extras changed since
+# the last install (a stamp in the venv); remove .venv/.dev-sh-installed to force it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,22 +52,38 @@ python_bin() {
 # The peers the benchmark compares against, started by it on loopback only.
 BENCH_PACKAGES=(redis-server nats-server)
 
+# What the venv was installed from: pyproject.toml (dependencies, entry points), the
+# venv's Python and the extras. The package is installed editable, so a source change
+# needs no reinstall; when this stamp matches, setup skips pip altogether.
+STAMP="$VENV/.dev-sh-installed"
+
+install_stamp() {
+    { cat pyproject.toml; "$VENV/bin/python" -VV; echo "extras: $1"; } | sha256sum | cut -d' ' -f1
+}
+
 setup() {
     local with_test_packages="${1:-no}" extras="${2:-test}"
     if [ "$with_test_packages" = yes ]; then
         install_debian_packages "${DEBIAN_PACKAGES[@]}"
     fi
+    # The relay refuses to start without the library its seccomp filter is compiled with.
+    install_debian_packages libseccomp2
+    if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] \
+        && [ "$(cat "$STAMP")" = "$(install_stamp "$extras")" ] \
+        && "$VENV/bin/python" -c 'import ccc_relay' 2>/dev/null; then
+        return 0
+    fi
     local py; py="$(python_bin)"
     if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
         install_debian_packages python3-venv
     fi
-    # The relay refuses to start without the library its seccomp filter is compiled with.
-    install_debian_packages libseccomp2
     if [ ! -x "$VENV/bin/python" ]; then
         "$py" -m venv "$VENV"
     fi
+    rm -f "$STAMP"
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
     "$VENV/bin/python" -m pip install -q -e ".[$extras]" >&2
+    install_stamp "$extras" > "$STAMP"
 }
 
 case "${1:-}" in
