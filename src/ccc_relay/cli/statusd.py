@@ -130,6 +130,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
             for name, rule in sorted(anomaly.rules.items())
         ],
         "policy": [f"{r.sender} -> {r.recipient} ({r.action})" for r in config.rules],
+        "groups": [f"@{g.name}: {', '.join(g.members)}" for g in config.groups],
     }
     for path, value in _fields(config):
         if SETTING_NAMES.get(path, path) not in settings and not _covered(path, settings):
@@ -316,7 +317,7 @@ def path(config_path: str | None, what: str) -> None:
 def reload(config_path: str | None) -> None:
     """Re-read the config file the relay runs with (the same as sending it SIGHUP).
 
-    Policy, anomaly rules, sanitisation and audit.log_all_messages change at
+    Policy, groups, anomaly rules, sanitisation and audit.log_all_messages change at
     once; anything else (paths, sockets, user, limits) needs a restart, and is
     listed. An invalid file is refused and the running config kept.
     """
