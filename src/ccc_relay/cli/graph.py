@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from ccc_relay.cli.common import config_option, fail, handle_errors, load_host_config
+from ccc_relay.cli.common import (
+    EXIT_CONFIG,
+    EXIT_USAGE,
+    config_option,
+    fail,
+    handle_errors,
+    load_host_config,
+)
 from ccc_relay.client.admin import AdminClient
 
 
@@ -84,7 +91,7 @@ def graph(fmt: str, output: str | None, config_path: str | None) -> None:
             fail(
                 f"--format {fmt} needs Graphviz's 'dot'; install it (apt-get install graphviz) "
                 "or use --format dot",
-                4,
+                EXIT_CONFIG,
             )
         data = subprocess.run(
             [binary, f"-T{fmt}"], input=dot.encode(), capture_output=True, check=True, timeout=60
@@ -94,6 +101,6 @@ def graph(fmt: str, output: str | None, config_path: str | None) -> None:
             f.write(data)
         click.echo(f"wrote {output}")
     elif fmt == "png":
-        fail("PNG is binary: use -o FILE", 2)
+        fail("PNG is binary: use -o FILE", EXIT_USAGE)
     else:
         click.echo(data.decode(), nl=False)
