@@ -575,7 +575,13 @@ def test_cli_prints_a_bwrap_command(host: dict[str, Path]) -> None:
 
 
 def test_cli_prefers_the_agents_own_socket(host: dict[str, Path]) -> None:
-    config = embedded_defaults({"CCC_CACHE_DIR": str(host["state"])})
+    # A relay without per-agent sockets (a config file's default): the shared
+    # socket, unless an agent's own socket is there after all.
+    config = replace(
+        embedded_defaults({"CCC_CACHE_DIR": str(host["state"])}),
+        per_agent_sockets=False,
+        agent_socket_dir=None,
+    )
     assert agent_socket(config, "alice") == host["state"] / "daemon.sock"
     (host["state"] / "agents").mkdir()
     own = socket.socket(socket.AF_UNIX)
