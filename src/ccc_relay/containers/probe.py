@@ -30,7 +30,7 @@ SANDBOX_BIN_DIRS = (
     Path("/usr/sbin"),
     Path("/usr/bin"),
 )
-VISIBLE_ROOT = Path("/usr")
+_VISIBLE_ROOTS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64"))
 PROBE_TIMEOUT = 60.0  # podman's first start on a cold cache takes seconds; a hang is not a probe
 MAX_DETAIL = 400  # characters of the sandbox's own error kept for the message
 INSTALL_DIR = "/usr/local/lib/ccc-relay"
@@ -67,13 +67,15 @@ def why_not_visible(ccc: Path | None) -> str | None:
         dirs = ", ".join(str(d) for d in SANDBOX_BIN_DIRS)
         return f"there is no ccc in {dirs}, the only places a sandbox's PATH looks"
     target = Path(os.path.realpath(ccc))
-    if not target.is_relative_to(VISIBLE_ROOT):
+    if not _visible(target):
         return f"{ccc} is a link to {target}, outside /usr, which the sandbox cannot see"
     interpreter = _interpreter(target)
     if interpreter is None:
         return None
+    if not _visible(Path(interpreter)):
+        return f"{ccc} runs {interpreter}, outside /usr, which the sandbox cannot see"
     real = Path(os.path.realpath(interpreter))
-    if not real.is_relative_to(VISIBLE_ROOT):
+    if not _visible(real):
         return (
             f"{ccc} runs {interpreter}, which is {real}: outside /usr, so the sandbox cannot "
             "run it (a virtual environment made by a pyenv, conda or home-directory python3 "
@@ -150,6 +152,11 @@ def not_runnable_message(runtime: str, problem: str, *, image: str | None = None
 
 
 # --- internals ----------------------------------------------------------------
+
+
+def _visible(path: Path) -> bool:
+    # The sandbox's /bin, /sbin, /lib and /lib64 are links into its /usr.
+    return any(path.is_relative_to(root) for root in _VISIBLE_ROOTS)
 
 
 def _interpreter(script: Path) -> str | None:
