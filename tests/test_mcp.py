@@ -12,6 +12,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from ccc_relay.credentials import Credential, write_credential_file
 from ccc_relay.integrations.fence import parse_fences
 from tests.support import BIN, RunningRelay
 
@@ -98,20 +99,21 @@ def test_two_agents_exchange_messages_through_mcp(relay: RunningRelay) -> None:
 
 
 def test_mcp_server_starts_without_a_relay_and_says_so(state_dir: Path) -> None:
-    async def scenario() -> None:
-        params = StdioServerParameters(
-            command=str(BIN / "ccc"),
-            args=["mcp"],
-            env={
-                "CCC_SOCKET": str(state_dir / "none.sock"),
-                "CCC_CREDENTIAL": str(state_dir / "missing.cred"),
-                "CCC_CONFIG": "",
-            },
-        )
+    credential = state_dir / "alice.cred"
+    write_credential_file(credential, "alice", Credential.generate())
+
+    async def whoami(env: dict[str, str]) -> str:
+        params = StdioServerParameters(command=str(BIN / "ccc"), args=["mcp"], env=env)
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             result = await session.call_tool("whoami", {})
             assert result.is_error
-            assert "relay_unavailable" in text_of(result)
+            return text_of(result)
 
-    asyncio.run(scenario())
+    socket = str(state_dir / "none.sock")
+    no_relay = asyncio.run(whoami({"CCC_SOCKET": socket, "CCC_CREDENTIAL": str(credential)}))
+    assert "relay_unavailable: no relay is listening" in no_relay
+    # A credential that is not there is its own problem, with the way to make it.
+    missing = str(state_dir / "bob.cred")
+    no_file = asyncio.run(whoami({"CCC_SOCKET": socket, "CCC_CREDENTIAL": missing}))
+    assert "credential_missing" in no_file and "ccc agent add bob" in no_file

@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError
 from ccc_relay.client.aio import AsyncRelayClient
 from ccc_relay.client.base import RelayError, message_dict
 from ccc_relay.client.endpoint import Endpoint
+from ccc_relay.client.errors import credential_refusal
 from ccc_relay.client.reconnect import Backoff
 from ccc_relay.credentials import CredentialError
 from ccc_relay.integrations.fence import fence_messages
@@ -77,7 +78,8 @@ class RelayConnection:
         try:
             return self._factory()
         except CredentialError as exc:
-            raise ToolError(f"relay_unavailable: {exc}") from None
+            refusal = credential_refusal(exc)
+            raise ToolError(f"{refusal.code}: {refusal.message}") from None
 
     async def fresh(self) -> AsyncRelayClient:
         """A separate session (for subscribing while waiting); it too survives a
