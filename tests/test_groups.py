@@ -295,8 +295,17 @@ def test_ccc_group_and_ccc_send_to_a_group(daemon: dict[str, str]) -> None:
     sent = json.loads(ok("ccc", "--as", "alice", "send", "@reviewers", "again", "--json", env=env))
     assert [c["to"] for c in sent["sent"]] == ["bob", "carol"]
     assert sent["skipped"] == [{"to": "erin", "code": "forbidden"}]
+    assert sent["delivered"] is None
+    # A body the sanitiser changed: the sender sees what every member reads.
+    changed = ok("ccc", "--as", "alice", "send", "@reviewers", "see /etc/passwd", env=env)
+    assert "the relay changed your message; @reviewers receives:" in changed
+    assert "> see [path:%2Fetc%2Fpasswd]" in changed
+    changed_json = ok(
+        "ccc", "--as", "alice", "send", "@reviewers", "see /etc/hosts", "--json", env=env
+    )
+    assert json.loads(changed_json)["delivered"] == "see [path:%2Fetc%2Fhosts]"
     inbox = json.loads(ok("ccc", "--as", "bob", "inbox", "--json", env=env))["messages"]
-    assert [m["body"] for m in inbox] == ["please review", "again"]
+    assert [m["body"] for m in inbox][:2] == ["please review", "again"]
     assert inbox[1]["id"] == sent["sent"][0]["id"]
     refused = run_cli("ccc", "--as", "alice", "send", "@nobody", "x", env=env)
     assert refused.returncode == 1 and "you may not send to '@nobody'" in refused.stderr

@@ -126,6 +126,7 @@ def print_group_answer(answer: GroupAccepted, *, as_json: bool) -> None:
                 "sent": [{"to": c.to, "id": c.id, "held": c.held} for c in answer.sent],
                 "skipped": [{"to": s.to, "code": s.code} for s in answer.skipped],
                 "changes": answer.changes,
+                "delivered": answer.delivered,
             }
         )
         return
@@ -136,5 +137,8 @@ def print_group_answer(answer: GroupAccepted, *, as_json: bool) -> None:
             click.echo(f"accepted {copy.id} -> {copy.to}")
     for skip in answer.skipped:
         click.echo(shown(f"skipped {skip.to}: {skip.code} (you may not send to it)"))
+    if answer.delivered is not None:
+        click.echo(f"the relay changed your message; {answer.group} receives:")
+        click.echo(shown("\n".join("> " + line for line in answer.delivered.split("\n"))))
     for change in answer.changes:
         click.echo(f"note: {change}", err=True)
