@@ -30,6 +30,7 @@ from ccc_relay.client.endpoint import host_config
 from ccc_relay.client.errors import RelayError, RelayUnavailable, credential_refusal
 from ccc_relay.credentials import CredentialError
 from ccc_relay.policy.config import Config, ConfigError
+from ccc_relay.protocol.plain import plain_words
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -157,8 +158,7 @@ def report(exc: RelayError) -> NoReturn:
     sys.exit(exit_code)
 
 
-# What a relay's schema check says (msgspec's words) in the words of the command line.
-_AT = re.compile(r"^(?P<detail>.*?) - at `\$(?P<path>[^`]*)`$")
+# A field the relay names (protocol/plain.py) in the words of the command line.
 _FIELDS = {
     "thread": "--thread",
     "reply_to": "--reply-to",
@@ -166,46 +166,19 @@ _FIELDS = {
     "to": "the recipient",
     "body": "the message text",
 }
-_DETAILS = (
-    (re.compile(r"Expected `str` of length <= (\d+)"), "must be at most {0} characters"),
-    (re.compile(r"Expected `str` of length >= (\d+)"), "must be at least {0} characters"),
-    (re.compile(r"Expected `str` matching regex .*"), "has a form the relay does not accept"),
-    (re.compile(r"Expected `(\w+)`, got `(\w+)`"), "must be {0}, not {1}"),
-    (re.compile(r"Expected `\w+` ([<>]=?) (\S+)"), "must be {0} {1}"),
-    (re.compile(r"Object missing required field `(\w+)`"), "'{0}' is missing"),
-    (re.compile(r"Object contains unknown field `(\w+)`"), "'{0}' is not a field the relay knows"),
-)
-
-
-_TYPES = {
-    "str": "text",
-    "int": "a whole number",
-    "float": "a number",
-    "bool": "true or false",
-    "array": "a list",
-    "object": "a mapping",
-    "null": "empty",
-}
+_NAMED = re.compile(r"'(\w+)' (.*)", re.S)
 
 
 def humane(message: str) -> str:
-    """``message`` with a schema checker's path and jargon put in plain words."""
+    """``message`` with a schema checker's jargon in plain words and a field as its flag."""
     prefix, sep, rest = message.partition(": ")
     if not sep:
         prefix, rest = "", message
-    match = _AT.match(rest)
-    detail, path = (match["detail"], match["path"].lstrip(".")) if match else (rest, None)
-    for pattern, words in _DETAILS:
-        found = pattern.fullmatch(detail)
-        if found:
-            detail = words.format(*(_TYPES.get(g, g) for g in found.groups()))
-            break
-    else:
-        if match is None:
-            return message
-    if path is not None:
-        detail = f"{_FIELDS.get(path, repr(path) if path else 'the request')} {detail}"
-    return f"{prefix}{sep}{detail}"
+    rest = plain_words(rest)  # an older relay sends the checker's own words
+    named = _NAMED.fullmatch(rest)
+    if named and named[1] in _FIELDS:
+        rest = f"{_FIELDS[named[1]]} {named[2]}"
+    return f"{prefix}{sep}{rest}"
 
 
 def emit_json(data: Mapping[str, Any]) -> None:

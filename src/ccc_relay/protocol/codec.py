@@ -14,6 +14,7 @@ import msgspec
 
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import ClientFrame, RelayFrame
+from ccc_relay.protocol.plain import plain_words
 
 # Bytes a frame may carry besides the body: type, seq, names, thread, ids.
 ENVELOPE_ALLOWANCE = 16 * 1024
@@ -86,7 +87,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], line: bytes) -> Any:
     try:
         return decoder.decode(line)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.INVALID, f"invalid frame: {exc}") from None
+        raise ProtocolError(ErrorCode.INVALID, f"invalid frame: {plain_words(str(exc))}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.INVALID, f"not a JSON object in UTF-8: {exc}") from None
     except RecursionError:
