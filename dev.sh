@@ -14,8 +14,9 @@ VENV="${CCC_VENV:-.venv}"
 # checks), iproute2, util-linux (unshare/setpriv), python3-venv (the venv),
 # graphviz (policy graphs), apparmor (apparmor_parser checks the profile),
 # podman + runc (the isolation proof runs in podman too), libseccomp2 (the
-# relay and `ccc run` compile their seccomp filters with it, through ctypes).
-DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor podman runc libseccomp2)
+# relay and `ccc run` compile their seccomp filters with it, through ctypes),
+# nats-server (the federation tests start their own NATS servers and clusters).
+DEBIAN_PACKAGES=(python3-venv bubblewrap nftables iproute2 util-linux graphviz apparmor podman runc libseccomp2 nats-server)
 
 need_root() { [ "$(id -u)" -eq 0 ] && echo "" || echo "sudo"; }
 
