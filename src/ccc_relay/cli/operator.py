@@ -183,7 +183,13 @@ def agent_list(as_json: bool, config_path: str | None) -> None:
 @config_option
 @handle_errors
 def allow(sender: str, recipient: str, both: bool, hold: bool, config_path: str | None) -> None:
-    """Let SENDER send messages to RECIPIENT (everything else is denied)."""
+    """Let SENDER send messages to RECIPIENT (everything else is denied).
+
+    Either may be another relay's agent, written NAME@HOST (this relay needs a
+    federation: section): 'ccc allow alice bob@build1' lets alice write to bob
+    on build1, whose relay must allow 'alice@THIS-HOST bob' too. --hold holds
+    messages on the recipient's relay, so it names a local recipient.
+    """
     _, admin = _admin(config_path)
     action = "hold" if hold else "allow"
     result = admin.request("allow", sender=sender, recipient=recipient, both=both, action=action)
@@ -198,7 +204,7 @@ def allow(sender: str, recipient: str, both: bool, hold: bool, config_path: str 
 @config_option
 @handle_errors
 def deny(sender: str, recipient: str, both: bool, config_path: str | None) -> None:
-    """Withdraw SENDER's permission to send to RECIPIENT."""
+    """Withdraw SENDER's permission to send to RECIPIENT (either may be NAME@HOST)."""
     _, admin = _admin(config_path)
     result = admin.request("deny", sender=sender, recipient=recipient, both=both)
     click.echo(f"removed {result['removed']} rule(s)")

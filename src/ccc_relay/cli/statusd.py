@@ -66,6 +66,11 @@ SETTING_NAMES = {
     "limits.sanitize.paths": "sanitize_paths",
     "limits.sanitize.redact_secrets": "redact_secrets",
     "rules": "policy",
+    "federation.tls_ca": "federation.tls",
+    "federation.tls_cert": "federation.tls",
+    "federation.tls_key": "federation.tls",
+    "federation.nkey_seed": "federation.auth",
+    "federation.credentials": "federation.auth",
 }
 
 
@@ -131,11 +136,43 @@ def effective_settings(config: Config) -> dict[str, Any]:
         ],
         "policy": [f"{r.sender} -> {r.recipient} ({r.action})" for r in config.rules],
         "groups": [f"@{g.name}: {', '.join(g.members)}" for g in config.groups],
+        **_federation_settings(config),
     }
     for path, value in _fields(config):
         if SETTING_NAMES.get(path, path) not in settings and not _covered(path, settings):
             settings[path] = _plain(value)
     return settings
+
+
+def _federation_settings(config: Config) -> dict[str, Any]:
+    federation = config.federation
+    if federation is None:
+        return {"federation": "(none: this relay talks to no other and opens no network socket)"}
+    tls = [
+        f"{name} {path}"
+        for name, path in (
+            ("ca", federation.tls_ca),
+            ("cert", federation.tls_cert),
+            ("key", federation.tls_key),
+        )
+        if path is not None
+    ]
+    auth = (
+        f"nkey_seed {federation.nkey_seed}"
+        if federation.nkey_seed is not None
+        else f"credentials {federation.credentials}"
+    )
+    return {
+        "federation.host": federation.host,
+        "federation.servers": list(federation.servers),
+        "federation.tls": tls or None,
+        "federation.auth": auth,
+        "federation.stream": federation.stream,
+        "federation.publish_timeout": format_duration(federation.publish_timeout),
+        "federation.peers": [
+            f"{host} (key {key})" for host, key in sorted(federation.peers.items())
+        ],
+    }
 
 
 def _fields(value: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -33,6 +33,7 @@ from ccc_relay.core.relay import OPERATOR, RELAY
 from ccc_relay.daemon.audit_lifecycle import AcknowledgeAuditAlarm, ReadAuditAlarms
 from ccc_relay.daemon.committer import SLOW_COMMIT, Job
 from ccc_relay.daemon.shell import RelayShell
+from ccc_relay.policy.config import local_address, pair_problem
 from ccc_relay.policy.groups import MAX_GROUPS, group_name_problem
 from ccc_relay.protocol import admin as ops
 from ccc_relay.protocol.codec import body_size
@@ -142,6 +143,21 @@ class Operator:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no agent named {name!r}")
         return record
 
+    def _address_pairs(
+        self, sender: str, recipient: str, both: bool
+    ) -> tuple[tuple[str, str], ...]:
+        """The pairs a rule names, ``name@<this host>`` as plain ``name``; another
+        relay's agent only when this relay federates."""
+        federation = self.core.config.federation
+        sender, recipient = (local_address(a, federation) for a in (sender, recipient))
+        if federation is None and "@" in sender + recipient:
+            raise ProtocolError(
+                ErrorCode.INVALID,
+                "name@host names another relay's agent, but this relay has no federation: "
+                "section in its config",
+            )
+        return _pairs(sender, recipient, both)
+
     def _end_sessions(self, agent: str, why: str) -> None:
         self.shell.run(self.core.end_sessions(agent, why, self.shell.clock()))
 
@@ -237,10 +253,14 @@ class Operator:
     # --- pair rules -------------------------------------------------------------------------
 
     async def allow(self, request: ops.Allow) -> dict[str, Any]:
-        pairs = _pairs(request.sender, request.recipient, request.both)
+        pairs = self._address_pairs(request.sender, request.recipient, request.both)
+        problem = pair_problem(*pairs[0], request.action, both=request.both)
+        if problem:
+            raise ProtocolError(ErrorCode.INVALID, problem)
         for sender, recipient in pairs:
-            self._agent(sender)
-            self._agent(recipient)
+            for name in (sender, recipient):
+                if "@" not in name:
+                    self._agent(name)
         rules = await self._write(
             store_ops.SetRules(pairs, request.action),
             "policy_changed",
@@ -251,7 +271,7 @@ class Operator:
         return {"pairs": [[a, b] for a, b in pairs], "action": request.action}
 
     async def deny(self, request: ops.Deny) -> dict[str, Any]:
-        pairs = _pairs(request.sender, request.recipient, request.both)
+        pairs = self._address_pairs(request.sender, request.recipient, request.both)
         removed, rules = await self._write(
             store_ops.DeleteRules(pairs),
             "policy_changed",

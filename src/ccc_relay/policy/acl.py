@@ -2,7 +2,8 @@
 
 The policy is a set of directed pairs. A pair not in the set is refused, and a
 recipient that does not exist gets exactly the same refusal, so probing for
-names learns nothing.
+names learns nothing. A pair may name another relay's agent (``bob@h2``) on one
+side: this relay decides for its own side only; the other relay decides again.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ class Policy:
         return cls(pairs)
 
     def action(self, sender: str, recipient: str, known: Set[str]) -> str | None:
-        """``allow``/``hold`` when sender may send to recipient, else None."""
-        if sender not in known or recipient not in known:
-            return None
-        return self.pairs.get((sender, recipient))
+        """``allow``/``hold`` when sender may send to recipient, else None. An
+        address with ``@`` is another relay's agent: only its rule is asked."""
+        if (sender in known or "@" in sender) and (recipient in known or "@" in recipient):
+            return self.pairs.get((sender, recipient))
+        return None
 
     def may_send(self, sender: str, recipient: str, known: Set[str]) -> bool:
         return self.action(sender, recipient, known) is not None

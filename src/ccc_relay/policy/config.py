@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ccc_relay.policy.config_federation import parse_federation
 from ccc_relay.policy.config_fields import (
     parse_socket_mode,
     read_absolute_path,
@@ -31,7 +32,13 @@ from ccc_relay.policy.config_fields import (
     read_section,
     reject_unknown_keys,
 )
-from ccc_relay.policy.config_sections import parse_anomaly, parse_limits, parse_policy, parse_rule
+from ccc_relay.policy.config_sections import (
+    pair_problem,
+    parse_anomaly,
+    parse_limits,
+    parse_policy,
+    parse_rule,
+)
 from ccc_relay.policy.config_types import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_RATE_PER_MINUTE,
@@ -41,6 +48,7 @@ from ccc_relay.policy.config_types import (
     AuditConfig,
     Config,
     ConfigError,
+    FederationConfig,
     Limits,
     Rule,
 )
@@ -55,6 +63,7 @@ __all__ = [
     "AuditConfig",
     "Config",
     "ConfigError",
+    "FederationConfig",
     "Limits",
     "Rule",
     "config_from_mapping",
@@ -62,6 +71,9 @@ __all__ = [
     "default_state_dir",
     "embedded_defaults",
     "load_config",
+    "local_address",
+    "local_rules",
+    "pair_problem",
     "parse_rule",
 ]
 
@@ -178,7 +190,7 @@ def config_from_mapping(
 ) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with a 'daemon:' section")
-    reject_unknown_keys(data, {"daemon", "policy", "groups"}, "")
+    reject_unknown_keys(data, {"daemon", "policy", "groups", "federation"}, "")
     daemon = read_section(data, "daemon", "")
     reject_unknown_keys(daemon, _DAEMON_KEYS, "daemon.")
     security = read_section(daemon, "security", "daemon.")
@@ -189,6 +201,7 @@ def config_from_mapping(
     base = embedded_defaults(env)
     state_dir = read_absolute_path(daemon, "state_dir", "daemon.", base.state_dir)
     limits = parse_limits(security)
+    federation = parse_federation(data.get("federation"))
     config = Config(
         state_dir=state_dir,
         socket_path=read_absolute_path(daemon, "socket_path", "daemon.", state_dir / "daemon.sock"),
@@ -205,15 +218,44 @@ def config_from_mapping(
             retention=read_duration(audit, "retention", "daemon.audit.", DEFAULT_RETENTION),
             log_group=read_optional_name(audit, "log_group", "daemon.audit."),
         ),
-        rules=parse_policy(data.get("policy")),
+        rules=local_rules(parse_policy(data.get("policy")), federation),
         groups=parse_groups(data.get("groups")),
         per_agent_sockets=read_bool(daemon, "per_agent_sockets", "daemon.", False),
         agent_socket_dir=read_absolute_path(
             daemon, "agent_socket_dir", "daemon.", state_dir / "agents"
         ),
         anomaly=parse_anomaly(read_section(daemon, "anomaly", "daemon.")),
+        federation=federation,
         source=source,
     )
     if config.socket_path == config.admin_socket_path:
         raise ConfigError("daemon.admin_socket_path must differ from daemon.socket_path")
     return config
+
+
+def local_rules(rules: tuple[Rule, ...], federation: FederationConfig | None) -> tuple[Rule, ...]:
+    """The rules with ``name@<this host>`` written as plain ``name``. Raises
+    ConfigError for a rule naming another relay's agent without a federation
+    section (nothing could reach it)."""
+    out: list[Rule] = []
+    for rule in rules:
+        sender, recipient = (local_address(a, federation) for a in (rule.sender, rule.recipient))
+        if federation is None and "@" in sender + recipient:
+            raise ConfigError(
+                f"policy.{rule.action}: '{rule.sender} -> {rule.recipient}' names another "
+                "relay's agent, but this relay has no federation: section"
+            )
+        problem = pair_problem(sender, recipient, rule.action)
+        if problem:
+            raise ConfigError(
+                f"policy.{rule.action}: '{rule.sender} -> {rule.recipient}' -- {problem}"
+            )
+        out.append(Rule(sender, recipient, rule.action))
+    return tuple(out)
+
+
+def local_address(address: str, federation: FederationConfig | None) -> str:
+    """``bob@<this relay's host>`` is plain ``bob``; any other address as it is."""
+    if federation is not None and address.endswith("@" + federation.host):
+        return address[: -len(federation.host) - 1]
+    return address

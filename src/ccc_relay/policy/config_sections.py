@@ -34,7 +34,7 @@ from ccc_relay.policy.config_types import (
     Rule,
 )
 from ccc_relay.policy.sanitize import SanitizeOptions
-from ccc_relay.protocol.names import agent_name_problem
+from ccc_relay.protocol.names import address_problem, is_remote, split_address
 
 _ANOMALY_KEYS = {"window", "jump_min_messages", "rules"}
 _ANOMALY_RULE_KEYS = {"threshold", "quarantine"}
@@ -108,7 +108,8 @@ def _sanitize_options(security: Mapping[str, Any], p: str) -> SanitizeOptions:
 
 
 def parse_rule(text: str, action: str = "allow") -> list[Rule]:
-    """``"a -> b"`` is one rule; ``"a <-> b"`` is two."""
+    """``"a -> b"`` is one rule; ``"a <-> b"`` is two. Either side may be another
+    relay's agent (``bob@h2``), not both."""
     for arrow, both in (("<->", True), ("->", False)):  # noqa: B007 - used after the loop
         if arrow in text:
             left, right = (part.strip() for part in text.split(arrow, 1))
@@ -116,15 +117,32 @@ def parse_rule(text: str, action: str = "allow") -> list[Rule]:
     else:
         raise ConfigError(f"policy.{action}: {text!r} -- write 'sender -> recipient' or 'a <-> b'")
     for name in (left, right):
-        problem = agent_name_problem(name)
+        problem = address_problem(name)
         if problem:
             raise ConfigError(f"policy.{action}: {text!r} -- {problem}")
-    if left == right:
-        raise ConfigError(f"policy.{action}: {text!r} -- an agent does not message itself")
+    problem = pair_problem(left, right, action, both=both)
+    if problem:
+        raise ConfigError(f"policy.{action}: {text!r} -- {problem}")
     rules = [Rule(left, right, action)]
     if both:
         rules.append(Rule(right, left, action))
     return rules
+
+
+def pair_problem(sender: str, recipient: str, action: str, *, both: bool = False) -> str | None:
+    """Why a rule for this pair cannot be, or None: a relay decides only for its own
+    agents (one side must be local), and a message for another relay is held, if at
+    all, by that relay (``hold`` names a local recipient)."""
+    if sender == recipient:
+        return "an agent does not message itself"
+    if is_remote(sender) and is_remote(recipient):
+        return "one side must be an agent of this relay"
+    if action == "hold" and (is_remote(recipient) or (both and is_remote(sender))):
+        return (
+            "hold a message on the relay of its recipient: there, 'ccc allow "
+            f"{sender} {split_address(recipient)[0]} --hold' with the sender as name@host"
+        )
+    return None
 
 
 def parse_anomaly(section: Mapping[str, Any]) -> AnomalyConfig:

@@ -9,6 +9,7 @@ section parsers can build them without importing the loader back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,29 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """The ``federation:`` section: this relay's host name, how it reaches NATS,
+    and the relays it trusts (host -> base64 raw Ed25519 public key, the form
+    ``ccc-statusd pubkey`` prints)."""
+
+    host: str
+    servers: tuple[str, ...]
+    peers: Mapping[str, str] = field(default_factory=dict)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    nkey_seed: Path | None = None
+    credentials: Path | None = None  # a NATS .creds file, instead of nkey_seed
+    stream: str = "CCC_FEDERATION"
+    publish_timeout: float = 5.0  # how long a remote send waits for JetStream's ack
+
+    @property
+    def subject(self) -> str:
+        """The subject this relay consumes: messages for its own host."""
+        return f"ccc.v1.{self.host}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: Path
     socket_path: Path
@@ -95,6 +119,7 @@ class Config:
     per_agent_sockets: bool = False
     agent_socket_dir: Path | None = None  # None: <state_dir>/agents
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    federation: FederationConfig | None = None  # None: this relay talks to no other
     source: Path | None = None  # the file this came from; None for embedded defaults
 
     @property

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ccc_relay.protocol.frames import AgentName
+from ccc_relay.protocol.frames import Address, AgentName
 from ccc_relay.protocol.names import MAX_GROUP_MEMBERS
 
 CredentialHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
@@ -44,15 +44,15 @@ class ListRegisteredAgents(_Admin, tag="agent_list"):
 
 
 class Allow(_Admin, tag="allow"):
-    sender: AgentName
-    recipient: AgentName
+    sender: Address  # either side may be another relay's agent (name@host)
+    recipient: Address
     both: bool = False
     action: Literal["allow", "hold"] = "allow"
 
 
 class Deny(_Admin, tag="deny"):
-    sender: AgentName
-    recipient: AgentName
+    sender: Address
+    recipient: Address
     both: bool = False
 
 

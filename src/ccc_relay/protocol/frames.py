@@ -17,7 +17,9 @@ from typing import Annotated
 import msgspec
 
 from ccc_relay.protocol.names import (
+    ADDRESS_PATTERN,
     AGENT_NAME_PATTERN,
+    MAX_ADDRESS,
     MAX_AGENT_NAME,
     MAX_RECIPIENT,
     RECIPIENT_PATTERN,
@@ -34,7 +36,9 @@ MAX_PING_CHARS = 256
 MAX_SEQ = 2**63 - 1  # fits SQLite's INTEGER
 
 AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_NAME_PATTERN, max_length=MAX_AGENT_NAME)]
-# An agent, or "@" and a group's name: one send reaches each member it may.
+# An agent here or another relay's ("name@host").
+Address = Annotated[str, msgspec.Meta(pattern=ADDRESS_PATTERN, max_length=MAX_ADDRESS)]
+# An address, or "@" and a group's name: one send reaches each member it may.
 Recipient = Annotated[str, msgspec.Meta(pattern=RECIPIENT_PATTERN, max_length=MAX_RECIPIENT)]
 MessageId = Annotated[str, msgspec.Meta(pattern=r"^m_[A-Za-z0-9_-]{8,64}\Z")]
 SessionId = Annotated[str, msgspec.Meta(pattern=r"^s_[A-Za-z0-9_-]{8,64}\Z")]
@@ -124,6 +128,9 @@ class Accepted(_Frame, tag="accepted"):
     # The body as stored and delivered, when it is not what was sent and the
     # hello asked (show_delivered).
     delivered: str | None = None
+    # Only on a send to another relay's agent: true once the federation stream
+    # holds it, false when it is stored here and goes out when the link returns.
+    forwarded: bool | None = None
 
 
 class Held(_Frame, tag="held"):
