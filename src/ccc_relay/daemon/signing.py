@@ -12,13 +12,19 @@ signs for the sessions that verify (``hello.signatures``), not for everyone.
 from __future__ import annotations
 
 import base64
+import binascii
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.protocol.frames import Message
@@ -82,6 +88,33 @@ class MessageSigner:
         """The signature for a ``message`` frame (base64 Ed25519)."""
         data = message_signed_bytes(message)
         return base64.b64encode(self._key.sign(data)).decode("ascii")
+
+    def sign_bytes(self, data: bytes) -> str:
+        """The signature over ``data`` (base64 Ed25519): what the relay forwards
+        to another relay (``protocol/federation.signed_bytes``)."""
+        return base64.b64encode(self._key.sign(data)).decode("ascii")
+
+
+class PeerKeys:
+    """The public keys the operator registered for other relays, by host name."""
+
+    def __init__(self, peers: Mapping[str, str]) -> None:
+        self._keys = {
+            host: Ed25519PublicKey.from_public_bytes(base64.b64decode(key))
+            for host, key in peers.items()
+        }
+
+    def verify(self, host: str, data: bytes, signature: str) -> bool:
+        """Whether ``signature`` over ``data`` is by ``host``'s registered key;
+        False for a host nobody registered or a malformed signature."""
+        key = self._keys.get(host)
+        if key is None:
+            return False
+        try:
+            key.verify(base64.b64decode(signature, validate=True), data)
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
 
 
 def public_key_of(state_dir: Path) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ccc_relay.store.records import AgentRecord, SessionRecord, StoredMessage
+from ccc_relay.store.records import AgentRecord, OutboxEntry, SessionRecord, StoredMessage
 
 if TYPE_CHECKING:
     from ccc_relay.store.sqlite import Store
@@ -135,6 +135,87 @@ class ReadSchedule(StoreOp[tuple[list[str], float | None]]):
 
     def apply(self, store: Store) -> tuple[list[str], float | None]:
         return store.recipients_due(self.now, self.since), store.next_scheduled(self.now)
+
+
+# --- federation ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HoldAndForward(StoreOp[None]):
+    """A batch's held messages and its envelopes for other relays (the outbox)."""
+
+    held: Sequence[StoredMessage]
+    outbox: Sequence[OutboxEntry]
+
+    def apply(self, store: Store) -> None:
+        for message in self.held:
+            store.hold(message)
+        store.queue_remote(self.outbox)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutbox(StoreOp[list[OutboxEntry]]):
+    """Envelopes the stream has not acknowledged, oldest first, past ``after``."""
+
+    limit: int
+    after: int = 0
+
+    def apply(self, store: Store) -> list[OutboxEntry]:
+        return store.outbox(self.limit, self.after)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteForwarded(StoreOp[list[tuple[str, str, int]]]):
+    """The stream holds these envelopes: out of the outbox; (sender, recipient, size) each."""
+
+    stream_ids: tuple[str, ...]
+
+    def apply(self, store: Store) -> list[tuple[str, str, int]]:
+        return store.forwarded(self.stream_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadArrivalState(StoreOp[tuple[set[str], set[str]]]):
+    """Of envelopes just fetched: the keys stored here before, and the message ids
+    already taken by another message."""
+
+    keys: tuple[str, ...]
+    ids: tuple[str, ...]
+
+    def apply(self, store: Store) -> tuple[set[str], set[str]]:
+        return store.seen_of(self.keys), store.ids_in_use(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreArrivals(StoreOp[None]):
+    """Envelopes from other relays, in one transaction: their messages queued or
+    held, their keys remembered, and the refusals to send back."""
+
+    messages: Sequence[StoredMessage]
+    held: Sequence[StoredMessage]
+    seen: tuple[str, ...]
+    outbox: Sequence[OutboxEntry]
+    at: float
+    # A message id another message took meanwhile fails only this work, not the
+    # batch it rides in: the envelopes are not acked and come again.
+    may_fail = True
+
+    def apply(self, store: Store) -> None:
+        store.insert_messages(self.messages)
+        for message in self.held:
+            store.hold(message)
+        store.remember_seen(self.seen, self.at)
+        store.queue_remote(self.outbox)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetSeen(StoreOp[int]):
+    """Forget the ids of envelopes stored before ``before`` (kept a day)."""
+
+    before: float
+
+    def apply(self, store: Store) -> int:
+        return store.forget_seen(self.before)
 
 
 # --- sessions and agents -----------------------------------------------------------

@@ -22,6 +22,19 @@ class StoredMessage(msgspec.Struct, frozen=True):
     delivery: int = 0  # per-recipient order; assigned by the relay in commit order
 
 
+class OutboxEntry(msgspec.Struct, frozen=True):
+    """An envelope bound for another relay, kept until the stream acknowledged it."""
+
+    stream_id: str  # its Nats-Msg-Id: the message id, or refused:<id>
+    to_host: str
+    sender: str  # who it counts against: the local sender, or "relay" for a notice
+    recipient: str  # the address it goes to (name@host)
+    size: int  # body bytes, as the queue caps count them
+    payload: bytes  # the signed envelope, as published
+    created: float
+    seq: int = 0  # its place in the outbox, assigned by the store
+
+
 class AgentRecord(msgspec.Struct, frozen=True):
     name: str
     cred_hash: str

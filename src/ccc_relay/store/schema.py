@@ -10,7 +10,9 @@ import sqlite3
 
 # 2: group_members (groups the operator adds at run time); a version-1 file
 # gains the empty table when it is opened.
-SCHEMA_VERSION = 2
+# 3: federation_outbox and federation_seen (relays that federate); an older
+# file gains both, empty, when it is opened.
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +66,18 @@ CREATE TABLE IF NOT EXISTS group_members (
     member TEXT NOT NULL,
     PRIMARY KEY (grp, member)
 );
+CREATE TABLE IF NOT EXISTS federation_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id TEXT NOT NULL UNIQUE,
+    to_host TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS federation_seen (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS federation_seen_at ON federation_seen (at);
 CREATE TABLE IF NOT EXISTS audit_outbox (
     seq INTEGER PRIMARY KEY,
     file TEXT NOT NULL,

@@ -11,8 +11,9 @@ caller and stops acceptance; nothing here retries.
 
 This module owns opening the file and the transactions; the tables' reads and
 writes are mixins: ``messages`` (the queue), ``held`` (held for approval),
-``agents`` (agents, rules, sessions), ``groups`` (groups set at run time) and
-``audit_outbox`` (the outbox, meta).
+``agents`` (agents, rules, sessions), ``groups`` (groups set at run time),
+``audit_outbox`` (the outbox, meta) and ``federation`` (envelopes bound for
+other relays, ids of envelopes stored).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from ccc_relay.store.agents import AgentRegistry
 from ccc_relay.store.audit_outbox import AuditOutbox
+from ccc_relay.store.federation import FederationTables
 from ccc_relay.store.groups import GroupRegistry
 from ccc_relay.store.held import HeldMessages
 from ccc_relay.store.messages import MessageQueue
@@ -44,7 +46,9 @@ class StoreFailure(RuntimeError):
     """The durable store could not complete a write; acceptance must stop."""
 
 
-class Store(MessageQueue, HeldMessages, AgentRegistry, GroupRegistry, AuditOutbox):
+class Store(
+    MessageQueue, HeldMessages, AgentRegistry, GroupRegistry, AuditOutbox, FederationTables
+):
     def __init__(self, path: Path) -> None:
         self.path = path
         existed = path.exists()
