@@ -127,7 +127,7 @@ def test_quickstart_defaults_then_ccc_run_as_root(
         inbox = _ccc(root_relay, "--as", "bob", "inbox")
         assert "hi" in inbox.stdout.splitlines()
         # Root's sandboxes reach the agents' sockets outside root's private state dir.
-        assert any(Path("/run/ccc-status").glob("agents-*/alice.sock"))
+        assert any(Path("/run/ccc-status").glob("agents-*/alice/relay.sock"))
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

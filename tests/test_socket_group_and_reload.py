@@ -115,27 +115,30 @@ def test_with_socket_group_agents_are_added_and_a_restart_serves_them(
     assert added.returncode == 0, added.stderr
     assert time.monotonic() - started < 10  # an answer, not a 30 s wait
     assert (relay.state / "credentials" / "carol.cred").is_file()
-    carol = relay.state / "agents" / "carol.sock"
+    carol = relay.state / "agents" / "carol" / "relay.sock"
     assert _gid_name(carol) == group  # made after Landlock, group looked up before
     assert _gid_name(relay.state / "daemon.sock") == group
+    directory = carol.parent.stat().st_ino
 
     relay.stop()
     relay.start()  # the sockets of existing agents are made after Landlock too
     assert _gid_name(carol) == group
+    # In the directory a sandbox may have mounted: the same one as before.
+    assert carol.parent.stat().st_ino == directory
     assert relay.ccc("agent", "add", "dave").returncode == 0
-    assert _gid_name(relay.state / "agents" / "dave.sock") == group
+    assert _gid_name(relay.state / "agents" / "dave" / "relay.sock") == group
     assert relay.agents() == ["carol", "dave"]
 
 
 def test_an_agent_add_that_fails_half_way_leaves_nothing_registered(relay: Relay) -> None:
-    planted = relay.state / "agents" / "erin.sock"
-    planted.write_text("not a socket")
+    planted = relay.state / "agents" / "erin"  # where erin's socket directory goes
+    planted.write_text("not a directory")
     started = time.monotonic()
     failed = relay.ccc("agent", "add", "erin")
     assert time.monotonic() - started < 10
     assert failed.returncode != 0
     assert "was not added" in failed.stderr
-    assert "exists and is not a socket" in failed.stderr
+    assert "is not a directory" in failed.stderr
     assert "erin" not in relay.agents()
     assert not (relay.state / "credentials" / "erin.cred").exists()
 

@@ -103,8 +103,8 @@ class Daemon:
         ensure_private_dir(config.state_dir, owner=owner)
         ensure_private_dir(config.audit.log_path, owner=owner)
         if config.per_agent_sockets:
-            # 0711: containers' launchers may reach a socket whose name they
-            # know; nobody but the relay may list or create entries.
+            # 0711: containers' launchers may reach an agent's directory (and
+            # socket) by its name; nobody but the relay may list or create entries.
             _make_searchable_parents(config.agent_sockets)
             ensure_private_dir(config.agent_sockets, 0o711, owner=owner)
         # Nothing in them may be another user's, writable by others or a link.
@@ -216,12 +216,12 @@ class Daemon:
                     sandbox=self.sandbox,
                     reload=lambda: self.reload(relay),
                     agent_added=(
-                        (lambda name: self._agent_sockets.open(relay, name))
+                        (lambda name: self._agent_sockets.add(relay, name))
                         if self.config.per_agent_sockets
                         else None
                     ),
                     agent_removed=(
-                        self._agent_sockets.close if self.config.per_agent_sockets else None
+                        self._agent_sockets.remove if self.config.per_agent_sockets else None
                     ),
                 )
 

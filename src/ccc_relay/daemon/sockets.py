@@ -72,6 +72,51 @@ def ensure_private_dir(
         os.chmod(path, mode)
 
 
+AGENT_DIR_MODE = 0o711  # a sandbox uid walks to its socket; nobody else lists it
+
+
+def ensure_agent_socket_dir(path: Path) -> None:
+    """Make ``path``, the directory that holds one agent's socket and nothing else.
+
+    Mode 0711 (a sandbox's uid may walk in to the socket), this process's own;
+    it is kept when the relay stops, so a sandbox that mounted it sees the
+    socket made there at the next start. A set-group-ID bit is kept: a root
+    ``ccc run`` sets it with the sandbox's group (``staging.grant_socket``),
+    and every socket made in the directory then has that group from birth.
+
+    Raises SocketPathError when it is a symlink, not a directory, another
+    user's, or writable by anyone else (something could have been put there).
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=AGENT_DIR_MODE)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise SocketPathError(
+            f"{path} is not a directory; the relay keeps an agent's socket in a directory "
+            f"of its own there: remove it with: rm {path}"
+        )
+    if info.st_uid != os.geteuid():
+        raise SocketPathError(
+            f"{path} belongs to uid {info.st_uid}, not to uid {os.geteuid()} that the relay "
+            f"runs as; if you did not put it there, remove it, else: chown {os.geteuid()} {path}"
+        )
+    if info.st_mode & 0o022:
+        raise StateDirError(
+            f"{path} is writable by {_who_may_write(info.st_mode)} (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}), so anything in it may have been planted; "
+            f"check what it holds, then fix it with: chmod go-w {path}"
+        )
+    wanted = AGENT_DIR_MODE | (info.st_mode & stat.S_ISGID)
+    if stat.S_IMODE(info.st_mode) != wanted:
+        os.chmod(path, wanted)
+
+
+def remove_agent_socket_dir(path: Path) -> None:
+    """Remove a removed agent's (empty) socket directory. Never raises."""
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 # What the relay opens by name in its state dir: regular files of its own
 # (a root-made one it could not write, another user's it must not trust), the
 # keys readable by their owner only. The names are those of store/sqlite.py,
@@ -170,7 +215,11 @@ def _who_may_write(mode: int) -> str:
     return " and ".join(who for who, bit in (("its group", 0o020), ("others", 0o002)) if mode & bit)
 
 
-def _clear_stale(path: Path) -> None:
+def clear_stale_socket(path: Path) -> None:
+    """Unlink the socket at ``path`` when nobody answers on it; nothing there is fine.
+
+    Raises SocketPathError for a symlink, a non-socket or a live daemon.
+    """
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -219,7 +268,7 @@ def bind_unix_socket(
     """
     if gid is None and group is not None:
         gid = group_id(group)
-    _clear_stale(path)
+    clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old_umask = os.umask(0o177)

@@ -25,6 +25,11 @@ DEFAULT_RETENTION = 30 * 86400.0
 # Hard ceiling on max_message_size: the line cap is six times it and every
 # connection may hold one line, so a larger value is a memory hazard.
 MAX_MESSAGE_SIZE_CEILING = 16 * 1000**2
+# An agent's own socket is alone in a directory named after the agent
+# (``agent_socket``): a sandbox mounts that directory, which shows the socket
+# the relay binds there anew after a restart, where a mounted socket file would
+# keep showing the dead inode.
+AGENT_SOCKET_NAME = "relay.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +119,8 @@ class Config:
     user: str | None = None
     rules: tuple[Rule, ...] = ()
     groups: tuple[Group, ...] = ()  # the file's; the admin plane's live in relay.db
-    # One socket per agent in agent_socket_dir: the socket a container mounts is
-    # its identity; a connection on it can only authenticate as that agent.
+    # One socket per agent, each alone in agent_socket_dir/AGENT/: the socket a
+    # container mounts is its identity; on it only that agent can authenticate.
     per_agent_sockets: bool = False
     agent_socket_dir: Path | None = None  # None: <state_dir>/agents
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
@@ -131,7 +136,8 @@ class Config:
         return self.agent_socket_dir or self.state_dir / "agents"
 
     def agent_socket(self, agent: str) -> Path:
-        return self.agent_sockets / f"{agent}.sock"
+        """``agent``'s own socket, alone in its directory ``agent_sockets/AGENT``."""
+        return self.agent_sockets / agent / AGENT_SOCKET_NAME
 
     @property
     def credentials_dir(self) -> Path:
