@@ -61,6 +61,8 @@ SPEC = SandboxSpec(
     env=(("TERM", "xterm-256color"),),
 )
 ROOTFS = Path("/var/lib/ccc-status/podman-rootfs")
+# The agent's own socket, alone in its directory (daemon.per_agent_sockets).
+OWN = replace(SPEC, socket_path=Path("/run/ccc-statusd/agents/alice/relay.sock"), socket_dir=True)
 
 
 def _golden_cases() -> dict[str, Callable[[], list[str]]]:
@@ -78,6 +80,11 @@ def _golden_cases() -> dict[str, Callable[[], list[str]]]:
             ulimits=(1024, 4096),
         ),
         "docker": lambda: docker_command(replace(SPEC, runtime="docker", image="ccc-agent:1")),
+        "bwrap-own-socket": lambda: bwrap_command(OWN),
+        "podman-own-socket": lambda: podman_command(replace(OWN, runtime="podman"), ROOTFS),
+        "docker-own-socket": lambda: docker_command(
+            replace(OWN, runtime="docker", image="ccc-agent:1")
+        ),
         "docker-egress": lambda: docker_command(
             replace(SPEC, runtime="docker", image="ccc-agent:1", network="egress", command=())
         ),
@@ -452,9 +459,50 @@ def test_podman_rootfs_skeleton_holds_only_mount_points(tmp_path: Path) -> None:
     assert os.readlink(root / "bin") == "usr/bin"
     assert (root / "etc/passwd").stat().st_size == 0
     assert (root / "etc/ssl/certs").is_dir()
-    assert (root / "run/ccc.sock").exists()
+    # /run/ccc.sock leads (inside the skeleton) to where the socket or its
+    # directory is mounted.
+    assert os.readlink(root / "run/ccc.sock") == "ccc-relay/relay.sock"
+    assert (root / "run/ccc-relay/relay.sock").is_file()
     assert (root / "run/ccc/credential").exists()
     assert not any(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def test_podman_rootfs_of_the_older_layout_gets_the_socket_link(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "run").mkdir(parents=True)
+    (root / "run/ccc.sock").touch()  # the mount point of a socket file
+    prepare_podman_rootfs(root, etc_files=[])
+    assert os.readlink(root / "run/ccc.sock") == "ccc-relay/relay.sock"
+
+
+def test_an_agents_own_socket_comes_with_its_directory() -> None:
+    own = {
+        "bwrap": bwrap_command(OWN),
+        "podman": podman_command(replace(OWN, runtime="podman"), ROOTFS),
+        "docker": docker_command(replace(OWN, runtime="docker", image="x")),
+    }
+    socket_dir = str(OWN.socket_path.parent)
+    assert _binds(own["bwrap"])["/run/ccc-relay"] == ("--ro-bind", socket_dir)
+    i = own["bwrap"].index("--symlink", own["bwrap"].index("/run/ccc-relay"))
+    assert own["bwrap"][i : i + 3] == ["--symlink", "/run/ccc-relay/relay.sock", "/run/ccc.sock"]
+    for name in ("podman", "docker"):
+        mounts = [own[name][i + 1] for i, a in enumerate(own[name]) if a == "--mount"]
+        assert [m for m in mounts if socket_dir in m or "ccc.sock" in m or "relay" in m] == [
+            f"type=bind,source={socket_dir},"
+            + ("destination=/run/ccc-relay,ro=true" if name == "podman" else
+               "target=/run/ccc-relay,readonly")
+        ]  # fmt: skip
+    # The socket file itself is mounted nowhere: after a relay restart it is a dead inode.
+    assert all(str(OWN.socket_path) not in " ".join(argv) for argv in own.values())
+    assert dict(replace(OWN, runtime="docker", image="x").environment())["CCC_SOCKET"] == (
+        "/run/ccc-relay/relay.sock"  # docker's root is the image's: no link there
+    )
+    assert dict(replace(OWN, runtime="podman").environment())["CCC_SOCKET"] == "/run/ccc.sock"
+
+
+def test_an_own_socket_directory_holds_relay_sock_only() -> None:
+    with pytest.raises(SandboxSpecError, match=r"relay\.sock"):
+        replace(OWN, socket_path=Path("/run/ccc-statusd/agents/alice.sock"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
@@ -583,14 +631,15 @@ def test_cli_prefers_the_agents_own_socket(host: dict[str, Path]) -> None:
         agent_socket_dir=None,
     )
     assert agent_socket(config, "alice") == host["state"] / "daemon.sock"
-    (host["state"] / "agents").mkdir()
+    own_dir = host["state"] / "agents" / "alice"
+    own_dir.mkdir(parents=True)
     own = socket.socket(socket.AF_UNIX)
-    own.bind(str(host["state"] / "agents" / "alice.sock"))
+    own.bind(str(own_dir / "relay.sock"))
     if os.geteuid() == 0:
         # What the relay's per-agent sockets are meant to be: that agent's uid only.
-        os.chown(host["state"] / "agents" / "alice.sock", 4321, 4321)
+        os.chown(own_dir / "relay.sock", 4321, 4321)
     try:
-        assert agent_socket(config, "alice") == host["state"] / "agents" / "alice.sock"
+        assert agent_socket(config, "alice") == own_dir / "relay.sock"
         code, out = _invoke(
             "alice",
             "--project",
@@ -602,7 +651,10 @@ def test_cli_prefers_the_agents_own_socket(host: dict[str, Path]) -> None:
             str(host["config"]),
         )
         assert code == 0, out
-        assert str(host["state"] / "agents" / "alice.sock") in out
+        # Its directory is mounted, and the usual path leads to the socket in it.
+        assert f"--ro-bind {own_dir} /run/ccc-relay" in out
+        assert "--symlink /run/ccc-relay/relay.sock /run/ccc.sock" in out
+        assert "daemon.sock" not in out
     finally:
         own.close()
 

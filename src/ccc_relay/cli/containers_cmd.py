@@ -188,10 +188,12 @@ def run(
     """Start agent NAME's sandbox on its project: ccc run NAME --project DIR [-- COMMAND...]
 
     \b
-    Inside: /workspace (the project), /run/ccc.sock (the relay),
-    /run/ccc/credential (NAME's credential, read-only), a read-only /usr,
-    a private /tmp, and nothing else of the host. CCC_SOCKET, CCC_CREDENTIAL
-    and CCC_AGENT are set, so 'ccc' works inside without flags.
+    Inside: /workspace (the project), /run/ccc.sock (the relay; NAME's own
+    socket comes with its directory at /run/ccc-relay, so a relay restart
+    does not cut the agent off), /run/ccc/credential (NAME's credential,
+    read-only), a read-only /usr, a private /tmp, and nothing else of the
+    host. CCC_SOCKET, CCC_CREDENTIAL and CCC_AGENT are set, so 'ccc' works
+    inside without flags.
     """
     problem = agent_name_problem(name)
     if problem:
@@ -211,7 +213,8 @@ def run(
             groups=[group_id(g) for g in groups],
             socket=socket_path.stat(),
         )
-        if as_root and socket_path == config.agent_socket(name):
+        own_socket = socket_path == config.agent_socket(name)
+        if as_root and own_socket:
             # NAME's own socket admits only NAME (with its credential): the
             # sandbox that is NAME may use it, whatever group the relay gave it.
             if access_problem(socket_path, identity, 6, traverse=False):
@@ -222,6 +225,7 @@ def run(
             agent=name,
             project_dir=project_dir,
             socket_path=socket_path,
+            socket_dir=own_socket,
             credential_path=credential,
             uid=identity.uid,
             gid=identity.gid,

@@ -16,7 +16,9 @@ from ccc_relay.containers.spec import (
     DEFAULT_COMMAND,
     ETC_FILES,
     SANDBOX_CREDENTIAL,
+    SANDBOX_DIR_SOCKET,
     SANDBOX_SOCKET,
+    SANDBOX_SOCKET_DIR,
     SANDBOX_WORKSPACE,
     USR_LINKS,
     SandboxSpec,
@@ -81,11 +83,7 @@ def bwrap_command(
         "--bind",
         str(spec.project_dir),
         SANDBOX_WORKSPACE,
-        # connect(2) needs write permission on the socket inode, which a
-        # read-only mount does not take away; the agent cannot replace it.
-        "--ro-bind",
-        str(spec.socket_path),
-        SANDBOX_SOCKET,
+        *_socket_mounts(spec),
         "--perms",
         "0400",
         "--ro-bind-data",
@@ -104,6 +102,23 @@ def bwrap_command(
         *(spec.command or DEFAULT_COMMAND),
     ]
     return argv
+
+
+def _socket_mounts(spec: SandboxSpec) -> list[str]:
+    # connect(2) needs write permission on the socket inode, which a
+    # read-only mount does not take away; the agent cannot replace it.
+    if not spec.socket_dir:
+        return ["--ro-bind", str(spec.socket_path), SANDBOX_SOCKET]
+    # The agent's own socket: its directory, so a restarted relay's new socket
+    # shows up inside, and the usual path as a link to it.
+    return [
+        "--ro-bind",
+        str(spec.socket_path.parent),
+        SANDBOX_SOCKET_DIR,
+        "--symlink",
+        SANDBOX_DIR_SOCKET,
+        SANDBOX_SOCKET,
+    ]
 
 
 def bwrap_limits_prefix(spec: SandboxSpec) -> list[str]:

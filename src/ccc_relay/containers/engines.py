@@ -1,10 +1,11 @@
 """The podman and docker command lines for a sandbox spec.
 
 Both engines get the same isolation options and the same three mounts
-(project, socket, credential). podman lays the host's ``/usr`` and named
-``/etc`` files over an empty root skeleton (``staging.prepare_podman_rootfs``);
-docker takes them from the image. Everything here is pure (a spec in, an argv
-out), so the output is compared byte for byte with golden files.
+(project, the socket or the agent's socket directory, credential). podman
+lays the host's ``/usr`` and named ``/etc`` files over an empty root skeleton
+(``staging.prepare_podman_rootfs``); docker takes them from the image.
+Everything here is pure (a spec in, an argv out), so the output is compared
+byte for byte with golden files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from ccc_relay.containers.spec import (
     DEFAULT_COMMAND,
     ETC_FILES,
     SANDBOX_CREDENTIAL,
+    SANDBOX_DIR_SOCKET,
     SANDBOX_SOCKET,
+    SANDBOX_SOCKET_DIR,
     SANDBOX_WORKSPACE,
     SandboxSpec,
     SandboxSpecError,
@@ -129,7 +132,7 @@ def _engine_mounts(spec: SandboxSpec, *, target_key: str, ro: str) -> list[str]:
     # directory there (a missing socket must not turn into a directory).
     return [
         *_bind(str(spec.project_dir), SANDBOX_WORKSPACE, target_key=target_key, ro=ro),
-        *_bind(str(spec.socket_path), SANDBOX_SOCKET, target_key=target_key, ro=ro),
+        *_socket_bind(spec, target_key=target_key, ro=ro),
         *_bind(
             str(spec.credential_path),
             SANDBOX_CREDENTIAL,
@@ -138,6 +141,24 @@ def _engine_mounts(spec: SandboxSpec, *, target_key: str, ro: str) -> list[str]:
             readonly=True,
         ),
     ]
+
+
+def _socket_bind(spec: SandboxSpec, *, target_key: str, ro: str) -> list[str]:
+    if spec.socket_dir:
+        # The agent's own socket's directory, read-only: it shows the socket a
+        # restarted relay binds there anew. /run/ccc.sock is podman's root
+        # skeleton's link into it; docker's CCC_SOCKET names the socket in it.
+        return _bind(
+            str(spec.socket_path.parent),
+            SANDBOX_SOCKET_DIR,
+            target_key=target_key,
+            ro=ro,
+            readonly=True,
+        )
+    # The shared socket file. podman's skeleton has /run/ccc.sock as a link to
+    # the place it is mounted on; docker has no such link.
+    target = SANDBOX_DIR_SOCKET if spec.runtime == "podman" else SANDBOX_SOCKET
+    return _bind(str(spec.socket_path), target, target_key=target_key, ro=ro)
 
 
 def _bind(

@@ -1,7 +1,8 @@
 """What an agent's sandbox may see and do: one frozen spec, checked before any command line.
 
 The rule this module owns: a sandbox sees its own project read-write at
-``/workspace``, the relay socket at ``/run/ccc.sock``, its own credential
+``/workspace``, the relay socket at ``/run/ccc.sock`` (an agent's own socket
+through its directory, mounted read-only at ``/run/ccc-relay``), its own credential
 read-only at ``/run/ccc/credential``, a read-only ``/usr`` with the few ``/etc``
 files programs need, and a private ``/tmp`` and ``/dev/shm`` (memory, size-capped) --
 nothing else of the host. It runs
@@ -19,10 +20,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccc_relay.policy.config_types import AGENT_SOCKET_NAME
 from ccc_relay.protocol.names import agent_name_problem
 
 SANDBOX_WORKSPACE = "/workspace"
 SANDBOX_SOCKET = "/run/ccc.sock"
+# An agent's own socket comes with its directory, which holds nothing else:
+# a directory mount shows the socket the relay binds anew after a restart,
+# where a mounted socket file keeps the dead inode. /run/ccc.sock is then a
+# link to the socket in it (docker, which takes / from the image, gets no link:
+# CCC_SOCKET names the socket in the directory).
+SANDBOX_SOCKET_DIR = "/run/ccc-relay"
+SANDBOX_DIR_SOCKET = f"{SANDBOX_SOCKET_DIR}/{AGENT_SOCKET_NAME}"
 SANDBOX_CREDENTIAL = "/run/ccc/credential"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_COMMAND = ("bash",)
@@ -96,6 +105,9 @@ class SandboxSpec:
     env: tuple[tuple[str, str], ...] = ()  # extra variables, e.g. TERM
     new_session: bool = True  # bwrap: detach from the terminal (TIOCSTI)
     tty: bool = False  # podman/docker: allocate a terminal
+    # socket_path (named AGENT_SOCKET_NAME) is alone in its directory, which is
+    # mounted instead of the socket: the agent's own socket.
+    socket_dir: bool = False
 
     def __post_init__(self) -> None:
         problem = agent_name_problem(self.agent)
@@ -113,6 +125,11 @@ class SandboxSpec:
                     f"the {label} path {str(path)!r} contains ',' or ':', which "
                     f"{self.runtime} mount options cannot carry; use bwrap or another path"
                 )
+        if self.socket_dir and self.socket_path.name != AGENT_SOCKET_NAME:
+            raise SandboxSpecError(
+                f"an agent's own socket is named {AGENT_SOCKET_NAME} in a directory of "
+                f"its own, not {str(self.socket_path)!r}"
+            )
         for label, ident in (("uid", self.uid), ("gid", self.gid)):
             if ident <= 0:
                 raise SandboxSpecError(f"the sandbox {label} must be a non-root id, not {ident}")
@@ -156,6 +173,13 @@ class SandboxSpec:
         # One container per agent: a second `ccc run` of the same agent collides.
         return f"ccc-{self.agent}"
 
+    @property
+    def sandbox_socket(self) -> str:
+        """The path agents inside use for the relay (CCC_SOCKET)."""
+        if self.socket_dir and self.runtime == "docker":
+            return SANDBOX_DIR_SOCKET
+        return SANDBOX_SOCKET
+
     def environment(self) -> list[tuple[str, str]]:
         """The sandbox's whole environment, in a stable order."""
         base = [
@@ -163,7 +187,7 @@ class SandboxSpec:
             ("HOME", SANDBOX_WORKSPACE),
             ("LANG", "C.UTF-8"),
             ("CCC_AGENT", self.agent),
-            ("CCC_SOCKET", SANDBOX_SOCKET),
+            ("CCC_SOCKET", self.sandbox_socket),
             ("CCC_CREDENTIAL", SANDBOX_CREDENTIAL),
         ]
         return base + list(self.env)

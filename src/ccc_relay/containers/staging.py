@@ -18,7 +18,9 @@ from pathlib import Path
 from ccc_relay.containers.spec import (
     ETC_FILES,
     SANDBOX_CREDENTIAL,
+    SANDBOX_DIR_SOCKET,
     SANDBOX_SOCKET,
+    SANDBOX_SOCKET_DIR,
     SANDBOX_WORKSPACE,
     USR_LINKS,
 )
@@ -70,7 +72,8 @@ def private_dir(path: Path) -> Path:
 def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FILES) -> Path:
     """Create (idempotently) the empty root that podman's binds are laid over.
 
-    It holds only directories, the /usr links and mount points; no host data.
+    It holds only directories, the /usr links, mount points and the link
+    /run/ccc.sock -> ccc-relay/relay.sock; no host data.
     Its parent must be private (see ``private_dir``). Its /tmp is 1777 because
     podman copies the mode of the directory under a tmpfs onto the tmpfs.
     Raises LaunchError when it cannot be made.
@@ -106,11 +109,25 @@ def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FI
             else:
                 point.parent.mkdir(parents=True, exist_ok=True)
                 point.touch(exist_ok=True)
-        for path in (SANDBOX_SOCKET, SANDBOX_CREDENTIAL):
+        (rootfs_dir / SANDBOX_SOCKET_DIR.lstrip("/")).mkdir(mode=0o755, exist_ok=True)
+        for path in (SANDBOX_DIR_SOCKET, SANDBOX_CREDENTIAL):
             (rootfs_dir / path.lstrip("/")).touch(exist_ok=True)
+        _socket_link(rootfs_dir / SANDBOX_SOCKET.lstrip("/"))
     except OSError as exc:
         raise LaunchError(f"cannot prepare the podman root {rootfs_dir}: {exc}") from None
     return rootfs_dir
+
+
+def _socket_link(link: Path) -> None:
+    # /run/ccc.sock leads to whatever is mounted at /run/ccc-relay/relay.sock:
+    # the agent's socket directory or the shared socket file. Relative, so
+    # that on the host it stays inside the skeleton.
+    target = os.path.relpath(SANDBOX_DIR_SOCKET, os.path.dirname(SANDBOX_SOCKET))
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.exists() or link.is_symlink():
+        link.unlink()  # an older skeleton's mount point
+    link.symlink_to(target)
 
 
 def stage_credential(source: Path, staging_dir: Path, uid: int, gid: int) -> Path:
@@ -152,11 +169,15 @@ def grant_socket(path: Path, gid: int) -> None:
     Only for a per-agent socket, which authenticates nobody but its agent and
     still asks for the agent's credential: a root launcher that mounts it for
     that agent's sandbox lets the sandbox's group connect, whatever group the
-    relay made it with (root's, with no ``daemon.socket_group``). A symlink or
-    anything but a socket is refused, and the inode must not change while it
-    is changed. Raises LaunchError.
+    relay made it with (root's, with no ``daemon.socket_group``). Its
+    directory, which holds nothing else, gets the group too and the
+    set-group-ID bit, so the socket the relay makes there after a restart is
+    born with that group and the running sandbox can still connect. A symlink
+    or anything but a socket (a directory) is refused, and neither inode may
+    change while it is changed. Raises LaunchError.
     """
     try:
+        _grant_dir(path.parent, gid)
         before = os.lstat(path)
         if not stat.S_ISSOCK(before.st_mode):
             raise LaunchError(f"{path} is not a socket; is the relay's config right?")
@@ -173,3 +194,22 @@ def grant_socket(path: Path, gid: int) -> None:
         raise LaunchError(
             f"cannot let the sandbox's group {gid} use {path}: {exc.strerror}"
         ) from None
+
+
+def _grant_dir(directory: Path, gid: int) -> None:
+    # Opened without following a link, then changed through the descriptor:
+    # what is checked is what is changed.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if info.st_mode & 0o022:
+            raise LaunchError(
+                f"{directory} is writable by others than the relay; restart the relay, "
+                "which refuses or repairs it"
+            )
+        if info.st_gid != gid:
+            os.fchown(fd, -1, gid)
+        if not info.st_mode & stat.S_ISGID:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) | stat.S_ISGID)
+    finally:
+        os.close(fd)
