@@ -82,7 +82,7 @@ def test_a_good_set_up_passes_every_check(relay: Relay, tmp_path: Path) -> None:
     assert lines[-1] == "all checks passed"
     names = [line.split(":")[0].split(maxsplit=1)[1] for line in lines[:-1]]
     for expected in ("config", "relay socket", "relay connect", "relay answers",
-                     "agent sockets", "credential", "bwrap", "ccc in a sandbox",
+                     "agent sockets", "agent socket", "credential", "bwrap", "ccc in a sandbox",
                      "MCP server", "hooks"):  # fmt: skip
         assert expected in names, lines
     assert all(line.startswith("ok ") for line in lines[:-1]), lines
@@ -93,6 +93,21 @@ def test_json_is_one_object_with_the_same_checks(relay: Relay) -> None:
     assert code == 0
     assert checks["credential"]["ok"] is True
     assert "alice" in str(checks["credential"]["detail"])
+
+
+def test_an_agent_socket_directory_a_sandbox_cannot_enter_is_named(relay: Relay) -> None:
+    from ccc_relay.policy.config import embedded_defaults
+
+    config = embedded_defaults({"XDG_CACHE_HOME": str(Path(relay.env["HOME"]) / ".cache")})
+    directory = config.agent_socket("alice").parent
+    code, checks = _doctor_json(relay.env, "--as", "alice")
+    assert checks["agent socket"]["ok"] is True, checks["agent socket"]
+    assert str(directory) in str(checks["agent socket"]["detail"])
+    directory.chmod(0o700)
+    code, checks = _doctor_json(relay.env, "--as", "alice")
+    assert code == 1
+    assert checks["agent socket"]["ok"] is False
+    assert checks["agent socket"]["fix"] == f"chmod 711 {directory}"
 
 
 def test_a_stopped_relay_is_the_failing_link(relay: Relay) -> None:

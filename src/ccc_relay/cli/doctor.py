@@ -115,6 +115,9 @@ def _all_checks(options: Any, project: Path | None, runtime: str | None) -> Iter
     socket_path = Path(getattr(options, "socket_path", None) or config.socket_path)
     reachable = yield from _relay_checks(config, socket_path)
     yield from _socket_mode_checks(config, socket_path)
+    as_agent = getattr(options, "as_agent", None)
+    if as_agent and config.per_agent_sockets:
+        yield _own_socket_check(config, as_agent)
     credential = _credential_file(options, config)
     if credential is not None:
         yield _credential_check(credential, socket_path, reachable)
@@ -228,6 +231,47 @@ def _socket_mode_checks(config: Config, shared: Path) -> Iterator[Check]:
         )
         return
     yield Check("agent sockets", True, f"{directory} (mode {mode:04o})")
+
+
+def _own_socket_check(config: Config, agent: str) -> Check:
+    """NAME's own socket, alone in the directory ``ccc run`` mounts into its sandbox."""
+    path = config.agent_socket(agent)
+    directory = path.parent
+    try:
+        info = directory.lstat()
+    except OSError as exc:
+        return Check(
+            "agent socket",
+            False,
+            f"{directory}: {exc.strerror}",
+            f"add the agent (ccc agent add {agent}), or {_restart(config)}",
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode):
+        return Check(
+            "agent socket", False, f"{directory} is not a directory", f"{_restart(config)}"
+        )
+    if mode & 0o022 or mode & 0o001 == 0:
+        return Check(
+            "agent socket",
+            False,
+            f"{directory} is mode {mode:04o}, not 0711",
+            f"chmod 711 {directory}",
+        )
+    try:
+        is_socket = stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        return Check(
+            "agent socket", False, f"no socket at {path}", f"the relay is not serving {agent}: "
+            f"{_restart(config)}"
+        )  # fmt: skip
+    detail = f"{path} (directory mode {mode:04o}"
+    if mode & stat.S_ISGID:
+        # Set by a root ccc run: the relay's sockets there are born with this group.
+        detail += f", group {_group_name(info.st_gid)} for its sandbox"
+    return Check("agent socket", True, detail + ")")
 
 
 def _mode_check(name: str, path: Path, group: str | None) -> Check:
