@@ -331,6 +331,34 @@ class Admission:
             pair.record_many(now, 1)
         return copies, skipped
 
+    def check_arrival(
+        self, sender: str, recipient: str, deliver_at: float | None, now: float
+    ) -> str | Refusal:
+        """Policy and limits for one message another relay forwards: ``sender`` is
+        its address (``alice@h1``), limited as an agent of this relay is (its own
+        window, its pair's, the relay's); the pair's action or the refusal."""
+        action = self.policy.action(sender, recipient, self.agents.keys())
+        if action is None:
+            return Refusal(ErrorCode.FORBIDDEN, f"{sender} may not send to {recipient!r} here")
+        if deliver_at is not None and deliver_at > now + MAX_SCHEDULE_AHEAD:
+            return TOO_FAR_AHEAD
+        limiters = (
+            self._agent_limiter(sender),
+            self._pair_limiter(sender, recipient),
+            self._global_limiter,
+        )
+        wait = max(limiter.retry_after(now) for limiter in limiters)
+        if wait:
+            return Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit reached for {sender} ({self.limits.agent_rate_per_minute:g} "
+                "msg/min); retry later",
+                retry_after=round_up(wait),
+            )
+        for limiter in limiters:
+            limiter.record(now)
+        return action
+
     def _agent_limiter(self, agent: str) -> WindowLimiter:
         limiter = self._agent_limiters.get(agent)
         if limiter is None:

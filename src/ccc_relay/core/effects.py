@@ -16,7 +16,8 @@ the shell (``ccc_relay.daemon.shell``) carries them out:
   (``RelayCore.sanitized``); the connection's later frames wait meanwhile;
 * ``Log``: a line for the operator's log (the audit is a ``Persist``);
 * ``ScheduleChanged``: a message with ``deliver_at`` was committed, so the
-  scheduler should look again.
+  scheduler should look again;
+* ``Forward``: an envelope for another relay is in the outbox: publish it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.protocol.frames import RelayFrame, Send
 from ccc_relay.store.ops import Nothing, StoreOp
-from ccc_relay.store.records import StoredMessage
+from ccc_relay.store.records import OutboxEntry, StoredMessage
 
 # --- continuations: what to do once the store answered ------------------------------
 
@@ -46,6 +47,7 @@ class SendOutcome:
     changes: list[str]
     size: int  # the stored body's bytes, as the queue caps count them
     body_changed: bool = False  # sanitising changed the body: the answer shows it
+    forward: OutboxEntry | None = None  # for another relay: answered once published
 
 
 @dataclass(slots=True)
@@ -129,4 +131,15 @@ class ScheduleChanged:
     pass
 
 
-Effect = Reply | Close | Persist | Sanitize | Log | ScheduleChanged
+@dataclass(slots=True)
+class Forward:
+    """Publish a committed envelope to the federation stream; for a send
+    (``outcome``), answer it with ``RelayCore.forward_answered`` once the stream
+    acked it or ``publish_timeout`` passed."""
+
+    entry: OutboxEntry
+    conn: int | None = None
+    outcome: SendOutcome | None = None
+
+
+Effect = Reply | Close | Persist | Sanitize | Log | ScheduleChanged | Forward

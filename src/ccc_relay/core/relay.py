@@ -27,11 +27,13 @@ import msgspec
 from ccc_relay.audit.body import body_fields
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.admission import AUTH_FAILED, Admission, Session
+from ccc_relay.core.checks import clean_thread, size_refusal
 from ccc_relay.core.effects import (
     AckDurable,
     Close,
     Effect,
     FetchRead,
+    Forward,
     GroupDurable,
     Log,
     Persist,
@@ -43,6 +45,7 @@ from ccc_relay.core.effects import (
     Then,
     TopUpRead,
 )
+from ccc_relay.core.federation import Arrivals, Federation, decide_arrivals
 from ccc_relay.core.routing import Counters, Link, Routing
 from ccc_relay.core.shares import ACK_IDS_PER_FRAME, SUMMARY_INTERVAL, Shares
 from ccc_relay.policy.acl import HOLD, Policy
@@ -50,9 +53,9 @@ from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import Config, Rule
 from ccc_relay.policy.groups import GroupTable
 from ccc_relay.policy.sanitize import Sanitized, sanitize
-from ccc_relay.policy.sanitize_unicode import strip_unicode
-from ccc_relay.protocol.codec import body_size, line_cap_for
-from ccc_relay.protocol.errors import ErrorCode, ProtocolError, Refusal
+from ccc_relay.protocol.codec import line_cap_for
+from ccc_relay.protocol.errors import ErrorCode, Refusal
+from ccc_relay.protocol.federation import Envelope
 from ccc_relay.protocol.frames import (
     PROTOCOL_VERSION,
     Accepted,
@@ -84,6 +87,7 @@ from ccc_relay.store.ops import (
     AckMessages,
     CreateSession,
     DeleteSessionsOf,
+    HoldAndForward,
     HoldMessages,
     Nothing,
     ReadDue,
@@ -91,7 +95,7 @@ from ccc_relay.store.ops import (
     SetQuarantine,
     StoreOp,
 )
-from ccc_relay.store.records import AgentRecord, StoredMessage
+from ccc_relay.store.records import AgentRecord, OutboxEntry, StoredMessage
 
 OPERATOR = "operator"  # the sender name of messages the operator writes
 RELAY = "relay"  # the sender name of the relay's own notices (e.g. a rejected message)
@@ -117,29 +121,6 @@ WAITED_LONGEST = Refusal(
 )
 
 
-def _clean_thread(thread: str) -> str:
-    """A thread name as it may reach a terminal or a model: one line, no control,
-    bidi or invisible characters."""
-    if thread.isascii() and thread.isprintable():
-        return thread
-    cleaned = strip_unicode(thread, {})
-    return " ".join(cleaned.split()) if not cleaned.isprintable() else cleaned
-
-
-def _size_refusal(body: str, limit: int) -> Refusal | None:
-    try:
-        size = body_size(body)
-    except ProtocolError as exc:  # a lone surrogate
-        return exc.refusal
-    if size > limit:
-        return Refusal(
-            ErrorCode.TOO_LARGE,
-            f"body is {size} bytes; the limit is {limit} bytes; the connection is closed",
-            fatal=True,
-        )
-    return None
-
-
 def message_id(prefix: str, delivery: int) -> str:
     """``m_`` + the run's 8-character prefix + the delivery number in hex."""
     return f"m_{prefix}{delivery:x}"
@@ -151,6 +132,7 @@ class _Batch:
 
     messages: list[StoredMessage] = field(default_factory=list)
     held: list[StoredMessage] = field(default_factory=list)
+    remote: list[OutboxEntry] = field(default_factory=list)  # for other relays
     audit: list[AuditRecord] = field(default_factory=list)
     seqs: dict[str, int] = field(default_factory=dict)
     outcomes: list[SendOutcome] = field(default_factory=list)
@@ -170,8 +152,10 @@ class RelayCore:
         queued: Iterable[tuple[str, str, int, int]] = (),
         id_prefix: str | None = None,
         db_groups: Iterable[tuple[str, str]] = (),
+        federation: Federation | None = None,
     ) -> None:
         self.config = config
+        self.federation = federation  # None: this relay talks to no other
         self.limits = config.limits
         self.started_at = now
         self.agents: dict[str, AgentRecord] = {a.name: a for a in agents}
@@ -513,6 +497,10 @@ class RelayCore:
         assert sid is not None
         session = self.admission.sessions[sid]
         limit = self.limits.max_message_size
+        if self.federation is not None:
+            for frame in sends:
+                if "@" in frame.to:  # name@<this host> is a local agent
+                    frame.to = self.federation.local(frame.to)
         # Per send, in order: a refusal, or None while it waits for admission.
         verdicts: list[Refusal | None] = []
         for frame in sends:
@@ -522,7 +510,7 @@ class RelayCore:
                 # frame is always last+1; the high-water mark rides with the batch.
                 session.last_seq = frame.seq
                 batch.seqs[sid] = frame.seq
-                refusal = _size_refusal(frame.body, limit)
+                refusal = size_refusal(frame.body, limit)
             verdicts.append(refusal)
             if refusal is not None and refusal.fatal:
                 break  # the link closes here: what follows is never read
@@ -624,7 +612,7 @@ class RelayCore:
                 self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
         thread = frame.thread
         if thread is not None:
-            thread = _clean_thread(thread)
+            thread = clean_thread(thread)
             if thread != frame.thread:
                 changes.append("thread: control or invisible characters removed")
                 extra["thread_cleaned"] = True
@@ -649,9 +637,16 @@ class RelayCore:
                 **extra,
             )
         )
-        (batch.held if hold else batch.messages).append(message)
+        forward = None
+        if self.federation is not None and "@" in frame.to:  # for another relay: the outbox
+            forward = self.federation.outbound(message, now)
+            batch.remote.append(forward)
+        else:
+            (batch.held if hold else batch.messages).append(message)
         changed = bool(cleaned and cleaned.changes)
-        batch.outcomes.append(SendOutcome(frame.seq, message, hold, changes, size, changed))
+        batch.outcomes.append(
+            SendOutcome(frame.seq, message, hold, changes, size, changed, forward)
+        )
         batch.recipients[frame.to] = batch.recipients.get(frame.to, 0) + 1
 
     # --- send to a group -----------------------------------------------------------------------
@@ -672,7 +667,7 @@ class RelayCore:
         if refusal is None:
             session.last_seq = frame.seq  # consumed whatever happens next, as for any send
             batch.seqs[sid] = frame.seq
-            refusal = _size_refusal(frame.body, self.limits.max_message_size)
+            refusal = size_refusal(frame.body, self.limits.max_message_size)
         members = self.groups.members(frame.to[1:])
         plan = (
             refusal
@@ -739,7 +734,7 @@ class RelayCore:
                 self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
         thread = frame.thread
         if thread is not None:
-            thread = _clean_thread(thread)
+            thread = clean_thread(thread)
             if thread != frame.thread:
                 changes.append("thread: control or invisible characters removed")
                 extra["thread_cleaned"] = True
@@ -822,9 +817,12 @@ class RelayCore:
         """One ``Persist`` for the batch's sends (nobody waits when all were refused);
         the batch is empty afterwards."""
         if batch.outcomes:
+            op: StoreOp[None] = HoldMessages(batch.held) if batch.held else Nothing()
+            if batch.remote:
+                op = HoldAndForward(batch.held, batch.remote)
             out.append(
                 Persist(
-                    op=HoldMessages(batch.held) if batch.held else Nothing(),
+                    op=op,
                     messages=batch.messages,
                     audit=batch.audit,
                     seqs=batch.seqs,
@@ -834,6 +832,7 @@ class RelayCore:
         elif batch.seqs or batch.audit:
             out.append(Persist(audit=batch.audit, seqs=batch.seqs))
         batch.messages, batch.held, batch.audit, batch.seqs, batch.outcomes = [], [], [], {}, []
+        batch.remote = []
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -995,6 +994,12 @@ class RelayCore:
                     held = Held(outcome.seq, message.id, outcome.changes, delivered)
                     out.append(Reply(link.id, held))
                 continue
+            if outcome.forward is not None:  # answered once the stream has it
+                self.counters.accepted += 1
+                self.routing.activity[message.sender]["sent"] += 1
+                conn = None if link is None else link.id
+                out.append(Forward(outcome.forward, conn, outcome))
+                continue
             if link is not None:
                 accepted = Accepted(outcome.seq, message.id, outcome.changes, delivered)
                 out.append(Reply(link.id, accepted))
@@ -1042,6 +1047,48 @@ class RelayCore:
         else:
             routing.vouch(agent, then.watermark)  # the store held nothing more that is due
         self._top_up(link, now, out)
+
+    # --- federation ----------------------------------------------------------------------------
+
+    def forward_answered(
+        self, conn: int, outcome: SendOutcome, forwarded: bool, now: float
+    ) -> list[Effect]:
+        """A remote send is in the stream (``forwarded``) or waits in the outbox."""
+        link = self.routing.links.get(conn)
+        out: list[Effect] = []
+        if link is not None and not link.closed:
+            shown = link.shows_delivered and outcome.body_changed
+            body = outcome.message.body if shown else None
+            answer = Accepted(outcome.seq, outcome.message.id, outcome.changes, body, forwarded)
+            out.append(Reply(link.id, answer))
+        return out
+
+    def forwarded(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """These (sender, recipient, size) left the outbox: the stream holds them."""
+        self.shares.unqueued(rows)
+
+    def arrivals(
+        self, envelopes: list[Envelope], seen: set[str], in_use: set[str], now: float
+    ) -> Arrivals:
+        """What to store of authenticated envelopes from other relays
+        (``core/federation.py``)."""
+        assert self.federation is not None
+        return decide_arrivals(self, self.federation, envelopes, seen, in_use, now)
+
+    def arrived(self, arrivals: Arrivals, now: float) -> list[Effect]:
+        """Arrivals are durable: route their messages, send their refusals back."""
+        out: list[Effect] = []
+        self.counters.held += len(arrivals.held)
+        for message in arrivals.messages:
+            self._committed(message, now, out)
+        out.extend(Forward(entry) for entry in arrivals.outbox)
+        return self._finish(out, now)
+
+    def arrivals_failed(self, arrivals: Arrivals) -> None:
+        """Arrivals were never stored: their queue places are free again."""
+        self.shares.unqueued(
+            (m.sender, m.recipient, len(m.body.encode())) for m in arrivals.messages
+        )
 
     # --- time passes ---------------------------------------------------------------------------
 
@@ -1371,6 +1418,8 @@ class RelayCore:
         ):
             if getattr(new, name) != getattr(old, name):
                 restart.append(name)
+        if new.federation != old.federation:
+            restart.append("federation")
         if replace(new.limits, sanitize=old.limits.sanitize) != old.limits:
             restart.append("security limits")
         if replace(new.audit, log_all_messages=old.audit.log_all_messages) != old.audit:

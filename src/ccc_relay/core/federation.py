@@ -1,0 +1,336 @@
+"""Federation's decisions, without I/O: what goes to another relay, and what
+this relay does with what another relay sends.
+
+* **Out**: a message for ``bob@h2`` that this relay accepted becomes a signed
+  ``Envelope`` in an ``OutboxEntry`` (``Federation.outbound``), committed with
+  the message's ``accepted`` line and answered once the stream holds it.
+* **In**: bytes from the stream are trusted for nothing until
+  ``Federation.open`` has decoded them, checked the signature against the key
+  registered for the claimed host and that they are addressed to this host.
+  Then ``decide_arrivals`` judges each message as a local send is judged --
+  size, the pair policy for ``alice@h1 -> bob``, the rate limits of that remote
+  address, sanitising, the recipient's queue -- and returns what to store in
+  one transaction: messages, held ones, the ids seen, the signed refusals to
+  send back, and the audit lines naming the remote relay (``via``) and the
+  verified sender. A refusal from another relay becomes a message to the
+  original sender from ``relay@<that host>``.
+
+The relay core calls this module; it never calls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ccc_relay.audit.records import AuditRecord
+from ccc_relay.core.admission import Admission
+from ccc_relay.core.checks import clean_thread, size_refusal
+from ccc_relay.core.shares import Shares
+from ccc_relay.policy.acl import HOLD
+from ccc_relay.policy.config_types import FederationConfig, Limits
+from ccc_relay.policy.sanitize import sanitize
+from ccc_relay.protocol.errors import ErrorCode, Refusal
+from ccc_relay.protocol.federation import (
+    MAX_REASON,
+    Envelope,
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+    signed_bytes,
+)
+from ccc_relay.protocol.names import split_address
+from ccc_relay.store.records import AgentRecord, OutboxEntry, StoredMessage
+
+RELAY = "relay"  # the name a relay's own notices come from: relay@<host>
+
+
+@dataclass(slots=True)
+class Opened:
+    """Stream bytes judged: the envelope when it may be believed, else why not
+    (``claimed``: the host it says it is from, for the audit)."""
+
+    envelope: Envelope | None
+    problem: str | None = None
+    code: str = ErrorCode.INVALID.value
+    claimed: str | None = None
+    verified: bool = False  # signed by the claimed host: a refusal may be sent back
+
+
+@dataclass(slots=True)
+class Arrivals:
+    """What one batch from the stream leaves to store, in one transaction."""
+
+    messages: list[StoredMessage] = field(default_factory=list)
+    held: list[StoredMessage] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
+
+
+class Desk(Protocol):
+    """What ``decide_arrivals`` needs of the relay core."""
+
+    limits: Limits
+    agents: dict[str, AgentRecord]
+    admission: Admission
+    shares: Shares
+
+    def new_message(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        now: float,
+        *,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        deliver_at: float | None = None,
+    ) -> StoredMessage: ...
+
+    def message_record(
+        self, message: StoredMessage, now: float, event: str, **extra: Any
+    ) -> AuditRecord: ...
+
+
+class Federation:
+    def __init__(
+        self,
+        config: FederationConfig,
+        sign: Callable[[bytes], str],
+        verify: Callable[[str, bytes, str], bool],
+    ) -> None:
+        """``sign``: this relay's key over bytes; ``verify(host, data, sig)``:
+        whether ``host``'s registered key signed ``data``."""
+        self.config = config
+        self.host = config.host
+        self._sign = sign
+        self._verify = verify
+
+    def local(self, address: str) -> str:
+        """``bob@<this host>`` is local ``bob``; any other address as it is."""
+        name, host = split_address(address)
+        return name if host == self.host else address
+
+    # --- out ---------------------------------------------------------------------------
+
+    def outbound(self, message: StoredMessage, now: float) -> OutboxEntry:
+        """The signed envelope of an accepted message for ``name@host``."""
+        name, host = split_address(message.recipient)
+        assert host is not None
+        envelope = Envelope(
+            kind="message",
+            id=message.id,
+            from_host=self.host,
+            to_host=host,
+            sender=message.sender,
+            recipient=name,
+            sent_at=message.sent_at,
+            body=message.body,
+            thread=message.thread,
+            reply_to=message.reply_to,
+            deliver_at=message.deliver_at,
+        )
+        return self._entry(envelope, message.sender, message.recipient, now)
+
+    def refusal(self, envelope: Envelope, refusal: Refusal, now: float) -> OutboxEntry:
+        """The signed notice that ``envelope``'s message was refused here, for its
+        sender's relay."""
+        notice = Envelope(
+            kind="refused",
+            id=envelope.id,
+            from_host=self.host,
+            to_host=envelope.from_host,
+            sender=envelope.recipient,
+            recipient=envelope.sender,
+            sent_at=now,
+            code=refusal.code.value,
+            reason=refusal.message[:MAX_REASON],
+        )
+        return self._entry(notice, RELAY, envelope.sender_address, now)
+
+    def _entry(self, envelope: Envelope, sender: str, recipient: str, now: float) -> OutboxEntry:
+        signed = Envelope(**{**_fields(envelope), "sig": self._sign(signed_bytes(envelope))})
+        return OutboxEntry(
+            stream_id=signed.stream_id,
+            to_host=signed.to_host,
+            sender=sender,
+            recipient=recipient,
+            size=len(signed.body.encode()),
+            payload=encode_envelope(signed),
+            created=now,
+        )
+
+    # --- in ----------------------------------------------------------------------------
+
+    def open(self, data: bytes) -> Opened:
+        """Decode and authenticate stream bytes; nothing in them is believed before."""
+        try:
+            envelope = decode_envelope(data)
+        except EnvelopeError as exc:
+            return Opened(None, str(exc))
+        claimed = envelope.from_host
+        if not self._verify(claimed, signed_bytes(envelope), envelope.sig):
+            return Opened(
+                None,
+                f"not signed by a key registered for {claimed!r} (federation.peers)",
+                ErrorCode.AUTH_FAILED.value,
+                claimed,
+            )
+        if envelope.to_host != self.host:
+            return Opened(
+                None,
+                f"addressed to host {envelope.to_host!r}, not to this relay ({self.host!r})",
+                ErrorCode.INVALID.value,
+                claimed,
+                verified=True,
+            )
+        return Opened(envelope, claimed=claimed, verified=True)
+
+
+def _fields(envelope: Envelope) -> dict[str, Any]:
+    return {name: getattr(envelope, name) for name in envelope.__struct_fields__}
+
+
+def decide_arrivals(
+    desk: Desk,
+    federation: Federation,
+    envelopes: Iterable[Envelope],
+    seen: set[str],
+    in_use: set[str],
+    now: float,
+) -> Arrivals:
+    """Judge authenticated envelopes as local sends are judged; ``seen``: keys
+    (``from_host/stream id``) stored before, dropped; ``in_use``: message ids
+    another message holds already, refused."""
+    out = Arrivals()
+    taken = set(seen)
+    for envelope in envelopes:
+        key = f"{envelope.from_host}/{envelope.stream_id}"
+        if key in taken:
+            continue  # delivered again after a crash between commit and ack: once is enough
+        taken.add(key)
+        out.seen.append(key)
+        if envelope.kind == "refused":
+            _bounce(desk, envelope, out, now)
+            continue
+        refusal = _arrival_refusal(desk, envelope, in_use, now)
+        if isinstance(refusal, Refusal):
+            _refuse(federation, envelope, refusal, out, now)
+            continue
+        _accept(desk, federation, envelope, refusal, out, now)
+    return out
+
+
+def _arrival_refusal(desk: Desk, envelope: Envelope, in_use: set[str], now: float) -> Refusal | str:
+    too_large = size_refusal(envelope.body, desk.limits.max_message_size, closes=False)
+    if too_large is not None:
+        return too_large
+    if envelope.id in in_use:
+        return Refusal(ErrorCode.INVALID, f"message id {envelope.id} is in use there already")
+    return desk.admission.check_arrival(
+        envelope.sender_address, envelope.recipient, envelope.deliver_at, now
+    )
+
+
+def _accept(
+    desk: Desk,
+    federation: Federation,
+    envelope: Envelope,
+    action: str,
+    out: Arrivals,
+    now: float,
+) -> None:
+    sender = envelope.sender_address
+    recipient = envelope.recipient
+    options = desk.limits.sanitize
+    cleaned = sanitize(envelope.body, options) if options.enabled else None
+    body = envelope.body if cleaned is None else cleaned.text
+    size = len(body.encode())
+    hold = action == HOLD
+    if not hold:
+        full = desk.shares.queue_refusal(sender, recipient, size)
+        if full is not None:
+            _refuse(federation, envelope, full, out, now)
+            return
+        desk.shares.queued(sender, recipient, size)
+    message = desk.new_message(
+        sender,
+        recipient,
+        body,
+        now,
+        thread=clean_thread(envelope.thread) if envelope.thread else None,
+        reply_to=envelope.reply_to,
+        deliver_at=envelope.deliver_at,
+    )
+    # The sender's id travels with it: replies and acks on both sides name one message.
+    message = StoredMessage(
+        id=envelope.id,
+        sender=message.sender,
+        recipient=message.recipient,
+        body=message.body,
+        sent_at=envelope.sent_at,
+        thread=message.thread,
+        reply_to=message.reply_to,
+        deliver_at=message.deliver_at,
+        delivery=message.delivery,
+    )
+    extra: dict[str, Any] = {"via": envelope.from_host}
+    if cleaned is not None and cleaned.changes:
+        extra["sanitized"] = dict(cleaned.changes)
+    out.audit.append(desk.message_record(message, now, "held" if hold else "accepted", **extra))
+    (out.held if hold else out.messages).append(message)
+
+
+def _refuse(
+    federation: Federation, envelope: Envelope, refusal: Refusal, out: Arrivals, now: float
+) -> None:
+    out.audit.append(_refused_line(envelope, refusal, now))
+    out.outbox.append(federation.refusal(envelope, refusal, now))
+
+
+def _refused_line(envelope: Envelope, refusal: Refusal, now: float) -> AuditRecord:
+    return AuditRecord(
+        now,
+        "federation_refused",
+        {
+            "id": envelope.id,
+            "from": envelope.sender_address,
+            "to": envelope.recipient,
+            "via": envelope.from_host,
+            "code": refusal.code.value,
+            "reason": refusal.message,
+            "verified": True,
+        },
+    )
+
+
+def _bounce(desk: Desk, envelope: Envelope, out: Arrivals, now: float) -> None:
+    """Another relay refused a message of ours: tell its sender, as ``relay@host``."""
+    sender = f"{RELAY}@{envelope.from_host}"
+    to = envelope.recipient  # the original sender, an agent here
+    address = envelope.sender_address  # whom the message was for
+    line = {
+        "id": envelope.id,
+        "from": sender,
+        "to": to,
+        "via": envelope.from_host,
+        "recipient": address,
+        "code": envelope.code,
+        "reason": envelope.reason,
+    }
+    if to not in desk.agents:
+        out.audit.append(AuditRecord(now, "federation_bounce_dropped", line))
+        return
+    body = (
+        f"your message {envelope.id} to {address} was refused by {envelope.from_host}'s "
+        f"relay: {envelope.code}: {envelope.reason}"
+    )
+    options = desk.limits.sanitize
+    if options.enabled:  # the reason is another relay's text
+        body = sanitize(body, options).text
+    message = desk.new_message(sender, to, body, now, reply_to=envelope.id)
+    desk.shares.queued(sender, to, len(body.encode()))
+    out.messages.append(message)
+    out.audit.append(AuditRecord(now, "federation_bounce", {**line, "notice": message.id}))
