@@ -128,6 +128,9 @@ def test_with_socket_group_agents_are_added_and_a_restart_serves_them(
     assert relay.ccc("agent", "add", "dave").returncode == 0
     assert _gid_name(relay.state / "agents" / "dave" / "relay.sock") == group
     assert relay.agents() == ["carol", "dave"]
+    # Removing an agent removes its directory, within the relay's confinement too.
+    assert relay.ccc("agent", "remove", "dave").returncode == 0
+    assert not (relay.state / "agents" / "dave").exists()
 
 
 def test_an_agent_add_that_fails_half_way_leaves_nothing_registered(relay: Relay) -> None:
