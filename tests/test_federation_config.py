@@ -123,9 +123,9 @@ def test_addresses() -> None:
     assert address_problem("bob@") is not None and address_problem("Bob@h2") is not None
     assert host_problem("h" * 63) is None and host_problem("h" * 64) is not None
     # A send may name another relay's agent; the frame's pattern says what an address is.
-    frame = decode_client_frame(b'{"type":"send","seq":1,"to":"bob@build-1.lan","body":"x"}')
-    assert frame.to == "bob@build-1.lan"  # type: ignore[union-attr]
-    for bad in ("bob@", "bob@h@h", "@grp@h2", "bob@H2", "bob@a..b"):
+    frame = decode_client_frame(b'{"type":"send","seq":1,"to":"bob@build-1","body":"x"}')
+    assert frame.to == "bob@build-1"  # type: ignore[union-attr]
+    for bad in ("bob@", "bob@h@h", "@grp@h2", "bob@H2", "bob@a.b"):
         data = json.dumps({"type": "send", "seq": 1, "to": bad, "body": "x"}).encode()
         with pytest.raises(Exception, match="to"):
             decode_client_frame(data)

@@ -6,8 +6,9 @@ separators, no ``..``, nothing a terminal interprets, and no two names that
 differ only by case.
 
 An address is ``name`` (an agent of this relay) or ``name@host`` (an agent of
-the federated relay whose host name is ``host``, same alphabet, at most 63
-characters). Local agents' names never contain ``@``.
+the federated relay whose host name is ``host``: lower-case letters, digits,
+``-`` and ``_``, at most 63 characters -- no ``.``, because a host name is one
+token of a NATS subject). Local agents' names never contain ``@``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ MAX_AGENT_NAME = 64  # long enough for "team-project-role-3", short enough for a
 # matches before a final newline, and "bob\n" is not a name.
 AGENT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,63}\Z"
 _AGENT_NAME = re.compile(AGENT_NAME_PATTERN)
-MAX_HOST = 63  # a DNS label's length: host names are often the machine's
+MAX_HOST = 63  # a DNS label's length: host names are often the machine's short name
 _NAME = r"[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,63}"
-_HOST = r"[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}"
+_HOST = r"[a-z0-9][a-z0-9_-]{0,62}"
 HOST_PATTERN = rf"^{_HOST}\Z"
 _HOST_NAME = re.compile(HOST_PATTERN)
 # An agent here ("bob") or an agent of another relay ("bob@build1").
@@ -68,8 +69,8 @@ def host_problem(host: str) -> str | None:
         return f"a host name has at most {MAX_HOST} characters"
     if not _HOST_NAME.fullmatch(host):
         return (
-            "a host name uses lower-case letters, digits, '-', '_' and single '.', "
-            "and starts with a letter or digit"
+            "a host name uses lower-case letters, digits, '-' and '_' (no '.': it is one "
+            "token of a NATS subject), and starts with a letter or digit"
         )
     return None
 
