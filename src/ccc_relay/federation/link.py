@@ -138,6 +138,27 @@ def _describe(exc: BaseException) -> str:
     return described[:MAX_ERROR_TEXT]
 
 
+def _explain_connect_error(exc: BaseException) -> str:
+    """A failed connect in the operator's words, then what nats-py or ssl said."""
+    text = str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = "the NATS server's certificate is not signed by federation.tls.ca"
+    elif isinstance(exc, ssl.SSLError):
+        hint = "the NATS server refused this relay's TLS client certificate (federation.tls)"
+    elif "authorization violation" in text.lower():
+        hint = "the NATS server refused this relay's NKEY or credentials (federation.nkey_seed)"
+    elif isinstance(exc, BrokenPipeError | ConnectionResetError):
+        hint = (
+            "the NATS server closed the connection while it was made "
+            "(a client certificate it does not trust ends this way)"
+        )
+    elif isinstance(exc, ConnectionRefusedError):
+        hint = "nothing listens at the NATS address (federation.servers)"
+    else:
+        return _describe(exc)
+    return f"{hint}: {_describe(exc)}"[:MAX_ERROR_TEXT]
+
+
 def tls_context(settings: LinkSettings) -> ssl.SSLContext | None:
     """The mutual-TLS context: verify the server against ``tls_ca``, present ``tls_cert``."""
     if settings.tls_ca is None and settings.tls_cert is None:
@@ -245,7 +266,7 @@ class FederationLink:
         return await nats.connect(**options)
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = _describe(exc)
+        self._last_error = _describe(exc) if self._connected else _explain_connect_error(exc)
 
     async def _on_disconnected(self) -> None:
         self._set_connected(False)
@@ -345,7 +366,11 @@ class FederationLink:
             except _DeliverFailed as failed:
                 raise failed.error from None
             except (TimeoutError, nats.errors.Error, OSError, LinkDown) as exc:
-                self._last_error = _describe(exc)
+                if nc is None:  # connecting: nats-py's NoServersError hides the cause
+                    if not isinstance(exc, nats.errors.NoServersError):
+                        self._last_error = _explain_connect_error(exc)
+                else:
+                    self._last_error = _describe(exc)
             finally:
                 self._set_connected(False)
                 self._nc = None

@@ -1,0 +1,332 @@
+"""The federation link against real nats-server processes (tests/nats_support.py).
+
+Each relay's link runs with the permissions the harness gives that relay and no more,
+so every test here also shows those permissions are enough. What is proved: a
+message published for h2 reaches h2's deliver() and, acked, never comes again; an
+unacked one comes again after the ack wait (the consumer is made with a 1 s ack
+wait through the link's ``ack_wait`` knob); a repeated Nats-Msg-Id is stored once;
+strangers cannot join and status() says why without a secret; the link survives its
+server being killed and restarted, and a cluster node being killed mid-stream,
+without losing or doubling a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from ccc_relay.federation import FederationLink, InboundMessage, LinkDown, PublishFailed
+from ccc_relay.federation.link import tls_context
+from ccc_relay.federation.subjects import inbox_prefix
+from ccc_relay.policy.config_types import FederationConfig
+from tests.nats_support import (
+    STREAM,
+    CertificateAuthority,
+    NatsCluster,
+    NatsServer,
+    RelayIdentity,
+)
+
+pytest_plugins = ("tests.nats_fixtures",)
+pytestmark = pytest.mark.slow
+
+ACK_WAIT = 1.0
+
+
+class Inbox:
+    """A deliver() that records every message and acks it (or not, for the first ``hold``)."""
+
+    def __init__(self, *, hold: int = 0) -> None:
+        self.got: list[InboundMessage] = []
+        self.hold = hold
+        self.at: list[float] = []
+
+    async def deliver(self, batch: list[InboundMessage]) -> None:
+        for message in batch:
+            self.got.append(message)
+            self.at.append(time.monotonic())
+            if self.hold > 0:
+                self.hold -= 1
+            else:
+                await message.ack()
+
+    def ids(self) -> list[str]:
+        return [m.msg_id for m in self.got]
+
+
+def link_for(
+    identity: RelayIdentity, servers: list[str], changes: list[bool] | None = None, **over: Any
+) -> FederationLink:
+    config = FederationConfig(**identity.config_fields(servers, **over))
+    link: FederationLink
+
+    def on_change() -> None:
+        if changes is not None:
+            changes.append(link.connected)
+
+    link = FederationLink(config, on_change=on_change, ack_wait=ACK_WAIT)
+    return link
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    link: FederationLink, inbox: Inbox | None = None, *, connect: bool = True
+) -> AsyncIterator[FederationLink]:
+    task = asyncio.create_task(link.run((inbox or Inbox()).deliver))
+    try:
+        if connect:
+            await wait_until(lambda: link.connected, 30, f"link connected: {link.status()}")
+        yield link
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def stream_messages(server_urls: list[str], identity: RelayIdentity) -> int:
+    """How many messages the stream holds now, asked as ``identity`` (a plain client)."""
+    config = FederationConfig(**identity.config_fields(server_urls))
+    nc = await nats.connect(
+        servers=server_urls,
+        tls=tls_context(config),
+        nkeys_seed=str(identity.nkey_seed),
+        inbox_prefix=inbox_prefix(identity.host),
+        allow_reconnect=False,
+    )
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+        return int(info.state.messages or 0)
+    finally:
+        await nc.close()
+
+
+def test_a_message_is_delivered_acked_and_not_delivered_again(nats_server: NatsServer) -> None:
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+    changes: list[bool] = []
+    inbox = Inbox()
+
+    async def scenario() -> None:
+        async with (
+            running(link_for(h1, nats_server.urls)) as sender,
+            running(link_for(h2, nats_server.urls, changes), inbox) as receiver,
+        ):
+            await sender.publish("h2", "m1", b"hello h2", timeout=5)
+            await wait_until(lambda: len(inbox.got) == 1, 10, "delivered")
+            (message,) = inbox.got
+            assert (message.data, message.subject, message.msg_id) == (
+                b"hello h2",
+                "ccc.v1.h2",
+                "m1",
+            )
+            assert message.delivery_count == 1
+            await asyncio.sleep(3 * ACK_WAIT)
+            assert inbox.ids() == ["m1"]
+            # Acked in a work-queue stream: gone from the server.
+            assert await stream_messages(nats_server.urls, h2) == 0
+            assert sender.status()["published"] == 1
+            assert receiver.connected
+        assert changes == [True, False]
+
+    asyncio.run(scenario())
+
+
+def test_an_unacked_message_comes_again_after_the_ack_wait(nats_server: NatsServer) -> None:
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+    inbox = Inbox(hold=1)
+
+    async def scenario() -> None:
+        async with (
+            running(link_for(h1, nats_server.urls)) as sender,
+            running(link_for(h2, nats_server.urls), inbox),
+        ):
+            await sender.publish("h2", "m1", b"again", timeout=5)
+            await wait_until(lambda: len(inbox.got) == 2, 10 * ACK_WAIT, "redelivered")
+            first, second = inbox.got
+            assert first.msg_id == second.msg_id == "m1"
+            assert (first.delivery_count, second.delivery_count) == (1, 2)
+            assert inbox.at[1] - inbox.at[0] >= ACK_WAIT * 0.9
+            await asyncio.sleep(3 * ACK_WAIT)
+            assert len(inbox.got) == 2  # acked the second time: no third
+
+    asyncio.run(scenario())
+
+
+def test_a_repeated_msg_id_is_stored_once(nats_server: NatsServer) -> None:
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+    inbox = Inbox()
+
+    async def scenario() -> None:
+        async with running(link_for(h1, nats_server.urls)) as sender:
+            await sender.publish("h2", "m1", b"once", timeout=5)
+            await sender.publish("h2", "m1", b"once", timeout=5)  # a duplicate ack: success
+            await sender.publish("h2", "m2", b"twice", timeout=5)
+            status = sender.status()
+            assert (status["published"], status["duplicates"]) == (3, 1)
+            assert await stream_messages(nats_server.urls, h1) == 2
+        async with running(link_for(h2, nats_server.urls), inbox):
+            await wait_until(lambda: len(inbox.got) >= 2, 10, "delivered")
+            await asyncio.sleep(1)
+        assert sorted(inbox.ids()) == ["m1", "m2"]
+
+    asyncio.run(scenario())
+
+
+def test_publish_says_link_down_or_publish_failed(nats_server: NatsServer) -> None:
+    h1 = nats_server.relays["h1"]
+    link = link_for(h1, nats_server.urls)
+
+    async def scenario() -> None:
+        with pytest.raises(LinkDown):
+            await link.publish("h2", "m1", b"x", timeout=1)
+        async with running(link):
+            too_big = b"x" * (2 * 1024 * 1024)  # over nats-server's 1 MB max_payload
+            with pytest.raises(PublishFailed, match="publish failed"):
+                await link.publish("h2", "m2", too_big, timeout=1)
+            with pytest.raises(ValueError, match="one token"):
+                await link.publish("a.b", "m3", b"x", timeout=1)
+            await link.publish("h2", "m4", b"x", timeout=5)  # still usable
+            assert link.status()["publish_failures"] == 1
+        with pytest.raises(LinkDown):
+            await link.publish("h2", "m5", b"x", timeout=1)
+
+    asyncio.run(scenario())
+
+
+def test_strangers_cannot_join_and_status_says_why_without_secrets(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    pki = nats_server.pki
+    good = pki.relays["h1"]
+    foreign = pki.identity("h1", ca=CertificateAuthority(tmp_path / "other", name="other CA"))
+    unknown = pki.identity("h9")  # a certificate from the right CA, an NKEY nobody registered
+    cases = {
+        "no client certificate": link_for(good, nats_server.urls, tls_cert=None, tls_key=None),
+        "a certificate from another CA": link_for(
+            good, nats_server.urls, tls_cert=foreign.cert, tls_key=foreign.key
+        ),
+        "an unknown NKEY": link_for(good, nats_server.urls, nkey_seed=unknown.nkey_seed),
+    }
+    secrets = [good.nkey.seed.decode(), unknown.nkey.seed.decode()]
+    secrets += [p.read_text().splitlines()[1] for p in (good.key, foreign.key)]
+
+    async def scenario() -> dict[str, dict[str, object]]:
+        statuses = {}
+        for name, link in cases.items():
+            async with running(link, connect=False):
+                await wait_until(
+                    lambda status=link.status: status()["last_error"] is not None, 15, name
+                )
+                await asyncio.sleep(0.5)
+                assert not link.connected, name
+                statuses[name] = link.status()
+        return statuses
+
+    statuses = asyncio.run(scenario())
+    errors = {name: str(status["last_error"]) for name, status in statuses.items()}
+    assert "refused this relay's NKEY" in errors["an unknown NKEY"], errors
+    assert "Authorization Violation" in errors["an unknown NKEY"], errors
+    assert "certificate" in errors["no client certificate"], errors
+    assert "certificate" in errors["a certificate from another CA"], errors
+    text = json.dumps(statuses)
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_the_link_survives_a_server_restart(nats_server: NatsServer) -> None:
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+    inbox = Inbox()
+    changes: list[bool] = []
+
+    async def publish(link: FederationLink, ids: list[str]) -> None:
+        await asyncio.gather(*(link.publish("h2", i, i.encode(), timeout=5) for i in ids))
+
+    async def scenario() -> None:
+        sender, receiver = link_for(h1, nats_server.urls), link_for(h2, nats_server.urls, changes)
+        async with running(sender), running(receiver, inbox):
+            await publish(sender, [f"a{n}" for n in range(50)])
+            await wait_until(lambda: len(inbox.got) == 50, 20, "first 50 delivered")
+
+            nats_server.kill()
+            await wait_until(lambda: not sender.connected and not receiver.connected, 10, "down")
+            with pytest.raises(LinkDown):
+                await sender.publish("h2", "lost", b"x", timeout=1)
+            nats_server.start()
+            await wait_until(lambda: sender.connected and receiver.connected, 60, "back")
+            await publish(sender, [f"b{n}" for n in range(50)])
+            await wait_until(lambda: len(inbox.got) == 100, 20, "next 50 delivered")
+            assert receiver.status()["reconnects"] == 1
+
+        # The receiver is away: its durable consumer keeps its place for it.
+        async with running(sender):
+            await publish(sender, [f"c{n}" for n in range(50)])
+        async with running(link_for(h2, nats_server.urls), inbox):
+            await wait_until(lambda: len(inbox.got) == 150, 20, "the rest delivered")
+            await asyncio.sleep(2 * ACK_WAIT)
+
+    asyncio.run(scenario())
+    expected = {f"{p}{n}" for p in "abc" for n in range(50)}
+    assert sorted(inbox.ids()) == sorted(expected)
+    assert changes[:3] == [True, False, True]
+
+
+def test_a_cluster_node_dying_mid_stream_loses_nothing(nats_cluster: NatsCluster) -> None:
+    h1, h2 = nats_cluster.relays["h1"], nats_cluster.relays["h2"]
+    inbox = Inbox()
+    acked: list[str] = []
+    total = 300
+    BATCH = 10  # publishes in flight at once, as the relay's outbox drains
+
+    async def send_until_acked(link: FederationLink, msg_id: str) -> None:
+        """What the relay's outbox does: publish again (same id) until JetStream acks."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await link.publish("h2", msg_id, msg_id.encode(), timeout=2)
+                acked.append(msg_id)
+                return
+            except (LinkDown, PublishFailed):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def scenario() -> dict[str, object]:
+        sender = link_for(h1, nats_cluster.urls)
+        receiver = link_for(h2, nats_cluster.urls)
+        async with running(sender), running(receiver, inbox):
+            assert sender.status()["stream"] is not None
+            for batch in range(total // BATCH):
+                ids = [f"m{batch * BATCH + k}" for k in range(BATCH)]
+                await asyncio.gather(*(send_until_acked(sender, i) for i in ids))
+                if batch == total // BATCH // 3:
+                    # Kill the node the sender is on: it must move, mid-stream.
+                    server = str(sender.status()["server"])
+                    victim = next(i for i, u in enumerate(nats_cluster.urls) if server in u)
+                    nats_cluster.kill(victim)
+                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(set(inbox.ids())) >= total, 60, "all delivered")
+            await asyncio.sleep(2 * ACK_WAIT)
+            return sender.status()
+
+    status = asyncio.run(scenario())
+    assert status["reconnects"] == 1 and status["connected"], status
+    assert sorted(acked) == sorted(f"m{n}" for n in range(total))
+    assert set(inbox.ids()) == set(acked), status
+    # Stored once: a second copy in the stream would come as a first delivery again.
+    firsts = [m.msg_id for m in inbox.got if m.delivery_count == 1]
+    assert len(firsts) == len(set(firsts))
