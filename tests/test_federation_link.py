@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,7 +38,6 @@ from tests.nats_support import (
 )
 
 pytest_plugins = ("tests.nats_fixtures",)
-pytestmark = pytest.mark.slow
 
 ACK_WAIT = 1.0
 
@@ -116,6 +117,21 @@ async def stream_messages(server_urls: list[str], identity: RelayIdentity) -> in
         await nc.close()
 
 
+def test_the_federation_package_imports_nothing_of_the_relay() -> None:
+    """The link is NATS I/O only: no core, protocol, store, policy or daemon module."""
+    script = (
+        "import json, sys, ccc_relay.federation\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ccc_relay.'))))"
+    )
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+    )
+    assert loaded and all(m.startswith("ccc_relay.federation") for m in loaded), loaded
+
+
+@pytest.mark.slow
 def test_a_message_is_delivered_acked_and_not_delivered_again(nats_server: NatsServer) -> None:
     h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
     changes: list[bool] = []
@@ -146,6 +162,7 @@ def test_a_message_is_delivered_acked_and_not_delivered_again(nats_server: NatsS
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_an_unacked_message_comes_again_after_the_ack_wait(nats_server: NatsServer) -> None:
     h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
     inbox = Inbox(hold=1)
@@ -167,6 +184,7 @@ def test_an_unacked_message_comes_again_after_the_ack_wait(nats_server: NatsServ
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_repeated_msg_id_is_stored_once(nats_server: NatsServer) -> None:
     h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
     inbox = Inbox()
@@ -187,6 +205,7 @@ def test_a_repeated_msg_id_is_stored_once(nats_server: NatsServer) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_publish_says_link_down_or_publish_failed(nats_server: NatsServer) -> None:
     h1 = nats_server.relays["h1"]
     link = link_for(h1, nats_server.urls)
@@ -195,7 +214,8 @@ def test_publish_says_link_down_or_publish_failed(nats_server: NatsServer) -> No
         with pytest.raises(LinkDown):
             await link.publish("h2", "m1", b"x", timeout=1)
         async with running(link):
-            too_big = b"x" * (2 * 1024 * 1024)  # over nats-server's 1 MB max_payload
+            assert link.max_payload == 1024 * 1024  # nats-server's default
+            too_big = b"x" * (link.max_payload + 1)
             with pytest.raises(PublishFailed, match="publish failed"):
                 await link.publish("h2", "m2", too_big, timeout=1)
             with pytest.raises(ValueError, match="one token"):
@@ -208,6 +228,7 @@ def test_publish_says_link_down_or_publish_failed(nats_server: NatsServer) -> No
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_strangers_cannot_join_and_status_says_why_without_secrets(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -248,6 +269,7 @@ def test_strangers_cannot_join_and_status_says_why_without_secrets(
         assert secret not in text
 
 
+@pytest.mark.slow
 def test_the_link_survives_a_server_restart(nats_server: NatsServer) -> None:
     h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
     inbox = Inbox()
@@ -285,6 +307,7 @@ def test_the_link_survives_a_server_restart(nats_server: NatsServer) -> None:
     assert changes[:3] == [True, False, True]
 
 
+@pytest.mark.slow
 def test_a_cluster_node_dying_mid_stream_loses_nothing(nats_cluster: NatsCluster) -> None:
     h1, h2 = nats_cluster.relays["h1"], nats_cluster.relays["h2"]
     inbox = Inbox()
@@ -325,6 +348,8 @@ def test_a_cluster_node_dying_mid_stream_loses_nothing(nats_cluster: NatsCluster
 
     status = asyncio.run(scenario())
     assert status["reconnects"] == 1 and status["connected"], status
+    stream = status["stream"]
+    assert isinstance(stream, dict) and stream["replicas"] == 3, status
     assert sorted(acked) == sorted(f"m{n}" for n in range(total))
     assert set(inbox.ids()) == set(acked), status
     # Stored once: a second copy in the stream would come as a first delivery again.

@@ -197,6 +197,7 @@ class FederationLink:
         self._js: JetStreamContext | None = None
         self._connected = False
         self._connects = 0
+        self._generation = 0
         self._last_error: str | None = None
         self._server: str | None = None
         self._stream_state: dict[str, object] | None = None
@@ -211,6 +212,12 @@ class FederationLink:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def max_payload(self) -> int | None:
+        """The largest payload the connected server takes (1 MB by default), else None."""
+        nc = self._nc
+        return nc.max_payload if nc is not None and self._connected else None
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self._connected:
@@ -228,6 +235,7 @@ class FederationLink:
             "host": self._host,
             "connected": self._connected,
             "server": self._server,
+            "max_payload": self.max_payload,
             "stream": self._stream_state or {"name": self._stream},
             "consumer": self._consumer_state or {"name": consumer_name(self._host)},
             "reconnects": max(0, self._connects - 1),
@@ -241,6 +249,14 @@ class FederationLink:
 
     async def _connect(self) -> Client:
         config = self._config
+        # A late callback from a connection already replaced must not mark the new one down.
+        self._generation += 1
+        generation = self._generation
+
+        async def on_gone() -> None:
+            if generation == self._generation:
+                self._set_connected(False)
+
         options: dict[str, Any] = {
             "servers": list(config.servers),
             "name": f"ccc-relay {self._host}",
@@ -253,8 +269,8 @@ class FederationLink:
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0.1,
             "error_cb": self._on_error,
-            "disconnected_cb": self._on_disconnected,
-            "closed_cb": self._on_disconnected,
+            "disconnected_cb": on_gone,
+            "closed_cb": on_gone,
         }
         context = tls_context(config)
         if context is not None:
@@ -267,9 +283,6 @@ class FederationLink:
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = _describe(exc) if self._connected else _explain_connect_error(exc)
-
-    async def _on_disconnected(self) -> None:
-        self._set_connected(False)
 
     async def _ensure(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """The stream and this relay's durable consumer, created when absent, never changed."""
@@ -287,7 +300,7 @@ class FederationLink:
                     num_replicas=self._replicas,
                 )
             )
-        self._note_stream(info.state.messages, info.state.bytes)
+        self._note_stream(info.state.messages, info.state.bytes, info.config.num_replicas)
         name, subject = consumer_name(self._host), subject_for(self._host)
         try:
             consumer = await js.consumer_info(self._stream, name)
@@ -315,8 +328,13 @@ class FederationLink:
         )
         return await js.pull_subscribe_bind(consumer=name, stream=self._stream)
 
-    def _note_stream(self, messages: int | None, size: int | None) -> None:
-        self._stream_state = {"name": self._stream, "messages": messages, "bytes": size}
+    def _note_stream(self, messages: int | None, size: int | None, replicas: int | None) -> None:
+        self._stream_state = {
+            "name": self._stream,
+            "messages": messages,
+            "bytes": size,
+            "replicas": replicas,
+        }
 
     def _note_consumer(
         self, pending: int | None, ack_pending: int | None, redelivered: int | None
@@ -330,11 +348,18 @@ class FederationLink:
         self._refreshed_at = time.monotonic()
 
     async def _refresh(self, js: JetStreamContext) -> None:
+        """Fresher figures for status(); a failure keeps the old ones (a cluster electing a
+        leader answers late) -- a lost connection is noticed by the fetch loop, not here."""
         if time.monotonic() - self._refreshed_at < STATUS_REFRESH:
             return
-        info = await js.stream_info(self._stream)
-        self._note_stream(info.state.messages, info.state.bytes)
-        consumer = await js.consumer_info(self._stream, consumer_name(self._host))
+        self._refreshed_at = time.monotonic()
+        try:
+            info = await js.stream_info(self._stream)
+            self._note_stream(info.state.messages, info.state.bytes, info.config.num_replicas)
+            consumer = await js.consumer_info(self._stream, consumer_name(self._host))
+        except (TimeoutError, nats.errors.Error) as exc:
+            self._last_error = _describe(exc)
+            return
         self._note_consumer(
             consumer.num_pending, consumer.num_ack_pending, consumer.num_redelivered
         )
