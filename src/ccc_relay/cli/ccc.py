@@ -222,6 +222,8 @@ def send(
     held = isinstance(answer, Held)
     # The body the recipient gets, when the relay changed it (None: as sent).
     delivered = None if isinstance(answer, DirectReceipt) else answer.delivered
+    # Only for another relay's agent (name@host): whether that relay's stream has it yet.
+    forwarded = answer.forwarded if isinstance(answer, Accepted) else None
     if as_json:
         emit_json(
             {
@@ -232,6 +234,7 @@ def send(
                 "delivered": delivered,
                 "held": held,
                 "direct": went_direct,
+                **({"forwarded": forwarded} if forwarded is not None else {}),
             }
         )
     else:
@@ -239,6 +242,12 @@ def send(
             click.echo(f"held {answer.id} -> {to}: it waits for the operator's approval")
         else:
             click.echo(f"accepted {answer.id} -> {to}" + (" (direct)" if went_direct else ""))
+        if forwarded is False:
+            click.echo(
+                f"note: stored on this relay; it goes to {to.partition('@')[2]} when the "
+                "federation link is back (the relay retries on its own)",
+                err=True,
+            )
         if delivered is not None:
             click.echo(f"the relay changed your message; {to} receives:")
             click.echo(shown("\n".join("> " + line for line in delivered.split("\n"))))

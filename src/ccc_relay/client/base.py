@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from ccc_relay.client.errors import RelayError, RelayUnavailable, unreachable
 from ccc_relay.protocol.client_session import Reply
 from ccc_relay.protocol.frames import Error, Goodbye, Message, RelayFrame
-from ccc_relay.protocol.names import agent_name_problem
+from ccc_relay.protocol.names import address_problem, agent_name_problem
 
 F = TypeVar("F")
 
@@ -27,17 +27,19 @@ __all__ = [
 
 
 def check_recipient(name: str, *, groups: bool = False) -> None:
-    """Refuse a malformed agent name (or, with ``groups``, ``@group`` name)
-    before it goes on the wire (RelayError "invalid")."""
+    """Refuse a malformed agent name or address (``name@host``, an agent of
+    another relay) or, with ``groups``, ``@group`` name, before it goes on the
+    wire (RelayError "invalid")."""
     if groups and name.startswith("@"):
         problem = agent_name_problem(name[1:])
         if problem:
             problem = problem.replace("an agent name", "a group name")
             raise RelayError("invalid", f"{name!r} is not a group: {problem}")
         return
-    problem = agent_name_problem(name)
+    problem = address_problem(name)
     if problem:
-        raise RelayError("invalid", f"{name!r} is not an agent name: {problem}")
+        what = "an address (name@host)" if "@" in name else "an agent name"
+        raise RelayError("invalid", f"{name!r} is not {what}: {problem}")
 
 
 def unexpected(frame: RelayFrame) -> RelayError:

@@ -35,9 +35,10 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ccc_relay.audit.signing import load_or_create_signing_key
+from ccc_relay.core.federation import Federation
 from ccc_relay.core.relay import RelayCore
 from ccc_relay.daemon.admin import AdminConnection
 from ccc_relay.daemon.agent_sockets import AgentSockets
@@ -52,7 +53,7 @@ from ccc_relay.daemon.operator import Operator
 from ccc_relay.daemon.privileges import drop_privileges
 from ccc_relay.daemon.seccomp import DaemonFilter, refuse_io_uring
 from ccc_relay.daemon.shell import RelayShell
-from ccc_relay.daemon.signing import MessageSigner
+from ccc_relay.daemon.signing import MessageSigner, PeerKeys
 from ccc_relay.daemon.sockets import (
     bind_unix_socket,
     check_private_tree,
@@ -66,6 +67,9 @@ from ccc_relay.policy.config import Config, ConfigError, load_config
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.store import Store, StoreFailure
 
+if TYPE_CHECKING:
+    from ccc_relay.daemon.federation import FederationRunner, LinkFactory
+
 log = logging.getLogger("ccc_relay.daemon")
 
 T = TypeVar("T")
@@ -77,11 +81,19 @@ class Daemon:
     """A running relay; ``run()`` serves until ``stop()`` or a signal."""
 
     def __init__(
-        self, config: Config, *, clock: Callable[[], float] = time.time, harden: bool = False
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        harden: bool = False,
+        federation_link: LinkFactory | None = None,
     ) -> None:
         """``harden`` drops privileges and confines the whole process; only for a
-        process that is the daemon and nothing else (not for in-process tests)."""
+        process that is the daemon and nothing else (not for in-process tests).
+        ``federation_link`` builds the link to other relays (default: NATS)."""
         self.config = config
+        self.federation_link = federation_link
+        self.federation: FederationRunner | None = None
         self.clock = clock
         self.harden = harden
         self.stopping = asyncio.Event()
@@ -143,6 +155,13 @@ class Daemon:
         self._audit = audit
         signer = MessageSigner.load_or_create(config.state_dir)
         now = self.clock()
+        federation = None
+        queued = store.queue_totals()
+        if config.federation is not None:
+            federation = Federation(
+                config.federation, signer.sign_bytes, PeerKeys(config.federation.peers).verify
+            )
+            queued += store.outbox_totals()
         core = RelayCore(
             config,
             agents=store.agents(),
@@ -151,11 +170,20 @@ class Daemon:
             last_delivery=store.max_delivery(),
             sign=signer.sign,
             now=now,
-            queued=store.queue_totals(),
+            queued=queued,
+            federation=federation,
         )
         core.admission.load_sessions(store.live_sessions(now), now)
         relay = RelayShell(core, committer, self.clock)
         self.relay = relay
+        if federation is not None:
+            # Imported only now: a relay that does not federate loads no NATS code.
+            from ccc_relay.daemon.federation import FederationRunner, nats_link
+
+            self.federation = FederationRunner(
+                relay, committer, federation, self.federation_link or nats_link
+            )
+            relay.forward = self.federation.forward
 
         def store_failed(reason: str) -> None:
             log.critical("acceptance stopped: %s", reason)
@@ -239,6 +267,11 @@ class Daemon:
             scheduler = tasks.create_task(relay.run_scheduler(), name="scheduler")
             sweeper = tasks.create_task(sweep_sessions(relay), name="sweeper")
             ticker = tasks.create_task(relay.run_ticks(), name="ticks")
+            federating = (
+                tasks.create_task(self.federation.run(), name="federation")
+                if self.federation is not None
+                else None
+            )
             upkeep = tasks.create_task(
                 audit_upkeep(
                     committer,
@@ -287,6 +320,8 @@ class Daemon:
             scheduler.cancel()
             sweeper.cancel()
             ticker.cancel()
+            if federating is not None:
+                federating.cancel()
             upkeep.cancel()
             try:
                 stopped = relay.core.record(self.clock(), "daemon_stopped")

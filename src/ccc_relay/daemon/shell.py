@@ -26,6 +26,7 @@ import msgspec
 from ccc_relay.core.effects import (
     Close,
     Effect,
+    Forward,
     Log,
     Persist,
     Reply,
@@ -67,6 +68,8 @@ class RelayShell:
         self.connections: dict[int, Connection] = {}
         self._next_id = 0
         self._schedule_changed = asyncio.Event()
+        # Set when the relay federates: takes envelopes the core put in the outbox.
+        self.forward: Callable[[Forward], None] | None = None
 
     # --- connections ------------------------------------------------------------------
 
@@ -130,6 +133,9 @@ class RelayShell:
                     log.log(level, "%s", text)
                 case ScheduleChanged():
                     self._schedule_changed.set()
+                case Forward():
+                    if self.forward is not None:
+                        self.forward(effect)
         if lazy is not None:
             self._submit_lazy(lazy)
 
