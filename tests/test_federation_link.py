@@ -355,3 +355,26 @@ def test_a_cluster_node_dying_mid_stream_loses_nothing(nats_cluster: NatsCluster
     # Stored once: a second copy in the stream would come as a first delivery again.
     firsts = [m.msg_id for m in inbox.got if m.delivery_count == 1]
     assert len(firsts) == len(set(firsts))
+
+
+@pytest.mark.slow
+def test_an_exception_from_deliver_ends_run_and_the_message_comes_again(
+    nats_server: NatsServer,
+) -> None:
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+    inbox = Inbox()
+
+    async def broken(batch: list[InboundMessage]) -> None:
+        raise RuntimeError("the core could not take it")
+
+    async def scenario() -> None:
+        async with running(link_for(h1, nats_server.urls)) as sender:
+            await sender.publish("h2", "m1", b"x", timeout=5)
+        receiver = link_for(h2, nats_server.urls)
+        with pytest.raises(RuntimeError, match="could not take it"):
+            await asyncio.wait_for(receiver.run(broken), 20)
+        assert not receiver.connected
+        async with running(link_for(h2, nats_server.urls), inbox):
+            await wait_until(lambda: inbox.ids() == ["m1"], 10 * ACK_WAIT, "delivered again")
+
+    asyncio.run(scenario())
