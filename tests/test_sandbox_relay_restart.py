@@ -16,13 +16,14 @@ import json
 import os
 import queue
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -40,16 +41,11 @@ from tests.newcomer import (
 )
 from tests.support import BIN, make_config
 
-RUNTIMES = [
-    "bwrap",
-    pytest.param(
-        "podman",
-        marks=pytest.mark.skipif(
-            shutil.which("podman") is None or shutil.which("runc") is None,
-            reason="podman and runc are not installed",
-        ),
-    ),
-]
+NO_PODMAN = pytest.mark.skipif(
+    shutil.which("podman") is None or shutil.which("runc") is None,
+    reason="podman and runc are not installed",
+)
+RUNTIMES = ["bwrap", pytest.param("podman", marks=NO_PODMAN)]
 LINE_TIMEOUT = 60.0  # a reconnect backs off to 5 s at most; a podman start takes a few
 
 
@@ -127,56 +123,94 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class Host:
+    """Who runs the relay and ``ccc run``: root (the sandbox as a project's owner) or a
+    normal user (the sandbox as that user)."""
+
+    env: dict[str, str]
+    bin_dir: Path
+    user: str | None  # None: root
+    log: Path
+
+    def argv(self, *args: str) -> list[str]:
+        ccc = [str(self.bin_dir / "ccc"), *args]
+        return ["runuser", "-u", self.user, "--", *ccc] if self.user else ccc
+
+    def ok(self, *args: str) -> str:
+        result = subprocess.run(self.argv(*args), env=self.env, capture_output=True,
+                                text=True, timeout=120, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def start(self) -> Relay:
+        return start_relay(self.env, user=self.user, bin_dir=self.bin_dir, log=self.log)
+
+
+def _crash(relay: Relay) -> None:
+    """SIGKILL the relay itself (under runuser its pid is not the process started)."""
+    pid_file = relay.state / "daemon.pid"
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    relay.proc.wait(10)
+    pid_file.unlink()  # a SIGKILLed relay cannot; start_relay waits for a new one
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize(
+    ("who", "runtime"),
+    [("root", "bwrap"), pytest.param("root", "podman", marks=NO_PODMAN), ("user", "bwrap")],
+)
 def test_a_running_sandbox_gets_every_message_across_relay_restarts_and_a_crash(
-    ccc_bin: Path, root_home: Path, open_dir: Path, tmp_path: Path, runtime: str
+    ccc_bin: Path, root_home: Path, open_dir: Path, tmp_path: Path, who: str, runtime: str
 ) -> None:
-    env = _env(root_home)
-    log = tmp_path / "relay.log"
-    relay: Relay = start_relay(env, bin_dir=BIN, log=log)
-    lines: Lines | None = None
-    try:
-        with throwaway_user() as owner:
+    with throwaway_user() as user:
+        if who == "root":
+            host = Host(_env(root_home), BIN, None, tmp_path / "relay.log")
             project = open_dir / "alice"
-            project.mkdir()
-            shutil.chown(project, owner)
+        else:
+            home = Path(os.path.expanduser(f"~{user}"))
+            env = {"HOME": str(home), "PATH": f"{ccc_bin}:{HOST_PATH}", "LANG": "C.UTF-8"}
+            host = Host(env, ccc_bin, user, home / "relay.log")
+            project = home / "alice"
+        project.mkdir()
+        shutil.chown(project, user)
+        relay = host.start()
+        lines: Lines | None = None
+        try:
             for args in (("agent", "add", "alice"), ("agent", "add", "bob"),
                          ("allow", "bob", "alice")):  # fmt: skip
-                _ok(env, *args)
+                host.ok(*args)
             watcher = subprocess.Popen(
-                [str(BIN / "ccc"), "run", "alice", "--runtime", runtime, "--project",
-                 str(project), "--", "ccc", "watch", "--json", "--count", "3"],
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                host.argv("run", "alice", "--runtime", runtime, "--project", str(project),
+                          "--", "ccc", "watch", "--json", "--count", "3"),
+                env=host.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             lines = Lines(watcher)
             received = []
 
-            _ok(env, "--as", "bob", "send", "alice", "before any restart")
+            host.ok("--as", "bob", "send", "alice", "before any restart")
             received.append(json.loads(lines.next())["body"])
 
             relay.stop()  # a clean stop removes the socket; the directory stays
-            relay = start_relay(env, bin_dir=BIN, log=log)
-            _ok(env, "--as", "bob", "send", "alice", "after a restart")
+            relay = host.start()
+            host.ok("--as", "bob", "send", "alice", "after a restart")
             received.append(json.loads(lines.next())["body"])
 
-            relay.proc.kill()  # a crash: the dead socket stays until the next start
-            relay.proc.wait(10)
-            (relay.state / "daemon.pid").unlink()
-            relay = start_relay(env, bin_dir=BIN, log=log)
-            _ok(env, "--as", "bob", "send", "alice", "after a crash")
+            _crash(relay)  # the dead socket stays until the next start replaces it
+            relay = host.start()
+            host.ok("--as", "bob", "send", "alice", "after a crash")
             received.append(json.loads(lines.next())["body"])
 
             assert watcher.wait(30) == 0, watcher.stderr.read()  # type: ignore[union-attr]
             assert received == ["before any restart", "after a restart", "after a crash"]
             # Nothing is left for alice: each message was delivered and acknowledged once.
-            left = json.loads(_ok(env, "--as", "alice", "inbox", "--peek", "--json"))
+            left = json.loads(host.ok("--as", "alice", "inbox", "--peek", "--json"))
             assert left == {"messages": []}
-    finally:
-        if lines is not None:
-            lines.close()
-        relay.stop()
+        finally:
+            if lines is not None:
+                lines.close()
+            relay.stop()
 
 
 # A probe run inside: what of the relay's sockets the sandbox can see and reach.
