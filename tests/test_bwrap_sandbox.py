@@ -622,6 +622,9 @@ def test_ccc_run_starts_the_sandbox_from_the_relays_config(host: Host) -> None:
             "bwrap",
             "--config",
             str(config),
+            # This test runs a plain python in the sandbox, not ccc: whether ccc runs
+            # there is tests/test_newcomer_run.py's concern.
+            "--no-ccc-check",
             "--",
             PYTHON,
             "-c",
