@@ -56,11 +56,14 @@ def ccc_bin() -> Iterator[Path]:
 
 
 @pytest.fixture
-def root_home(tmp_path: Path) -> Path:
+def root_home(tmp_path: Path) -> Iterator[Path]:
     need_root_and_bwrap()
     home = tmp_path / "root-home"
     home.mkdir(mode=0o700)
-    return home
+    yield home
+    # Root's relay keeps its agents' sockets in /run/ccc-status/agents-HASH: not ours to keep.
+    sockets = embedded_defaults({"XDG_CACHE_HOME": str(home / ".cache")}).agent_sockets
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def _env(home: Path) -> dict[str, str]:
