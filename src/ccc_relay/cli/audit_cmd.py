@@ -31,6 +31,7 @@ from ccc_relay.cli.common import (
     EXIT_CONFIG,
     EXIT_REFUSED,
     EXIT_UNSEALED,
+    OperatorClient,
     config_option,
     emit_json,
     fail,
@@ -53,8 +54,6 @@ FOLLOW_INTERVAL = 0.5  # seconds between looks at the log for -f
 
 
 def _config(config_path: str | None) -> Config:
-    if config_path is None:  # ``ccc --config FILE audit ...`` puts it on the root context
-        config_path = getattr(click.get_current_context().find_root().obj, "config_path", None)
     return load_host_config(config_path)
 
 
@@ -351,9 +350,7 @@ def acknowledge(seq: int, note: str | None, config_path: str | None) -> None:
     The alarm's line stays in the log; verify accepts it from then on and
     names it in a note.
     """
-    from ccc_relay.client.admin import AdminClient
-
-    admin = AdminClient(_config(config_path).admin_socket_path)
+    admin = OperatorClient(_config(config_path))
     fields: dict[str, Any] = {"seq": seq} if note is None else {"seq": seq, "note": note}
     result = admin.request("audit_acknowledge", **fields)
     alarm = result.get("acknowledged") or {}

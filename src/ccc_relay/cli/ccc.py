@@ -23,6 +23,7 @@ from ccc_relay.cli.common import (
     emit_json,
     emit_json_line,
     handle_errors,
+    inherit_root_options,
     load_host_config,
 )
 from ccc_relay.cli.terminal import shown
@@ -51,7 +52,7 @@ class Context:
     def client(self, reconnect: Backoff | None = None) -> Iterator[RelayClient]:
         """A connected client; with ``reconnect`` it outlives a relay restart,
         saying so on stderr."""
-        config = load_host_config(self.config_path)
+        config = load_host_config(self.config_path, operator=False)
         endpoint = Endpoint.resolve(
             socket_path=self.socket_path,
             credential_file=self.credential,
@@ -411,6 +412,7 @@ def _register_commands() -> None:
         main.add_command(command)
     main.add_command(doctor)
     main.add_command(group)
+    inherit_root_options(main)
 
 
 _register_commands()

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
@@ -26,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ccc_relay.cli.terminal import shown
+from ccc_relay.client.admin import AdminClient
 from ccc_relay.client.endpoint import host_config
 from ccc_relay.client.errors import RelayError, RelayUnavailable, credential_refusal
 from ccc_relay.credentials import CredentialError
@@ -91,6 +93,72 @@ config_option = click.option(
     help="The relay's YAML config (env CCC_CONFIG); default: embedded defaults.",
 )
 
+# Options ``ccc`` takes before the subcommand that a subcommand may take again.
+ROOT_OPTIONS = {"config_path": "--config", "socket_path": "--socket"}
+_GIVEN = click.core.ParameterSource.COMMANDLINE
+
+
+def _same(a: object, b: object) -> bool:
+    return os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
+def _inherit(name: str, inner: Callable[..., Any] | None) -> Callable[..., Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        value = _from_root(ctx, name, value)
+        return inner(ctx, param, value) if inner is not None else value
+
+    return callback
+
+
+def _from_root(ctx: click.Context, name: str, value: Any) -> Any:
+    """``value`` of option ``name``, or what ``ccc`` was given before the subcommand.
+
+    Typed is stronger than the environment: ``ccc --config A CMD`` uses A even with
+    CCC_CONFIG set; typed twice with different values is a contradiction, not a choice.
+    """
+    root = ctx.find_root()
+    if root is ctx or name not in root.params:
+        return value
+    outer = root.params[name]
+    outer_given = root.get_parameter_source(name) is _GIVEN
+    inner_given = ctx.get_parameter_source(name) is _GIVEN
+    if outer_given and inner_given and not _same(outer, value):
+        flag = ROOT_OPTIONS[name]
+        raise click.UsageError(
+            f"{flag} {outer} before the command and {flag} {value} after it: give one", ctx
+        )
+    if outer_given and not inner_given:
+        return outer
+    return value
+
+
+def inherit_root_options(command: click.Command) -> None:
+    """Let every subcommand of ``command`` honour ``--config``/``--socket`` given before it.
+
+    Each subcommand that has its own ``--config`` (or ``--socket``) reads the value
+    given to ``ccc`` when it was not given one itself, so no command can silently fall
+    back to the default relay. Called once on the whole tree, whoever defined the option.
+    """
+    if not isinstance(command, click.Group):
+        return
+    for sub in command.commands.values():
+        for param in sub.params:
+            if param.name in ROOT_OPTIONS and not getattr(param, "_ccc_inherits", False):
+                param.callback = _inherit(param.name, param.callback)
+                param._ccc_inherits = True  # type: ignore[attr-defined]
+        inherit_root_options(sub)
+
+
+def root_socket() -> str | None:
+    """The ``--socket`` typed before the subcommand, if any (not CCC_SOCKET)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    root = ctx.find_root()
+    if "socket_path" not in root.params or root.get_parameter_source("socket_path") is not _GIVEN:
+        return None
+    return str(root.params["socket_path"])
+
 
 def exit_code_for(exc: RelayError) -> int:
     """The exit code of an error: by its stable code, a refusal unless named there."""
@@ -98,11 +166,63 @@ def exit_code_for(exc: RelayError) -> int:
     return CODE_EXITS.get(exc.code, default)
 
 
-def load_host_config(config_path: str | None) -> Config:
+def load_host_config(config_path: str | None, *, operator: bool = True) -> Config:
+    """The relay's config, or exit 4 naming the file and its problem.
+
+    An ``operator`` command reaches the relay through the admin socket the config
+    names, so a ``--socket`` typed before it must be that config's socket: it cannot
+    pick another relay, and it is never silently ignored either (exit 2).
+    """
     try:
-        return host_config(config_path)
+        config = host_config(config_path)
     except ConfigError as exc:
-        fail(f"invalid config: {exc}", EXIT_CONFIG)
+        fail(config_problem(config_path or os.environ.get("CCC_CONFIG"), exc), EXIT_CONFIG)
+    socket = root_socket() if operator else None
+    if socket is not None and not _same(socket, config.socket_path):
+        where = f"the config {config.source}" if config.source else "the default config"
+        raise click.UsageError(
+            f"--socket {socket} is not the socket of {where} ({config.socket_path}); "
+            "operator commands reach a relay through the admin socket its config names: "
+            "use 'ccc --config FILE ...' to choose the relay"
+        )
+    return config
+
+
+def start_command(config: Config) -> str:
+    """The command that starts the relay ``config`` describes (its --config included)."""
+    if config.source is None:
+        return "ccc-statusd start"
+    return f"ccc-statusd start --config {shlex.quote(str(config.source))}"
+
+
+class OperatorClient(AdminClient):
+    """The admin client of one config: "not running" names that relay's start command."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.admin_socket_path)
+        self.config = config
+
+    def request(self, op: str, **args: Any) -> Any:
+        try:
+            return super().request(op, **args)
+        except RelayUnavailable as exc:
+            if exc.code != "relay_unavailable" or not exc.message.startswith("no relay is"):
+                raise
+            raise RelayUnavailable(
+                f"no relay is running (admin socket {self.path}); start it with "
+                f"'{start_command(self.config)}'"
+            ) from None
+
+
+def config_problem(path: str | None, exc: ConfigError) -> str:
+    """'invalid config FILE: problem' on one line, the file named once."""
+    problem = " ".join(str(exc).split())
+    if not path:
+        return f"invalid config: {problem}"
+    shown_path = os.path.abspath(path)
+    for prefix in (f"{path}: ", f"{shown_path}: "):
+        problem = problem.removeprefix(prefix)
+    return f"invalid config {shown_path}: {problem}"
 
 
 def _label(exit_code: int) -> str:

@@ -11,6 +11,7 @@ import click
 
 from ccc_relay.cli.common import (
     EXIT_USAGE,
+    OperatorClient,
     config_option,
     emit_json,
     fail,
@@ -18,14 +19,13 @@ from ccc_relay.cli.common import (
     load_host_config,
 )
 from ccc_relay.cli.terminal import shown
-from ccc_relay.client.admin import AdminClient
 from ccc_relay.policy.groups import group_name_problem
 from ccc_relay.protocol.frames import GroupAccepted
 from ccc_relay.protocol.names import agent_name_problem
 
 
-def _admin(config_path: str | None) -> AdminClient:
-    return AdminClient(load_host_config(config_path).admin_socket_path)
+def _admin(config_path: str | None) -> OperatorClient:
+    return OperatorClient(load_host_config(config_path))
 
 
 def _group_name(text: str) -> str:

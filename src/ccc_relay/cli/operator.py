@@ -17,22 +17,23 @@ import click
 from ccc_relay.cli.common import (
     EXIT_CONFLICT,
     EXIT_UNAVAILABLE,
+    OperatorClient,
     config_option,
     emit_json,
     fail,
     handle_errors,
     load_host_config,
+    start_command,
 )
-from ccc_relay.client.admin import AdminClient
 from ccc_relay.client.base import RelayError, RelayUnavailable
 from ccc_relay.credentials import Credential, write_credential_file
 from ccc_relay.policy.config import Config
 from ccc_relay.protocol.names import agent_name_problem
 
 
-def _admin(config_path: str | None) -> tuple[Config, AdminClient]:
+def _admin(config_path: str | None) -> tuple[Config, OperatorClient]:
     config = load_host_config(config_path)
-    return config, AdminClient(config.admin_socket_path)
+    return config, OperatorClient(config)
 
 
 def _check_name(name: str) -> None:
@@ -47,7 +48,7 @@ def _credential_path(config: Config, name: str, given: str | None) -> Path:
     if not config.state_dir.is_dir():
         raise RelayUnavailable(
             f"the relay's state dir {config.state_dir} does not exist; start the relay first "
-            "with 'ccc-statusd start'"
+            f"with '{start_command(config)}'"
         )
     # Made by whoever administers (root or the relay's user); never group/world readable.
     config.credentials_dir.mkdir(mode=0o700, exist_ok=True)
@@ -238,7 +239,7 @@ def show_status(config_path: str | None, as_json: bool) -> None:
     """What ``ccc status`` (and ``ccc-statusd status``, the same) prints."""
     config = load_host_config(config_path)
     try:
-        data: dict[str, Any] = AdminClient(config.admin_socket_path).request("status")
+        data: dict[str, Any] = OperatorClient(config).request("status")
     except RelayUnavailable as exc:
         if exc.code != "relay_unavailable":
             raise  # the relay may be there: this user may not ask it
@@ -247,7 +248,7 @@ def show_status(config_path: str | None, as_json: bool) -> None:
         else:
             click.echo(
                 f"ccc-statusd is not running (socket {config.socket_path}); "
-                "start it with 'ccc-statusd start'"
+                f"start it with '{start_command(config)}'"
             )
         sys.exit(EXIT_UNAVAILABLE)
     if as_json:

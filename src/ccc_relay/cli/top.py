@@ -12,9 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ccc_relay.cli.common import config_option, handle_errors, load_host_config
+from ccc_relay.cli.common import OperatorClient, config_option, handle_errors, load_host_config
 from ccc_relay.cli.render import console, duration, online, when
-from ccc_relay.client.admin import AdminClient
 
 
 def render(data: dict[str, Any], previous: dict[str, Any] | None, elapsed: float) -> Group:
@@ -72,7 +71,7 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None, elapsed: float
 def top(interval: float, once: bool, config_path: str | None) -> None:
     """A live view: agents, online state, rates, queues, refusals, alerts. Ctrl-C quits."""
     config = load_host_config(config_path)
-    admin = AdminClient(config.admin_socket_path)
+    admin = OperatorClient(config)
     data = admin.request("status")
     if once:
         console().print(render(data, None, 0.0))
