@@ -200,7 +200,7 @@ def test_a_podman_failure_is_told_in_the_users_words(
                                     capture_output=True, timeout=120, check=False)  # fmt: skip
             assert second.returncode == 125
             lines = second.stderr.strip().splitlines()
-            assert lines[0].startswith(f"Error: podman could not start {name}'s sandbox: a "
+            assert lines[0].startswith(f"error: podman could not start {name}'s sandbox: a "
                                        f"container named ccc-{name} already exists")  # fmt: skip
             assert f"podman rm -f ccc-{name}" in lines[0]
             assert "podman said:" in second.stderr  # the engine's own text follows

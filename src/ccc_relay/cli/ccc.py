@@ -19,12 +19,13 @@ import click
 
 from ccc_relay import __version__
 from ccc_relay.cli.common import (
+    adopt_command_tree,
     config_option,
     emit_json,
     emit_json_line,
     handle_errors,
-    inherit_root_options,
     load_host_config,
+    read_stdin_text,
 )
 from ccc_relay.cli.terminal import shown
 from ccc_relay.cli.when import Delay, DeliverAt
@@ -178,6 +179,10 @@ def send(
     """Send TEXT (or standard input) to agent TO, or to @GROUP: one copy to
     each member you may write to, one line per recipient ('ccc group').
 
+    TO may be NAME@HOST, an agent of another relay this one federates with; if
+    the federation link is down, the message is stored here and goes out when
+    the link is back (a note on stderr says so; --json has "forwarded": false).
+
     If the relay changed the text (secrets redacted, file-system paths escaped,
     invisible characters removed), the text TO receives is printed after the
     message id, each line quoted with "> ", and each change is noted on stderr.
@@ -187,7 +192,7 @@ def send(
     """
     from ccc_relay.peer import DirectReceipt, relay_or_direct
 
-    body = text if text is not None else sys.stdin.read()
+    body = text if text is not None else read_stdin_text()
     if delay is not None:
         deliver_at = time.time() + delay
     if to.startswith("@"):
@@ -412,7 +417,7 @@ def _register_commands() -> None:
         main.add_command(command)
     main.add_command(doctor)
     main.add_command(group)
-    inherit_root_options(main)
+    adopt_command_tree(main)
 
 
 _register_commands()

@@ -102,9 +102,41 @@ def _same(a: object, b: object) -> bool:
     return os.path.realpath(str(a)) == os.path.realpath(str(b))
 
 
-def _inherit(name: str, inner: Callable[..., Any] | None) -> Callable[..., Any]:
+# How a value that is not UTF-8 is named in the error (else by its flag or metavar).
+_INPUT_NAMES = {"text": "the message"}
+
+
+def not_utf8(what: str, data: bytes) -> str | None:
+    """The sentence for ``data`` that is not UTF-8 (None when it is)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{what} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+    return None
+
+
+class NotUtf8(click.UsageError):
+    """An argument that is not UTF-8: refused before anything is sent (exit 2)."""
+
+
+def _checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    # Python keeps undecodable argv bytes as lone surrogates; they would fail only
+    # when sent, as an internal error. Turn them back into bytes to name the first one.
+    for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, str) and not item.isascii():
+            raw = item.encode("utf-8", "surrogateescape")
+            name = _INPUT_NAMES.get(param.name or "", param.get_error_hint(ctx))
+            problem = not_utf8(name, raw)
+            if problem:
+                raise NotUtf8(problem, ctx)
+    return value
+
+
+def _adopted(param: click.Parameter, inner: Callable[..., Any] | None) -> Callable[..., Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        value = _from_root(ctx, name, value)
+        value = _checked(ctx, param, value)
+        if param.name in ROOT_OPTIONS:
+            value = _from_root(ctx, param.name, value)
         return inner(ctx, param, value) if inner is not None else value
 
     return callback
@@ -132,21 +164,21 @@ def _from_root(ctx: click.Context, name: str, value: Any) -> Any:
     return value
 
 
-def inherit_root_options(command: click.Command) -> None:
-    """Let every subcommand of ``command`` honour ``--config``/``--socket`` given before it.
+def adopt_command_tree(command: click.Command) -> None:
+    """Give every parameter of ``command`` and its subcommands the shared checks.
 
-    Each subcommand that has its own ``--config`` (or ``--socket``) reads the value
-    given to ``ccc`` when it was not given one itself, so no command can silently fall
-    back to the default relay. Called once on the whole tree, whoever defined the option.
+    An argument that is not UTF-8 is a usage error naming it; a subcommand's own
+    ``--config`` (or ``--socket``) reads the value given before the subcommand when
+    it was not given one itself, so no command can silently fall back to the
+    default relay. Done once on the whole tree, whoever defined the parameter.
     """
-    if not isinstance(command, click.Group):
-        return
-    for sub in command.commands.values():
-        for param in sub.params:
-            if param.name in ROOT_OPTIONS and not getattr(param, "_ccc_inherits", False):
-                param.callback = _inherit(param.name, param.callback)
-                param._ccc_inherits = True  # type: ignore[attr-defined]
-        inherit_root_options(sub)
+    for param in command.params:
+        if not getattr(param, "_ccc_adopted", False):
+            param.callback = _adopted(param, param.callback)
+            param._ccc_adopted = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            adopt_command_tree(sub)
 
 
 def root_socket() -> str | None:
@@ -301,6 +333,15 @@ def humane(message: str) -> str:
     return f"{prefix}{sep}{rest}"
 
 
+def read_stdin_text(what: str = "the message") -> str:
+    """Standard input as text, or exit 2 saying where it is not UTF-8."""
+    data = sys.stdin.buffer.read()
+    problem = not_utf8(f"{what} (standard input)", data)
+    if problem:
+        fail(problem, EXIT_USAGE)
+    return data.decode("utf-8")
+
+
 def emit_json(data: Mapping[str, Any]) -> None:
     """The one JSON document a command prints with --json: an object."""
     if not isinstance(data, Mapping):
@@ -314,19 +355,39 @@ def emit_json_line(data: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _json_in_argv() -> bool:
+    args = sys.argv[1:]
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def show_click_error(exc: click.ClickException) -> None:
+    """A usage or click error in the same shape as every other: ``error: ...``, the next
+    step, and the error object under --json (the command's context may not exist yet)."""
+    message = exc.format_message()
+    exit_code = exc.exit_code
+    if _json_in_argv():
+        emit_json({"error": {"code": _label(exit_code), "message": message, "exit": exit_code}})
+    text = f"error: {shown(message, one_line=True)}"
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        text += f"\n  next: see '{ctx.command_path} --help'"
+    click.echo(text, err=True)
+
+
 def run_main(command: click.Command) -> None:
     """Run a top-level command with no traceback for what escapes it.
 
     A defect still says what it was and how to see the traceback
     (CCC_DEBUG=1), and exits 70 (EX_SOFTWARE).
     """
+    adopt_command_tree(command)
     try:
         rv = command.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        show_click_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
