@@ -1,14 +1,24 @@
-"""Start-up step 5's confinement: Landlock to the relay's own dirs, then the self-check."""
+"""Start-up step 5's confinement: Landlock to the relay's own dirs, then the self-check.
+
+A relay with a ``federation:`` section may also connect over TCP to its NATS
+servers' ports (Landlock rules by port; the systemd unit's ``IPAddressAllow=``
+holds the addresses) and keeps reading its TLS and NKEY files, which each
+reconnect loads again. Its servers must be written as IP addresses: confined,
+the relay reads no /etc/hosts and may send no DNS query.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from ccc_relay.daemon.landlock import LandlockStatus, restrict_to
+from ccc_relay.daemon.landlock import LandlockError, LandlockStatus, restrict_to
 from ccc_relay.policy.config import Config
+from ccc_relay.policy.config_types import FederationConfig
 
 log = logging.getLogger("ccc_relay.daemon")
 
@@ -24,10 +34,51 @@ _SHARED_CONFIG_DIRS = frozenset(
 _HOME_ROOTS = frozenset({Path("/home")})  # /home/NAME is someone's home
 
 
-def confine(config: Config) -> tuple[LandlockStatus, dict[str, Any]]:
-    """Landlock: read-write only in the state, log and admin-socket dirs.
+class ServerAddressError(LandlockError):
+    """A NATS server named by a host name, which a confined relay cannot resolve."""
 
-    Returns the status and the sandbox report ``ccc status`` shows.
+
+def nats_endpoints(federation: FederationConfig) -> list[tuple[str, int]]:
+    """(IP address, port) of each of ``federation.servers``, in order.
+
+    Raises ServerAddressError for a server written as a host name.
+    """
+    endpoints = []
+    for url in federation.servers:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ServerAddressError(
+                f"federation.servers: {url!r} names its server by name, and the confined "
+                "relay reads no /etc/hosts and sends no DNS query: write its IP address "
+                f"(e.g. {parts.scheme}://192.0.2.10:{port}) and give the NATS server's "
+                "certificate that address as a subjectAltName"
+            ) from None
+        assert port is not None  # the config checked it
+        endpoints.append((str(address), port))
+    return endpoints
+
+
+def federation_files(federation: FederationConfig) -> list[Path]:
+    """The TLS and NKEY files the link reads again at every (re)connect. Raises nothing."""
+    files = (
+        federation.tls_ca,
+        federation.tls_cert,
+        federation.tls_key,
+        federation.nkey_seed,
+        federation.credentials,
+    )
+    return [f for f in files if f is not None]
+
+
+def confine(config: Config) -> tuple[LandlockStatus, dict[str, Any]]:
+    """Landlock: read-write only in the state, log and admin-socket dirs; TCP only to
+    the NATS servers' ports when the relay federates, else none.
+
+    Returns the status and the sandbox report ``ccc status`` shows. Raises
+    LandlockError (ServerAddressError for a NATS server given by name).
     """
     writable = [config.state_dir, config.audit.log_path]
     if config.per_agent_sockets and config.agent_sockets not in writable:
@@ -37,7 +88,11 @@ def confine(config: Config) -> tuple[LandlockStatus, dict[str, Any]]:
         writable.append(admin_dir)
     # The config stays readable so that a reload (SIGHUP) still works.
     readable, config_dir = config_read_rules(config.source)
-    status = restrict_to(writable, readable, files_ro=config_dir)
+    ports: list[int] = []
+    if config.federation is not None:
+        ports = [port for _, port in nats_endpoints(config.federation)]
+        readable += federation_files(config.federation)
+    status = restrict_to(writable, readable, files_ro=config_dir, connect_ports=ports)
     sandbox = {
         "landlock": status.message,
         "abi": status.abi,

@@ -2,8 +2,10 @@
 
 The rule: after ``restrict_to`` the process may read and write beneath the
 directories it was given, read (never execute) what the running Python needs
-to keep importing, open no TCP connection, reach no abstract Unix socket and
-signal no process outside itself -- for the rest of its life. Every access right
+to keep importing, bind no TCP port and connect over TCP only to the ports it
+was given (none unless the relay federates: its NATS servers' ports), reach no
+abstract Unix socket and signal no process outside itself -- for the rest of
+its life. Every access right
 the kernel's Landlock ABI knows is handled, none it does not. Where Landlock is
 missing the answer is a status that says why, for the caller to log; anything
 else that goes wrong is an error.
@@ -45,6 +47,7 @@ from ccc_relay.daemon.landlock_abi import (
     FS_WRITE_FILE,
     LANDLOCK_CREATE_RULESET_VERSION,
     LANDLOCK_RESTRICT_SELF_TSYNC,
+    LANDLOCK_RULE_NET_PORT,
     LANDLOCK_RULE_PATH_BENEATH,
     NET_BIND_TCP,
     NET_CONNECT_TCP,
@@ -77,6 +80,7 @@ __all__ = [
     "FS_WRITE_FILE",
     "LANDLOCK_CREATE_RULESET_VERSION",
     "LANDLOCK_RESTRICT_SELF_TSYNC",
+    "LANDLOCK_RULE_NET_PORT",
     "LANDLOCK_RULE_PATH_BENEATH",
     "NET_BIND_TCP",
     "NET_CONNECT_TCP",
@@ -167,6 +171,7 @@ def restrict_to(
     paths_ro: Sequence[Path] = (),
     *,
     files_ro: Sequence[Path] = (),
+    connect_ports: Sequence[int] = (),
     syscalls: LandlockSyscalls | None = None,
 ) -> LandlockStatus:
     """Confine this process for good to ``paths_rw`` (read-write) and ``paths_ro`` (read-only).
@@ -178,6 +183,9 @@ def restrict_to(
     working. Call it after privileges are dropped and every file the daemon
     needs outside these directories is open. Before Landlock ABI 8 it confines
     only the calling thread, so it must run before any other thread starts.
+    TCP connections may go to ``connect_ports`` only (any address: which
+    addresses is the systemd unit's ``IPAddressAllow=``); binding a TCP port
+    is never allowed. Before ABI 4 the kernel does not govern TCP at all.
     ``syscalls`` replaces the kernel calls (tests simulate a kernel without
     Landlock through it).
 
@@ -186,7 +194,11 @@ def restrict_to(
     is missing, when other threads run and the ABI cannot confine them, or when
     the kernel refuses a rule or the restriction.
     """
-    return _restrict(paths_rw, paths_ro, files_ro, syscalls or LandlockSyscalls())
+    for port in connect_ports:
+        if not 0 < port < 65536:
+            raise LandlockError(f"{port} is not a TCP port (1-65535)")
+    ports = tuple(sorted(set(connect_ports)))
+    return _restrict(paths_rw, paths_ro, files_ro, ports, syscalls or LandlockSyscalls())
 
 
 # --- internals ----------------------------------------------------------------
@@ -196,6 +208,7 @@ def _restrict(
     paths_rw: Sequence[Path],
     paths_ro: Sequence[Path],
     files_ro: Sequence[Path],
+    connect_ports: tuple[int, ...],
     syscalls: LandlockSyscalls,
 ) -> LandlockStatus:
     try:
@@ -223,6 +236,13 @@ def _restrict(
     try:
         for path, access, required in rules:
             _add_path(syscalls, ruleset_fd, path, access, required=required)
+        for port in connect_ports if net else ():
+            try:
+                syscalls.add_net_rule(ruleset_fd, NET_CONNECT_TCP, port)
+            except OSError as exc:
+                raise LandlockError(
+                    f"TCP port {port}: landlock_add_rule failed: {exc.strerror}"
+                ) from None
         try:
             syscalls.set_no_new_privs()
         except PrivilegeError as exc:
@@ -233,7 +253,7 @@ def _restrict(
             raise LandlockError(f"landlock_restrict_self failed: {exc.strerror}") from None
     finally:
         os.close(ruleset_fd)
-    return LandlockStatus(True, abi, _describe(abi, paths_rw, net, scope))
+    return LandlockStatus(True, abi, _describe(abi, paths_rw, net, scope, connect_ports))
 
 
 def _add_path(
@@ -291,10 +311,19 @@ def _why_unavailable(exc: OSError) -> str:
     return f"landlock_create_ruleset answered {errno.errorcode.get(exc.errno or 0, exc.errno)}"
 
 
-def _describe(abi: int, paths_rw: Sequence[Path], net: int, scope: int) -> str:
+def _describe(
+    abi: int, paths_rw: Sequence[Path], net: int, scope: int, connect_ports: Sequence[int]
+) -> str:
     writable = ", ".join(str(p) for p in paths_rw) or "nothing"
     parts = [f"Landlock enforced (ABI {abi}): read-write only beneath {writable}"]
-    parts.append("TCP denied" if net else "TCP not restricted (ABI before 4)")
+    if not net:
+        parts.append("TCP not restricted (ABI before 4)")
+    elif connect_ports:
+        ports = ", ".join(str(p) for p in connect_ports)
+        plural = "s" if len(connect_ports) > 1 else ""
+        parts.append(f"TCP connect only to port{plural} {ports}, no TCP bind")
+    else:
+        parts.append("TCP denied")
     if scope:
         parts.append("abstract Unix sockets and signals scoped to the daemon")
     else:

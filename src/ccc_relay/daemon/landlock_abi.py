@@ -2,8 +2,9 @@
 
 What the kernel defines and how to ask it: the three syscall numbers, every
 access-right and scope bit with the ABI version that added it, which rights a
-ruleset handles at each version, ``struct landlock_ruleset_attr`` and
-``struct landlock_path_beneath_attr`` as each version lays them out, and
+ruleset handles at each version, ``struct landlock_ruleset_attr``,
+``struct landlock_path_beneath_attr`` and ``struct landlock_net_port_attr`` as
+each version lays them out, and
 ``LandlockSyscalls``, thin ctypes wrappers that raise OSError. No policy lives
 here: which rights a directory gets, and what the process is confined to, is
 ``landlock.py``'s.
@@ -44,6 +45,7 @@ _ARCHITECTURES = frozenset(
 
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2  # ABI 4
 LANDLOCK_RESTRICT_SELF_TSYNC = 1 << 3  # ABI 8: confine every thread at once
 
 # Filesystem access rights (enum landlock_access_fs) and the ABI that added them.
@@ -98,6 +100,14 @@ class LandlockSyscalls:
         attr = struct.pack("=Qi", allowed_access, parent_fd)
         buf = ctypes.create_string_buffer(attr, len(attr))
         self._call(1, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, buf, 0)
+
+    def add_net_rule(self, ruleset_fd: int, allowed_access: int, port: int) -> None:
+        """Allow ``allowed_access`` (NET_* rights) on TCP ``port``. Raises OSError as the
+        kernel answers."""
+        # struct landlock_net_port_attr is packed: u64 rights then u64 port, 16 bytes.
+        attr = struct.pack("=QQ", allowed_access, port)
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        self._call(1, ruleset_fd, LANDLOCK_RULE_NET_PORT, buf, 0)
 
     def restrict_self(self, ruleset_fd: int, flags: int) -> None:
         """Enforce the ruleset, irreversibly. Raises OSError as the kernel answers."""

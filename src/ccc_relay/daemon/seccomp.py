@@ -19,6 +19,7 @@ It is not loaded with libseccomp: the relay hands the compiled program to
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import functools
 import logging
@@ -38,6 +39,8 @@ INSTALL_HINT = "install it with: sudo apt-get install libseccomp2"
 ACT_ALLOW = 0x7FFF0000
 _ACT_ERRNO = 0x00050000
 CMP_NE = 1
+CMP_EQ = 4
+CMP_GT = 6
 CMP_MASKED_EQ = 7
 _ATTR_ACT_BADARCH = 2
 _ATTR_CTL_NNP = 3
@@ -60,6 +63,11 @@ NAMESPACE_FLAGS = (
 )
 PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads, never changes
 AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+SOCK_STREAM = 1
+SOCK_TYPE_MASK = 0xF  # the rest of socket()'s type is SOCK_NONBLOCK / SOCK_CLOEXEC
+IPPROTO_TCP = 6
 _ARCH_S390 = 22  # EM_S390: clone's flags are its second argument there
 
 # Groups of calls neither the relay nor an agent's sandbox needs. Names this
@@ -136,6 +144,9 @@ class SyscallPolicy:
     personality_query_only: bool = False  # personality() other than the query: EPERM
     denied_ioctls: tuple[int, ...] = ()  # ioctl() requests refused with EPERM
     socket_family: int | None = None  # socket() of any other family: EPERM
+    # With socket_family: also TCP sockets (AF_INET/AF_INET6, SOCK_STREAM, protocol
+    # 0 or IPPROTO_TCP) -- a federating relay's link to NATS; no UDP, raw or SCTP.
+    tcp: bool = False
 
     def refused(self) -> list[str]:
         """Every call the filter refuses in some form, for reports and docs."""
@@ -147,7 +158,8 @@ class SyscallPolicy:
         if self.denied_ioctls:
             names.append("ioctl (" + ", ".join(f"{r:#x}" for r in self.denied_ioctls) + ")")
         if self.socket_family is not None:
-            names.append(f"socket (but family {self.socket_family})")
+            tcp = " and TCP" if self.tcp else ""
+            names.append(f"socket (but family {self.socket_family}{tcp})")
         return names
 
 
@@ -165,6 +177,18 @@ DAEMON_POLICY = SyscallPolicy(
     ),
     socket_family=AF_UNIX,
 )
+
+# A relay with a federation: section also opens TCP connections to its NATS
+# servers; which ports Landlock decides, which addresses the systemd unit.
+# connect(2) itself stays allowed in both: the relay connects to Unix sockets
+# (a stale socket's probe), and seccomp cannot read the address it is given.
+FEDERATING_POLICY = dataclasses.replace(DAEMON_POLICY, tcp=True)
+
+
+def daemon_policy(*, federating: bool) -> SyscallPolicy:
+    """The relay's filter: Unix sockets only, plus TCP when it federates. Raises nothing."""
+    return FEDERATING_POLICY if federating else DAEMON_POLICY
+
 
 DAEMON_PROBE = "unshare(0)"  # harmless when allowed; the filter must refuse it
 # Loaded before the event loop exists: libuv (uvloop) then keeps to epoll
@@ -395,8 +419,37 @@ def _rules(
     for request in policy.denied_ioctls:
         # The kernel reads the request as 32 bits; so does the comparison.
         yield eperm, "ioctl", ((1, CMP_MASKED_EQ, 0xFFFFFFFF, request),)
-    if policy.socket_family is not None:
+    if policy.socket_family is not None and not policy.tcp:
         yield eperm, "socket", ((0, CMP_NE, policy.socket_family, 0),)
+    elif policy.socket_family is not None:
+        yield from _tcp_socket_rules(policy.socket_family, eperm)
+
+
+def _tcp_socket_rules(
+    family: int, eperm: int
+) -> Iterator[tuple[int, str, tuple[tuple[int, int, int, int], ...]]]:
+    """socket() refused but for ``family`` and TCP over IPv4/IPv6.
+
+    A rule compares each argument once and its comparisons must all hold, so
+    "none of these families" is one rule per refused family, and "any type but
+    SOCK_STREAM" one per other type.
+    """
+    allowed = {family, AF_INET, AF_INET6}
+    for other in range(max(allowed) + 1):
+        if other not in allowed:
+            yield eperm, "socket", ((0, CMP_EQ, other, 0),)
+    yield eperm, "socket", ((0, CMP_GT, max(allowed), 0),)
+    for inet in (AF_INET, AF_INET6):
+        for kind in range(SOCK_TYPE_MASK + 1):
+            if kind != SOCK_STREAM:
+                yield (
+                    eperm,
+                    "socket",
+                    ((0, CMP_EQ, inet, 0), (1, CMP_MASKED_EQ, SOCK_TYPE_MASK, kind)),
+                )
+        for protocol in range(1, IPPROTO_TCP):
+            yield eperm, "socket", ((0, CMP_EQ, inet, 0), (2, CMP_EQ, protocol, 0))
+        yield eperm, "socket", ((0, CMP_EQ, inet, 0), (2, CMP_GT, IPPROTO_TCP, 0))
 
 
 def _check(result: int, what: str) -> None:

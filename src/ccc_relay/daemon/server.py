@@ -51,7 +51,7 @@ from ccc_relay.daemon.connection import AgentConnection
 from ccc_relay.daemon.housekeeping import WriteCheckpoint, audit_upkeep, sweep_sessions
 from ccc_relay.daemon.operator import Operator
 from ccc_relay.daemon.privileges import drop_privileges
-from ccc_relay.daemon.seccomp import DaemonFilter, refuse_io_uring
+from ccc_relay.daemon.seccomp import DaemonFilter, daemon_policy, refuse_io_uring
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.daemon.signing import MessageSigner, PeerKeys
 from ccc_relay.daemon.sockets import (
@@ -147,7 +147,8 @@ class Daemon:
         # Loaded (or created, owned by the relay's user) before the confinement.
         self.checkpoint_key = load_or_create_signing_key(config.state_dir)
         if self.harden:
-            syscalls = DaemonFilter()  # compiled now: Landlock hides libseccomp from the loader
+            # Compiled now: Landlock hides libseccomp from the loader.
+            syscalls = DaemonFilter(daemon_policy(federating=config.federation is not None))
             status, self.sandbox = confine(config)
             check_confinement(status, self.sandbox)
             self.sandbox.update(syscalls.enforce())
