@@ -151,7 +151,9 @@ class FederationRunner:
         pending.outcome = None  # answered once
         if conn is not None:
             shell = self.shell
-            shell.run(shell.core.forward_answered(conn, outcome, forwarded, shell.clock()))
+            shell.guarded(
+                conn, lambda: shell.core.forward_answered(conn, outcome, forwarded, shell.clock())
+            )
 
     def _link_changed(self) -> None:
         if not self.link.connected:
@@ -282,7 +284,7 @@ class FederationRunner:
             except Exception:
                 shell.core.arrivals_failed(arrivals)
                 raise
-        shell._guarded(None, lambda: shell.core.arrived(arrivals, shell.clock()))
+        shell.guarded(None, lambda: shell.core.arrived(arrivals, shell.clock()))
         for message, verdict in zip(batch, opened, strict=True):
             if verdict.envelope is None:
                 await message.term()

@@ -216,6 +216,9 @@ class RelayShell:
         except Exception as exc:
             self._defect(cid, exc)
 
+    # For the parts beside the shell (federation): one step of the core, guarded.
+    guarded = _guarded
+
     def _defect(self, cid: int | None, exc: BaseException | None) -> None:
         log.error("internal error on connection %s", cid, exc_info=exc)
         now = self.clock()
