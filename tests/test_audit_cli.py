@@ -268,3 +268,35 @@ def test_the_config_file_names_the_log_wherever_the_option_is_given(tmp_path: Pa
         assert json.loads(done.stdout.splitlines()[-1])["body"] == "configured"
     via_env = run_cli("ccc", "audit", "tail", "--json", env={**env, "CCC_CONFIG": str(config)})
     assert json.loads(via_env.stdout.splitlines()[-1])["body"] == "configured"
+
+
+# --- no log where it looks -------------------------------------------------------------------
+
+
+def test_no_log_where_it_looks_is_not_a_clean_log(tmp_path: Path) -> None:
+    """A wrong config or user looks elsewhere: that must fail, not verify 0 lines."""
+    empty = tmp_path / "nc-empty"  # does not exist
+    env = {"CCC_CACHE_DIR": str(empty), "CCC_CONFIG": ""}
+    verify = run_cli("ccc", "audit", "verify", env=env)
+    assert verify.returncode == 1 and "OK" not in verify.stdout
+    assert verify.stderr.startswith(
+        f"error: no audit log in {empty}/audit (the directory does not exist): "
+        f"that is where the embedded defaults put it for uid {os.geteuid()}; check that this "
+        "is the relay's config ('ccc --config FILE audit ...' or CCC_CONFIG) and that you run "
+        "this as the relay's user"
+    ), verify.stderr
+    as_json = run_cli("ccc", "audit", "verify", "--json", env=env)
+    error = json.loads(as_json.stdout)["error"]
+    assert (as_json.returncode, error["exit"], error["code"]) == (1, 1, "no_audit_log")
+    (empty / "audit").mkdir(parents=True)  # there, but no day file in it
+    for command in (["tail"], ["search", "--from", "alice"], ["tail", "-f"]):
+        done = run_cli("ccc", "audit", *command, "--json", env=env, timeout=20)
+        assert done.returncode == 6, (command, done.stderr)
+        assert f"no audit log in {empty}/audit (the directory holds no audit-DAY.jsonl" in (
+            done.stderr
+        )
+        assert json.loads(done.stdout)["error"]["code"] == "not_found"
+    config = tmp_path / "relay.yaml"
+    config.write_text(f"daemon:\n  state_dir: {tmp_path}/st\n")
+    named = run_cli("ccc", "--config", str(config), "audit", "verify", env=env)
+    assert named.returncode == 1 and f"where the config {config} put it" in named.stderr

@@ -29,6 +29,7 @@ import click
 
 from ccc_relay.cli.common import (
     EXIT_CONFIG,
+    EXIT_NOT_FOUND,
     EXIT_REFUSED,
     EXIT_UNSEALED,
     OperatorClient,
@@ -55,6 +56,31 @@ FOLLOW_INTERVAL = 0.5  # seconds between looks at the log for -f
 
 def _config(config_path: str | None) -> Config:
     return load_host_config(config_path)
+
+
+def _require_log(config: Config, exit_code: int, code: str) -> Path:
+    """The log directory, or exit saying there is no log there and what to check.
+
+    An empty or missing log must not read as a clean one: a wrong --config or the
+    wrong user looks in another place, where nothing can fail verification.
+    """
+    from ccc_relay.audit.files import audit_files
+
+    log_dir = config.audit.log_path
+    try:
+        if audit_files(log_dir):
+            return log_dir
+    except OSError as exc:
+        fail(f"cannot read the audit log in {log_dir}: {exc.strerror or exc}", EXIT_CONFIG)
+    what = "does not exist" if not log_dir.exists() else "holds no audit-DAY.jsonl file"
+    source = f"the config {config.source}" if config.source else "the embedded defaults"
+    fail(
+        f"no audit log in {log_dir} (the directory {what}): that is where {source} put "
+        f"it for uid {os.geteuid()}; check that this is the relay's config ('ccc --config "
+        "FILE audit ...' or CCC_CONFIG) and that you run this as the relay's user",
+        exit_code,
+        code=code,
+    )
 
 
 def _print(records: Iterable[dict[str, Any]], as_json: bool) -> None:
@@ -113,6 +139,7 @@ def verify(
     from ccc_relay.audit.verify import verify_log
 
     config = _config(config_path)
+    log_dir = _require_log(config, EXIT_BROKEN, "no_audit_log")
     notes: list[str] = []
     try:
         # Read the head before the files: the log only ever runs ahead of relay.db.
@@ -125,7 +152,6 @@ def verify(
         notes.append(f"no head recorded in {config.db_path}: a cut tail cannot be detected")
     key, key_source = _public_key(config, pubkey_path, notes)
     seal_key = _seal_key(seal_key_arg)
-    log_dir = config.audit.log_path
     try:
         with spinner(f"verifying the audit log in {log_dir}"):
             report = verify_log(
@@ -376,7 +402,7 @@ def tail_command(config_path: str | None, count: int, follow: bool, as_json: boo
     """Print the last audit lines (time, seq, event, who->whom, code, summary)."""
     from ccc_relay.audit.query import Follower, tail
 
-    log_dir = _config(config_path).audit.log_path
+    log_dir = _require_log(_config(config_path), EXIT_NOT_FOUND, "not_found")
     try:
         follower = Follower(log_dir) if follow else None
         end = (follower.path, follower.offset) if follower and follower.path else None
@@ -412,7 +438,7 @@ def search_command(
     """Print the audit lines that match every condition given, oldest first."""
     from ccc_relay.audit.query import Query, search
 
-    log_dir = _config(config_path).audit.log_path
+    log_dir = _require_log(_config(config_path), EXIT_NOT_FOUND, "not_found")
     now = time.time()
     query = Query(
         sender=sender, recipient=recipient, code=code, events=events,

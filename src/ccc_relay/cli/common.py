@@ -42,7 +42,7 @@ EXIT_USAGE = 2  # click's own: a wrong option or argument
 EXIT_UNAVAILABLE = 3  # no relay reachable
 EXIT_CONFIG = 4  # a config, key or file that cannot be used as it is
 EXIT_UNSEALED = 5  # audit verify: the log verifies but ends in an unsealed tail
-EXIT_NOT_FOUND = 6  # no such agent, held message, alarm
+EXIT_NOT_FOUND = 6  # no such agent, held message, alarm, audit log; no rule to remove
 EXIT_CONFLICT = 7  # it exists already, or is not in the state the command needs
 EXIT_CREDENTIAL = 8  # a credential missing or refused, a socket this user may not open
 
@@ -56,7 +56,8 @@ EXIT_CODES: tuple[tuple[int, str, str], ...] = (
     (EXIT_CONFIG, "bad_config", "a config, key or file that cannot be used as it is"),
     (EXIT_UNSEALED, "unsealed_tail", "audit verify: the log verifies but lines follow "
      "its last seal"),
-    (EXIT_NOT_FOUND, "not_found", "no such agent, held message or alarm"),
+    (EXIT_NOT_FOUND, "not_found", "no such agent, held message, alarm, rule to remove or "
+     "audit log"),
     (EXIT_CONFLICT, "conflict", "it exists already, or is not in the state the command needs"),
     (EXIT_CREDENTIAL, "credential", "a credential missing or refused, or a socket this user "
      "may not open"),
