@@ -54,6 +54,27 @@ def test_the_seed_block_loads_verbatim(tmp_path: Path) -> None:
     assert config.audit.retention == 30 * 86400
 
 
+def test_a_relay_with_its_own_user_keeps_its_state_in_var_lib(tmp_path: Path) -> None:
+    # The seed names no state_dir: whoever reads the file (root starting it, the
+    # relay's user, an operator) must find the same directory, and never the
+    # reader's own development state in a home.
+    path = tmp_path / "seed.yaml"
+    path.write_text(SEED_BLOCK)
+    for env in ({"HOME": "/root"}, {"CCC_CACHE_DIR": str(tmp_path / "dev")}, {}):
+        config = load_config(path, env=env)
+        assert config.state_dir == Path("/var/lib/ccc-statusd")
+        assert config.admin_socket_path == Path("/var/lib/ccc-statusd/admin.sock")
+    assert load_config(path).audit.log_path == Path("/var/log/claude-ipc")
+    # Without daemon.user the relay is a user's own: the development default.
+    mine = config_from_mapping({"daemon": {}}, env={"CCC_CACHE_DIR": str(tmp_path / "dev")})
+    assert mine.state_dir == tmp_path / "dev"
+    # A state_dir given is kept.
+    given = config_from_mapping(
+        {"daemon": {"user": "claude-ipc", "state_dir": str(tmp_path / "st")}}, env={}
+    )
+    assert given.state_dir == tmp_path / "st"
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [

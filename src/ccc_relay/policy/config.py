@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_RETENTION",
     "DEFAULT_SESSION_TIMEOUT",
     "MAX_MESSAGE_SIZE_CEILING",
+    "PRODUCTION_STATE_DIR",
     "AuditConfig",
     "Config",
     "ConfigError",
@@ -86,6 +87,13 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     if env.get("XDG_CACHE_HOME"):
         return Path(env["XDG_CACHE_HOME"]).expanduser() / "ccc-status"
     return Path.home() / ".cache" / "ccc-status"
+
+
+# The state dir of a relay that runs as its own user (daemon.user) when the file
+# names none: systemd's StateDirectory=ccc-statusd, and the same for whoever reads
+# the file (root, the relay's user, an operator), where a home-based default
+# would differ per reader and lie in a home the relay's user may not enter.
+PRODUCTION_STATE_DIR = Path("/var/lib/ccc-statusd")
 
 
 def embedded_defaults(env: Mapping[str, str] | None = None) -> Config:
@@ -199,7 +207,8 @@ def config_from_mapping(
     reject_unknown_keys(audit, _AUDIT_KEYS, "daemon.audit.")
 
     base = embedded_defaults(env)
-    state_dir = read_absolute_path(daemon, "state_dir", "daemon.", base.state_dir)
+    default_state = PRODUCTION_STATE_DIR if daemon.get("user") is not None else base.state_dir
+    state_dir = read_absolute_path(daemon, "state_dir", "daemon.", default_state)
     limits = parse_limits(security)
     federation = parse_federation(data.get("federation"))
     config = Config(
