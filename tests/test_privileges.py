@@ -22,6 +22,7 @@ from ccc_relay.daemon.privileges import (
     describe_missing,
     drop_privileges,
     root_check,
+    sudo,
 )
 
 NOBODY = "nobody"
@@ -226,7 +227,7 @@ def test_drop_with_a_missing_socket_group_says_how_to_create_it(account: Account
     print(json.dumps({"error": error, "uids": os.getresuid()}))
     """
     got = run_child(code, account.user, MISSING_GROUP)
-    assert f"sudo groupadd --system {MISSING_GROUP}" in str(got["error"])
+    assert f"groupadd --system {MISSING_GROUP}" in str(got["error"])
     assert got["uids"] == [0, 0, 0]
 
 
@@ -280,10 +281,11 @@ def test_missing_user_and_group_each_get_a_command() -> None:
     sentences = describe_missing(MISSING_USER, MISSING_GROUP)
     text = "\n".join(sentences)
     assert (
-        f"sudo useradd --system --no-create-home --shell /usr/sbin/nologin {MISSING_USER}" in text
+        f"{sudo()}useradd --system --no-create-home --shell /usr/sbin/nologin {MISSING_USER}"
+        in text
     )
-    assert f"sudo groupadd --system {MISSING_GROUP}" in text
-    assert f"sudo usermod --append --groups {MISSING_GROUP} {MISSING_USER}" in text
+    assert f"{sudo()}groupadd --system {MISSING_GROUP}" in text
+    assert f"{sudo()}usermod --append --groups {MISSING_GROUP} {MISSING_USER}" in text
     assert len(sentences) == 3
 
 
@@ -291,7 +293,7 @@ def test_missing_user_and_group_each_get_a_command() -> None:
 def test_a_user_outside_the_group_is_told_how_to_join(account: Account) -> None:
     assert describe_missing(account.user, account.socket_group) == [
         f"user {account.user!r} is not in group {account.socket_group!r}; add it with: "
-        f"sudo usermod --append --groups {account.socket_group} {account.user}"
+        f"usermod --append --groups {account.socket_group} {account.user}"  # root: no sudo
     ]
 
 
@@ -304,3 +306,25 @@ def test_nothing_missing_means_no_sentences(account: Account) -> None:
 
 def test_numeric_ids_are_accepted() -> None:
     assert describe_missing(str(pwd.getpwnam(NOBODY).pw_uid), None) == []
+
+
+def test_printed_fixes_say_sudo_only_to_someone_who_is_not_root() -> None:
+    said = describe_missing(MISSING_USER, None)[0]
+    assert said.endswith(f"create it with: {sudo()}useradd --system --no-create-home "
+                         f"--shell /usr/sbin/nologin {MISSING_USER}")  # fmt: skip
+    assert sudo() == ("" if os.geteuid() == 0 else "sudo ")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return
+    # The same check as an unprivileged user: the fix now starts with sudo.
+    nobody = pwd.getpwnam(NOBODY)
+    probe = "from ccc_relay.daemon.privileges import describe_missing as d; print(d(%r, None)[0])"
+    result = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         "/usr/bin/python3", "-c", probe % MISSING_USER],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    if result.returncode != 0 and "Permission denied" in result.stderr:
+        pytest.skip("the source tree is not readable by nobody")
+    assert result.returncode == 0, result.stderr
+    assert "create it with: sudo useradd --system" in result.stdout

@@ -117,14 +117,23 @@ def describe_missing(user: str | None, group: str | None) -> list[str]:
     entry = _find_group(group)
     if entry is None:
         sentences.append(
-            f"group {group!r} does not exist; create it with: sudo groupadd --system {group}"
+            f"group {group!r} does not exist; create it with: {sudo()}groupadd --system {group}"
         )
     if user is not None and (entry is None or account is None or not _is_member(account, entry)):
         sentences.append(
             f"user {user!r} is not in group {group!r}; add it with: "
-            f"sudo usermod --append --groups {group} {user}"
+            f"{sudo()}usermod --append --groups {group} {user}"
         )
     return sentences
+
+
+def group_ids(target: pwd.struct_passwd, group: str | None) -> list[int]:
+    """The groups ``target`` holds once the relay has dropped to it: its own, and
+    ``group`` (the socket group), sorted.
+
+    Raises PrivilegeError when ``group`` does not exist or root's group is among them.
+    """
+    return _supplementary_groups(target, group)
 
 
 def set_no_new_privs() -> None:
@@ -163,11 +172,17 @@ def count_threads() -> int:
         return threading.active_count()
 
 
+def sudo() -> str:
+    """``"sudo "`` to put before a printed fix that needs root, or nothing when this
+    process is root already (who has no sudo to type). Raises nothing."""
+    return "" if os.geteuid() == 0 else "sudo "
+
+
 # --- internals ----------------------------------------------------------------
 
 
 def _useradd(user: str) -> str:
-    return f"sudo useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
+    return f"{sudo()}useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
 
 
 def _find_user(user: str) -> pwd.struct_passwd | None:
@@ -220,7 +235,7 @@ def _supplementary_groups(target: pwd.struct_passwd, group: str | None) -> list[
         entry = _find_group(group)
         if entry is None:
             raise PrivilegeError(
-                f"group {group!r} does not exist; create it with: sudo groupadd --system {group}"
+                f"group {group!r} does not exist; create it with: {sudo()}groupadd --system {group}"
             )
         # Kept so the relay can give sockets it creates later to the agents' group.
         gids.add(entry.gr_gid)
