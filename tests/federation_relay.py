@@ -1,9 +1,9 @@
 """One relay as its own process for the federation end-to-end tests.
 
 ``python -m tests.federation_relay CONFIG`` runs ``Daemon(config)`` in the
-foreground, unhardened: the daemon's seccomp filter and Landlock rules do not
-let a federating relay reach NATS yet, and these tests are about delivery, not
-confinement. ``CCC_TEST_CRASH`` makes the process SIGKILL itself at one point:
+foreground, unhardened, for the tests that stage a crash: ``CCC_TEST_CRASH``
+patches this process to SIGKILL itself at one point (the other runs in those
+tests use the real, hardened ``ccc-statusd start``):
 
 * ``after_publish``: the stream acked a publish; the outbox row is not deleted;
 * ``before_ack``: arrivals are committed; the stream has not been acked.

@@ -28,6 +28,7 @@ from ccc_relay.protocol.federation import Envelope, encode_envelope, signed_byte
 from ccc_relay.protocol.frames import Accepted, Message
 from tests.nats_support import NatsServer
 from tests.relay_process import RelayProcess
+from tests.support import BIN
 
 pytest_plugins = ("tests.nats_fixtures",)
 pytestmark = pytest.mark.slow
@@ -76,9 +77,16 @@ class FederatedRelay(RelayProcess):
         env.pop("CCC_TEST_CRASH", None)
         if self.crash:
             env["CCC_TEST_CRASH"] = self.crash
+        # The real daemon, hardened (seccomp, Landlock), unless a crash is staged:
+        # then tests/federation_relay.py, which can stop itself at that point.
+        command = (
+            [sys.executable, "-m", "tests.federation_relay", str(self.config)]
+            if self.crash
+            else [str(BIN / "ccc-statusd"), "start", "--allow-root", "--config", str(self.config)]
+        )
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.federation_relay", str(self.config)],
+                command,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,
