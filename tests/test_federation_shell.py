@@ -68,6 +68,7 @@ class FakeLink:
         self.on_change = on_change
         self._connected = True
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.max_payload = 1024 * 1024
 
     @property
     def connected(self) -> bool:
@@ -223,6 +224,29 @@ def test_a_link_that_is_down_stores_remote_sends_and_drains_when_back(pair: Pair
         wait_for(lambda: got.extend(m.id for m in b.inbox()) or len(got) >= 5, timeout=10)
         assert got == ids  # in order, each once
     wait_for(lambda: {i for x in events(pair.h1, "forwarded") for i in x["ids"]} == set(ids))
+
+
+def test_an_envelope_the_server_cannot_take_holds_up_nothing_and_its_sender_is_told(
+    pair: Pair,
+) -> None:
+    alice = pair.h1.add_agent("alice")
+    bob = pair.h2.add_agent("bob")
+    wait_for(lambda: len(pair.links) == 2 and all(link.loop for link in pair.links.values()))
+    pair.links["h1"].max_payload = 2000
+    with pair.h1.client(alice) as a, pair.h2.client(bob) as b:
+        big = a.send("bob@h2", "x" * 3000)
+        assert isinstance(big, Accepted) and big.forwarded is False
+        small = a.send("bob@h2", "small")
+        assert isinstance(small, Accepted) and small.forwarded is True
+        b.subscribe()
+        got = b.wait_for_message(10)
+        assert got is not None and got.id == small.id
+        a.subscribe()
+        notice = a.wait_for_message(10)
+        assert notice is not None and notice.sender == "relay" and big.id in notice.body
+        assert "max_payload" in notice.body
+    [failed] = events(pair.h1, "forward_failed")
+    assert failed["id"] == big.id and failed["to"] == "bob@h2"
 
 
 def test_a_pair_h2_forbids_is_bounced_to_the_sender_from_relay_at_h2(

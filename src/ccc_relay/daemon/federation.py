@@ -20,6 +20,7 @@ imports it then, and this module imports the NATS link then).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.effects import Forward, SendOutcome
-from ccc_relay.core.federation import Federation, Opened
+from ccc_relay.core.federation import RELAY, Federation, Opened
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.policy.config_types import FederationConfig
@@ -187,7 +188,9 @@ class FederationRunner:
             while not (self._queue and self.link.connected):
                 self._wake.clear()
                 await self._wake.wait()
-            chunk = [self._queue[i] for i in range(min(WINDOW, len(self._queue)))]
+            if self._too_large(self._queue[0]):
+                continue
+            chunk = self._chunk()
             results = await asyncio.gather(
                 *(self._publish(p.entry) for p in chunk), return_exceptions=True
             )
@@ -218,6 +221,73 @@ class FederationRunner:
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, RETRY_MAX)
+
+    def _chunk(self) -> list[_Pending]:
+        """The next envelopes to publish together, in order; one too large for the
+        server ends the chunk (it is dropped when it comes first)."""
+        limit = self._max_payload()
+        chunk: list[_Pending] = []
+        for pending in itertools.islice(self._queue, WINDOW):
+            if len(pending.entry.payload) > limit:
+                break
+            chunk.append(pending)
+        return chunk
+
+    def _max_payload(self) -> int:
+        value = getattr(self.link, "max_payload", None)
+        return value if isinstance(value, int) and value > 0 else 2**62
+
+    def _too_large(self, pending: _Pending) -> bool:
+        """An envelope over the server's max_payload can never be published: it leaves
+        the queue (so it holds up nothing behind it) and the outbox, audited, and its
+        sender is told by a message from ``relay``."""
+        entry = pending.entry
+        limit = self._max_payload()
+        if len(entry.payload) <= limit:
+            return False
+        self._queue.popleft()
+        self._queued.discard(entry.stream_id)
+        self._answer(pending, False)
+        shell = self.shell
+        core = shell.core
+        now = shell.clock()
+        reason = (
+            f"the envelope is {len(entry.payload)} bytes and the NATS server takes at most "
+            f"{limit} (its max_payload)"
+        )
+        log.error(
+            "federation: %s to %s cannot be forwarded: %s", entry.stream_id, entry.recipient, reason
+        )
+        line = AuditRecord(
+            now,
+            "forward_failed",
+            {"id": entry.stream_id, "from": entry.sender, "to": entry.recipient, "reason": reason},
+        )
+        notices = []
+        if entry.sender in core.agents:
+            body = (
+                f"your message {entry.stream_id} to {entry.recipient} cannot be forwarded: {reason}"
+            )
+            notices.append(
+                core.new_message(RELAY, entry.sender, body, now, reply_to=entry.stream_id)
+            )
+        job: Job[list[tuple[str, str, int]]] = Job(
+            op=DeleteForwarded((entry.stream_id,)), messages=notices, audit=[line]
+        )
+        try:
+            future = self.committer.submit(job)
+        except StoreFailure:
+            return True
+        assert future is not None
+
+        def done(result: asyncio.Future[list[tuple[str, str, int]]]) -> None:
+            self._deleted(result)
+            if not result.cancelled() and result.exception() is None:
+                for notice in notices:
+                    shell.run(core.message_committed(notice, shell.clock()))
+
+        future.add_done_callback(done)
+        return True
 
     async def _publish(self, entry: OutboxEntry) -> None:
         await self.link.publish(
