@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ccc_relay.policy.config import Config, load_config
+from tests.support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -64,10 +65,9 @@ def config() -> Config:
 # --- systemd ----------------------------------------------------------------------
 
 
-@needs_systemd_analyze
-def test_service_exposure_is_at_most_one() -> None:
+def exposure(unit: Path) -> float:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(SERVICE)],
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -75,7 +75,12 @@ def test_service_exposure_is_at_most_one() -> None:
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    return float(match.group(1))
+
+
+@needs_systemd_analyze
+def test_service_exposure_is_at_most_one() -> None:
+    assert exposure(SERVICE) <= MAX_EXPOSURE
 
 
 def _system_units() -> Path | None:
@@ -85,12 +90,15 @@ def _system_units() -> Path | None:
     return None
 
 
-def _verify(tmp_path: Path, service_text: str) -> subprocess.CompletedProcess[str]:
+def _verify(
+    tmp_path: Path, service_text: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``systemd-analyze verify`` of the units inside a scratch root.
 
     The scratch root holds the distribution's own units (which ours depend on)
-    and a stand-in for /usr/bin/ccc-statusd: verify insists that ExecStart=
-    names an executable, and the real one is installed by pip, not by the tests.
+    and stand-ins for /usr/bin/ccc-statusd and systemd-socket-proxyd: verify
+    insists that ExecStart= names an executable, and the real ones are installed
+    by pip and by the system, not by the tests.
     """
     units = _system_units()
     assert units is not None
@@ -99,10 +107,13 @@ def _verify(tmp_path: Path, service_text: str) -> subprocess.CompletedProcess[st
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/ccc-statusd.service").write_text(service_text)
     shutil.copy(SOCKET, root / "etc/systemd/system/ccc-statusd.socket")
-    stand_in = root / "usr/bin/ccc-statusd"
-    stand_in.parent.mkdir(parents=True)
-    stand_in.write_text("#!/bin/sh\nexit 0\n")
-    stand_in.chmod(0o755)
+    for name, text in (extra or {}).items():
+        (root / "etc/systemd/system" / name).write_text(text)
+    for program in ("usr/bin/ccc-statusd", "usr/lib/systemd/systemd-socket-proxyd"):
+        stand_in = root / program
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
     return subprocess.run(
         [
             "systemd-analyze",
@@ -111,6 +122,7 @@ def _verify(tmp_path: Path, service_text: str) -> subprocess.CompletedProcess[st
             "--man=no",
             "ccc-statusd.service",
             "ccc-statusd.socket",
+            *(extra or {}),
         ],
         capture_output=True,
         text=True,
@@ -133,6 +145,133 @@ def test_verify_would_notice_a_bad_line(tmp_path: Path) -> None:
     broken = SERVICE.read_text().replace("ProtectSystem=strict", "ProtectSystem=stricter")
     result = _verify(tmp_path, broken)
     assert "ProtectSystem" in result.stderr or "protect system" in result.stderr
+
+
+def test_the_packaged_unit_is_what_the_command_makes_for_the_packaged_config() -> None:
+    made = run_cli("ccc-statusd", "systemd-unit", "--config", str(CONFIG))
+    assert made.returncode == 0, made.stderr
+    assert made.stderr == ""  # the config names exactly the unit's user and directories
+    assert made.stdout == SERVICE.read_text()
+
+
+# --- the federating relay's units ---------------------------------------------------
+
+UPSTREAMS = {"127.0.0.1:4222": "192.0.2.10:4222", "127.0.0.1:4223": "[2001:db8::11]:4222"}
+
+
+@pytest.fixture
+def federating_config(tmp_path: Path) -> Path:
+    """The packaged config plus a federation: section whose servers are the proxies' ends."""
+    files = {}
+    for name in ("ca.pem", "h1.pem", "h1-key.pem", "h1.nk"):
+        files[name] = tmp_path / name
+        files[name].write_text("x\n")
+        files[name].chmod(0o600)
+    section = {
+        "host": "h1",
+        "servers": [f"tls://{local}" for local in UPSTREAMS],
+        "tls": {k: str(files[f]) for k, f in (("ca", "ca.pem"), ("cert", "h1.pem"))}
+        | {"key": str(files["h1-key.pem"])},
+        "nkey_seed": str(files["h1.nk"]),
+    }
+    config = tmp_path / "ccc-statusd.yaml"
+    config.write_text(CONFIG.read_text() + "federation: " + json.dumps(section) + "\n")
+    return config
+
+
+@pytest.fixture
+def federating_units(tmp_path: Path, federating_config: Path) -> Path:
+    out = tmp_path / "units"
+    upstreams = [f"--upstream={local}={server}" for local, server in UPSTREAMS.items()]
+    made = run_cli(
+        "ccc-statusd",
+        "systemd-unit",
+        "--config",
+        str(federating_config),
+        *upstreams,
+        "--output",
+        str(out),
+    )
+    assert made.returncode == 0, made.stderr
+    return out
+
+
+def test_a_federating_relay_keeps_a_private_network_and_reaches_nats_through_proxies(
+    federating_units: Path,
+) -> None:
+    assert sorted(p.name for p in federating_units.iterdir()) == [
+        "ccc-statusd-nats-4222.service",
+        "ccc-statusd-nats-4222.socket",
+        "ccc-statusd-nats-4223.service",
+        "ccc-statusd-nats-4223.socket",
+        "ccc-statusd.service",
+    ]
+    relay = read_unit(federating_units / "ccc-statusd.service")
+    assert one(relay, "Service", "PrivateNetwork") == "yes"
+    assert one(relay, "Service", "RestrictAddressFamilies") == "AF_UNIX AF_INET"
+    assert one(relay, "Service", "IPAddressDeny") == "any"
+    assert one(relay, "Service", "IPAddressAllow") == "localhost"
+    # Everything else is the packaged unit's.
+    packaged = read_unit(SERVICE)
+    network = {"PrivateNetwork", "RestrictAddressFamilies", "IPAddressDeny", "IPAddressAllow"}
+    assert [kv for kv in relay["Service"] if kv[0] not in network] == [
+        kv for kv in packaged["Service"] if kv[0] not in network
+    ]
+    socket = read_unit(federating_units / "ccc-statusd-nats-4222.socket")
+    assert one(socket, "Socket", "ListenStream") == "127.0.0.1:4222"
+    assert one(socket, "Socket", "PrivateNetwork") == "yes"
+    assert one(socket, "Unit", "JoinsNamespaceOf") == "ccc-statusd.service"
+    proxy = read_unit(federating_units / "ccc-statusd-nats-4222.service")
+    assert one(proxy, "Service", "ExecStart").endswith("systemd-socket-proxyd 192.0.2.10:4222")
+    assert one(proxy, "Service", "IPAddressAllow") == "192.0.2.10"
+    assert one(proxy, "Service", "RestrictAddressFamilies") == "AF_INET"
+    proxy6 = read_unit(federating_units / "ccc-statusd-nats-4223.service")
+    assert one(proxy6, "Service", "IPAddressAllow") == "2001:db8::11"
+    assert one(proxy6, "Service", "RestrictAddressFamilies") == "AF_INET6"
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize(
+    "unit",
+    ["ccc-statusd.service", "ccc-statusd-nats-4222.service", "ccc-statusd-nats-4223.service"],
+)
+def test_federating_units_expose_at_most_one(federating_units: Path, unit: str) -> None:
+    assert exposure(federating_units / unit) <= MAX_EXPOSURE
+
+
+@needs_systemd_analyze
+@pytest.mark.skipif(_system_units() is None, reason="no systemd unit directory to verify against")
+def test_federating_units_verify_without_a_single_warning(
+    tmp_path: Path, federating_units: Path
+) -> None:
+    extra = {p.name: p.read_text() for p in federating_units.iterdir()}
+    result = _verify(tmp_path, extra.pop("ccc-statusd.service"), extra)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_a_server_outside_loopback_or_without_upstream_is_refused(
+    tmp_path: Path, federating_config: Path
+) -> None:
+    missing = run_cli("ccc-statusd", "systemd-unit", "--config", str(federating_config))
+    assert missing.returncode == 2
+    assert "--upstream 127.0.0.1:4222=SERVER_IP:PORT" in missing.stderr
+    direct = tmp_path / "direct.yaml"
+    direct.write_text(federating_config.read_text().replace("127.0.0.1:4223", "192.0.2.11:4222"))
+    refused = run_cli(
+        "ccc-statusd",
+        "systemd-unit",
+        "--config",
+        str(direct),
+        "--upstream=127.0.0.1:4222=192.0.2.10:4222",
+    )
+    assert refused.returncode == 4
+    assert "loopback address" in refused.stderr
+    named = tmp_path / "named.yaml"
+    named.write_text(federating_config.read_text().replace("127.0.0.1:4223", "nats.example:4222"))
+    by_name = run_cli("ccc-statusd", "systemd-unit", "--config", str(named))
+    assert by_name.returncode == 4
+    assert "IP address" in by_name.stderr
 
 
 def test_socket_unit_is_the_seeds_socket() -> None:

@@ -23,6 +23,7 @@ from ccc_relay.cli.common import (
     load_host_config,
 )
 from ccc_relay.cli.progress import spinner
+from ccc_relay.cli.systemd_unit import systemd_unit
 from ccc_relay.client.admin import AdminClient
 from ccc_relay.daemon.landlock import LandlockError
 from ccc_relay.daemon.privileges import PrivilegeError, describe_missing, root_check
@@ -421,6 +422,8 @@ def session_send(agent: str, text: str | None, config_path: str | None) -> None:
     result = AdminClient(config.admin_socket_path).request("session_send", to=agent, body=body)
     click.echo(f"accepted {result['id']} -> {agent}")
 
+
+main.add_command(systemd_unit)
 
 if __name__ == "__main__":
     from ccc_relay.cli.common import run_main
