@@ -185,7 +185,7 @@ def test_refusals_are_in_the_users_words(daemon: dict[str, str]) -> None:  # noq
     assert "--thread must be at most 128 characters [invalid]" in long_thread.stderr
     assert "$." not in long_thread.stderr and "Expected" not in long_thread.stderr
     forbidden = run_cli("ccc", "--as", "bob", "send", "alice", "hi", env=env)
-    assert "next: the operator allows a pair with 'ccc allow" in forbidden.stderr
+    assert "if it is right, the operator must allow the pair: ccc allow" in forbidden.stderr
 
 
 def test_schema_jargon_becomes_plain_words() -> None:

@@ -21,6 +21,8 @@ from ccc_relay import __version__
 from ccc_relay.cli.common import (
     adopt_command_tree,
     config_option,
+    credential_names,
+    did_you_mean,
     emit_json,
     emit_json_line,
     handle_errors,
@@ -31,8 +33,11 @@ from ccc_relay.cli.terminal import shown
 from ccc_relay.cli.when import Delay, DeliverAt
 from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
+from ccc_relay.client.errors import RelayError
 from ccc_relay.client.reconnect import Backoff
 from ccc_relay.client.sync import RelayClient
+from ccc_relay.credentials import CredentialMissing
+from ccc_relay.policy.config import Config
 from ccc_relay.protocol.frames import Accepted, GroupAccepted, Held
 
 
@@ -54,12 +59,17 @@ class Context:
         """A connected client; with ``reconnect`` it outlives a relay restart,
         saying so on stderr."""
         config = load_host_config(self.config_path, operator=False)
-        endpoint = Endpoint.resolve(
-            socket_path=self.socket_path,
-            credential_file=self.credential,
-            as_agent=self.as_agent,
-            config=config,
-        )
+        try:
+            endpoint = Endpoint.resolve(
+                socket_path=self.socket_path,
+                credential_file=self.credential,
+                as_agent=self.as_agent,
+                config=config,
+            )
+        except CredentialMissing as exc:
+            if self.as_agent is None or self.credential is not None:
+                raise
+            raise self._no_such_agent(config, exc) from None
         client = RelayClient(
             endpoint,
             reconnect=reconnect,
@@ -72,6 +82,17 @@ class Context:
             yield client
         finally:
             client.close()
+
+    def _no_such_agent(self, config: Config, exc: CredentialMissing) -> RelayError:
+        """--as NAME with no credential file: most often a typo, so name the near ones
+        before suggesting to create NAME."""
+        name = self.as_agent
+        near = did_you_mean(name or "", credential_names(config))
+        return RelayError(
+            "credential_missing",
+            f"no agent {name!r} here ({exc}); {near}'ccc agent list' shows the agents, "
+            f"and 'ccc agent add {name}' makes a new one",
+        )
 
 
 pass_context = click.make_pass_decorator(Context)

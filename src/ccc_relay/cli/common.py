@@ -15,13 +15,14 @@ besides the human line on stderr.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -78,7 +79,10 @@ CODE_EXITS = {
 
 # The next step for a refusal whose sentence does not already say it.
 HINTS = {
-    "forbidden": "the operator allows a pair with 'ccc allow SENDER RECIPIENT'",
+    # The relay answers an unknown name and a known one alike (it tells an agent
+    # nothing about who exists), so the hint must not assume the name is right.
+    "forbidden": "check the name (the operator's 'ccc agent list' shows them); if it is "
+    "right, the operator must allow the pair: ccc allow SENDER RECIPIENT",
     "auth_failed": "the credential was rotated or its agent removed: ask the operator for "
     "a new one ('ccc agent rotate NAME')",
     "quarantined": "the operator lifts a quarantine with 'ccc agent release NAME'",
@@ -221,6 +225,25 @@ def load_host_config(config_path: str | None, *, operator: bool = True) -> Confi
     return config
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ "did you mean 'alice'? " for a near miss among ``known`` (empty when none is near)."""
+    close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "did you mean " + " or ".join(f"'{c}'" for c in close) + "? "
+
+
+def credential_names(config: Config) -> list[str]:
+    """The agents whose credential files this user can see in the relay's state dir."""
+    try:
+        return [p.stem for p in config.credentials_dir.glob("*.cred")]
+    except OSError:
+        return []
+
+
+_NO_AGENT = re.compile(r"no agent named '([^']+)'")
+
+
 def start_command(config: Config) -> str:
     """The command that starts the relay ``config`` describes (its --config included)."""
     if config.source is None:
@@ -239,12 +262,31 @@ class OperatorClient(AdminClient):
         try:
             return super().request(op, **args)
         except RelayUnavailable as exc:
-            if exc.code != "relay_unavailable" or not exc.message.startswith("no relay is"):
+            self._unavailable(exc)
+        except RelayError as exc:
+            missing = _NO_AGENT.fullmatch(exc.message) if exc.code == "not_found" else None
+            if missing is None:
                 raise
-            raise RelayUnavailable(
-                f"no relay is running (admin socket {self.path}); start it with "
-                f"'{start_command(self.config)}'"
+            raise RelayError(
+                "not_found", exc.message + self._near(missing[1]), retry_after=exc.retry_after
             ) from None
+
+    def _near(self, name: str) -> str:
+        """For a mistyped name: the registered ones like it, and where all are listed."""
+        try:
+            rows = super().request("agent_list")
+        except RelayError:
+            rows = []
+        known = [row["name"] for row in rows if isinstance(row, dict) and "name" in row]
+        return f"; {did_you_mean(name, known)}'ccc agent list' shows the agents"
+
+    def _unavailable(self, exc: RelayUnavailable) -> NoReturn:
+        if exc.code != "relay_unavailable" or not exc.message.startswith("no relay is"):
+            raise exc
+        raise RelayUnavailable(
+            f"no relay is running (admin socket {self.path}); start it with "
+            f"'{start_command(self.config)}'"
+        ) from None
 
 
 def config_problem(path: str | None, exc: ConfigError) -> str:

@@ -202,13 +202,35 @@ def allow(sender: str, recipient: str, both: bool, hold: bool, config_path: str 
 @click.argument("sender")
 @click.argument("recipient")
 @click.option("--both", is_flag=True, help="Also deny RECIPIENT -> SENDER.")
+@click.option(
+    "--ignore-not-found",
+    is_flag=True,
+    help="Exit 0 when there is no such rule or agent (for scripts that make sure a pair "
+    "is denied).",
+)
 @config_option
 @handle_errors
-def deny(sender: str, recipient: str, both: bool, config_path: str | None) -> None:
-    """Withdraw SENDER's permission to send to RECIPIENT (either may be NAME@HOST)."""
+def deny(
+    sender: str, recipient: str, both: bool, ignore_not_found: bool, config_path: str | None
+) -> None:
+    """Withdraw SENDER's permission to send to RECIPIENT (either may be NAME@HOST).
+
+    Removes a rule made with 'ccc allow'. No such rule, or no such agent, exits 6
+    (not_found) unless --ignore-not-found; a rule from the config file exits 7
+    (edit the file instead).
+    """
     _, admin = _admin(config_path)
-    result = admin.request("deny", sender=sender, recipient=recipient, both=both)
-    click.echo(f"removed {result['removed']} rule(s)")
+    try:
+        result = admin.request("deny", sender=sender, recipient=recipient, both=both)
+    except RelayError as exc:
+        if not (ignore_not_found and exc.code == "not_found"):
+            raise
+        click.echo(f"note: nothing removed: {exc.message}", err=True)
+        return
+    for a, b in result.get("pairs", ()):
+        click.echo(f"denied {a} -> {b} (rule removed)")
+    for a, b in result.get("missing", ()):
+        click.echo(f"note: there was no rule {a} -> {b} to remove", err=True)
     if result.get("note"):
         click.echo(f"note: {result['note']}", err=True)
 

@@ -271,7 +271,28 @@ class Operator:
         return {"pairs": [[a, b] for a, b in pairs], "action": request.action}
 
     async def deny(self, request: ops.Deny) -> dict[str, Any]:
+        """Remove rules made with ``allow``; nothing to remove is an error, as a
+        delete of what is not there is (``kubectl delete``): a typo must not pass."""
         pairs = self._address_pairs(request.sender, request.recipient, request.both)
+        for sender, recipient in pairs:
+            for name in (sender, recipient):
+                if "@" not in name:
+                    self._agent(name)
+        rows = self.core.rules_with_source()
+        stored = {(r["from"], r["to"]) for r in rows if r["source"] == "admin"}
+        configured = {(r["from"], r["to"]) for r in rows if r["source"] == "config"}
+        present = [pair for pair in pairs if pair in stored]
+        if not present:
+            shown = " or ".join(f"{a} -> {b}" for a, b in pairs)
+            if any(pair in configured for pair in pairs):
+                raise ProtocolError(
+                    ErrorCode.CONFLICT,
+                    f"{shown} is allowed by the config file, which 'ccc deny' does not "
+                    "change: edit the file's policy: section, then 'ccc-statusd reload'",
+                )
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"no rule {shown} to remove ('ccc policy show' lists them)"
+            )
         removed, rules = await self._write(
             store_ops.DeleteRules(pairs),
             "policy_changed",
@@ -279,9 +300,15 @@ class Operator:
             pairs=[f"{a} -> {b}" for a, b in pairs],
         )
         self.core.set_db_rules(rules)
-        configured = [r for r in self.core.config.rules if (r.sender, r.recipient) in pairs]
-        note = "still allowed by the config file; edit it to deny" if configured else None
-        return {"removed": removed, "note": note}
+        note = None
+        if any(pair in configured for pair in pairs):
+            note = "still allowed by the config file; edit it to deny"
+        return {
+            "removed": removed,
+            "pairs": [[a, b] for a, b in present],
+            "missing": [[a, b] for a, b in pairs if (a, b) not in stored],
+            "note": note,
+        }
 
     # --- groups ------------------------------------------------------------------------------
 
