@@ -199,7 +199,11 @@ def test_check_config_prints_effective_settings_and_names_missing_user(tmp_path:
     assert "max_message_size" in result.stdout and "1000000 bytes (1MB)" in result.stdout
     assert "100 msg/min/session" in result.stdout
     assert "useradd --system" in result.stderr and "ccc-no-such-user" in result.stderr
-    assert result.returncode == 1
+    assert result.returncode == 4
+    # start refuses with the same sentence and the same exit status, binding nothing.
+    started = run_cli("ccc-statusd", "start", "--config", str(path))
+    assert started.returncode == result.returncode
+    assert "useradd --system" in started.stderr and "ccc-no-such-user" in started.stderr
 
 
 def test_check_config_rejects_a_bad_file_with_key_and_value(tmp_path: Path) -> None:

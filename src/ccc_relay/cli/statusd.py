@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import socket
+import sqlite3
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,7 +18,7 @@ from ccc_relay.audit.log import AuditLogError
 from ccc_relay.audit.signing import SigningKeyError
 from ccc_relay.cli.common import (
     EXIT_CONFIG,
-    EXIT_REFUSED,
+    EXIT_CONFLICT,
     EXIT_UNAVAILABLE,
     config_option,
     emit_json,
@@ -26,8 +30,14 @@ from ccc_relay.cli.progress import spinner
 from ccc_relay.cli.systemd_unit import systemd_unit
 from ccc_relay.client.admin import AdminClient
 from ccc_relay.daemon.landlock import LandlockError
-from ccc_relay.daemon.privileges import PrivilegeError, describe_missing, root_check
-from ccc_relay.daemon.sockets import SocketPathError
+from ccc_relay.daemon.preflight import (
+    check_host,
+    prepare_admin_dir,
+    run_account,
+    socket_activated,
+)
+from ccc_relay.daemon.privileges import PrivilegeError
+from ccc_relay.daemon.sockets import SocketPathError, remove_bound_sockets
 from ccc_relay.policy.config import Config, ConfigError, load_config
 from ccc_relay.policy.units import format_duration, format_size
 
@@ -41,17 +51,6 @@ def main() -> None:
     else $XDG_CACHE_HOME/ccc-status, else ~/.cache/ccc-status, with the agents'
     socket daemon.sock and the operator's admin.sock there.
     """
-
-
-def host_problems(config: Config) -> list[str]:
-    """What on this host stops ``config`` from running, each with how to fix it."""
-    problems = describe_missing(config.user, config.socket_group)
-    if not problems:
-        try:
-            root_check(config.user, allow_root=True)
-        except PrivilegeError as exc:
-            problems.append(str(exc))
-    return problems
 
 
 # The Config fields effective_settings prints under another name (field path -> key).
@@ -233,29 +232,47 @@ def _plain(value: Any) -> Any:
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
-    "--json", "as_json", is_flag=True, help='Print {"settings": {...}, "problems": [...]}.'
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"settings": {...}, "directories": [...], "problems": [...]}.',
 )
 def check_config(file: str, as_json: bool) -> None:
-    """Validate FILE and print the settings the daemon would run with.
+    """Validate FILE and check this host for it, as the user who will start the relay.
 
-    Exits 4 when the file is invalid, 1 when it is valid but this host lacks
-    what it names (a user or group), 0 otherwise.
+    Prints the settings the daemon would run with, then the directories it needs
+    (state, audit log, sockets) and how each stands for the account it will run
+    as: daemon.user when started as root. Exits 4 when the file is invalid or
+    this host lacks what it needs (a user, a group, a directory it may use, a
+    Python that user may run), each problem printed with its fix; 0 otherwise.
     """
     try:
         config = load_config(file)
     except ConfigError as exc:
         fail(f"invalid config: {exc}", EXIT_CONFIG)
     settings = effective_settings(config)
-    problems = host_problems(config)
+    directories, problems = check_host(config)
     if as_json:
-        emit_json({"settings": settings, "problems": problems})
+        emit_json(
+            {
+                "settings": settings,
+                "directories": [
+                    {"key": d.key, "path": str(d.path), "state": d.state, "problem": d.problem}
+                    for d in directories
+                ],
+                "problems": problems,
+            }
+        )
     else:
         width = max(len(k) for k in settings)
         for key, value in settings.items():
             click.echo(f"{key:<{width}}  {_human(value)}")
+        for directory in directories:
+            if not directory.problem:
+                click.echo(f"directory {directory.path} ({directory.key}): {directory.state}")
         for problem in problems:
             click.echo(f"problem: {problem}", err=True)
-    sys.exit(EXIT_REFUSED if problems else 0)
+    sys.exit(EXIT_CONFIG if problems else 0)
 
 
 @main.command()
@@ -268,20 +285,26 @@ def check_config(file: str, as_json: bool) -> None:
     show_default=True,
 )
 def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
-    """Run the relay in the foreground until SIGTERM, Ctrl-C or 'ccc-statusd stop'."""
+    """Run the relay in the foreground until SIGTERM, Ctrl-C or 'ccc-statusd stop'.
+
+    Before it binds anything it checks what 'ccc-statusd check-config' checks and
+    exits 4 with each problem and its fix; exits 7 when a relay already runs there.
+    """
     from ccc_relay.daemon.server import run_daemon
 
     config = load_host_config(config_path)
-    problems = host_problems(config)
-    if not problems:
-        try:
-            root_check(config.user, allow_root)
-        except PrivilegeError as exc:
-            problems.append(str(exc))
+    _, problems = check_host(config, allow_root=allow_root, socket_activated=socket_activated())
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
         sys.exit(EXIT_CONFIG)
+    running = _running_relay(config)
+    if running is not None:
+        fail(_already_running(config, running), EXIT_CONFLICT)
+    try:
+        prepare_admin_dir(config, run_account(config))
+    except (OSError, PrivilegeError) as exc:
+        fail(f"cannot create {config.admin_socket_path.parent}: {exc}", EXIT_CONFIG)
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s ccc-statusd %(levelname)s %(message)s",
@@ -289,12 +312,88 @@ def start(config_path: str | None, allow_root: bool, log_level: str) -> None:
     )
     try:
         run_daemon(config)
-    except SocketPathError as exc:
-        fail(str(exc), EXIT_CONFIG)
-    except (PermissionError, PrivilegeError, LandlockError, AuditLogError, SigningKeyError) as exc:
-        fail(f"{exc}", EXIT_CONFIG)
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        _start_failed(config, exc)
+        raise
+
+
+def _start_failed(config: Config, exc: BaseException) -> None:
+    """Say why the relay did not start, and the next step, after removing what it
+    left; returns (for the caller to re-raise) only for an unexpected error."""
+    running = _running_relay(config) if isinstance(exc, SocketPathError) else None
+    if running is not None:
+        fail(_already_running(config, running), EXIT_CONFLICT)
+    left = _left_behind()
+    if isinstance(exc, sqlite3.DatabaseError):
+        fail(
+            f"cannot use the relay's database {config.db_path}: {exc}; if it is damaged, "
+            "move it aside and restore it from a backup (without one the relay starts "
+            f"empty: agents and rules must be added again){left}",
+            EXIT_CONFIG,
+        )
+    known = (
+        SocketPathError,
+        PermissionError,
+        PrivilegeError,
+        LandlockError,
+        AuditLogError,
+        SigningKeyError,
+    )
+    if isinstance(exc, known):
+        fail(f"{exc}{left}", EXIT_CONFIG)
+
+
+def _running_relay(config: Config) -> Path | None:
+    """The socket of ``config`` on which a relay answers, or None. Raises nothing.
+
+    The agents' socket counts only when it is not systemd's to hand over: a
+    socket systemd holds accepts connections before the relay runs.
+    """
+    paths = [config.admin_socket_path]
+    if not socket_activated():
+        paths.append(config.socket_path)
+    return next((path for path in paths if _answers(path)), None)
+
+
+def _already_running(config: Config, path: Path) -> str:
+    stop = "ccc-statusd stop"
+    if config.source is not None:
+        stop += f" --config {shlex.quote(str(config.source))}"
+    return (
+        f"a relay is already running on {path}; stop it first with: {stop} "
+        "(or give this one other socket paths)"
+    )
+
+
+def _left_behind() -> str:
+    """Remove the sockets this failed start bound; name those it may not remove.
+
+    A relay that failed after dropping to daemon.user may not unlink a socket in a
+    directory of root's (/run); the next start replaces such a stale socket.
+    """
+    left = [str(p) for p in remove_bound_sockets()]
+    if not left:
+        return ""
+    them = "them" if len(left) > 1 else "it"
+    return (
+        f" ({' and '.join(left)} stayed behind: this user may not remove {them}; "
+        f"the next start replaces {them})"
+    )
+
+
+def _answers(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``. Raises nothing."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 @main.command()

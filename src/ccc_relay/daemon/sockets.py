@@ -305,6 +305,23 @@ def remove_socket(path: Path, sock: socket.socket) -> None:
             os.unlink(path)
 
 
+def remove_bound_sockets() -> list[Path]:
+    """Unlink every socket this process bound that is still at its path (a start
+    that failed half-way); returns those it may not remove. Never raises."""
+    left = []
+    for path in list(_bound):
+        identity = _bound.pop(path)
+        try:
+            info = os.lstat(path)
+            if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == identity:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            left.append(Path(path))
+    return left
+
+
 def inherited_socket(expected_path: Path) -> socket.socket | None:
     """The listening socket systemd passed (socket activation), or None.
 
