@@ -21,6 +21,7 @@ from ccc_relay.client.aio import AsyncRelayClient
 from ccc_relay.policy.config import load_config
 from ccc_relay.protocol.frames import GroupAccepted
 from ccc_relay.store import Store
+from ccc_relay.store.schema import SCHEMA_VERSION
 from tests.support import BIN, RunningRelay, run_cli
 from tests.test_relay import audit_lines, wait_for
 
@@ -232,7 +233,10 @@ def test_the_v1_schema_gains_the_group_table(tmp_path: Path) -> None:
         store.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        # Brought up to the current schema (3 added the federation tables).
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
     finally:
         db.close()
 
