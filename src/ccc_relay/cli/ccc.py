@@ -428,6 +428,7 @@ def _register_commands() -> None:
     from ccc_relay.cli.completion import completion
     from ccc_relay.cli.containers_cmd import firewall, run
     from ccc_relay.cli.doctor import doctor
+    from ccc_relay.cli.federation_cmd import federation
     from ccc_relay.cli.group_cmd import group
     from ccc_relay.cli.integrations_cmd import hook, install, mcp, uninstall
     from ccc_relay.cli.manpages import manpages
@@ -438,6 +439,7 @@ def _register_commands() -> None:
         main.add_command(command)
     main.add_command(doctor)
     main.add_command(group)
+    main.add_command(federation)
     adopt_command_tree(main)
 
 

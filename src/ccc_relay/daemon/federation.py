@@ -383,6 +383,17 @@ class FederationRunner:
                 pass  # the committer logged it; the next sweep tries again
             await asyncio.sleep(SEEN_SWEEP)
 
+    def queues(self, now: float) -> dict[str, tuple[int, float]]:
+        """Per destination host: envelopes the stream has not acked yet, and the oldest's
+        age in seconds (``ccc federation status``). Before the outbox is loaded at start,
+        only what was sent since."""
+        hosts: dict[str, tuple[int, float]] = {}
+        for pending in self._queue:
+            entry = pending.entry
+            count, oldest = hosts.get(entry.to_host, (0, 0.0))
+            hosts[entry.to_host] = (count + 1, max(oldest, now - entry.created))
+        return hosts
+
     def status(self) -> dict[str, object]:
         return {
             **self.link.status(),

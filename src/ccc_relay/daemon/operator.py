@@ -32,6 +32,7 @@ from ccc_relay.core.effects import Persist
 from ccc_relay.core.relay import OPERATOR, RELAY
 from ccc_relay.daemon.audit_lifecycle import AcknowledgeAuditAlarm, ReadAuditAlarms
 from ccc_relay.daemon.committer import SLOW_COMMIT, Job
+from ccc_relay.daemon.federation_status import FederationView, federation_report
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.policy.config import local_address, pair_problem
 from ccc_relay.policy.groups import MAX_GROUPS, group_name_problem
@@ -58,6 +59,7 @@ class Operator:
         reload: Callable[[], dict[str, Any]] | None,
         agent_added: Callable[[str], Awaitable[None]] | None,
         agent_removed: Callable[[str], object] | None,
+        federation: FederationView | None = None,
     ) -> None:
         self.shell = shell
         self.core = shell.core
@@ -67,6 +69,7 @@ class Operator:
         self.reload = reload
         self.agent_added = agent_added
         self.agent_removed = agent_removed
+        self.federation = federation
 
     async def handle(self, request: ops.AdminRequest) -> Any:
         # Every operation is routed here and only here, so the plane's whole
@@ -96,6 +99,8 @@ class Operator:
                 return self.core.groups.with_source()
             case ops.Status():
                 return await self.status()
+            case ops.FederationStatus():
+                return federation_report(self.federation, self.shell.clock())
             case ops.SessionList():
                 return self.list_sessions()
             case ops.SessionSend():

@@ -252,6 +252,7 @@ class Daemon:
                     agent_removed=(
                         self._agent_sockets.remove if self.config.per_agent_sockets else None
                     ),
+                    federation=self.federation,
                 )
 
             admin_tasks: set[asyncio.Task[None]] = set()

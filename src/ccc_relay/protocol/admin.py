@@ -82,6 +82,10 @@ class Status(_Admin, tag="status"):
     pass
 
 
+class FederationStatus(_Admin, tag="federation_status"):
+    """The link to other relays: connection, stream, inbound lag, queues per host."""
+
+
 class SessionList(_Admin, tag="session_list"):
     pass
 
@@ -137,6 +141,7 @@ AdminRequest = (
     | GroupList
     | PolicyShow
     | Status
+    | FederationStatus
     | SessionList
     | SessionSend
     | Shutdown
