@@ -30,7 +30,7 @@ from ccc_relay.cli.common import (
     read_stdin_text,
 )
 from ccc_relay.cli.terminal import shown
-from ccc_relay.cli.when import Delay, DeliverAt
+from ccc_relay.cli.when import Delay, DeliverAt, delivery_fields, delivery_words
 from ccc_relay.client.base import message_dict
 from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.errors import RelayError
@@ -213,6 +213,8 @@ def send(
     """
     from ccc_relay.peer import DirectReceipt, relay_or_direct
 
+    if delay is not None and deliver_at is not None:
+        raise click.UsageError("give --at or --in, not both: they both say when to deliver")
     body = text if text is not None else read_stdin_text()
     if delay is not None:
         deliver_at = time.time() + delay
@@ -262,13 +264,18 @@ def send(
                 "held": held,
                 "direct": went_direct,
                 **({"forwarded": forwarded} if forwarded is not None else {}),
+                **delivery_fields(deliver_at),
             }
         )
     else:
         if held:
             click.echo(f"held {answer.id} -> {to}: it waits for the operator's approval")
         else:
-            click.echo(f"accepted {answer.id} -> {to}" + (" (direct)" if went_direct else ""))
+            click.echo(
+                f"accepted {answer.id} -> {to}"
+                + (" (direct)" if went_direct else "")
+                + delivery_words(deliver_at)
+            )
         if forwarded is False:
             click.echo(
                 f"note: stored on this relay; it goes to {to.partition('@')[2]} when the "
@@ -302,7 +309,7 @@ def _send_to_group(
     with obj.client() as client:
         answer = client.send(group, body, thread=thread, reply_to=reply_to, deliver_at=deliver_at)
     assert isinstance(answer, GroupAccepted)  # the relay answers a send to a group so
-    print_group_answer(answer, as_json=as_json)
+    print_group_answer(answer, as_json=as_json, deliver_at=deliver_at)
 
 
 @main.command()

@@ -362,6 +362,9 @@ _FIELDS = {
     "body": "the message text",
 }
 _NAMED = re.compile(r"'(\w+)' (.*)", re.S)
+# A field named without quotes ("deliver_at lies more than 30 days ahead"); only the
+# names with an underscore, which no sentence starts with.
+_BARE_FIELD = re.compile(r"(\w+_\w+) (.*)", re.S)
 
 
 def humane(message: str) -> str:
@@ -370,7 +373,7 @@ def humane(message: str) -> str:
     if not sep:
         prefix, rest = "", message
     rest = plain_words(rest)  # an older relay sends the checker's own words
-    named = _NAMED.fullmatch(rest)
+    named = _NAMED.fullmatch(rest) or _BARE_FIELD.fullmatch(rest)
     if named and named[1] in _FIELDS:
         rest = f"{_FIELDS[named[1]]} {named[2]}"
     return f"{prefix}{sep}{rest}"

@@ -116,8 +116,12 @@ def group_list(as_json: bool, config_path: str | None) -> None:
         click.echo(f"@{row['group']}  {', '.join(row['members'])}  ({row['source']})")
 
 
-def print_group_answer(answer: GroupAccepted, *, as_json: bool) -> None:
+def print_group_answer(
+    answer: GroupAccepted, *, as_json: bool, deliver_at: float | None = None
+) -> None:
     """What ``ccc send @group`` prints: one line per recipient, then the skipped."""
+    from ccc_relay.cli.when import delivery_fields, delivery_words
+
     if as_json:
         emit_json(
             {
@@ -127,6 +131,7 @@ def print_group_answer(answer: GroupAccepted, *, as_json: bool) -> None:
                 "skipped": [{"to": s.to, "code": s.code} for s in answer.skipped],
                 "changes": answer.changes,
                 "delivered": answer.delivered,
+                **delivery_fields(deliver_at),
             }
         )
         return
@@ -134,7 +139,7 @@ def print_group_answer(answer: GroupAccepted, *, as_json: bool) -> None:
         if copy.held:
             click.echo(f"held {copy.id} -> {copy.to}: it waits for the operator's approval")
         else:
-            click.echo(f"accepted {copy.id} -> {copy.to}")
+            click.echo(f"accepted {copy.id} -> {copy.to}{delivery_words(deliver_at)}")
     for skip in answer.skipped:
         click.echo(shown(f"skipped {skip.to}: {skip.code} (you may not send to it)"))
     if answer.delivered is not None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ccc_relay.cli.terminal import shown
+from ccc_relay.cli.when import duration as duration  # re-exported: tables show spans too
 from ccc_relay.protocol.frames import Message
 
 
@@ -23,21 +24,6 @@ def when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def duration(seconds: float) -> str:
-    """A span as people say it: ``42s``, ``26m 7s``, ``3h 2m``, ``2d 4h`` (two units at most)."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h" if hours else f"{days}d"
-    if hours:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
-    return f"{secs}s"
 
 
 def online(connections: int | bool) -> str:
