@@ -3,9 +3,9 @@
 ``launch_command`` picks the runtime's builder (``bwrap`` or ``engines``)
 and, for bubblewrap, the prefixes that drop privileges and set limits; it is
 pure, and ``print_line`` shows its result as ``ccc run --print`` does.
-``run_sandbox`` and ``exec_sandbox`` open the credential and seccomp
-descriptors that bubblewrap reads and pass on only the environment the
-runtime tools need.
+``run_sandbox``, ``exec_sandbox`` and ``run_in_terminal`` (on a pty of its
+own) open the credential and seccomp descriptors that bubblewrap reads and
+pass on only the environment the runtime tools need.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,6 +39,7 @@ from ccc_relay.containers.engines import (
 from ccc_relay.containers.seccomp import SeccompError, sandbox_filter_fd
 from ccc_relay.containers.spec import ETC_FILES, SandboxSpec, SandboxSpecError
 from ccc_relay.containers.staging import LaunchError, open_credential
+from ccc_relay.containers.terminal import TerminalError, run_in_pty
 
 
 def launch_command(
@@ -160,6 +162,27 @@ def exec_sandbox(spec: SandboxSpec, argv: Sequence[str]) -> NoReturn:
         os.execvpe(argv[0], list(argv), _launcher_env())  # noqa: S606 -- a validated argv
     except OSError as exc:
         raise LaunchError(f"cannot run {argv[0]}: {exc.strerror}") from None
+
+
+def run_in_terminal(spec: SandboxSpec, *, as_root: bool) -> int:
+    """Run a bubblewrap ``spec`` on a pseudo-terminal of its own, relayed to this
+    process's terminal (see ``containers.terminal``); returns its exit status.
+
+    The sandbox's session is the pty's, so bubblewrap's ``--new-session`` (which
+    would leave it without a terminal, hence without job control) is not needed:
+    TIOCSTI inside reaches only that pty. Raises LaunchError.
+    """
+    spec = replace(spec, new_session=False)
+    fds = [open_credential(spec.credential_path)]
+    try:
+        fds.append(_seccomp_fd())
+        argv = launch_command(spec, as_root=as_root, credential_fd=fds[0], seccomp_fd=fds[1])
+        return run_in_pty(argv, env=_launcher_env(), pass_fds=fds)
+    except TerminalError as exc:
+        raise LaunchError(str(exc)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _install_fd(fd: int, target: int) -> None:
