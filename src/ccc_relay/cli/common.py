@@ -311,11 +311,15 @@ def json_requested() -> bool:
 
 
 def fail(message: str, exit_code: int, *, code: str | None = None) -> NoReturn:
-    """One line on stderr (and the error object on stdout under --json), then exit."""
+    """One line on stderr (and the error object on stdout under --json), then exit.
+
+    A specific ``code`` is shown in brackets, as a relay's refusal shows its code.
+    """
+    suffix = f" [{code}]" if code else ""
     code = code or _label(exit_code)
     if json_requested():
         emit_json({"error": {"code": code, "message": message, "exit": exit_code}})
-    click.echo(f"error: {shown(message, one_line=True)}", err=True)
+    click.echo(f"error: {shown(message, one_line=True)}{suffix}", err=True)
     sys.exit(exit_code)
 
 
@@ -373,6 +377,8 @@ def humane(message: str) -> str:
     if not sep:
         prefix, rest = "", message
     rest = plain_words(rest)  # an older relay sends the checker's own words
+    # The relay tells a protocol client it hung up; the command is over anyway.
+    rest = rest.removesuffix("; the connection is closed")
     named = _NAMED.fullmatch(rest) or _BARE_FIELD.fullmatch(rest)
     if named and named[1] in _FIELDS:
         rest = f"{_FIELDS[named[1]]} {named[2]}"
