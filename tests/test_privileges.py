@@ -278,7 +278,8 @@ def test_non_root_without_a_user_runs() -> None:
 
 
 def test_missing_user_and_group_each_get_a_command() -> None:
-    sentences = describe_missing(MISSING_USER, MISSING_GROUP)
+    nobody = pwd.getpwnam(NOBODY).pw_uid
+    sentences = describe_missing(MISSING_USER, MISSING_GROUP, euid=nobody)
     text = "\n".join(sentences)
     assert (
         f"{sudo()}useradd --system --no-create-home --shell /usr/sbin/nologin {MISSING_USER}"
@@ -287,14 +288,19 @@ def test_missing_user_and_group_each_get_a_command() -> None:
     assert f"{sudo()}groupadd --system {MISSING_GROUP}" in text
     assert f"{sudo()}usermod --append --groups {MISSING_GROUP} {MISSING_USER}" in text
     assert len(sentences) == 3
+    # Root starts the relay, which keeps the group when it drops: no membership needed.
+    assert len(describe_missing(MISSING_USER, MISSING_GROUP, euid=0)) == 2
 
 
 @needs_root
 def test_a_user_outside_the_group_is_told_how_to_join(account: Account) -> None:
-    assert describe_missing(account.user, account.socket_group) == [
+    # Started as that user, the relay must be in the group to give it its sockets.
+    assert describe_missing(account.user, account.socket_group, euid=account.uid) == [
         f"user {account.user!r} is not in group {account.socket_group!r}; add it with: "
         f"usermod --append --groups {account.socket_group} {account.user}"  # root: no sudo
     ]
+    # Started as root, it drops to the user keeping the group: nothing to add.
+    assert describe_missing(account.user, account.socket_group, euid=0) == []
 
 
 @needs_root

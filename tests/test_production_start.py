@@ -40,15 +40,15 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def account() -> Iterator[tuple[str, str]]:
-    """A throwaway system user and the agents' group it belongs to, as deploy.md makes them."""
+    """A throwaway system user and the agents' group, made as the README's Production
+    section says (the user is not in the group: a relay started as root keeps it)."""
     suffix = secrets.token_hex(3)
     user, group = f"ccc-test-p{suffix}", f"ccc-test-q{suffix}"
     subprocess.run(["groupadd", "--system", group], check=True)
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         "--groups", group, user],
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
         check=True,
-    )  # fmt: skip
+    )
     try:
         yield user, group
     finally:
@@ -292,3 +292,44 @@ def test_a_start_that_fails_after_binding_removes_its_sockets(tmp_path: Path) ->
     assert f"cannot use the relay's database {state}/relay.db" in result.stderr
     assert "move it aside" in result.stderr
     assert not [p.name for p in tmp_path.iterdir() if p.suffix == ".sock"]
+
+
+@pytest.mark.slow
+def test_a_missing_admin_socket_directory_is_made_as_runtime_directory_would(
+    account: tuple[str, str], open_dir: Path
+) -> None:
+    # packaging/config's admin socket is in /run/ccc-statusd, which systemd makes
+    # (RuntimeDirectory=) and a reboot empties; started by hand, the relay makes it.
+    user, group = account
+    run = open_dir / "run"
+    config = seed_config(
+        open_dir, user, group, open_dir / "claude-ipc.sock",
+        extra=f"  state_dir: {open_dir}/state\n  admin_socket_path: {run}/admin.sock\n",
+    )  # fmt: skip
+    config.write_text(config.read_text().replace("/var/log/claude-ipc/", f"{open_dir}/log"))
+    code, problems, directories = problems_of(config)
+    assert (code, problems) == (0, [])
+    assert {"key": "daemon.admin_socket_path", "path": str(run), "problem": False,
+            "state": f"created at start (owner {user}, mode 0700)"} in directories  # fmt: skip
+    proc = subprocess.Popen(
+        [str(_system_python()), "-m", "ccc_relay.cli.statusd", "start", "--config", str(config)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (open_dir / "state" / "daemon.pid").exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the relay did not start"
+            time.sleep(0.05)
+        info = os.stat(run)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pwd.getpwnam(user).pw_uid, 0o700)
+        assert stat.S_ISSOCK(os.stat(run / "admin.sock").st_mode)
+        stopped = statusd("stop", "--config", str(config))
+        assert stopped.returncode == 0, stopped.stderr
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()

@@ -93,19 +93,17 @@ def check_host(
     running, each problem with how to fix it.
 
     Checks the user and group, running as root, the directories (see
-    ``directory_states``; none when the user or group is missing) and, when root
+    ``directory_states``; none when the user does not exist) and, when root
     will drop to ``daemon.user``, that the user can run this Python. Raises nothing.
     """
     problems = describe_missing(config.user, config.socket_group)
-    if problems:
-        return [], problems
     try:
         root_check(config.user, allow_root)
         account = run_account(config)
     except PrivilegeError as exc:
-        return [], [str(exc)]
+        return [], problems or [str(exc)]
     directories = directory_states(config, account, socket_activated=socket_activated)
-    problems = [d.state for d in directories if d.problem]
+    problems += [d.state for d in directories if d.problem]
     if _drops_to(account):
         problems += interpreter_problems(account)
     return directories, problems

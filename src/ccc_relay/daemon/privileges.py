@@ -102,12 +102,14 @@ def drop_privileges(user: str, *, group: str | None = None) -> None:
         raise PrivilegeError("the process is still dumpable after PR_SET_DUMPABLE 0")
 
 
-def describe_missing(user: str | None, group: str | None) -> list[str]:
+def describe_missing(user: str | None, group: str | None, *, euid: int | None = None) -> list[str]:
     """Sentences saying how to create whatever of ``user``, ``group`` and membership is missing.
 
-    Empty when the user and group exist and the user belongs to the group.
-    Raises nothing.
+    Empty when the user and group exist and the user belongs to the group. A
+    relay started as root (``euid``, default ``os.geteuid()``) needs no
+    membership: the drop keeps the group itself. Raises nothing.
     """
+    root = (os.geteuid() if euid is None else euid) == 0
     sentences: list[str] = []
     account = _find_user(user) if user is not None else None
     if user is not None and account is None:
@@ -119,6 +121,8 @@ def describe_missing(user: str | None, group: str | None) -> list[str]:
         sentences.append(
             f"group {group!r} does not exist; create it with: {sudo()}groupadd --system {group}"
         )
+    if root:
+        return sentences
     if user is not None and (entry is None or account is None or not _is_member(account, entry)):
         sentences.append(
             f"user {user!r} is not in group {group!r}; add it with: "
