@@ -353,3 +353,16 @@ def test_progress_shows_on_a_terminal_and_nowhere_else(
     finally:
         os.close(leader)
     assert b"waiting for messages" in seen
+
+
+def test_check_config_prints_a_timeout_in_the_unit_it_is_given_in(tmp_path: Path) -> None:
+    shown = {}
+    for written in ("24h", "36h", "2d", "90m", "45s"):
+        config = tmp_path / f"{written}.yaml"
+        config.write_text(f"daemon:\n  security:\n    session_timeout: {written}\n")
+        done = run_cli("ccc-statusd", "check-config", str(config), "--json")
+        assert done.returncode == 0, done.stderr
+        shown[written] = json.loads(done.stdout)["settings"]["session_timeout"]
+    assert shown == {"24h": "24h", "36h": "36h", "2d": "2d", "90m": "90m", "45s": "45s"}
+    human = run_cli("ccc-statusd", "check-config", str(tmp_path / "24h.yaml")).stdout
+    assert re.search(r"^session_timeout +24h$", human, re.MULTILINE), human

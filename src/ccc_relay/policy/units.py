@@ -109,7 +109,14 @@ def format_size(size: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
+    """The largest whole unit, as people write it: ``10m``, ``24h``, ``30d``.
+
+    A day is written in hours (``24h``, ``36h``): that is how a timeout is given, and
+    ``1d`` reads like a retention period.
+    """
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= factor and seconds % factor == 0:
+            if unit == "d" and seconds < 2 * factor:
+                continue
             return f"{int(seconds // factor)}{unit}"
     return f"{seconds:g}s"
