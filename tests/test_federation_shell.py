@@ -342,3 +342,36 @@ asyncio.run(main())
     assert nats_modules == []
     assert "ccc_relay.daemon.federation" not in federation_modules
     assert "ccc_relay.federation" not in federation_modules
+
+
+def test_an_arrival_held_here_and_rejected_tells_its_sender_on_the_other_relay(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = start_pair(
+        state_dir, monkeypatch, (Rule("alice", "bob@h2"),), (Rule("alice@h1", "bob", "hold"),)
+    )
+    try:
+        alice = pair.h1.add_agent("alice")
+        pair.h2.add_agent("bob")
+        with pair.h1.client(alice) as a:
+            sent = a.send("bob@h2", "please deploy")
+            assert isinstance(sent, Accepted)
+            wait_for(lambda: pair.h2.admin.request("held_list"))
+            [held] = pair.h2.admin.request("held_list")
+            assert held["id"] == sent.id and held["from"] == "alice@h1"
+            answer = pair.h2.admin.request("reject", id=sent.id, reason="not today")
+            assert answer == {"id": sent.id, "to": "bob", "notified": "alice@h1"}
+            a.subscribe()
+            notice = a.wait_for_message(10)
+            assert notice is not None and notice.sender == "relay@h2"
+            assert sent.id in notice.body and "rejected by the operator: not today" in notice.body
+        assert pair.h2.admin.request("held_list") == []
+        [rejected] = events(pair.h2, "rejected")
+        assert rejected["id"] == sent.id and rejected["reason"] == "not today"
+        [bounce] = events(pair.h1, "federation_bounce")
+        assert bounce["id"] == sent.id and bounce["code"] == "forbidden"
+        # Nothing waits in h2's own queue for an address it cannot deliver to.
+        assert not [x for x in events(pair.h2, "accepted") if x.get("to") == "alice@h1"]
+    finally:
+        pair.h1.stop()
+        pair.h2.stop()

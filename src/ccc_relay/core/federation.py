@@ -150,6 +150,25 @@ class Federation:
         )
         return self._entry(notice, RELAY, envelope.sender_address, now)
 
+    def rejection(self, held: StoredMessage, reason: str, now: float) -> OutboxEntry:
+        """The signed notice that the operator here rejected ``held``, a message
+        from another relay's agent, for that relay (its sender hears it from
+        ``relay@<this host>``)."""
+        name, host = split_address(held.sender)
+        assert host is not None
+        notice = Envelope(
+            kind="refused",
+            id=held.id,
+            from_host=self.host,
+            to_host=host,
+            sender=held.recipient,
+            recipient=name,
+            sent_at=now,
+            code=ErrorCode.FORBIDDEN.value,
+            reason=reason[:MAX_REASON],
+        )
+        return self._entry(notice, RELAY, held.sender, now)
+
     def _entry(self, envelope: Envelope, sender: str, recipient: str, now: float) -> OutboxEntry:
         signed = Envelope(**{**_fields(envelope), "sig": self._sign(signed_bytes(envelope))})
         return OutboxEntry(

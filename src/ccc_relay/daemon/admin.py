@@ -29,6 +29,7 @@ from ccc_relay.protocol import admin as ops
 from ccc_relay.protocol.codec import LineBuffer, encode
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
 from ccc_relay.protocol.frames import Error
+from ccc_relay.protocol.plain import plain_words
 from ccc_relay.store import StoreFailure
 
 log = logging.getLogger("ccc_relay.daemon")
@@ -96,7 +97,11 @@ class AdminConnection(asyncio.Protocol):
                 request = ops.decode_admin_request(line)
                 data = await operator.handle(request)
                 self._reply(ops.Result(data=data))
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            except msgspec.ValidationError as exc:
+                self._refuse(
+                    ProtocolError(ErrorCode.INVALID, f"invalid request: {plain_words(str(exc))}")
+                )
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 self._refuse(ProtocolError(ErrorCode.INVALID, f"invalid request: {exc}"))
             except ProtocolError as exc:
                 self._refuse(exc)

@@ -28,7 +28,7 @@ import msgspec
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.audit.sealing import seal_status
 from ccc_relay.audit.tamper import ALARM_ACK
-from ccc_relay.core.effects import Persist
+from ccc_relay.core.effects import Forward, Persist
 from ccc_relay.core.relay import OPERATOR, RELAY
 from ccc_relay.daemon.audit_lifecycle import AcknowledgeAuditAlarm, ReadAuditAlarms
 from ccc_relay.daemon.committer import SLOW_COMMIT, Job
@@ -406,6 +406,9 @@ class Operator:
     async def reject(self, message_id: str, reason: str | None) -> dict[str, Any]:
         target = await self._held(message_id)
         now = self.shell.clock()
+        federation = self.core.federation
+        if federation is not None and "@" in target.sender:
+            return await self._reject_remote(target, reason, now)
         notice = self.core.new_message(
             RELAY,
             target.sender,
@@ -423,6 +426,25 @@ class Operator:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {message_id!r}")
         self.shell.run(self.core.message_committed(notice, now))
         return {"id": message_id, "to": target.recipient, "notified": target.sender}
+
+    async def _reject_remote(
+        self, target: StoredMessage, reason: str | None, now: float
+    ) -> dict[str, Any]:
+        """The sender is on another relay: the notice goes back to it signed, through
+        the outbox, like any refusal of an arrival."""
+        federation = self.core.federation
+        assert federation is not None
+        entry = federation.rejection(
+            target, "rejected by the operator" + (f": {reason}" if reason else ""), now
+        )
+        taken = await self._commit(
+            store_ops.RejectHeld(target.id, None, entry),
+            self.core.record(now, "rejected", id=target.id, by_uid=self.by_uid, reason=reason),
+        )
+        if taken is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no held message {target.id!r}")
+        self.shell.run([Forward(entry)])
+        return {"id": target.id, "to": target.recipient, "notified": target.sender}
 
     async def _held(self, message_id: str) -> StoredMessage:
         held = await self.shell.committer.read(store_ops.ReadHeldMessage(message_id))

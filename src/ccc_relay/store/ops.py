@@ -87,15 +87,21 @@ class ApproveHeld(StoreOp[StoredMessage | None]):
 
 @dataclass(frozen=True, slots=True)
 class RejectHeld(StoreOp[StoredMessage | None]):
-    """Drop a held message and queue the sender's notice, in one transaction."""
+    """Drop a held message and queue the sender's notice, in one transaction: a
+    message for a local sender, or a signed ``refused`` envelope in the outbox
+    for a sender on another relay. Either is stored only if the message was held."""
 
     message_id: str
-    notice: StoredMessage  # its body names the message; sent only if it was held
+    notice: StoredMessage | None
+    outbox: OutboxEntry | None = None
 
     def apply(self, store: Store) -> StoredMessage | None:
         held = store.take_held(self.message_id)
         if held is not None:
-            store.insert_messages([self.notice])
+            if self.notice is not None:
+                store.insert_messages([self.notice])
+            if self.outbox is not None:
+                store.queue_remote([self.outbox])
         return held
 
 
