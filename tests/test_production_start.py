@@ -25,14 +25,16 @@ from pathlib import Path
 
 import pytest
 
+from ccc_relay.policy.config import PRODUCTION_STATE_DIR
 from tests.support import run_cli
 from tests.test_config import SEED_BLOCK
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
 PRODUCTION_DIRS = (Path("/var/lib/ccc-statusd"), Path("/var/log/claude-ipc"))
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("runuser") is None,
     reason="creates a system user and starts the relay as root: needs root, useradd, runuser",
 )
@@ -116,6 +118,7 @@ def problems_of(config: Path) -> tuple[int, list[str], list[dict[str, object]]]:
 
 
 @pytest.mark.slow
+@needs_root
 def test_the_seed_config_pasted_as_the_readme_says_starts(
     account: tuple[str, str], open_dir: Path, tmp_path: Path
 ) -> None:
@@ -161,6 +164,7 @@ def test_the_seed_config_pasted_as_the_readme_says_starts(
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@needs_root
 def test_a_venv_whose_python_the_relay_user_cannot_run_is_refused_before_binding(
     account: tuple[str, str], open_dir: Path
 ) -> None:
@@ -202,6 +206,7 @@ def test_a_venv_whose_python_the_relay_user_cannot_run_is_refused_before_binding
         shutil.rmtree(closed, ignore_errors=True)
 
 
+@needs_root
 def test_check_config_names_each_directory_the_relay_cannot_use_and_its_fix(
     account: tuple[str, str], open_dir: Path
 ) -> None:
@@ -243,6 +248,7 @@ def test_check_config_names_each_directory_the_relay_cannot_use_and_its_fix(
     assert os.stat(taken).st_uid == 0 and not any(taken.iterdir())
 
 
+@needs_root
 def test_the_relay_user_is_told_how_to_make_what_it_may_not(
     account: tuple[str, str], open_dir: Path
 ) -> None:
@@ -295,6 +301,7 @@ def test_a_start_that_fails_after_binding_removes_its_sockets(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@needs_root
 def test_a_missing_admin_socket_directory_is_made_as_runtime_directory_would(
     account: tuple[str, str], open_dir: Path
 ) -> None:
@@ -333,3 +340,15 @@ def test_a_missing_admin_socket_directory_is_made_as_runtime_directory_would(
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_the_docs_say_where_the_state_goes_and_which_python_to_use() -> None:
+    readme = (ROOT / "README.md").read_text()
+    production = readme[readme.index("## Production") : readme.index("## Commands")]
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    for text in (production, deploy):
+        assert str(PRODUCTION_STATE_DIR) in text
+        assert "sudo /usr/bin/python3 -m venv /opt/ccc-relay" in text
+    assert "sudo python3 -m venv" not in readme + deploy  # root's python3 may be pyenv's
+    section = deploy[deploy.index("## 2. The package") : deploy.index("## 3.")]
+    assert "pyenv" in section and "check-config" in section
