@@ -433,7 +433,14 @@ def test_gemini_settings_have_the_documented_shape(
             "gemini",
             ".gemini/settings.json",
             '{\n  // Gemini allows comments\n  "theme": "GitHub"\n}\n',
-            "is not valid JSON (line 2",
+            "has comments (line 2 column 3), which Gemini CLI allows but ccc install cannot "
+            "keep: it edits plain JSON only",
+        ),
+        (
+            "claude",
+            ".mcp.json",
+            '{\n  "x": "http://a/b" /* no */\n}\n',
+            "is not valid JSON (line 2 column 21: comments are not JSON)",
         ),
     ],
 )
@@ -600,3 +607,20 @@ def test_the_installed_hook_command_runs(relay: RunningRelay, project: Path) -> 
     assert out["hookEventName"] == "SessionStart"
     [fenced] = [f for f in parse_fences(out["additionalContext"].split("\n\n", 1)[1])]
     assert (fenced.sender, fenced.message_id) == ("alice", sent.id)
+
+
+def test_gemini_settings_with_comments_are_left_alone_and_said_why(project: Path) -> None:
+    settings = project / ".gemini" / "settings.json"
+    settings.parent.mkdir()
+    content = '{\n  // my theme\n  "theme": "GitHub" /* dark later */\n}\n'
+    settings.write_text(content)
+    done = subprocess.run([str(BIN / "ccc"), "install", "gemini", "--project", str(project)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 4
+    assert done.stderr.startswith(
+        f"error: {settings}: has comments (line 2 column 3), which Gemini CLI allows but ccc "
+        "install cannot keep: it edits plain JSON only\n  next: nothing was written; add this "
+        'by hand: "mcpServers": {"ccc-relay": {"command": "ccc", "args": ["mcp"]'
+    ), done.stderr
+    assert "not valid JSON" not in done.stderr
+    assert settings.read_text() == content

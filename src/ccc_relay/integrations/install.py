@@ -163,20 +163,53 @@ def dump_json(data: Any, style: JsonStyle = DEFAULT_JSON_STYLE) -> str:
     return text + "\n" if style.final_newline else text
 
 
-def load_json_object(path: Path, text: str | None, entry_hint: str) -> dict[str, Any]:
+def _comment_at(text: str) -> tuple[int, int] | None:
+    """(line, column) of the first ``//`` or ``/*`` comment outside a JSON string."""
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "/" and text[i + 1 : i + 2] in ("/", "*"):
+            line = text.count("\n", 0, i) + 1
+            return line, i - (text.rfind("\n", 0, i) + 1) + 1
+    return None
+
+
+def load_json_object(
+    path: Path, text: str | None, entry_hint: str, *, comments_ok_for: str | None = None
+) -> dict[str, Any]:
     """Parse a JSON config file that must hold an object ({} when there is no file).
 
-    ``entry_hint`` is what to add by hand when the file cannot be edited.
-    Raises InstallError.
+    ``entry_hint`` is what to add by hand when the file cannot be edited;
+    ``comments_ok_for`` names the tool whose file may hold comments (Gemini CLI),
+    which ccc cannot keep when it rewrites the file. Raises InstallError.
     """
     if text is None or not text.strip():
         return {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        comment = _comment_at(text)
+        if comment is not None and comments_ok_for is not None:
+            raise InstallError(
+                path,
+                f"has comments (line {comment[0]} column {comment[1]}), which {comments_ok_for} "
+                "allows but ccc install cannot keep: it edits plain JSON only",
+                f"nothing was written; add this by hand: {entry_hint}",
+            ) from None
+        where, why = (exc.lineno, exc.colno), exc.msg
+        if comment is not None:
+            where, why = comment, "comments are not JSON"
         raise InstallError(
             path,
-            f"is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})",
+            f"is not valid JSON (line {where[0]} column {where[1]}: {why})",
             f"nothing was written; fix the file (or add this by hand: {entry_hint})",
         ) from None
     if not isinstance(data, dict):
@@ -222,7 +255,14 @@ def edit_json(path: Path, old: str | None, data: Mapping[str, Any], detail: str)
     return FileEdit(path, old, dump_json(data, style), detail)
 
 
-def mcp_servers_edit(path: Path, entry: Mapping[str, Any], *, remove: bool, label: str) -> FileEdit:
+def mcp_servers_edit(
+    path: Path,
+    entry: Mapping[str, Any],
+    *,
+    remove: bool,
+    label: str,
+    comments_ok_for: str | None = None,
+) -> FileEdit:
     """Add, update or remove our server in a JSON file's ``mcpServers`` object
     (Claude Code's ``.mcp.json``, Gemini CLI's ``settings.json``). Keys the user
     added to our entry (a timeout, say) stay. Raises InstallError."""
@@ -230,7 +270,7 @@ def mcp_servers_edit(path: Path, entry: Mapping[str, Any], *, remove: bool, labe
     if old is None and remove:
         return FileEdit(path, None, None, "not there")
     hint = json.dumps({"mcpServers": {SERVER_NAME: entry}}, separators=(", ", ": "))
-    data = load_json_object(path, old, hint[1:-1])
+    data = load_json_object(path, old, hint[1:-1], comments_ok_for=comments_ok_for)
     servers = data.get("mcpServers", {})
     expect_type(path, "mcpServers", servers, dict, "an object")
     current = servers.get(SERVER_NAME)

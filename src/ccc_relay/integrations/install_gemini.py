@@ -27,6 +27,7 @@ from ccc_relay.integrations.install import (
 
 # Only what Gemini would hide or what decides where the relay is: the rest of
 # RELAY_ENV (CCC_CONFIG, the cache dirs) is passed through as it is.
+GEMINI = "Gemini CLI"  # allows comments in settings.json; ccc edits plain JSON only
 PASSED_ENV = ("CCC_SOCKET", "CCC_CREDENTIAL", "CCC_RELAY_PUBKEY")
 
 
@@ -47,10 +48,20 @@ def server_entry(command: str) -> dict[str, Any]:
 def install(project: Path, *, command: str = "ccc", user: bool = False) -> list[FileEdit]:
     """The edit that adds (or updates) the ``ccc-relay`` server. Raises InstallError."""
     path = settings_path(project, user=user)
-    return [mcp_servers_edit(path, server_entry(command), remove=False, label=f"{command} mcp")]
+    return [
+        mcp_servers_edit(
+            path,
+            server_entry(command),
+            remove=False,
+            label=f"{command} mcp",
+            comments_ok_for=GEMINI,
+        )
+    ]
 
 
 def uninstall(project: Path, *, user: bool = False) -> list[FileEdit]:
     """The edit that takes the ``ccc-relay`` server out. Raises InstallError."""
     path = settings_path(project, user=user)
-    return [mcp_servers_edit(path, server_entry("ccc"), remove=True, label="")]
+    return [
+        mcp_servers_edit(path, server_entry("ccc"), remove=True, label="", comments_ok_for=GEMINI)
+    ]
