@@ -176,10 +176,15 @@ def count_threads() -> int:
         return threading.active_count()
 
 
+# Whether whoever started this process is root, read once at import, before any
+# drop: a relay that became daemon.user still reports to the root who started it.
+_STARTED_AS_ROOT = os.geteuid() == 0
+
+
 def sudo() -> str:
-    """``"sudo "`` to put before a printed fix that needs root, or nothing when this
-    process is root already (who has no sudo to type). Raises nothing."""
-    return "" if os.geteuid() == 0 else "sudo "
+    """``"sudo "`` to put before a printed fix that needs root, or nothing when root
+    started this process (and has no sudo to type). Raises nothing."""
+    return "" if _STARTED_AS_ROOT or os.geteuid() == 0 else "sudo "
 
 
 # --- internals ----------------------------------------------------------------

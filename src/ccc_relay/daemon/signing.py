@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from ccc_relay.audit.signing import SigningKeyError
+from ccc_relay.daemon.privileges import sudo
 from ccc_relay.protocol.frames import Message
 from ccc_relay.protocol.signature import message_signed_bytes
 
@@ -153,7 +154,7 @@ def _read_private(path: Path, owner: int) -> bytes:
             raise MessageKeyError(
                 f"{path} belongs to uid {info.st_uid}, not to uid {owner} that the relay runs "
                 f"as, so it may have been planted: remove it (rm {path}) and the relay makes "
-                f"a new one, or if you made it fix it with: sudo chown {owner} {path}"
+                f"a new one, or if you made it fix it with: {sudo()}chown {owner} {path}"
             )
         if info.st_mode & 0o077:
             raise MessageKeyError(

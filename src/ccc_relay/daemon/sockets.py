@@ -23,6 +23,8 @@ import stat
 from collections.abc import Collection
 from pathlib import Path
 
+from ccc_relay.daemon.privileges import sudo
+
 # path -> (device, inode) of every socket this process bound, so shutdown
 # removes exactly those and never a file someone else put there since.
 _bound: dict[str, tuple[int, int]] = {}
@@ -60,7 +62,7 @@ def ensure_private_dir(
     elif info.st_uid != uid:
         raise SocketPathError(
             f"{path} belongs to uid {info.st_uid}, not to uid {uid} that the relay runs as; "
-            f"fix it with: sudo chown -R {uid} {path}"
+            f"fix it with: {sudo()}chown -R {uid} {path}"
         )
     if not created and info.st_mode & 0o022:
         raise StateDirError(
@@ -158,7 +160,7 @@ def check_private_tree(
                 continue
             raise StateDirError(
                 f"{directory} cannot be read by uid {os.geteuid()}; "
-                f"fix it with: sudo chown -R {uid} {directory}"
+                f"fix it with: {sudo()}chown -R {uid} {directory}"
             ) from None
         for entry in entries:
             path = Path(entry.path)
@@ -183,7 +185,7 @@ def _check_entry(path: Path, info: os.stat_result, uid: int, *, own: bool, key: 
         owners = f"uid {uid}" if own else f"uid {uid} or root"
         raise StateDirError(
             f"{path} belongs to uid {info.st_uid}, not to {owners} (the relay's); if you did "
-            f"not put it there, remove it, else fix it with: sudo chown {uid} {path}"
+            f"not put it there, remove it, else fix it with: {sudo()}chown {uid} {path}"
         )
     if own and not stat.S_ISREG(info.st_mode):
         raise StateDirError(
@@ -254,7 +256,7 @@ def group_id(name: str) -> int:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise SocketPathError(
-            f"group {name!r} does not exist; create it with: sudo groupadd --system {name}"
+            f"group {name!r} does not exist; create it with: {sudo()}groupadd --system {name}"
         ) from None
 
 
