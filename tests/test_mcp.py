@@ -117,3 +117,34 @@ def test_mcp_server_starts_without_a_relay_and_says_so(state_dir: Path) -> None:
     missing = str(state_dir / "bob.cred")
     no_file = asyncio.run(whoami({"CCC_SOCKET": socket, "CCC_CREDENTIAL": missing}))
     assert "credential_missing" in no_file and "ccc agent add bob" in no_file
+
+
+def test_a_tool_error_writes_no_log_noise_to_stderr(relay: RunningRelay, tmp_path: Path) -> None:
+    """The model gets the refusal; the agent's terminal gets no rich INFO line for it."""
+    relay.add_agent("alice")
+    errlog = tmp_path / "stderr.txt"
+
+    async def scenario() -> None:
+        params = StdioServerParameters(
+            command=str(BIN / "ccc"),
+            args=["mcp"],
+            env={
+                "CCC_SOCKET": str(relay.config.socket_path),
+                "CCC_CREDENTIAL": str(relay.config.credentials_dir / "alice.cred"),
+                "CCC_CONFIG": "",
+            },
+        )
+        with errlog.open("w") as err:
+            async with (
+                stdio_client(params, errlog=err) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                refused = await session.call_tool("send_message", {"to": "nobody", "text": "x"})
+                assert refused.is_error and "forbidden" in text_of(refused)
+                bad = await session.call_tool("send_message", {"to": "", "text": "x"})
+                assert bad.is_error
+
+    asyncio.run(scenario())
+    logged = errlog.read_text()
+    assert "INFO" not in logged and "failed" not in logged and "server.py" not in logged, logged

@@ -16,10 +16,12 @@ a generic failure.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
@@ -116,9 +118,24 @@ class _Server(MCPServer[Any]):
             raise ToolError(argument_errors(name, cause, schema)) from cause
 
 
+def _plain_logging() -> Literal["DEBUG", "WARNING"]:
+    """Warnings and errors only, one plain line each, on stderr (CCC_DEBUG=1: all).
+
+    The SDK logs every failed tool call at INFO through rich; a refusal is the
+    model's answer, not news for the agent's terminal. The first logging set-up
+    wins, so this one runs before the SDK's (and gives way to one made earlier).
+    """
+    level: Literal["DEBUG", "WARNING"] = "DEBUG" if os.environ.get("CCC_DEBUG") else "WARNING"
+    logging.basicConfig(
+        level=level, format="ccc mcp: %(levelname)s: %(message)s", stream=sys.stderr
+    )
+    return level
+
+
 def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPServer[Any]:
     """The MCP server; ``endpoint_factory`` defaults to CCC_SOCKET/CCC_CREDENTIAL."""
     factory = endpoint_factory or (lambda: Endpoint.resolve(env=os.environ))
+    log_level = _plain_logging()
     relay = RelayConnection(factory)
 
     @asynccontextmanager
@@ -133,6 +150,7 @@ def build_server(endpoint_factory: Callable[[], Endpoint] | None = None) -> MCPS
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         description="Message other AI agents through the ccc relay",
+        log_level=log_level,
     )
 
     @server.tool()
