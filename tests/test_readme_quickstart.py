@@ -1,9 +1,8 @@
 """The README's Quickstart, run exactly as written: its own text is the script.
 
 Terminal 1's block starts the relay with ``./dev.sh start``; terminal 2's block is
-run line by line in one bash session from the checkout, as a newcomer pastes it.
-The only edit is the placeholder ``<id from above>``, which a reader fills in with
-the id the previous command printed.
+run line by line in one bash session from the checkout, as a newcomer pastes it,
+unedited (a shell variable carries the message id from the send to the reply).
 """
 
 from __future__ import annotations
@@ -66,26 +65,41 @@ def relay_from_dev_sh(state_dir: Path) -> Iterator[dict[str, str]]:
             relay.stderr.close()  # type: ignore[union-attr]
 
 
+STEP = re.compile(r"\n@@quickstart step (\d+)@@\n")
+
+
+def _run_in_one_session(lines: list[str], env: dict[str, str]) -> list[tuple[str, int, str]]:
+    """Each line's (stdout, exit status, stderr), run one after another by one bash, as
+    pasted into one terminal: a variable a line sets is there for the next."""
+    script = "".join(
+        f"{line}\nstatus=$?; echo; echo @@quickstart step $status@@; echo @@step@@ >&2\n"
+        for line in lines
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    parts = STEP.split(done.stdout)  # out, status, out, status, ..., ""
+    outs, statuses = parts[0:-1:2], [int(s) for s in parts[1::2]]
+    errs = done.stderr.split("@@step@@\n")
+    assert len(outs) == len(statuses) == len(lines), (done.stdout, done.stderr)
+    return list(zip(outs, statuses, errs, strict=False))
+
+
 def test_terminal_two_runs_as_written(relay_from_dev_sh: dict[str, str]) -> None:
     [_terminal_1, terminal_2, *_] = quickstart_blocks()
     assert terminal_2[0] == ". .venv/bin/activate"
-    previous = ""
-    outputs: list[str] = []
-    for line in terminal_2[1:]:
-        command = line
-        if "<id from above>" in command:
-            [message_id] = MESSAGE_ID.findall(previous)
-            command = command.replace("<id from above>", message_id)
-        done = subprocess.run(
-            ["bash", "-c", f". .venv/bin/activate && {command}"], cwd=ROOT,
-            env=relay_from_dev_sh, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, (line, done.stdout, done.stderr)
-        previous = done.stdout
-        outputs.append(done.stdout)
-    transcript = "\n".join(outputs)
+    assert not any(re.search(r"<[^>]*>", line) for line in terminal_2), (
+        "a placeholder a newcomer must edit (and bash reads '<' as a redirection)"
+    )
+    steps = _run_in_one_session(terminal_2, relay_from_dev_sh)
+    for line, (out, status, err) in zip(terminal_2, steps, strict=True):
+        assert status == 0, (line, out, err)
+    outputs = [out for out, _, _ in steps]
     # What the Quickstart's comments promise: the message arrived, the reply came
-    # back, and the audit log holds every decision.
-    assert "the API changed, please update the client" in transcript
-    assert "done" in outputs[terminal_2.index("ccc --as alice watch --count 1") - 1]
+    # back answering it, and the audit log holds every decision.
+    inbox = outputs[terminal_2.index("ccc --as bob inbox")]
+    assert "the API changed, please update the client" in inbox
+    [sent_id] = set(MESSAGE_ID.findall(inbox))
+    watched = outputs[terminal_2.index("ccc --as alice watch --count 1")]
+    assert "done" in watched and sent_id in watched, watched
     assert '"event":"accepted"' in outputs[-1] or '"event": "accepted"' in outputs[-1]
