@@ -737,7 +737,8 @@ def test_cli_missing_socket_says_to_start_the_relay(host: dict[str, Path]) -> No
     code, out = _invoke(
         "alice", "--project", str(host["project"]), "--print", "--config", str(host["config"])
     )
-    assert code == 1
+    assert code == 3  # relay_unavailable, as docs/cli.md's table has it
+    assert out.startswith("error: the relay socket")
     assert "ccc-statusd start" in out
 
 
@@ -765,8 +766,44 @@ def test_cli_root_owned_project_asks_for_uid(host: dict[str, Path]) -> None:
         "--config",
         str(host["config"]),
     )
-    assert code == 1
-    assert "pass --uid" in out
+    assert code == 2  # a usage problem: which user to run as
+    assert out.startswith("error: the project directory is owned by root")
+    assert "pass --uid" in out and "as-root recipe" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reachability is checked for a root launcher")
+def test_cli_a_parent_the_uid_cannot_pass_is_named_not_chowned(host: dict[str, Path]) -> None:
+    # As with a project under /root: the project is the uid's, a parent lets nobody through.
+    private = host["tmp"] / "private"
+    private.mkdir(mode=0o700)
+    project = private / "shop-api"
+    project.mkdir()
+    os.chown(project, 4321, 4321)
+    code, out = _invoke(
+        "alice", "--project", str(project), "--runtime", "bwrap", "--uid", "4321", "--print",
+        "--config", str(host["config"]),
+    )  # fmt: skip
+    assert code == 2
+    said = " ".join(out.split())
+    assert said.startswith("error: the sandbox could not use")
+    assert f"no search permission on {private} " in said
+    assert f"{private} does not let uid 4321 pass" in said
+    assert "as-root recipe" in said
+    assert "chown" not in said  # no chown of the project gets through its parent
+
+
+def test_cli_other_ids_as_a_normal_user_are_a_usage_error(
+    host: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() == 0:  # the launcher's own ids are the seam: a normal user's
+        monkeypatch.setattr(os, "geteuid", lambda: 4321)
+        monkeypatch.setattr(os, "getuid", lambda: 4321)
+    code, out = _invoke(
+        "alice", "--project", str(host["project"]), "--runtime", "bwrap",
+        "--uid", str(os.getuid() + 1), "--print", "--config", str(host["config"]),
+    )  # fmt: skip
+    assert code == 2
+    assert out.startswith("error: only root can choose")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reachability is checked for a root launcher")
@@ -782,6 +819,7 @@ def test_cli_unreachable_socket_is_reported_with_the_fix(host: dict[str, Path]) 
         "--config",
         str(host["config"]),
     )
-    assert code == 1
+    assert code == 8  # a socket this user may not open
+    assert out.startswith("error: the sandbox could not use")
     assert "no search permission" in out
     assert "socket_group" in out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from ccc_relay.cli.common import EXIT_REFUSED, EXIT_USAGE
 from ccc_relay.cli.firewall_cmd import firewall
 from ccc_relay.cli.run_host import (
     agent_socket,
@@ -24,20 +25,32 @@ from ccc_relay.cli.run_host import (
     env_pairs,
     host_paths,
     load_run_config,
+    run_fail,
+    sandbox_ccc,
     size_option,
 )
+from ccc_relay.cli.terminal import shown
 from ccc_relay.containers.detect import (
+    LIMITS_NEXT_STEP,
     HostError,
+    IdentityError,
     access_problem,
     capped_ulimits,
     choose_identity,
     detect_runtime,
     group_id,
+    limits_problem,
     needs_new_session,
     present_etc_files,
 )
-from ccc_relay.containers.probe import not_runnable_message, probe_ccc
-from ccc_relay.containers.sandbox import exec_sandbox, launch_command, print_line, run_engine
+from ccc_relay.containers.probe import EngineFailed, not_runnable_message, probe_ccc
+from ccc_relay.containers.sandbox import (
+    exec_sandbox,
+    launch_command,
+    print_line,
+    run_engine,
+    run_in_terminal,
+)
 from ccc_relay.containers.spec import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_PIDS_LIMIT,
@@ -51,7 +64,9 @@ from ccc_relay.containers.staging import (
     LaunchError,
     grant_socket,
     prepare_podman_rootfs,
+    remove_staged,
     stage_credential,
+    sweep_staged,
 )
 from ccc_relay.policy.config import Config
 from ccc_relay.protocol.names import agent_name_problem
@@ -165,6 +180,21 @@ def launcher_dir(config: Config, as_root: bool) -> Path:
     help="Start even when 'ccc' does not run inside the sandbox (then the agent has no "
     "relay: no 'ccc send', no MCP server, no hooks). By default ccc run checks first.",
 )
+@click.option(
+    "--no-limits",
+    "no_limits",
+    is_flag=True,
+    help="Start without memory and process limits. Needed where the runtime cannot apply "
+    "them (rootless podman on cgroups v1), which ccc run otherwise refuses.",
+)
+@click.option(
+    "--sandbox-ccc",
+    "ccc_path",
+    envvar="CCC_SANDBOX_CCC",
+    type=click.Path(path_type=Path),
+    help="The host's ccc to give the sandbox (bwrap, podman; env CCC_SANDBOX_CCC), found "
+    "first on its PATH. Default: the ccc under /usr/local/bin or /usr/bin.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     name: str,
@@ -183,6 +213,8 @@ def run(
     rootfs: Path | None,
     config_path: str | None,
     skip_ccc_check: bool,
+    no_limits: bool,
+    ccc_path: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Start agent NAME's sandbox on its project: ccc run NAME --project DIR [-- COMMAND...]
@@ -193,7 +225,9 @@ def run(
     does not cut the agent off), /run/ccc/credential (NAME's credential,
     read-only), a read-only /usr, a private /tmp, and nothing else of the
     host. CCC_SOCKET, CCC_CREDENTIAL and CCC_AGENT are set, so 'ccc' works
-    inside without flags.
+    inside without flags. From a terminal, a bubblewrap sandbox gets a
+    terminal of its own (job control and Ctrl-C work inside; it cannot type
+    into yours).
     """
     problem = agent_name_problem(name)
     if problem:
@@ -201,10 +235,15 @@ def run(
     config = load_run_config(config_path)
     as_root = os.geteuid() == 0
     project_dir, socket_path, credential = host_paths(config, name, project)
+    staging = None
     try:
         # bubblewrap has no guarded network, so egress looks only at the engines.
         candidates = ("podman", "docker") if network == "egress" else RUNTIMES
         chosen = detect_runtime(runtime, as_root=as_root, candidates=candidates)
+        if not no_limits:
+            unlimited = limits_problem(chosen, as_root=as_root)
+            if unlimited:
+                run_fail(f"{unlimited}: {LIMITS_NEXT_STEP}", EXIT_REFUSED)
         identity = choose_identity(
             euid=os.geteuid(),
             project=project_dir.stat(),
@@ -232,14 +271,15 @@ def run(
             extra_gids=identity.extra_gids,
             network=network,
             command=command,
-            memory_limit=size_option("--memory", memory),
-            pids_limit=pids,
+            memory_limit=None if no_limits else size_option("--memory", memory),
+            pids_limit=None if no_limits else pids,
             tmp_size=size_option("--tmp-size", tmp_size),
             runtime=chosen,
             image=image,
             env=env_pairs(env),
             new_session=needs_new_session(),
             tty=sys.stdin.isatty(),
+            ccc_path=sandbox_ccc(ccc_path),
         )
         rootfs_dir = None
         if chosen == "podman":
@@ -249,11 +289,16 @@ def run(
             )
         unreadable = access_problem(credential, identity, 4, traverse=False)
         if chosen != "bwrap" and as_root and unreadable:
+            credentials_dir = launcher_dir(config, as_root) / "credentials"
+            sweep_staged(credentials_dir)  # copies left by runs that were killed
+            staging = credentials_dir / name
             staged = stage_credential(
                 credential,
-                launcher_dir(config, as_root) / "credentials" / name,
+                staging,
                 identity.uid,
                 identity.gid,
+                # --print keeps its copy for the printed command; a run removes its own.
+                launcher_pid=None if print_only else os.getpid(),
             )
             spec = replace(spec, credential_path=staged)
         argv = launch_command(
@@ -275,17 +320,35 @@ def run(
                 extra_gids=identity.extra_gids,
                 rootfs_dir=rootfs_dir,
                 image=image,
+                ccc_path=spec.ccc_path,
             )
             if problem is not None:
-                raise click.ClickException(not_runnable_message(chosen, problem, image=image))
+                run_fail(
+                    not_runnable_message(chosen, problem, image=image, ccc_path=spec.ccc_path),
+                    EXIT_REFUSED,
+                )
         sys.stdout.flush()
         if chosen == "bwrap":
+            if spec.tty:
+                sys.exit(run_in_terminal(spec, as_root=as_root))
             exec_sandbox(spec, argv)  # bubblewrap's own errors are already plain
         returncode, explained, engine_text = run_engine(spec, argv)
         if explained is not None:
-            click.echo(f"Error: {explained}", err=True)
-            if engine_text.strip():
-                click.echo(f"({chosen} said: {engine_text.strip()})", err=True)
+            _engine_said(explained, chosen, engine_text)
         sys.exit(returncode)
-    except (HostError, SandboxSpecError, LaunchError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except EngineFailed as exc:
+        _engine_said(str(exc), chosen, exc.engine_text)
+        sys.exit(exc.returncode)
+    except (IdentityError, SandboxSpecError) as exc:
+        run_fail(str(exc), EXIT_USAGE)
+    except (HostError, LaunchError) as exc:
+        run_fail(str(exc), EXIT_REFUSED)
+    finally:
+        if staging is not None and not print_only:
+            remove_staged(staging, launcher_pid=os.getpid())
+
+
+def _engine_said(explained: str, engine: str, engine_text: str) -> None:
+    click.echo(f"error: {shown(explained, one_line=True)}", err=True)
+    if engine_text.strip():
+        click.echo(f"({engine} said: {shown(engine_text.strip())})", err=True)

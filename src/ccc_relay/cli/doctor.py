@@ -23,8 +23,15 @@ from typing import Any, NamedTuple
 import click
 
 from ccc_relay.cli.common import emit_json
-from ccc_relay.containers.detect import HostError, detect_runtime, missing_tools
+from ccc_relay.containers.detect import (
+    LIMITS_NEXT_STEP,
+    HostError,
+    detect_runtime,
+    limits_problem,
+    missing_tools,
+)
 from ccc_relay.containers.probe import (
+    EngineFailed,
     install_recipe,
     probe_ccc,
     visible_ccc,
@@ -403,6 +410,12 @@ def _runtime_check(name: str, as_root: bool) -> Check:
         return Check(
             name, False, f"{argv[0]} failed: {said[-1] if said else result.returncode}", fix
         )
+    unlimited = limits_problem(name, as_root=as_root)
+    if unlimited:
+        return Check(
+            name, False, f"runs, but {unlimited}; ccc run refuses it without --no-limits",
+            LIMITS_NEXT_STEP,
+        )  # fmt: skip
     return Check(name, True, "usable")
 
 
@@ -427,12 +440,19 @@ def _ccc_inside_check(config: Config, runtime: str, project: Path | None) -> Che
             rootfs = prepare_podman_rootfs(launcher_dir(config, as_root) / "podman-rootfs")
         except LaunchError as exc:
             return Check("ccc in a sandbox", False, str(exc), "fix the directory it names")
-    problem = probe_ccc(runtime, as_root=as_root, uid=uid, gid=gid, rootfs_dir=rootfs)
+    chosen = os.environ.get("CCC_SANDBOX_CCC") or None  # what ccc run would give the sandbox
+    ccc_path = Path(os.path.realpath(chosen)) if chosen else None
+    try:
+        problem = probe_ccc(
+            runtime, as_root=as_root, uid=uid, gid=gid, rootfs_dir=rootfs, ccc_path=ccc_path
+        )
+    except EngineFailed as exc:
+        return Check("ccc in a sandbox", False, str(exc), f"see '{runtime} info'")
     if problem is None:
         return Check(
             "ccc in a sandbox", True, f"'ccc --version' runs in a {runtime} sandbox as uid {uid}"
         )
-    static = why_not_visible(visible_ccc())
+    static = why_not_visible(ccc_path, bound=True) if ccc_path else why_not_visible(visible_ccc())
     detail = f"{problem}" + (f"; {static}" if static else "")
     return Check(
         "ccc in a sandbox",

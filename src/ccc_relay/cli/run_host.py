@@ -3,7 +3,8 @@
 The relay's config, the agent's socket and credential, the project directory,
 whether the sandbox's uid can reach them, and the option values (--memory,
 --tmp-size, --env) turned into spec values. Each missing piece is reported
-with the command that provides it, as a ``click`` error.
+with the command that provides it, as one ``error:`` line and the exit code
+of docs/cli.md's table (``run_fail``).
 """
 
 from __future__ import annotations
@@ -12,19 +13,41 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
-from ccc_relay.containers.detect import Identity, access_problem
+from ccc_relay.cli.common import (
+    EXIT_CONFIG,
+    EXIT_CREDENTIAL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+from ccc_relay.cli.terminal import shown
+from ccc_relay.containers.detect import Identity, access_problem, blocking_step
 from ccc_relay.policy.config import Config, ConfigError, embedded_defaults, load_config
 from ccc_relay.policy.units import UnitError, parse_size
+
+
+def run_fail(message: str, exit_code: int) -> NoReturn:
+    """``error: MESSAGE`` on stderr (further lines, such as a recipe, as they are), then exit.
+
+    Like ``common.fail``, but a message may go on over several lines.
+    """
+    first, *rest = message.split("\n")
+    lines = [
+        f"error: {shown(first, one_line=True)}",
+        *(shown(line, one_line=True) for line in rest),
+    ]
+    click.echo("\n".join(lines), err=True)
+    sys.exit(exit_code)
 
 
 def load_run_config(path: str | None) -> Config:
     try:
         return load_config(path) if path else embedded_defaults()
     except ConfigError as exc:
-        raise click.ClickException(f"invalid config: {exc}") from None
+        run_fail(f"invalid config: {exc}", EXIT_CONFIG)
 
 
 def agent_socket(config: Config, name: str) -> Path:
@@ -37,24 +60,26 @@ def host_paths(config: Config, name: str, project: Path) -> tuple[Path, Path, Pa
     try:
         project_dir = project.expanduser().resolve(strict=True)
     except OSError:
-        raise click.ClickException(f"project directory {project} does not exist") from None
+        run_fail(f"project directory {project} does not exist", EXIT_USAGE)
     if not project_dir.is_dir():
-        raise click.ClickException(f"project {project} is not a directory")
+        run_fail(f"project {project} is not a directory", EXIT_USAGE)
     credential = config.credentials_dir / f"{name}.cred"
     if not credential.is_file():
-        raise click.ClickException(
-            f"no credential for agent {name!r} at {credential}: run 'ccc agent add {name}' first"
+        run_fail(
+            f"no credential for agent {name!r} at {credential}: run 'ccc agent add {name}' first",
+            EXIT_CREDENTIAL,
         )
     socket_path = agent_socket(config, name)
     try:
         is_socket = stat.S_ISSOCK(socket_path.stat().st_mode)
     except OSError:
-        raise click.ClickException(
+        run_fail(
             f"the relay socket {socket_path} does not exist: start the relay with "
-            "'ccc-statusd start' (with the same --config)"
-        ) from None
+            "'ccc-statusd start' (with the same --config)",
+            EXIT_UNAVAILABLE,
+        )
     if not is_socket:
-        raise click.ClickException(f"{socket_path} is not a socket; is the config right?")
+        run_fail(f"{socket_path} is not a socket; is the config right?", EXIT_CONFIG)
     return project_dir, socket_path, credential
 
 
@@ -76,13 +101,25 @@ def check_reachable(runtime: str, ident: Identity, project: Path, socket_path: P
             "the defaults do this), plus daemon.socket_group; see docs/deploy.md, "
             "'The sockets', and 'ccc doctor'"
         )
-    for path, want, fix in (
-        (project, 7, f"chown {ident.uid} {project} (or pick --uid)"),
-        (socket_path, 6, socket_fix),
-    ):
-        problem = access_problem(path, ident, want, traverse=walk)
-        if problem:
-            raise click.ClickException(f"the sandbox could not use {path}: {problem}; {fix}")
+    found = blocking_step(project, ident, 7, traverse=walk)
+    if found:
+        step, problem = found
+        if step == project:
+            fix = f"chown {ident.uid} {project} (or pick --uid)"
+        else:
+            # A parent is in the way (/root, a 0700 home): no chown of the project helps.
+            fix = (
+                f"{step} does not let uid {ident.uid} pass: keep the project in a directory "
+                "every user may enter, outside /root and private homes (as root: "
+                "docs/containers.md's as-root recipe: a user per agent owning /srv/ccc/NAME)"
+            )
+        run_fail(f"the sandbox could not use {project}: {problem}; {fix}", EXIT_USAGE)
+    socket_problem = access_problem(socket_path, ident, 6, traverse=walk)
+    if socket_problem:
+        run_fail(
+            f"the sandbox could not use {socket_path}: {socket_problem}; {socket_fix}",
+            EXIT_CREDENTIAL,
+        )
 
 
 def size_option(option: str, text: str) -> int:
@@ -106,3 +143,17 @@ def env_pairs(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         pairs = [p for p in pairs if p[0] != name]
         pairs.append((name, value))
     return tuple(pairs)
+
+
+def sandbox_ccc(path: Path | None) -> Path | None:
+    """The host ``ccc`` that --sandbox-ccc (CCC_SANDBOX_CCC) names, as the file it is;
+    a usage error when it is not an executable file."""
+    if path is None or not str(path):
+        return None
+    try:
+        real = path.expanduser().resolve(strict=True)
+    except OSError:
+        run_fail(f"--sandbox-ccc {path} does not exist", EXIT_USAGE)
+    if not real.is_file() or not os.access(real, os.X_OK):
+        run_fail(f"--sandbox-ccc {path} is not an executable file", EXIT_USAGE)
+    return real

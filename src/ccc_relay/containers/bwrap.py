@@ -15,6 +15,7 @@ from __future__ import annotations
 from ccc_relay.containers.spec import (
     DEFAULT_COMMAND,
     ETC_FILES,
+    SANDBOX_CCC,
     SANDBOX_CREDENTIAL,
     SANDBOX_DIR_SOCKET,
     SANDBOX_SOCKET,
@@ -84,6 +85,7 @@ def bwrap_command(
         str(spec.project_dir),
         SANDBOX_WORKSPACE,
         *_socket_mounts(spec),
+        *(["--ro-bind", str(spec.ccc_path), SANDBOX_CCC] if spec.ccc_path else []),
         "--perms",
         "0400",
         "--ro-bind-data",

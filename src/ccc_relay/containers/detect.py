@@ -36,10 +36,15 @@ _RUNTIME_HINTS = {
 # Only a root launcher changes uid before starting bubblewrap.
 _ROOT_TOOLS = {"bwrap": (("setpriv", "apt-get install util-linux"),)}
 _TIOCSTI_SYSCTL = Path("/proc/sys/dev/tty/legacy_tiocsti")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class HostError(RuntimeError):
     """The host lacks something the sandbox needs; the message says how to get it."""
+
+
+class IdentityError(HostError):
+    """The ids asked for (or implied by the project) cannot be used: a usage problem."""
 
 
 def missing_tools(
@@ -106,31 +111,32 @@ def choose_identity(
     if euid != 0:
         mine = current if current is not None else (os.getuid(), os.getgid())
         if (uid not in (None, mine[0])) or (gid not in (None, mine[1])) or groups:
-            raise HostError(
+            raise IdentityError(
                 "only root can choose the sandbox's uid, gid or groups; as a normal "
                 "user the sandbox runs as you"
             )
         if mine[0] == 0:
-            raise HostError("refusing to run a sandbox as uid 0")
+            raise IdentityError("refusing to run a sandbox as uid 0")
         return Identity(*mine)
     if uid is None:
         uid = project.st_uid
         if uid == 0:
-            raise HostError(
+            raise IdentityError(
                 "the project directory is owned by root, so there is no user to run the "
-                "sandbox as: pass --uid (a dedicated unprivileged uid for this agent)"
+                "sandbox as: give the agent a user of its own that owns its project, "
+                "outside /root (docs/containers.md, the as-root recipe), or pass --uid"
             )
     if uid <= 0:
-        raise HostError("refusing to run a sandbox as uid 0: pass a non-root --uid")
+        raise IdentityError("refusing to run a sandbox as uid 0: pass a non-root --uid")
     if gid is None:
         lookup = primary_gid if primary_gid is not None else _passwd_gid
         found = lookup(uid)
         gid = found if found else uid
     if gid <= 0:
-        raise HostError("refusing to run a sandbox with group 0: pass a non-root --gid")
+        raise IdentityError("refusing to run a sandbox with group 0: pass a non-root --gid")
     extra = [g for g in groups if g != gid]
     if any(g <= 0 for g in extra):
-        raise HostError("refusing to give the sandbox group 0")
+        raise IdentityError("refusing to give the sandbox group 0")
     if socket is not None and socket.st_uid != uid and socket.st_gid not in (0, gid):
         if socket.st_mode & 0o060 == 0o060:
             extra.append(socket.st_gid)
@@ -144,7 +150,7 @@ def group_id(text: str) -> int:
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
-        raise HostError(f"no group named {text!r} on this host") from None
+        raise IdentityError(f"no group named {text!r} on this host") from None
 
 
 def _passwd_gid(uid: int) -> int | None:
@@ -163,13 +169,22 @@ def access_problem(path: Path, ident: Identity, want: int, *, traverse: bool) ->
     running as root does not). ACLs are not modelled: a path carrying one is
     given the benefit of the doubt.
     """
+    found = blocking_step(path, ident, want, traverse=traverse)
+    return found[1] if found else None
+
+
+def blocking_step(
+    path: Path, ident: Identity, want: int, *, traverse: bool
+) -> tuple[Path, str] | None:
+    """Like ``access_problem``, with the path that is in the way: ``path`` itself or,
+    with ``traverse``, one of its parents."""
     gids = {ident.gid, *ident.extra_gids}
     steps = [(parent, 1) for parent in reversed(path.parents)] if traverse else []
     for step, need in [*steps, (path, want)]:
         try:
             info = step.stat()
         except OSError as exc:
-            return f"{step}: {exc.strerror}"
+            return step, f"{step}: {exc.strerror}"
         if _has_acl(step):
             continue
         if info.st_uid == ident.uid:
@@ -180,7 +195,7 @@ def access_problem(path: Path, ident: Identity, want: int, *, traverse: bool) ->
             bits = info.st_mode & 7
         if bits & need != need:
             kind = "search" if need == 1 and step != path else _wanted(need)
-            return (
+            return step, (
                 f"uid {ident.uid} (groups {', '.join(map(str, sorted(gids)))}) has no {kind} "
                 f"permission on {step} ({stat.filemode(info.st_mode)} "
                 f"{info.st_uid}:{info.st_gid})"
@@ -229,3 +244,33 @@ def needs_new_session() -> bool:
         return _TIOCSTI_SYSCTL.read_text().strip() != "0"
     except OSError:
         return True  # a kernel without the switch allows TIOCSTI
+
+
+def cgroup_version(root: Path = CGROUP_ROOT) -> int:
+    """2 on a unified (cgroups v2) hierarchy, else 1. Raises nothing."""
+    return 2 if (root / "cgroup.controllers").exists() else 1
+
+
+def limits_problem(runtime: str, *, as_root: bool, cgroup: int | None = None) -> str | None:
+    """Why ``runtime`` would start a sandbox without its memory and process limits,
+    or None when it applies them. Raises nothing.
+
+    Rootless podman needs cgroups v2 to set limits; on v1 it only warns
+    ("Resource limits are not supported and ignored on cgroups V1 rootless
+    systems") and starts the container unlimited.
+    """
+    if runtime != "podman" or as_root:
+        return None
+    if (cgroup if cgroup is not None else cgroup_version()) != 1:
+        return None
+    return (
+        "rootless podman cannot apply --memory and --pids on this host: it has cgroups v1, "
+        "where podman ignores them for a normal user"
+    )
+
+
+LIMITS_NEXT_STEP = (
+    "run ccc run as root (root's podman applies them), or use --runtime bwrap (per-process "
+    "limits), or move the host to cgroups v2 (boot with systemd.unified_cgroup_hierarchy=1); "
+    "or pass --no-limits to start without memory and process limits"
+)

@@ -54,6 +54,19 @@ def _daemon_denied(engine: str, spec: SandboxSpec) -> str:
     )
 
 
+def _no_network(engine: str, spec: SandboxSpec) -> str:
+    create = (
+        "docker network create -o com.docker.network.bridge.name=ccc0 ccc-egress"
+        if engine == "docker"
+        else "podman network create --interface-name ccc0 ccc-egress"
+    )
+    return (
+        f"--network egress joins the network ccc-egress, which {engine} does not have: "
+        f"create it once ({create}) and load its firewall (ccc firewall --apply); "
+        "see docs/containers.md, '--network egress and the firewall'"
+    )
+
+
 def _mount_gone(engine: str, spec: SandboxSpec) -> str:
     return (
         f"a path the sandbox mounts is gone ({spec.socket_path}, {spec.project_dir} or the "
@@ -86,6 +99,8 @@ def _storage(engine: str, spec: SandboxSpec) -> str:
 
 
 # First match wins; the patterns are the engines' own words (podman 4/5, docker 24+).
+# Those of the engine itself (no daemon, no image, broken storage or runtime)
+# come first: they are also what a failed probe sandbox is about (ENGINE_LEVEL).
 _KNOWN: tuple[tuple[re.Pattern[str], _Explain], ...] = (
     (
         re.compile(r"name .* is already in use|already in use by|Conflict\. The container name"),
@@ -101,6 +116,10 @@ _KNOWN: tuple[tuple[re.Pattern[str], _Explain], ...] = (
         _no_image,
     ),
     (
+        re.compile(r"network not found|No such network|network .* not found", re.I),
+        _no_network,
+    ),
+    (
         re.compile(r"executable file not found|no such file or directory: OCI runtime attempted"),
         _command_missing,
     ),
@@ -111,6 +130,20 @@ _KNOWN: tuple[tuple[re.Pattern[str], _Explain], ...] = (
     (re.compile(r"storage|overlay|graph driver", re.I), _storage),
     (re.compile(r"OCI runtime|runc|crun|cgroup", re.I), _runtime_failed),
 )
+
+
+ENGINE_LEVEL = frozenset({_no_daemon, _daemon_denied, _no_image, _storage, _runtime_failed})
+
+
+def engine_problem(engine: str, returncode: int, text: str, spec: SandboxSpec) -> str | None:
+    """The sentence for a failure of the engine itself (not of a container, a mount or
+    a command in it), or None. Raises nothing."""
+    if returncode not in ENGINE_EXIT_CODES:
+        return None
+    for pattern, explain in _KNOWN:
+        if pattern.search(text):
+            return explain(engine, spec) if explain in ENGINE_LEVEL else None
+    return None
 
 
 def explain_engine_failure(

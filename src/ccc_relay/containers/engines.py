@@ -16,6 +16,7 @@ from pathlib import Path
 from ccc_relay.containers.spec import (
     DEFAULT_COMMAND,
     ETC_FILES,
+    SANDBOX_CCC,
     SANDBOX_CREDENTIAL,
     SANDBOX_DIR_SOCKET,
     SANDBOX_SOCKET,
@@ -63,6 +64,10 @@ def podman_command(
         if path not in _PODMAN_MANAGED_ETC:
             argv += _bind(path, path, readonly=True, target_key="destination", ro="ro=true")
     argv += _engine_mounts(spec, target_key="destination", ro="ro=true")
+    if spec.ccc_path is not None:
+        argv += _bind(
+            str(spec.ccc_path), SANDBOX_CCC, target_key="destination", ro="ro=true", readonly=True
+        )
     for name, value in spec.environment():
         argv += ["--env", f"{name}={value}"]
     argv += ["--workdir", SANDBOX_WORKSPACE]

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ccc_relay.containers.engine_errors import engine_problem
 from ccc_relay.containers.sandbox import run_sandbox
 from ccc_relay.containers.spec import SandboxSpec, SandboxSpecError
 from ccc_relay.containers.staging import LaunchError
@@ -34,6 +35,17 @@ _VISIBLE_ROOTS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib6
 PROBE_TIMEOUT = 60.0  # podman's first start on a cold cache takes seconds; a hang is not a probe
 MAX_DETAIL = 400  # characters of the sandbox's own error kept for the message
 INSTALL_DIR = "/usr/local/lib/ccc-relay"
+
+
+class EngineFailed(LaunchError):
+    """podman or docker itself failed (no daemon, no image, broken storage or runtime):
+    not a question of ``ccc``. The message says what to do; ``returncode`` and
+    ``engine_text`` are the engine's own."""
+
+    def __init__(self, message: str, returncode: int, engine_text: str) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.engine_text = engine_text
 
 
 def install_recipe(source: str | None = None) -> list[str]:
@@ -60,14 +72,15 @@ def visible_ccc(bin_dirs: Sequence[Path] = SANDBOX_BIN_DIRS) -> Path | None:
     return None
 
 
-def why_not_visible(ccc: Path | None) -> str | None:
-    """What keeps ``ccc`` (from ``visible_ccc``) from running in a sandbox, as far as the
-    host can tell; None when nothing is in the way that the host can see. Raises nothing."""
+def why_not_visible(ccc: Path | None, *, bound: bool = False) -> str | None:
+    """What keeps ``ccc`` (from ``visible_ccc``, or with ``bound`` the one --sandbox-ccc
+    binds in) from running in a sandbox, as far as the host can tell; None when
+    nothing is in the way that the host can see. Raises nothing."""
     if ccc is None:
         dirs = ", ".join(str(d) for d in SANDBOX_BIN_DIRS)
         return f"there is no ccc in {dirs}, the only places a sandbox's PATH looks"
     target = Path(os.path.realpath(ccc))
-    if not _visible(target):
+    if not bound and not _visible(target):
         return f"{ccc} is a link to {target}, outside /usr, which the sandbox cannot see"
     interpreter = _interpreter(target)
     if interpreter is None:
@@ -93,10 +106,15 @@ def probe_ccc(
     extra_gids: tuple[int, ...] = (),
     rootfs_dir: Path | None = None,
     image: str | None = None,
+    ccc_path: Path | None = None,
     timeout: float = PROBE_TIMEOUT,
 ) -> str | None:
     """Run ``ccc --version`` in a throwaway sandbox like the agent's; None when it works,
-    else what went wrong (the sandbox's own words, shortened). Raises nothing."""
+    else what went wrong (the sandbox's own words, shortened).
+
+    Raises EngineFailed when podman or docker could not start any container, so
+    that is said before anything about ``ccc`` or the image's contents.
+    """
     with tempfile.TemporaryDirectory(prefix="ccc-probe-") as tmp:
         base = Path(tmp)
         base.chmod(0o755)  # the sandbox uid walks in (bubblewrap resolves paths as that uid)
@@ -117,12 +135,20 @@ def probe_ccc(
                 command=("ccc", "--version"),
                 runtime=runtime,
                 image=image,
+                ccc_path=ccc_path,
             )
             result = run_sandbox(spec, as_root=as_root, rootfs_dir=rootfs_dir, timeout=timeout)
         except subprocess.TimeoutExpired:
             return f"'ccc --version' did not finish in {timeout:.0f} s"
         except (LaunchError, SandboxSpecError, OSError) as exc:
             return f"the probe sandbox could not start: {exc}"
+    if runtime != "bwrap":
+        text = result.stderr.decode(errors="replace")
+        engine = engine_problem(runtime, result.returncode, text, spec)
+        if engine is not None:
+            raise EngineFailed(
+                f"{runtime} is not usable: {engine}", result.returncode, text[-MAX_DETAIL:]
+            )
     out = result.stdout.decode(errors="replace").strip()
     if result.returncode == 0 and out.startswith("ccc"):
         return None
@@ -130,7 +156,9 @@ def probe_ccc(
     return f"'ccc --version' exited {result.returncode}" + (f": {said}" if said else "")
 
 
-def not_runnable_message(runtime: str, problem: str, *, image: str | None = None) -> str:
+def not_runnable_message(
+    runtime: str, problem: str, *, image: str | None = None, ccc_path: Path | None = None
+) -> str:
     """The whole explanation for a ``ccc`` that does not run inside, with what to do."""
     lead = (
         f"ccc does not run inside the {runtime} sandbox ({problem}). Inside, 'ccc send', "
@@ -141,7 +169,7 @@ def not_runnable_message(runtime: str, problem: str, *, image: str | None = None
             f"{lead} Install ccc-relay into the image {image or ''} (pip install ccc-relay "
             "in its Dockerfile), or pass --no-ccc-check to start without it."
         )
-    static = why_not_visible(visible_ccc())
+    static = why_not_visible(ccc_path, bound=True) if ccc_path else why_not_visible(visible_ccc())
     because = f" Here, {static}." if static else ""
     steps = "\n".join(f"  {line}" for line in install_recipe())
     return (

@@ -34,6 +34,9 @@ SANDBOX_SOCKET_DIR = "/run/ccc-relay"
 SANDBOX_DIR_SOCKET = f"{SANDBOX_SOCKET_DIR}/{AGENT_SOCKET_NAME}"
 SANDBOX_CREDENTIAL = "/run/ccc/credential"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# With --sandbox-ccc the named ccc is bound here, and this directory leads PATH.
+SANDBOX_CCC_DIR = "/run/ccc-bin"
+SANDBOX_CCC = f"{SANDBOX_CCC_DIR}/ccc"
 DEFAULT_COMMAND = ("bash",)
 
 RUNTIMES = ("bwrap", "podman", "docker")
@@ -108,6 +111,9 @@ class SandboxSpec:
     # socket_path (named AGENT_SOCKET_NAME) is alone in its directory, which is
     # mounted instead of the socket: the agent's own socket.
     socket_dir: bool = False
+    # A host ccc to run inside instead of the one on the sandbox's PATH (bwrap,
+    # podman): bound read-only at SANDBOX_CCC, whose directory leads PATH.
+    ccc_path: Path | None = None
 
     def __post_init__(self) -> None:
         problem = agent_name_problem(self.agent)
@@ -124,6 +130,18 @@ class SandboxSpec:
                 raise SandboxSpecError(
                     f"the {label} path {str(path)!r} contains ',' or ':', which "
                     f"{self.runtime} mount options cannot carry; use bwrap or another path"
+                )
+        if self.ccc_path is not None:
+            if not self.ccc_path.is_absolute():
+                raise SandboxSpecError(f"the ccc path {str(self.ccc_path)!r} must be absolute")
+            if self.runtime == "docker":
+                raise SandboxSpecError(
+                    "docker takes ccc from the image: install it there instead of "
+                    "passing --sandbox-ccc"
+                )
+            if _ENGINE_UNSAFE_PATH.search(str(self.ccc_path)):
+                raise SandboxSpecError(
+                    f"the ccc path {str(self.ccc_path)!r} contains ',' or ':'; use another path"
                 )
         if self.socket_dir and self.socket_path.name != AGENT_SOCKET_NAME:
             raise SandboxSpecError(
@@ -182,8 +200,9 @@ class SandboxSpec:
 
     def environment(self) -> list[tuple[str, str]]:
         """The sandbox's whole environment, in a stable order."""
+        path = SANDBOX_PATH if self.ccc_path is None else f"{SANDBOX_CCC_DIR}:{SANDBOX_PATH}"
         base = [
-            ("PATH", SANDBOX_PATH),
+            ("PATH", path),
             ("HOME", SANDBOX_WORKSPACE),
             ("LANG", "C.UTF-8"),
             ("CCC_AGENT", self.agent),

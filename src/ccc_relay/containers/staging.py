@@ -9,14 +9,18 @@ planted something in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from ccc_relay.containers.spec import (
     ETC_FILES,
+    SANDBOX_CCC,
+    SANDBOX_CCC_DIR,
     SANDBOX_CREDENTIAL,
     SANDBOX_DIR_SOCKET,
     SANDBOX_SOCKET,
@@ -92,6 +96,7 @@ def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FI
             "sys",
             "run",
             "run/ccc",
+            SANDBOX_CCC_DIR.lstrip("/"),
             SANDBOX_WORKSPACE.lstrip("/"),
         ):
             (rootfs_dir / name).mkdir(mode=0o755, exist_ok=True)
@@ -110,7 +115,7 @@ def prepare_podman_rootfs(rootfs_dir: Path, *, etc_files: Sequence[str] = ETC_FI
                 point.parent.mkdir(parents=True, exist_ok=True)
                 point.touch(exist_ok=True)
         (rootfs_dir / SANDBOX_SOCKET_DIR.lstrip("/")).mkdir(mode=0o755, exist_ok=True)
-        for path in (SANDBOX_DIR_SOCKET, SANDBOX_CREDENTIAL):
+        for path in (SANDBOX_DIR_SOCKET, SANDBOX_CREDENTIAL, SANDBOX_CCC):
             (rootfs_dir / path.lstrip("/")).touch(exist_ok=True)
         _socket_link(rootfs_dir / SANDBOX_SOCKET.lstrip("/"))
     except OSError as exc:
@@ -130,13 +135,23 @@ def _socket_link(link: Path) -> None:
     link.symlink_to(target)
 
 
-def stage_credential(source: Path, staging_dir: Path, uid: int, gid: int) -> Path:
+# In a staging directory: the pid of the launcher whose sandbox uses the copy.
+# A directory with a pid file of a process that is gone is a crashed run's;
+# one without (ccc run --print's, kept for the printed command) is left alone.
+LAUNCHER_PID_FILE = "launcher.pid"
+
+
+def stage_credential(
+    source: Path, staging_dir: Path, uid: int, gid: int, *, launcher_pid: int | None = None
+) -> Path:
     """Copy the credential to a file only ``uid`` can read, for podman/docker to mount.
 
     The relay keeps credentials 0600 to itself; a container engine mounts the
     inode, so the container's uid needs a copy it owns. ``staging_dir`` must be
     private (see ``private_dir``); the engine, as root, need not walk into it.
-    Raises LaunchError.
+    With ``launcher_pid`` the copy belongs to that process's run: remove it with
+    ``remove_staged`` when the sandbox ends, or ``sweep_staged`` removes it once
+    that process is gone. Raises LaunchError.
     """
     fd = open_credential(source)
     try:
@@ -158,9 +173,66 @@ def stage_credential(source: Path, staging_dir: Path, uid: int, gid: int) -> Pat
         finally:
             os.close(out)
         os.replace(temp, target)
+        if launcher_pid is not None:
+            _write_private(staging_dir / LAUNCHER_PID_FILE, f"{launcher_pid}\n".encode())
     except OSError as exc:
         raise LaunchError(f"cannot stage the credential in {staging_dir}: {exc}") from None
     return target
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(temp, flags, 0o600)
+    try:
+        os.write(out, data)
+    finally:
+        os.close(out)
+    os.replace(temp, path)
+
+
+def remove_staged(staging_dir: Path, *, launcher_pid: int) -> None:
+    """Remove ``staging_dir`` when it is still ``launcher_pid``'s (a later run of the
+    same agent may have staged its own copy there meanwhile). Raises nothing."""
+    if _launcher_pid(staging_dir) == launcher_pid:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def sweep_staged(credentials_dir: Path) -> list[Path]:
+    """Remove the staging directories under ``credentials_dir`` whose launcher is gone
+    (a ``ccc run`` that was killed or crashed); returns them. Raises nothing."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in credentials_dir.iterdir():
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            pid = _launcher_pid(entry)
+            if pid is not None and not _alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def _launcher_pid(staging_dir: Path) -> int | None:
+    try:
+        fd = os.open(staging_dir / LAUNCHER_PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def grant_socket(path: Path, gid: int) -> None:
