@@ -1,8 +1,11 @@
 """What the newcomer tests share: docs/containers.md's own commands, a relay started the
 way ``./dev.sh start`` starts it, throwaway users, and a ``ccc`` that cannot run in a sandbox.
 
-The documented install recipe is run as written (it puts ``ccc`` under /usr/local
-for every sandbox); whatever it created is removed afterwards.
+The documented install recipe is run as written but for its directory: each run
+installs into a prefix of its own under /usr/local/lib (where sandboxes see it),
+leaves /usr/local/bin/ccc alone, and names its ``ccc`` to ``ccc run`` and ``ccc
+doctor`` with CCC_SANDBOX_CCC. So tests touch no file they did not make, and
+concurrent runs do not meet; whatever a test made is removed afterwards.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS_MD = ROOT / "docs" / "containers.md"
-INSTALL_DIR = Path("/usr/local/lib/ccc-relay")
-INSTALL_LINK = Path("/usr/local/bin/ccc")
-INSTALLED_BIN = INSTALL_DIR / "bin"
+DOC_INSTALL_DIR = "/usr/local/lib/ccc-relay"  # as docs/containers.md's recipe has it
+TEST_PREFIX = "/usr/local/lib/ccc-relay-test-"  # + a token: this run's own
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -58,21 +60,34 @@ def need_root_and_bwrap() -> None:
         pytest.skip("no /usr/bin/python3 to make the sandboxes' ccc with")
 
 
+def install_script(prefix: Path) -> str:
+    """docs/containers.md's install recipe for ``prefix``, without its /usr/local/bin link."""
+    recipe = doc_block("install-recipe")
+    assert DOC_INSTALL_DIR in recipe
+    lines = [line for line in recipe.splitlines() if not line.startswith("ln ")]
+    assert len(lines) == len(recipe.splitlines()) - 1, "the recipe's link line moved"
+    return "\n".join(lines).replace(DOC_INSTALL_DIR, str(prefix)) + "\n"
+
+
 @contextlib.contextmanager
 def installed_ccc() -> Iterator[Path]:
-    """Run docs/containers.md's install recipe as written; undo what it created."""
+    """docs/containers.md's install recipe, into a prefix of this run's own; yields its bin.
+
+    Export ``sandbox_ccc(bin)`` (CCC_SANDBOX_CCC) to the ``ccc run`` that should use it.
+    """
     need_root_and_bwrap()
-    had_dir, had_link = INSTALL_DIR.exists(), os.path.lexists(INSTALL_LINK)
-    result = bash(doc_block("install-recipe"), env={"PATH": HOST_PATH, "HOME": "/root"})
+    prefix = Path(f"{TEST_PREFIX}{secrets.token_hex(4)}")
+    result = bash(install_script(prefix), env={"PATH": HOST_PATH, "HOME": "/root"})
     try:
         assert result.returncode == 0, result.stderr[-3000:]
-        yield INSTALLED_BIN
+        yield prefix / "bin"
     finally:
-        if not had_link:
-            with contextlib.suppress(FileNotFoundError):
-                INSTALL_LINK.unlink()
-        if not had_dir:
-            shutil.rmtree(INSTALL_DIR, ignore_errors=True)
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def sandbox_ccc(bin_dir: Path) -> dict[str, str]:
+    """The environment that gives ``ccc run``'s sandboxes the ``ccc`` in ``bin_dir``."""
+    return {"CCC_SANDBOX_CCC": str(bin_dir / "ccc")}
 
 
 @contextlib.contextmanager
@@ -134,8 +149,8 @@ def start_relay(env: Mapping[str, str], *, user: str | None = None, bin_dir: Pat
 
 @contextlib.contextmanager
 def broken_ccc(tmp: Path) -> Iterator[Path]:
-    """``/usr/local/bin/ccc`` from a virtual environment under /usr/local whose
-    python lives outside /usr (as a pyenv's does)."""
+    """A ``ccc`` from a virtual environment under /usr/local whose python lives outside
+    /usr (as a pyenv's does); give it to ``ccc run`` with ``sandbox_ccc(its.parent)``."""
     outside = tmp / "pyenv" / "bin"
     outside.mkdir(parents=True)
     shutil.copy2("/usr/bin/python3", outside / "python3")
@@ -145,20 +160,9 @@ def broken_ccc(tmp: Path) -> Iterator[Path]:
     script = venv / "bin" / "ccc"
     script.write_text(f"#!{venv}/bin/python\nfrom ccc_relay.cli.entry import main\nmain()\n")
     script.chmod(0o755)
-    # The only ccc on the sandbox's PATH: a good one later on it would be found instead
-    # (execvp goes on past an interpreter that is not there), so it steps aside meanwhile.
-    link = INSTALL_LINK
-    aside = link.with_name(f".ccc-aside-{secrets.token_hex(3)}")
-    had = os.path.lexists(link)
-    if had:
-        link.rename(aside)
-    link.symlink_to(script)
     try:
-        yield link
+        yield script
     finally:
-        link.unlink()
-        if had:
-            aside.rename(link)
         shutil.rmtree(venv)
 
 

@@ -21,6 +21,7 @@ from tests.newcomer import (
     broken_ccc,
     installed_ccc,
     need_root_and_bwrap,
+    sandbox_ccc,
     start_relay,
 )
 from tests.support import BIN
@@ -39,7 +40,8 @@ def relay(ccc_bin: Path, tmp_path: Path) -> Iterator[Relay]:
     need_root_and_bwrap()
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    env = {"HOME": str(home), "PATH": f"{BIN}:{HOST_PATH}", "LANG": "C.UTF-8"}
+    env = {"HOME": str(home), "PATH": f"{BIN}:{HOST_PATH}", "LANG": "C.UTF-8",
+           **sandbox_ccc(ccc_bin)}  # fmt: skip
     running = start_relay(env, bin_dir=BIN, log=tmp_path / "relay.log")
     try:
         for args in (("agent", "add", "alice"), ("agent", "add", "bob")):
@@ -136,7 +138,8 @@ def test_a_ccc_that_cannot_run_in_a_sandbox_is_the_failing_link(
     relay: Relay, tmp_path: Path
 ) -> None:
     with broken_ccc(tmp_path) as shadow:
-        code, checks = _doctor_json(relay.env, options=("--runtime", "bwrap"))
+        env = {**relay.env, **sandbox_ccc(shadow.parent)}
+        code, checks = _doctor_json(env, options=("--runtime", "bwrap"))
     assert code == 1
     inside = checks["ccc in a sandbox"]
     assert inside["ok"] is False

@@ -36,6 +36,7 @@ from tests.newcomer import (
     Relay,
     installed_ccc,
     need_root_and_bwrap,
+    sandbox_ccc,
     start_relay,
     throwaway_user,
 )
@@ -168,11 +169,13 @@ def test_a_running_sandbox_gets_every_message_across_relay_restarts_and_a_crash(
 ) -> None:
     with throwaway_user() as user:
         if who == "root":
-            host = Host(_env(root_home), BIN, None, tmp_path / "relay.log")
+            env = {**_env(root_home), **sandbox_ccc(ccc_bin)}
+            host = Host(env, BIN, None, tmp_path / "relay.log")
             project = open_dir / "alice"
         else:
             home = Path(os.path.expanduser(f"~{user}"))
-            env = {"HOME": str(home), "PATH": f"{ccc_bin}:{HOST_PATH}", "LANG": "C.UTF-8"}
+            env = {"HOME": str(home), "PATH": f"{ccc_bin}:{HOST_PATH}", "LANG": "C.UTF-8",
+                   **sandbox_ccc(ccc_bin)}  # fmt: skip
             host = Host(env, ccc_bin, user, home / "relay.log")
             project = home / "alice"
         project.mkdir()
@@ -239,7 +242,7 @@ print(json.dumps(seen))
 def test_the_sandbox_sees_its_own_socket_and_no_other_agents(
     ccc_bin: Path, root_home: Path, open_dir: Path, tmp_path: Path, runtime: str
 ) -> None:
-    env = _env(root_home)
+    env = {**_env(root_home), **sandbox_ccc(ccc_bin)}
     relay = start_relay(env, bin_dir=BIN, log=tmp_path / "relay.log")
     try:
         with throwaway_user() as owner:
@@ -258,8 +261,11 @@ def test_the_sandbox_sees_its_own_socket_and_no_other_agents(
             seen = json.loads(out.strip().splitlines()[-1])
     finally:
         relay.stop()
-    # (podman adds its own /run/.containerenv, which says "a container" and no more)
-    assert [n for n in seen["run"] if n != ".containerenv"] == ["ccc", "ccc-relay", "ccc.sock"]
+    # (podman adds its own /run/.containerenv, which says "a container" and no more;
+    # ccc-bin holds the ccc under test, which CCC_SANDBOX_CCC names)
+    assert [n for n in seen["run"] if n != ".containerenv"] == [
+        "ccc", "ccc-bin", "ccc-relay", "ccc.sock"
+    ]  # fmt: skip
     assert seen["link"] in ("/run/ccc-relay/relay.sock", "ccc-relay/relay.sock")
     assert seen["CCC_SOCKET"] == "/run/ccc.sock"
     # The directory is the relay's (root's), mode 0711: walked through, never listed.
