@@ -66,9 +66,10 @@ def sent_ns(body: str | bytes) -> int:
 class Access:
     """How client processes reach one running system (picklable)."""
 
-    kind: str  # ccc | baseline | redis | nats | nats-js
+    kind: str  # ccc | ccc-fed | baseline | redis | nats | nats-js
     address: str  # a Unix socket path, or nats://127.0.0.1:PORT
     credentials: dict[str, str] = field(default_factory=dict)  # ccc: agent -> credential
+    peer_address: str = ""  # ccc-fed: the receivers' relay (h2); ``address`` is h1's
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class Case:
     size: int = KiB
     topology: str = "1to1"  # 1to1 | 10to1 | 10x10
     rate: float | None = None
+    federated: bool = False  # run by ccc-fed (two relays) and nats-js only
 
 
 CASES: dict[str, Case] = {c.name: c for c in (
@@ -108,6 +110,11 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("lat-10k", "latency 1 KiB 1->1 at 10,000 msg/s", "paced", rate=10000.0),
     Case("drain", "receiver offline, then online: 1 KiB queued", "drain"),
     Case("idle", "idle connected agents", "idle"),
+    # Cross-relay: ccc-fed (s0@h1 -> r0@h2 through JetStream) beside nats-js alone.
+    Case("fed-tput-1k", "cross-relay throughput 1 KiB h1->h2 through JetStream", "flood",
+         federated=True),
+    Case("fed-lat-1k", "cross-relay latency 1 KiB h1->h2 at 100 msg/s", "paced", rate=100.0,
+         federated=True),
 )}  # fmt: skip
 
 
@@ -339,6 +346,10 @@ def clients(kind: str) -> tuple[type[Pipe], type[Sink]]:
     """The sender and receiver classes for one kind of system."""
     if kind == "ccc":
         return CccPipe, CccSink
+    if kind == "ccc-fed":
+        from benchmarks.federated import FedPipe, FedSink
+
+        return FedPipe, FedSink
     if kind == "baseline":
         from benchmarks.baseline_relay import BaselinePipe, BaselineSink
 

@@ -71,6 +71,9 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
     System("nats-js", "nats", "nats-js",
            "NATS JetStream, file storage (server default: fsync on a 2-minute timer)",
            jetstream=True),
+    System("ccc-fed", "ccc-fed", "ccc-fed",
+           "two ccc-statusd relays (every check on) federated through one nats-server "
+           "(JetStream, file storage; NKEY users, plain TCP on loopback): s0@h1 -> r0@h2"),
 )}  # fmt: skip
 
 
@@ -85,7 +88,7 @@ def missing(system: System) -> str | None:
             return "not installed (apt-get install redis-server)"
         if not _importable("redis"):
             return "not installed (pip install redis)"
-    if system.server == "nats":
+    if system.server in ("nats", "ccc-fed"):
         if find_binary("nats-server") is None:
             return "not installed (apt-get install nats-server)"
         if not _importable("nats"):
@@ -354,7 +357,12 @@ SERVERS: dict[str, type[Server]] = {
 
 def start(system: System, *, root: Path | None = None) -> Server:
     """A started server for ``system``; the caller stops it (it is a context manager)."""
-    server = SERVERS[system.server](system, root=root)
+    if system.server == "ccc-fed":
+        from benchmarks.federated import FederatedPair
+
+        server: Server = FederatedPair(system, root=root)
+    else:
+        server = SERVERS[system.server](system, root=root)
     try:
         server.start()
     except BaseException:

@@ -33,9 +33,13 @@ COLUMNS = (
     "RSS MiB", "relay CPU%", "relay µs/msg", "client CPU%", "other CPU%", "ccc vs row", "note",
 )  # fmt: skip
 
+# The row a case's ratios are taken to: the relay, or the two federated relays.
+REFERENCE_SYSTEMS = ("ccc", "ccc-fed")
+
 RATIO_HELP = (
     "ccc vs row: throughput and drain, ccc msg/s / row msg/s; latency, row p99 / ccc p99; "
-    "memory, row RSS / ccc RSS. Above 1 means ccc-relay does better. relay CPU% is the "
+    "memory, row RSS / ccc RSS. In the fed- cases ccc is ccc-fed (two relays through "
+    "JetStream) beside JetStream alone. Above 1 means ccc-relay does better. relay CPU% is the "
     "server process (all threads) over the measured span, 100 = one core; relay µs/msg that "
     "CPU per message delivered (steadier than msg/s on a shared machine); client CPU% the "
     "benchmark's client processes; other CPU% what the rest of the machine used meanwhile, "
@@ -221,7 +225,7 @@ def table(rows: list[Row], kinds: dict[str, str]) -> str:
     for row in rows:
         by_case.setdefault(row.case, []).append(row)
     for case, group in by_case.items():
-        ccc = next((r for r in group if r.system == "ccc"), None)
+        ccc = next((r for r in group if r.system in REFERENCE_SYSTEMS), None)
         for row in group:
             lines.append("| " + " | ".join(cells(row, kinds.get(case, ""), ccc)) + " |")
     return "\n".join(lines)

@@ -43,6 +43,9 @@ PLACEMENT_SYSTEMS = ("ccc", "baseline")
 _TARGET_SYSTEMS = ("ccc", "baseline-durable", "nats-js", "redis-always")
 TARGET_ROWS = {"tput-1k": _TARGET_SYSTEMS, "lat-1k": _TARGET_SYSTEMS}
 OVERLOADED = 0.95  # a paced row that delivered less than this share of its offered rate
+# A federated case runs the two relays and JetStream alone; ccc-fed runs nothing else.
+FEDERATED_SYSTEMS = ("ccc-fed", "nats-js")
+MIN_PACED = 200  # a paced row sends at least this many (a slow rate runs longer): a p99 needs them
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +133,8 @@ def window_for(scale: Scale, senders: int) -> int:
 
 
 def prepare(server: peers.Server, agents: list[str], pairs: list[tuple[str, str]]) -> Access:
-    if isinstance(server, peers.CccServer):
-        server.add_agents(agents, pairs)
+    if isinstance(server, peers.CccServer) or server.system.server == "ccc-fed":
+        server.add_agents(agents, pairs)  # type: ignore[attr-defined]
     if isinstance(server, peers.NatsServer) and server.system.jetstream:
         cases.run_loop(server.create_stream())
     assert server.access is not None
@@ -172,8 +175,8 @@ def flood_or_paced(system: System, case: Case, scale: Scale, root: Path, procs: 
     agents = sorted({r.agent for r in [*senders, *receivers]})
     if case.kind == "paced":
         assert case.rate is not None
-        count = int(case.rate * scale.paced_seconds)
-        plan = SendPlan(case.size, window_for(scale, len(senders)), count, scale.paced_seconds,
+        count = max(MIN_PACED, int(case.rate * scale.paced_seconds))
+        plan = SendPlan(case.size, window_for(scale, len(senders)), count, count / case.rate,
                         case.rate / len(senders))  # fmt: skip
     else:
         plan = SendPlan(case.size, window_for(scale, len(senders)), scale.flood_cap,
@@ -200,6 +203,8 @@ def flood_or_paced(system: System, case: Case, scale: Scale, root: Path, procs: 
                      f"{others / span * 100:.0f}%")  # fmt: skip
     if msgs < accepted:
         notes.insert(0, f"only {msgs:,} of {accepted:,} delivered")
+    if system.server == "ccc-fed":
+        notes.append("relay CPU: h1's, the sending relay")
     row = Row(case.name, system.name, msgs=msgs, size=case.size, other_cpu=other)
     if not msgs or not sent or not any(s.first_ns for s in sent):
         row.status = "failed: " + ("; ".join(notes) or "nothing delivered")
@@ -357,6 +362,10 @@ def run_benchmark(scale: Scale, *, case_names: list[str] | None = None,
         case = CASES[name]
         for system in chosen:
             if case.kind == "idle" and system.name not in IDLE_SYSTEMS:
+                continue
+            if case.federated and system.name not in FEDERATED_SYSTEMS:
+                continue
+            if not case.federated and system.name == "ccc-fed":
                 continue
             wants_profile = profile if (name == profile_case and system.name == "ccc") else None
             row = measure(system, case, scale, root, profile=wants_profile)

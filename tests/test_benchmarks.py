@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,16 @@ from benchmarks import report
 from benchmarks.disk import FlushLatency, flush_latency
 from benchmarks.peers import SYSTEMS, missing
 from benchmarks.report import COLUMNS, Row
-from benchmarks.run import FULL, TARGET_ROWS, Scale, median_row, parse_args, run_benchmark
+from benchmarks.run import (
+    FEDERATED_SYSTEMS,
+    FULL,
+    MIN_PACED,
+    TARGET_ROWS,
+    Scale,
+    median_row,
+    parse_args,
+    run_benchmark,
+)
 
 TINY = Scale("tiny", ("tput-1k", "lat-1k", "drain", "idle"), flood_seconds=0.3,
              flood_cap=20_000, paced_seconds=0.5, drain_count=400, idle_agents=20, procs=0,
@@ -82,6 +92,47 @@ def test_tiny_run_reports_every_column_and_plausible_numbers(tmp_path: Path) -> 
     assert set(verdicts.values()) <= {"met", "not met", "not measured"}
     # 20 agents and 400 queued messages are too few to judge the memory targets.
     assert [v for n, v in verdicts.items() if "idle" in n or "queued" in n] == ["not measured"] * 2
+
+
+@pytest.mark.slow
+def test_the_cross_relay_cases_run_two_relays_beside_jetstream_alone(tmp_path: Path) -> None:
+    lines: list[str] = []
+    scale = replace(TINY, cases=("fed-tput-1k", "fed-lat-1k"))
+    result = run_benchmark(scale, root=tmp_path, echo=lines.append)
+    printed = "\n".join(lines)
+    rows = [Row(**r) for r in result["rows"]]
+    assert [(r.case, r.system) for r in rows] == [
+        (case, system)
+        for case in ("fed-tput-1k", "fed-lat-1k")
+        for system in ("nats-js", "ccc-fed")
+    ]
+    for row in rows:
+        why = missing(SYSTEMS[row.system])
+        if why is not None:
+            assert row.status == why
+            continue
+        assert row.ok, (row.case, row.system, row.status)
+        assert row.rate is not None and 10 < row.rate < 10_000_000
+        if row.case == "fed-lat-1k":
+            assert row.msgs == MIN_PACED  # 100 msg/s for at least MIN_PACED messages
+            assert row.p50 is not None and row.p99 is not None
+            assert 0 < row.p50 <= row.p99 <= (row.pmax or 0)
+        if row.system == "ccc-fed":
+            assert "relay CPU: h1's" in row.note
+    if missing(SYSTEMS["ccc-fed"]) is None:
+        # The ratios are to the two relays: JetStream alone's row shows one, theirs 1x.
+        assert re.search(r"\| fed-tput-1k \| nats-js \|.*\| [0-9.]+x \|", printed)
+        assert re.search(r"\| fed-lat-1k \| ccc-fed \|.*\| 1x \|", printed)
+
+
+def test_every_case_runs_in_a_full_run_and_the_federated_ones_only_on_their_systems() -> None:
+    from benchmarks.cases import CASES
+
+    assert set(FULL.cases) == set(CASES)
+    federated = {name for name, case in CASES.items() if case.federated}
+    assert federated == {"fed-tput-1k", "fed-lat-1k"}
+    assert set(FEDERATED_SYSTEMS) == {"ccc-fed", "nats-js"} <= set(SYSTEMS)
+    assert CASES["fed-lat-1k"].rate == 100.0 and CASES["fed-lat-1k"].size == 1024
 
 
 def _target_rows(*, ccc_us: float = 40.0, ccc_rate: float = 20_000.0,
