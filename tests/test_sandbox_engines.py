@@ -188,3 +188,18 @@ def test_rootless_podman_on_cgroups_v1_is_refused_unless_no_limits(host: Host) -
     assert result.returncode == 1
     assert "rootless podman cannot apply --memory and --pids" in result.stderr
     assert "--no-limits" in result.stderr
+
+
+@pytest.mark.skipif(not HAS_PODMAN, reason="podman and runc are not installed")
+def test_doctor_reports_a_podman_that_would_ignore_the_limits() -> None:
+    from ccc_relay.cli.doctor import _runtime_check
+
+    as_root = _runtime_check("podman", as_root=True)
+    assert as_root.ok, as_root  # root's podman applies them on either cgroup version
+    rootless = _runtime_check("podman", as_root=False)  # podman info runs here as root
+    if cgroup_version() != 1:
+        assert rootless.ok
+        return
+    assert not rootless.ok
+    assert "rootless podman cannot apply --memory and --pids" in rootless.detail
+    assert "--no-limits" in rootless.fix
