@@ -109,11 +109,6 @@ def check_host(
     return directories, problems
 
 
-def host_problems(config: Config, *, allow_root: bool = True) -> list[str]:
-    """``check_host``'s problems alone. Raises nothing."""
-    return check_host(config, allow_root=allow_root)[1]
-
-
 def socket_activated() -> bool:
     """Whether systemd passed this process its listening socket. Raises nothing."""
     return os.environ.get("LISTEN_PID") == str(os.getpid()) and bool(os.environ.get("LISTEN_FDS"))
