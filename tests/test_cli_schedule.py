@@ -4,6 +4,7 @@ when the message will be delivered (docs/cli.md, "Sending later"). Against a rea
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -53,6 +54,13 @@ def test_at_and_in_refuse_what_cannot_be_meant_and_say_when(
     # None of the scheduled ones is due; the one sent at once is.
     inbox = json.loads(ok("ccc", "--as", "bob", "inbox", "--json", env=env))["messages"]
     assert len(inbox) == 1
+    # The operator sees the two that wait for their time apart from what is due.
+    status = json.loads(ok("ccc", "status", "--json", env=env))
+    [bob] = [a for a in status["agents"] if a["name"] == "bob"]
+    assert (bob["queued"], bob["scheduled"]) == (0, 2)
+    [listed] = json.loads(ok("ccc", "agent", "list", "--json", env=env))["agents"][1:]
+    assert (listed["name"], listed["queued"], listed["scheduled"]) == ("bob", 0, 2)
+    assert re.search(r"bob\s*│\s*no\s*│\s*0\s*│\s*2\s*│", ok("ccc", "status", env=env))
     rc, out, _ = send("--in", "0s")
     assert rc == 0 and out.startswith("accepted ") and "delivered at" in out
 

@@ -60,10 +60,18 @@ def print_status(data: dict[str, Any]) -> None:
     if sandbox:
         out.print(f"sandbox: {sandbox.get('landlock')}")
     print_audit_state(out, data)
-    table = Table("agent", "online", "queued", "state", title=f"{len(data['agents'])} agents")
+    table = Table(
+        "agent", "online", "queued", "scheduled", "state", title=f"{len(data['agents'])} agents"
+    )
     for agent in data["agents"]:
         flag = Text("QUARANTINED", style="bold red") if agent.get("quarantined") else Text("ok")
-        table.add_row(Text(agent["name"]), online(agent["online"]), str(agent["queued"]), flag)
+        table.add_row(
+            Text(agent["name"]),
+            online(agent["online"]),
+            str(agent["queued"]),
+            str(agent.get("scheduled", 0)),
+            flag,
+        )
     out.print(table)
     for alert in data.get("alerts", [])[-5:]:
         out.print(
@@ -114,13 +122,18 @@ def print_sessions(rows: Iterable[dict[str, Any]]) -> None:
 
 
 def print_agents(rows: Iterable[dict[str, Any]]) -> None:
-    table = Table("agent", "created", "bound uid/gid", "online", "queued")
+    table = Table("agent", "created", "bound uid/gid", "online", "queued", "scheduled")
     for r in rows:
         uid = "-" if r["uid"] is None else r["uid"]
         gid = "-" if r["gid"] is None else r["gid"]
         bound = f"{uid}/{gid}"
         table.add_row(
-            Text(r["name"]), when(r["created"]), bound, online(r["online"]), str(r["queued"])
+            Text(r["name"]),
+            when(r["created"]),
+            bound,
+            online(r["online"]),
+            str(r["queued"]),
+            str(r.get("scheduled", 0)),
         )
     console().print(table)
 

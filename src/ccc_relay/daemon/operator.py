@@ -230,7 +230,9 @@ class Operator:
         return {"name": request.name}
 
     async def list_agents(self) -> list[dict[str, Any]]:
-        depths = await self.shell.committer.read(store_ops.ReadQueueDepths())
+        depths, later = await self.shell.committer.read(
+            store_ops.ReadQueueDepths(self.shell.clock())
+        )
         online = self.core.online
         return [
             {
@@ -240,6 +242,7 @@ class Operator:
                 "gid": a.gid,
                 "online": len(online.get(a.name, ())),
                 "queued": depths.get(a.name, 0),
+                "scheduled": later.get(a.name, 0),
             }
             for a in self.core.agents.values()
         ]
@@ -487,10 +490,10 @@ class Operator:
         held: int | None
         alarms: list[dict[str, Any]] | None
         try:
-            depths, held = await committer.read(store_ops.ReadStatus())
+            depths, later, held = await committer.read(store_ops.ReadStatus(self.shell.clock()))
             alarms = await committer.read(ReadAuditAlarms())
         except StoreFailure:
-            depths, held, alarms = {}, None, None  # status must answer when the store has failed
+            depths, later, held, alarms = {}, {}, None, None  # status must answer when the store has failed
         activity = core.routing.activity
         return {
             "pid": os.getpid(),
@@ -511,7 +514,8 @@ class Operator:
                 {
                     "name": name,
                     "online": len(core.online.get(name, ())),
-                    "queued": depths.get(name, 0),
+                    "queued": depths.get(name, 0),  # due now
+                    "scheduled": later.get(name, 0),  # waiting for their deliver_at
                     "quarantined": core.agents[name].quarantined,
                     **{
                         k: activity[name][k] if name in activity else 0

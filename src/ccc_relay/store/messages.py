@@ -97,8 +97,24 @@ class MessageQueue:
         ).fetchone()
         return int(row[0])
 
-    def queue_depths(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT recipient, COUNT(*) FROM messages GROUP BY recipient")
+    def queue_depths(self, now: float | None = None) -> dict[str, int]:
+        """Messages waiting per recipient; with ``now``, only those due by then."""
+        if now is None:
+            rows = self._db.execute("SELECT recipient, COUNT(*) FROM messages GROUP BY recipient")
+        else:
+            rows = self._db.execute(
+                "SELECT recipient, COUNT(*) FROM messages"
+                " WHERE deliver_at IS NULL OR deliver_at <= ? GROUP BY recipient",
+                (now,),
+            )
+        return {str(r): int(n) for r, n in rows}
+
+    def scheduled_depths(self, now: float) -> dict[str, int]:
+        """Messages per recipient that wait for a later ``deliver_at``."""
+        rows = self._db.execute(
+            "SELECT recipient, COUNT(*) FROM messages WHERE deliver_at > ? GROUP BY recipient",
+            (now,),
+        )
         return {str(r): int(n) for r, n in rows}
 
     def next_scheduled(self, after: float) -> float | None:

@@ -358,17 +358,23 @@ class ReadGroupMembers(StoreOp[list[tuple[str, str]]]):
 
 
 @dataclass(frozen=True, slots=True)
-class ReadQueueDepths(StoreOp[dict[str, int]]):
-    def apply(self, store: Store) -> dict[str, int]:
-        return store.queue_depths()
+class ReadQueueDepths(StoreOp[tuple[dict[str, int], dict[str, int]]]):
+    """Per recipient: the messages due by ``now``, and those scheduled for later."""
+
+    now: float
+
+    def apply(self, store: Store) -> tuple[dict[str, int], dict[str, int]]:
+        return store.queue_depths(self.now), store.scheduled_depths(self.now)
 
 
 @dataclass(frozen=True, slots=True)
-class ReadStatus(StoreOp[tuple[dict[str, int], int]]):
-    """Queue depths and the number of held messages."""
+class ReadStatus(StoreOp[tuple[dict[str, int], dict[str, int], int]]):
+    """Queue depths (due, scheduled) and the number of held messages."""
 
-    def apply(self, store: Store) -> tuple[dict[str, int], int]:
-        return store.queue_depths(), store.held_count()
+    now: float
+
+    def apply(self, store: Store) -> tuple[dict[str, int], dict[str, int], int]:
+        return store.queue_depths(self.now), store.scheduled_depths(self.now), store.held_count()
 
 
 @dataclass(frozen=True, slots=True)
