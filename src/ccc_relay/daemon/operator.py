@@ -492,8 +492,8 @@ class Operator:
         try:
             depths, later, held = await committer.read(store_ops.ReadStatus(self.shell.clock()))
             alarms = await committer.read(ReadAuditAlarms())
-        except StoreFailure:
-            depths, later, held, alarms = {}, {}, None, None  # status must answer when the store has failed
+        except StoreFailure:  # status must answer when the store has failed
+            depths, later, held, alarms = {}, {}, None, None
         activity = core.routing.activity
         return {
             "pid": os.getpid(),
