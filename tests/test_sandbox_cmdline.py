@@ -719,7 +719,8 @@ def test_cli_prints_a_podman_command_over_a_private_skeleton(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bob"], "run 'ccc agent add bob' first"),
+        (["bob"], "agent list' shows the agents; 'ccc --config"),
+        (["alicf"], "did you mean 'alice'? "),
         (["Alice!"], "lower-case letters"),
         (["alice", "--project", "/nonexistent/project"], "does not exist"),
     ],

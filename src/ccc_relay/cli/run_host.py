@@ -10,6 +10,7 @@ of docs/cli.md's table (``run_fail``).
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from ccc_relay.cli.common import (
     EXIT_CREDENTIAL,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    credential_names,
+    did_you_mean,
 )
 from ccc_relay.cli.terminal import shown
 from ccc_relay.containers.detect import Identity, access_problem, blocking_step
@@ -65,8 +68,11 @@ def host_paths(config: Config, name: str, project: Path) -> tuple[Path, Path, Pa
         run_fail(f"project {project} is not a directory", EXIT_USAGE)
     credential = config.credentials_dir / f"{name}.cred"
     if not credential.is_file():
+        ccc = "ccc" if config.source is None else f"ccc --config {shlex.quote(str(config.source))}"
         run_fail(
-            f"no credential for agent {name!r} at {credential}: run 'ccc agent add {name}' first",
+            f"no credential for agent {name!r} at {credential}: "
+            + did_you_mean(name, credential_names(config))
+            + f"'{ccc} agent list' shows the agents; '{ccc} agent add {name}' makes this one",
             EXIT_CREDENTIAL,
         )
     socket_path = agent_socket(config, name)
