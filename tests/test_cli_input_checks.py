@@ -51,6 +51,10 @@ def test_input_that_is_not_utf8_is_refused_before_connecting(
         thread.returncode == 2
         and b"'--thread' is not valid UTF-8 (byte 0xc3 at offset 1)" in thread.stderr
     )
+    # Direct mode reads standard input the same way (before it looks for a listener).
+    peer = _ccc([b"peer", b"send", b"bob"], env, stdin=b"\xff")
+    assert peer.returncode == 2
+    assert b"the message (standard input) is not valid UTF-8 (byte 0xff" in peer.stderr
     name = _ccc([b"agent", b"add", b"z\xff"], env)
     assert name.returncode == 2 and b"'NAME' is not valid UTF-8" in name.stderr
     # --json: the error object on stdout, whether the bad bytes came from argv or stdin.

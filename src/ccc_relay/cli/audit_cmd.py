@@ -178,7 +178,10 @@ def verify(
     elif report.problem is not None:
         click.echo(f"FAIL: {report.problem}")
     else:
-        click.echo(f"OK: {report.lines} lines, {report.files} files, head {report.head.hash}")
+        click.echo(
+            f"OK: {plural(report.lines, 'line')}, {plural(report.files, 'file')}, "
+            f"head {report.head.hash}"
+        )
         signed = f", {report.signatures} signatures verified with {key_source}" if key else ""
         click.echo(f"seq {report.head.seq}; {report.checkpoints} checkpoints{signed}")
         click.echo(_seals_line(report, seal_key))
@@ -463,3 +466,7 @@ def _when(value: str | None, now: float, option: str) -> float | None:
         return parse_when(value, now)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -16,12 +16,12 @@ import click
 from ccc_relay.cli.common import (
     EXIT_CONFIG,
     EXIT_USAGE,
+    OperatorClient,
     config_option,
     fail,
     handle_errors,
     load_host_config,
 )
-from ccc_relay.client.admin import AdminClient
 
 
 def _quote(name: str) -> str:
@@ -79,7 +79,7 @@ def policy_dot(rules: Iterable[Mapping[str, str]], agents: Iterable[Mapping[str,
 def graph(fmt: str, output: str | None, config_path: str | None) -> None:
     """Draw who may talk to whom (held pairs dashed, quarantined agents red)."""
     config = load_host_config(config_path)
-    admin = AdminClient(config.admin_socket_path)
+    admin = OperatorClient(config)
     rules = admin.request("policy_show")
     agents = admin.request("status")["agents"]
     dot = policy_dot(rules, agents)

@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 
 import click
 
-from ccc_relay.cli.common import EXIT_CONFIG, EXIT_CONFLICT, emit_json, fail, handle_errors
+from ccc_relay.cli.common import (
+    EXIT_CONFIG,
+    EXIT_CONFLICT,
+    emit_json,
+    fail,
+    handle_errors,
+    read_stdin_text,
+)
 from ccc_relay.client.base import message_dict
 from ccc_relay.daemon.sockets import SocketPathError
 from ccc_relay.peer.inbox import PeerStore, Received
@@ -192,7 +199,7 @@ async def _serve_until_stopped(listener: PeerListener, started: Callable[[Path],
 @peer_errors
 def send_cmd(obj: PeerOptions, to: str, text: str | None, as_json: bool) -> None:
     """Send TEXT (or standard input) to agent TO's listener, directly."""
-    body = text if text is not None else sys.stdin.read()
+    body = text if text is not None else read_stdin_text()
     receipt = send_direct(to, body, config=obj.config(),
                           warn=lambda line: click.echo(line, err=True))  # fmt: skip
     if as_json:
