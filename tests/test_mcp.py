@@ -117,6 +117,9 @@ def test_mcp_server_starts_without_a_relay_and_says_so(state_dir: Path) -> None:
     missing = str(state_dir / "bob.cred")
     no_file = asyncio.run(whoami({"CCC_SOCKET": socket, "CCC_CREDENTIAL": missing}))
     assert "credential_missing" in no_file and "ccc agent add bob" in no_file
+    # None named at all: the same code, and what to set.
+    unnamed = asyncio.run(whoami({"CCC_SOCKET": socket, "CCC_CREDENTIAL": ""}))
+    assert "credential_missing: no credential: set CCC_CREDENTIAL" in unnamed
 
 
 def test_a_tool_error_writes_no_log_noise_to_stderr(relay: RunningRelay, tmp_path: Path) -> None:

@@ -33,6 +33,10 @@ class CredentialMissing(CredentialError):
         self.path = path
 
 
+class NoCredentialGiven(CredentialError):
+    """No credential was named at all (no flag, no ``CCC_CREDENTIAL``)."""
+
+
 class Credential:
     __slots__ = ("_value",)
 

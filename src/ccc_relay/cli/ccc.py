@@ -8,7 +8,6 @@ deny, policy, status.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -37,7 +36,7 @@ from ccc_relay.client.endpoint import Endpoint
 from ccc_relay.client.errors import RelayError
 from ccc_relay.client.reconnect import Backoff
 from ccc_relay.client.sync import RelayClient
-from ccc_relay.credentials import CredentialError, CredentialMissing
+from ccc_relay.credentials import CredentialMissing
 from ccc_relay.policy.config import Config
 from ccc_relay.protocol.frames import Accepted, GroupAccepted, Held
 
@@ -71,11 +70,6 @@ class Context:
             if self.as_agent is None or self.credential is not None:
                 raise
             raise self._no_such_agent(config, exc) from None
-        except CredentialError as exc:
-            if self.credential or self.as_agent or os.environ.get("CCC_CREDENTIAL"):
-                raise
-            # None named at all: missing, not invalid (exit 8 either way).
-            raise RelayError("credential_missing", str(exc)) from None
         client = RelayClient(
             endpoint,
             reconnect=reconnect,

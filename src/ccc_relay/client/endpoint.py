@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ccc_relay.credentials import Credential, CredentialError, read_credential_file
+from ccc_relay.credentials import (
+    Credential,
+    CredentialError,
+    NoCredentialGiven,
+    read_credential_file,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -56,7 +61,7 @@ class Endpoint(NamedTuple):
             credential_file = config.credentials_dir / f"{as_agent}.cred"
         credential_file = credential_file or env.get("CCC_CREDENTIAL")
         if not credential_file:
-            raise CredentialError(
+            raise NoCredentialGiven(
                 "no credential: set CCC_CREDENTIAL to the agent's credential file, "
                 "or pass --credential FILE (or --as NAME on the relay's host)"
             )

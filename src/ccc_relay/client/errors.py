@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ccc_relay.credentials import CredentialError, CredentialMissing
+from ccc_relay.credentials import CredentialError, CredentialMissing, NoCredentialGiven
 
 if TYPE_CHECKING:
     from ccc_relay.protocol.frames import Error
@@ -66,6 +66,8 @@ def credential_refusal(exc: CredentialError) -> RelayError:
     ``ccc agent add NAME`` on the relay's host, and mounted into the agent's
     container), ``credential_invalid`` for any other unusable credential.
     """
+    if isinstance(exc, NoCredentialGiven):
+        return RelayError("credential_missing", str(exc))
     if isinstance(exc, CredentialMissing):
         name = exc.path.stem if exc.path.suffix == ".cred" else "NAME"
         return RelayError(
