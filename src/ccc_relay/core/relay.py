@@ -603,19 +603,7 @@ class RelayCore:
                 self._refuse(link, full, now, out, seq=frame.seq, audit=batch.audit)
                 return
         extra: dict[str, Any] = {}
-        changes: list[str] = []
-        if cleaned is not None and cleaned.changes:
-            changes = cleaned.describe()
-            extra["sanitized"] = dict(cleaned.changes)
-            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
-            if findings:
-                self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
-        thread = frame.thread
-        if thread is not None:
-            thread = clean_thread(thread)
-            if thread != frame.thread:
-                changes.append("thread: control or invisible characters removed")
-                extra["thread_cleaned"] = True
+        changes, thread = self._cleaning(agent, cleaned, frame, extra, now, out)
         message = self.new_message(
             agent,
             frame.to,
@@ -725,19 +713,7 @@ class RelayCore:
             self.shares.queued(agent, member, size)
             queued.append(member)
         extra: dict[str, Any] = {"group": frame.to}
-        changes: list[str] = []
-        if cleaned is not None and cleaned.changes:
-            changes = cleaned.describe()
-            extra["sanitized"] = dict(cleaned.changes)
-            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
-            if findings:
-                self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
-        thread = frame.thread
-        if thread is not None:
-            thread = clean_thread(thread)
-            if thread != frame.thread:
-                changes.append("thread: control or invisible characters removed")
-                extra["thread_cleaned"] = True
+        changes, thread = self._cleaning(agent, cleaned, frame, extra, now, out)
         batch = _Batch()
         outcomes: list[SendOutcome] = []
         for member, action in copies:
@@ -1300,6 +1276,33 @@ class RelayCore:
             out.append(Close(link.id))
 
     # --- the operator's plane ------------------------------------------------------------------
+
+    def _cleaning(
+        self,
+        agent: str,
+        cleaned: Sanitized | None,
+        frame: Send,
+        extra: dict[str, Any],
+        now: float,
+        out: list[Effect],
+    ) -> tuple[list[str], str | None]:
+        """What sanitising changed in a send: the sentences for its sender, the
+        audit fields (into ``extra``), the findings counted against ``agent``'s
+        anomaly rules; and the send's thread, cleaned."""
+        changes: list[str] = []
+        if cleaned is not None and cleaned.changes:
+            changes = cleaned.describe()
+            extra["sanitized"] = dict(cleaned.changes)
+            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
+            if findings:
+                self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
+        thread = frame.thread
+        if thread is not None:
+            thread = clean_thread(thread)
+            if thread != frame.thread:
+                changes.append("thread: control or invisible characters removed")
+                extra["thread_cleaned"] = True
+        return changes, thread
 
     def new_message(
         self,
