@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -222,3 +223,33 @@ def test_a_terminated_ccc_run_ends_the_sandbox_and_gives_the_terminal_back(
     os.kill(terminal.pid, signal.SIGTERM)
     assert terminal.wait() == 128 + signal.SIGTERM
     assert termios.tcgetattr(terminal.fd) == before
+
+
+def test_a_terminal_answer_arriving_after_the_sandbox_ends_is_not_typed_into_the_shell(
+    setup: tuple[Path, Path],
+) -> None:
+    # The sandbox asks the terminal something and exits at once; the terminal (this
+    # test) answers. The user's shell, reading after ccc run, must not get the answer.
+    config, project = setup
+    program = "from ccc_relay.cli.containers_cmd import run; run.main()"
+    ccc_run = [sys.executable, "-c", program, "alice", "--project", str(project),
+               "--runtime", "bwrap", "--config", str(config), "--no-ccc-check",
+               "--", "/bin/sh", "-c", r"printf 'QUERY\033[21t'"]  # fmt: skip
+    shell = " ".join(shlex.quote(a) for a in ccc_run) + "; read -t 3 -r line; echo LEFT=[$line]"
+    env = {"PATH": os.environ["PATH"], "TERM": "xterm", "LANG": "C.UTF-8"}
+    pid, fd = os.forkpty()
+    if pid == 0:
+        try:
+            os.execve("/bin/bash", ["/bin/bash", "--norc", "-c", shell], env)
+        finally:
+            os._exit(127)
+    term = Terminal.__new__(Terminal)
+    term.pid, term.fd, term.seen, term.status = pid, fd, b"", None
+    try:
+        term.expect(rb"QUERY\x1b\[21t")
+        term.write(b"\x1b]lrm -rf ~\x1b\\\r")  # what a title report could carry
+        found = term.expect(rb"LEFT=\[(.*?)\]", timeout=20)
+        assert found.group(1) == b""
+        assert term.wait() == 0
+    finally:
+        term.close()

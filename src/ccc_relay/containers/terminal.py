@@ -20,11 +20,14 @@ import selectors
 import signal
 import subprocess
 import termios
+import time
 import tty
 from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 
 _CHUNK = 65536
+# How long a terminal's answer to a query may take to arrive after the sandbox ends.
+_ANSWER_GRACE = 0.25  # a local terminal answers in well under that; over ssh, about a round trip
 
 
 class TerminalError(RuntimeError):
@@ -197,4 +200,8 @@ def _raw(fd: int) -> Iterator[None]:
         tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # A sandbox may ask the terminal something (a title report, DECRQSS) and
+        # exit at once: the answer would reach the user's shell as typed input.
+        # Give it a moment to arrive, then drop unread input with the restore.
+        time.sleep(_ANSWER_GRACE)
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
