@@ -150,9 +150,15 @@ def prepare_admin_dir(config: Config, account: Account) -> None:
         return
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            os.chown(path, account.uid, account.gid)
-        os.chmod(path, 0o700)
+        # Through a descriptor of the directory just made, never the name again:
+        # a symlink swapped in meanwhile is refused, not followed by root's chown.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, account.uid, account.gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
 
 def interpreter_problems(account: Account) -> list[str]:
