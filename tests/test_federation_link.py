@@ -24,9 +24,10 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.api import RePublish, RetentionPolicy, StorageType, StreamConfig
 
 from ccc_relay.federation import FederationLink, InboundMessage, LinkDown, PublishFailed
-from ccc_relay.federation.link import tls_context
+from ccc_relay.federation.link import publish_id, tls_context
 from ccc_relay.federation.subjects import inbox_prefix
 from ccc_relay.policy.config_types import FederationConfig
 from tests.nats_support import (
@@ -148,11 +149,11 @@ def test_a_message_is_delivered_acked_and_not_delivered_again(nats_server: NatsS
             assert (message.data, message.subject, message.msg_id) == (
                 b"hello h2",
                 "ccc.v1.h2",
-                "m1",
+                publish_id(b"hello h2"),
             )
             assert message.delivery_count == 1
             await asyncio.sleep(3 * ACK_WAIT)
-            assert inbox.ids() == ["m1"]
+            assert inbox.ids() == [publish_id(b"hello h2")]
             # Acked in a work-queue stream: gone from the server.
             assert await stream_messages(nats_server.urls, h2) == 0
             assert sender.status()["published"] == 1
@@ -175,7 +176,7 @@ def test_an_unacked_message_comes_again_after_the_ack_wait(nats_server: NatsServ
             await sender.publish("h2", "m1", b"again", timeout=5)
             await wait_until(lambda: len(inbox.got) == 2, 10 * ACK_WAIT, "redelivered")
             first, second = inbox.got
-            assert first.msg_id == second.msg_id == "m1"
+            assert first.msg_id == second.msg_id == publish_id(b"again")
             # The server's own count: 2 the second time, unless a fetch that expired
             # on a busy machine took the first delivery (then both say 1).
             assert first.delivery_count == 1 and second.delivery_count in (1, 2)
@@ -202,7 +203,7 @@ def test_a_repeated_msg_id_is_stored_once(nats_server: NatsServer) -> None:
         async with running(link_for(h2, nats_server.urls), inbox):
             await wait_until(lambda: len(inbox.got) >= 2, 10, "delivered")
             await asyncio.sleep(1)
-        assert sorted(inbox.ids()) == ["m1", "m2"]
+        assert sorted(inbox.ids()) == sorted([publish_id(b"once"), publish_id(b"twice")])
 
     asyncio.run(scenario())
 
@@ -305,7 +306,7 @@ def test_the_link_survives_a_server_restart(nats_server: NatsServer) -> None:
 
     asyncio.run(scenario())
     expected = {f"{p}{n}" for p in "abc" for n in range(50)}
-    assert sorted(inbox.ids()) == sorted(expected)
+    assert sorted(m.data.decode() for m in inbox.got) == sorted(expected)
     assert changes[:3] == [True, False, True]
 
 
@@ -353,7 +354,7 @@ def test_a_cluster_node_dying_mid_stream_loses_nothing(nats_cluster: NatsCluster
     stream = status["stream"]
     assert isinstance(stream, dict) and stream["replicas"] == 3, status
     assert sorted(acked) == sorted(f"m{n}" for n in range(total))
-    assert set(inbox.ids()) == set(acked), status
+    assert {m.data.decode() for m in inbox.got} == set(acked), status
     # Stored once: a second copy in the stream would come as a first delivery again.
     firsts = [m.msg_id for m in inbox.got if m.delivery_count == 1]
     assert len(firsts) == len(set(firsts))
@@ -377,6 +378,116 @@ def test_an_exception_from_deliver_ends_run_and_the_message_comes_again(
             await asyncio.wait_for(receiver.run(broken), 20)
         assert not receiver.connected
         async with running(link_for(h2, nats_server.urls), inbox):
-            await wait_until(lambda: inbox.ids() == ["m1"], 10 * ACK_WAIT, "delivered again")
+            await wait_until(
+                lambda: inbox.ids() == [publish_id(b"x")], 10 * ACK_WAIT, "delivered again"
+            )
+
+    asyncio.run(scenario())
+
+
+async def client_of(server: NatsServer, identity: RelayIdentity) -> nats.aio.client.Client:
+    """A plain NATS client with ``identity``'s certificate, NKEY and permissions."""
+    config = FederationConfig(**identity.config_fields(server.urls))
+    return await nats.connect(
+        servers=server.urls,
+        tls=tls_context(config),
+        nkeys_seed=str(identity.nkey_seed),
+        inbox_prefix=inbox_prefix(identity.host),
+        allow_reconnect=False,
+    )
+
+
+@pytest.mark.slow
+def test_another_relay_squatting_the_message_id_cannot_make_a_message_vanish(
+    nats_server: NatsServer,
+) -> None:
+    """h3, an ordinary relay, publishes first under the id h1's next message will have:
+    h1's publish must still be stored and reach h2, not be dropped as a duplicate."""
+    h1, h2, h3 = (nats_server.relays[h] for h in ("h1", "h2", "h3"))
+    inbox = Inbox()
+
+    async def scenario() -> None:
+        async with (
+            running(link_for(h1, nats_server.urls)) as sender,
+            running(link_for(h2, nats_server.urls), inbox),
+        ):
+            hostile = await client_of(nats_server, h3)
+            try:
+                squat = await hostile.jetstream().publish(
+                    "ccc.v1.nowhere", b"junk", headers={"Nats-Msg-Id": "m_AbCdEfGh2a"}
+                )
+                assert not squat.duplicate
+            finally:
+                await hostile.close()
+            await sender.publish("h2", "m_AbCdEfGh2a", b'{"real":"envelope"}', timeout=5)
+            assert sender.status()["duplicates"] == 0
+            await wait_until(lambda: len(inbox.got) == 1, 10, "h1's message reached h2")
+            assert inbox.got[0].data == b'{"real":"envelope"}'
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_a_stream_made_by_another_relay_to_copy_messages_is_refused(
+    nats_server: NatsServer,
+) -> None:
+    """h3 creates the stream first with a republish rule copying every envelope to its
+    own inbox: the honest links refuse to use it and say why; nothing leaks to h3."""
+    h1, h2, h3 = (nats_server.relays[h] for h in ("h1", "h2", "h3"))
+    spied: list[bytes] = []
+
+    async def scenario() -> None:
+        hostile = await client_of(nats_server, h3)
+        try:
+            await hostile.jetstream().add_stream(
+                StreamConfig(
+                    name=STREAM,
+                    subjects=["ccc.v1.*"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    duplicate_window=600,
+                    max_age=3600,
+                    republish=RePublish(src="ccc.v1.*", dest="_ccc_inbox.h3.spy.{{wildcard(1)}}"),
+                )
+            )
+
+            async def spy(msg: Any) -> None:
+                spied.append(msg.data)
+
+            await hostile.subscribe("_ccc_inbox.h3.spy.>", cb=spy)
+            sender, receiver = link_for(h1, nats_server.urls), link_for(h2, nats_server.urls)
+            async with running(sender, connect=False), running(receiver, connect=False):
+                await wait_until(
+                    lambda: bool(sender.status()["last_error"]), 30, "the stream refused"
+                )
+                error = str(sender.status()["last_error"])
+                assert f"stream {STREAM} is not set up as federation needs" in error
+                assert "republish" in error and "max_age" in error
+                assert "docs/federation.md" in error
+                assert "subjects" not in error and "retention" not in error
+                await asyncio.sleep(2)
+                assert not sender.connected and not receiver.connected
+                with pytest.raises(LinkDown):
+                    await sender.publish("h2", "m1", b'{"body":"secret for h2"}', timeout=5)
+            await asyncio.sleep(0.5)
+            assert spied == []
+        finally:
+            await hostile.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_the_link_accepts_the_stream_it_made_and_the_one_in_the_docs(
+    nats_server: NatsServer,
+) -> None:
+    """No false refusal: the stream the first link made passes every later link's check."""
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+
+    async def scenario() -> None:
+        async with running(link_for(h1, nats_server.urls)) as first:
+            assert first.status()["last_error"] is None
+        async with running(link_for(h2, nats_server.urls)) as second:
+            assert second.status()["last_error"] is None
 
     asyncio.run(scenario())

@@ -14,6 +14,7 @@ durable consumer were ensured on the current connection and a publish can be ack
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -66,8 +68,9 @@ DEFAULT_ACK_WAIT = 30.0
 MAX_ACK_PENDING = 4 * FETCH_BATCH
 # The consumer and stream figures in status() are refreshed at most this often.
 STATUS_REFRESH = 5.0
-# An error text in status() is cut here: it is for a human, and must not grow.
-MAX_ERROR_TEXT = 300
+# An error text in status() is cut here: it is for a human, and must not grow
+# (a refused stream's names every setting that differs, and the fix).
+MAX_ERROR_TEXT = 600
 
 
 class LinkDown(Exception):
@@ -110,7 +113,7 @@ class InboundMessage:
 
     data: bytes
     subject: str
-    msg_id: str  # the Nats-Msg-Id header ("" when absent)
+    msg_id: str  # the Nats-Msg-Id header ("" when absent): see publish_id()
     delivery_count: int = 1  # 2 and more: delivered before and not acked in time
     _msg: Msg | None = field(default=None, repr=False, compare=False)
 
@@ -157,6 +160,74 @@ def _explain_connect_error(exc: BaseException) -> str:
     else:
         return _describe(exc)
     return f"{hint}: {_describe(exc)}"[:MAX_ERROR_TEXT]
+
+
+def publish_id(payload: bytes) -> str:
+    """The ``Nats-Msg-Id`` of a publish: the payload's SHA-256, in hex.
+
+    JetStream drops a second publish of an id within the duplicate window across the
+    whole stream, and every relay may publish to every ``ccc.v1.*`` subject; an id
+    another relay can guess (the bare message id) could be published first and make
+    this relay's message vanish as a "duplicate". The payload carries this relay's
+    signature, so no one can compute its hash before the envelope exists, and the same
+    envelope published again (after a lost ack) has the same id.
+    """
+    return hashlib.sha256(payload).hexdigest()
+
+
+def expected_stream(name: str, replicas: int) -> StreamConfig:
+    """The stream federation needs (created by the first relay, or by the operator)."""
+    return StreamConfig(
+        name=name,
+        subjects=[STREAM_SUBJECTS],
+        storage=StorageType.FILE,
+        # Each host's subject has one consumer; a message is gone once acked.
+        retention=RetentionPolicy.WORK_QUEUE,
+        duplicate_window=DUPLICATE_WINDOW,
+        num_replicas=replicas,
+    )
+
+
+def _unlimited(value: object) -> bool:
+    return value is None or value == -1
+
+
+def stream_problems(found: StreamConfig, replicas: int) -> list[str]:
+    """The settings of an existing stream that differ from what federation needs.
+
+    Whoever creates the stream first decides its configuration, and a relay can
+    neither update nor delete it: a stream that copies messages elsewhere (republish,
+    mirror, sources), stores them under other subjects, drops them (age, count and
+    size limits), lets a publisher purge a subject (rollup headers), or keeps fewer
+    replicas than this relay expects must not be used. Empty: the stream is fine.
+    """
+    problems: list[str] = []
+    if list(found.subjects or []) != [STREAM_SUBJECTS]:
+        problems.append(f"subjects (must be exactly [{STREAM_SUBJECTS!r}])")
+    if found.retention != RetentionPolicy.WORK_QUEUE:
+        problems.append("retention (must be workqueue)")
+    if found.storage != StorageType.FILE:
+        problems.append("storage (must be file)")
+    if not found.duplicate_window or abs(found.duplicate_window - DUPLICATE_WINDOW) > 0.001:
+        problems.append(f"duplicate_window (must be {DUPLICATE_WINDOW:g} s)")
+    if (found.num_replicas or 1) < replicas:
+        problems.append(f"num_replicas (at least {replicas})")
+    for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject", "max_msg_size"):
+        if not _unlimited(getattr(found, limit)):
+            problems.append(f"{limit} (must be unlimited)")
+    if found.max_age:
+        problems.append("max_age (must be 0)")
+    if found.discard not in (None, DiscardPolicy.OLD) or found.discard_new_per_subject:
+        problems.append("discard (must be old)")
+    for copy in ("republish", "mirror", "sources", "subject_transform"):
+        if getattr(found, copy):
+            problems.append(f"{copy} (must be absent)")
+    for flag in ("sealed", "no_ack", "allow_rollup_hdrs", "allow_msg_counter"):
+        if getattr(found, flag):
+            problems.append(f"{flag} (must be false)")
+    if found.persist_mode not in (None, "default"):
+        problems.append("persist_mode (must be default)")
+    return problems
 
 
 def tls_context(settings: LinkSettings) -> ssl.SSLContext | None:
@@ -289,16 +360,14 @@ class FederationLink:
         try:
             info = await js.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
-            info = await js.add_stream(
-                StreamConfig(
-                    name=self._stream,
-                    subjects=[STREAM_SUBJECTS],
-                    storage=StorageType.FILE,
-                    # Each host's subject has one consumer; a message is gone once acked.
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    duplicate_window=DUPLICATE_WINDOW,
-                    num_replicas=self._replicas,
-                )
+            info = await js.add_stream(expected_stream(self._stream, self._replicas))
+        problems = stream_problems(info.config, self._replicas)
+        if problems:
+            raise LinkDown(
+                f"stream {self._stream} is not set up as federation needs, so this relay does "
+                f"not use it: {'; '.join(problems)}. The NATS operator must delete it and "
+                "create it as docs/federation.md step 3 shows (messages in it are lost); "
+                "the relay retries"
             )
         self._note_stream(info.state.messages, info.state.bytes, info.config.num_replicas)
         name, subject = consumer_name(self._host), subject_for(self._host)
@@ -447,7 +516,8 @@ class FederationLink:
     ) -> None:
         """Publish ``payload`` for ``to_host``; return once JetStream has stored it.
 
-        A publish JetStream recognises as a duplicate (same ``msg_id`` within the
+        ``msg_id`` is for logs; the ``Nats-Msg-Id`` is ``publish_id(payload)``. A
+        publish JetStream recognises as a duplicate (the same payload within the
         duplicate window) returns too: it was stored before. Raises LinkDown when not
         connected (or the connection breaks meanwhile), PublishFailed when connected
         but no publish-ack came in ``timeout`` seconds or JetStream refused it, and
@@ -463,7 +533,7 @@ class FederationLink:
                 payload,
                 timeout=timeout,
                 stream=self._stream,
-                headers={"Nats-Msg-Id": msg_id},
+                headers={"Nats-Msg-Id": publish_id(payload)},
             )
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as e:
             self._publish_failures += 1
@@ -503,5 +573,8 @@ __all__: list[str] = [
     "LinkDown",
     "LinkSettings",
     "PublishFailed",
+    "expected_stream",
+    "publish_id",
+    "stream_problems",
     "tls_context",
 ]
