@@ -4,7 +4,10 @@ before anything binds, printed by check-config."""
 from __future__ import annotations
 
 import base64
+import grp
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import msgspec
 import pytest
 
 from ccc_relay.policy.acl import Policy
-from ccc_relay.policy.config import ConfigError, Rule, config_from_mapping
+from ccc_relay.policy.config import Config, ConfigError, Rule, config_from_mapping
 from ccc_relay.protocol.codec import decode_client_frame
 from ccc_relay.protocol.names import address_problem, host_problem, split_address
 from tests.support import run_cli
@@ -115,6 +118,83 @@ def test_secret_files_must_be_private(files: dict[str, Path]) -> None:
         {"federation": section(files, nkey_seed=None, credentials=str(creds))}
     )
     assert config.federation is not None and config.federation.credentials == creds
+
+
+def _account(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:  # pragma: no cover - every Debian system has them
+        pytest.skip(f"no {name} user here")
+
+
+def _load(files: dict[str, Path], user: str | None = None, **changes: Any) -> Config:
+    daemon = {"user": user} if user is not None else {}
+    return config_from_mapping({"daemon": daemon, "federation": section(files, **changes)})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_secret_files_must_belong_to_the_relays_user(files: dict[str, Path]) -> None:
+    """Mode is not enough: a seed another user owns could be read or swapped by it, and
+    0640 is only as private as the file's group."""
+    nobody, daemon = _account("nobody"), _account("daemon")
+    seed = files["h1.nk"]
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    os.chown(seed, nobody.pw_uid, 0)
+    with pytest.raises(ConfigError) as caught:
+        _load(files)
+    assert str(caught.value) == (
+        f"federation.nkey_seed: {seed} belongs to nobody; a secret must belong to the "
+        f"relay's user {me} (or root): chown {me} {seed}"
+    )
+    os.chown(seed, 0, nobody.pw_gid)
+    seed.chmod(0o640)
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    mine = grp.getgrgid(os.getegid()).gr_name
+    with pytest.raises(
+        ConfigError, match=f"readable by the group {group}, not the relay's group {mine}: chgrp"
+    ):
+        _load(files)
+    os.chown(files["h1-key.pem"], nobody.pw_uid, nobody.pw_gid)
+    seed.chmod(0o600)  # no group read: its group does not matter
+    with pytest.raises(ConfigError, match=r"federation\.tls\.key: .* belongs to nobody"):
+        _load(files)
+    os.chown(files["h1-key.pem"], 0, os.getegid())
+    assert _load(files).federation is not None
+
+    # With daemon.user, that user (or root) must own it and be able to read it.
+    with pytest.raises(ConfigError, match="so the relay's user nobody cannot read it: chown"):
+        _load(files, "nobody")
+    for path in (seed, files["h1-key.pem"]):
+        os.chown(path, nobody.pw_uid, daemon.pw_gid)
+    assert _load(files, "nobody").federation is not None
+    os.chown(seed, daemon.pw_uid, daemon.pw_gid)
+    with pytest.raises(ConfigError, match="belongs to daemon; a secret must belong to the relay's"):
+        _load(files, "nobody")
+    os.chown(seed, 0, nobody.pw_gid)
+    seed.chmod(0o640)  # root's, read by the relay's group: the usual packaging
+    assert _load(files, "nobody").federation is not None
+    with pytest.raises(ConfigError, match=r"daemon\.user: 'no-such-relay-user' does not exist"):
+        _load(files, "no-such-relay-user")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://relay:s3cret@192.0.2.1:4222",
+        "nats://relay:s3cret@192.0.2.1",
+        "tls://relay:s3/cr@et@192.0.2.1:4222",
+        "relay:s3cret@192.0.2.1:4222",
+    ],
+)
+def test_a_password_in_a_server_url_is_not_echoed(files: dict[str, Path], url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(files, servers=[url])
+    text = str(caught.value)
+    assert "s3" not in text and "relay:" not in text, text
+    assert "***@192.0.2.1" in text, text
+    with pytest.raises(ConfigError) as caught:
+        _load(files, servers=[url, 7])
+    assert "s3" not in str(caught.value)
 
 
 def test_addresses() -> None:

@@ -210,7 +210,9 @@ def config_from_mapping(
     default_state = PRODUCTION_STATE_DIR if daemon.get("user") is not None else base.state_dir
     state_dir = read_absolute_path(daemon, "state_dir", "daemon.", default_state)
     limits = parse_limits(security)
-    federation = parse_federation(data.get("federation"))
+    federation = parse_federation(
+        data.get("federation"), user=read_optional_name(daemon, "user", "daemon.")
+    )
     config = Config(
         state_dir=state_dir,
         socket_path=read_absolute_path(daemon, "socket_path", "daemon.", state_dir / "daemon.sock"),

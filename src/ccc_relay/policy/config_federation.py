@@ -3,8 +3,9 @@
 Everything is checked before anything binds: the host name's alphabet, the
 server URLs (``nats://`` or ``tls://`` with a host and a port), that the TLS,
 NKEY and credentials files exist as regular files and that the secret ones
-are open to nobody but the relay's user and group (0600 or 0640), and that each
-peer's key is a base64 Ed25519 public key. Without the section the relay talks
+are open to nobody but the relay's user and group (0600 or 0640, owned by the
+relay's user or root, a readable group being the relay's), and that each peer's
+key is a base64 Ed25519 public key. Without the section the relay talks
 to no other relay and opens no network socket.
 """
 
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import grp
 import os
+import pwd
 import re
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,8 +47,64 @@ MAX_SECRET_FILE = 64 * 1024  # a seed, a key or a creds file is a few hundred by
 P = "federation."
 
 
-def parse_federation(section: object) -> FederationConfig | None:
-    """The section's value, or None when the file has none. Raises ConfigError."""
+@dataclass(frozen=True)
+class _Owner:
+    """Who the relay runs as: whose secret files it may use."""
+
+    user: str | None  # daemon.user, or None: this process's own ids
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, user: str | None) -> _Owner:
+        if user is None:
+            return cls(None, os.geteuid(), os.getegid())
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            entry = None
+            if user.isdigit():
+                try:
+                    entry = pwd.getpwuid(int(user))
+                except KeyError:
+                    entry = None
+        if entry is None:
+            raise ConfigError(
+                f"daemon.user: {user!r} does not exist on this host, so who may own the "
+                f"federation secrets cannot be checked: create it (useradd --system {user}) "
+                "or fix daemon.user"
+            )
+        return cls(user, entry.pw_uid, entry.pw_gid)
+
+    @property
+    def name(self) -> str:
+        return _user_name(self.uid)
+
+    @property
+    def group(self) -> str:
+        return _group_name(self.gid)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def parse_federation(section: object, *, user: str | None = None) -> FederationConfig | None:
+    """The section's value, or None when the file has none. Raises ConfigError.
+
+    ``user`` is ``daemon.user``: the secret files must belong to it (or root) and be
+    readable by it; without one, to the user (and group) running this process.
+    """
     if section is None:
         return None
     if not isinstance(section, dict):
@@ -69,8 +129,9 @@ def parse_federation(section: object) -> FederationConfig | None:
     if tls and set(tls) != _TLS_KEYS:
         missing = ", ".join(sorted(_TLS_KEYS - set(tls)))
         raise ConfigError(f"{P}tls: mutual TLS needs ca, cert and key; missing: {missing}")
-    nkey_seed = _file(section, "nkey_seed", P, secret=True)
-    creds = _file(section, "credentials", P, secret=True)
+    owner = _Owner.of(user)
+    nkey_seed = _file(section, "nkey_seed", P, secret=owner)
+    creds = _file(section, "credentials", P, secret=owner)
     if nkey_seed is not None and creds is not None:
         raise ConfigError(f"{P}nkey_seed and {P}credentials: give one of them, not both")
     if nkey_seed is None and creds is None:
@@ -87,9 +148,9 @@ def parse_federation(section: object) -> FederationConfig | None:
         host=host,
         servers=servers,
         peers=_peers(section.get("peers"), host),
-        tls_ca=_file(tls, "ca", f"{P}tls.", secret=False),
-        tls_cert=_file(tls, "cert", f"{P}tls.", secret=False),
-        tls_key=_file(tls, "key", f"{P}tls.", secret=True),
+        tls_ca=_file(tls, "ca", f"{P}tls.", secret=None),
+        tls_cert=_file(tls, "cert", f"{P}tls.", secret=None),
+        tls_key=_file(tls, "key", f"{P}tls.", secret=owner),
         nkey_seed=nkey_seed,
         credentials=creds,
         stream=stream,
@@ -97,12 +158,31 @@ def parse_federation(section: object) -> FederationConfig | None:
     )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with everything before its host's last ``@`` (a user, a password, however
+    odd its characters) replaced by ``***``: fit for an error."""
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def _redacted(value: object) -> object:
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def _servers(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(
-            f"{P}servers: {value!r} -- expected a list of NATS URLs, e.g. "
+            f"{P}servers: {_redacted(value)!r} -- expected a list of NATS URLs, e.g. "
             '["tls://nats1.example:4222"]'
         )
     if len(value) > MAX_SERVERS:
@@ -124,11 +204,11 @@ def _servers(value: object) -> tuple[str, ...]:
             or parts.fragment
         ):
             raise ConfigError(
-                f"{P}servers: {url!r} -- expected nats://HOST:PORT or tls://HOST:PORT"
+                f"{P}servers: {redact_url(url)!r} -- expected nats://HOST:PORT or tls://HOST:PORT"
             )
         if parts.username or parts.password:
             raise ConfigError(
-                f"{P}servers: {url!r} -- no user or password in the URL; the relay "
+                f"{P}servers: {redact_url(url)!r} -- no user or password in the URL; the relay "
                 "authenticates with nkey_seed or credentials"
             )
     return tuple(value)
@@ -171,9 +251,12 @@ def _public_key(value: object, where: str, host: str) -> str:
     return value.strip()
 
 
-def _file(section: Mapping[str, Any], key: str, prefix: str, *, secret: bool) -> Path | None:
-    """An absolute path to a regular file that exists; a secret one must be
-    0600 or 0640 (open to the relay's user and at most read by its group)."""
+def _file(
+    section: Mapping[str, Any], key: str, prefix: str, *, secret: _Owner | None
+) -> Path | None:
+    """An absolute path to a regular file that exists; a secret one (``secret`` is
+    the relay's account) must be 0600 or 0640, owned by the relay's user or root,
+    readable by the relay, and with 0640 its group must be the relay's group."""
     value = section.get(key)
     if value is None:
         return None
@@ -192,13 +275,36 @@ def _file(section: Mapping[str, Any], key: str, prefix: str, *, secret: bool) ->
         raise ConfigError(f"{prefix}{key}: {path} is not a regular file")
     if not os.access(path, os.R_OK) and os.geteuid() != 0:
         raise ConfigError(f"{prefix}{key}: {path} is not readable by this user")
-    if secret:
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o037:
-            raise ConfigError(
-                f"{prefix}{key}: {path} is mode {mode:04o}; a secret must be open to nobody "
-                f"else: chmod 600 {path} (or 640 with the relay's group)"
-            )
-        if info.st_size > MAX_SECRET_FILE:
-            raise ConfigError(f"{prefix}{key}: {path} is too large to be a key")
+    if secret is not None:
+        _check_secret(info, path, f"{prefix}{key}", secret)
     return path
+
+
+def _check_secret(info: os.stat_result, path: Path, where: str, relay: _Owner) -> None:
+    """Open to nobody but the relay: a file another user owns could be swapped or read
+    by that user, and a group read bit is only as private as the group."""
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o037:
+        raise ConfigError(
+            f"{where}: {path} is mode {mode:04o}; a secret must be open to nobody "
+            f"else: chmod 600 {path} (or 640 with the relay's group)"
+        )
+    if info.st_uid not in (relay.uid, 0):
+        raise ConfigError(
+            f"{where}: {path} belongs to {_user_name(info.st_uid)}; a secret must belong to "
+            f"the relay's user {relay.name} (or root): chown {relay.name} {path}"
+        )
+    if mode & 0o040 and info.st_gid != relay.gid:
+        raise ConfigError(
+            f"{where}: {path} is readable by the group {_group_name(info.st_gid)}, not the "
+            f"relay's group {relay.group}: chgrp {relay.group} {path} (or chmod 600 {path})"
+        )
+    readable = relay.uid in (0, info.st_uid) or mode & 0o040
+    if not readable:
+        raise ConfigError(
+            f"{where}: {path} belongs to root with mode {mode:04o}, so the relay's user "
+            f"{relay.name} cannot read it: chown {relay.name} {path} (or chgrp "
+            f"{relay.group} {path} and chmod 640 {path})"
+        )
+    if info.st_size > MAX_SECRET_FILE:
+        raise ConfigError(f"{where}: {path} is too large to be a key")
