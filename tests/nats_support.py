@@ -4,7 +4,9 @@ Everything a test needs is generated for it under one directory:
 
 * a CA, a server certificate for 127.0.0.1/localhost and one client certificate per
   relay (mutual TLS: the server refuses a client without a certificate from this CA);
-* one NKEY user per relay (seed file 0600 and public key), the server's only users;
+* one NKEY user per relay (seed file 0600 and public key), and one for the NATS
+  operator, who may only create the stream (docs/federation.md step 3): the server's
+  only users;
 * per-user permissions: a relay may publish to ``ccc.v1.*`` and only the JetStream API
   subjects its own durable pull consumer needs (see ``relay_permissions``), and may
   subscribe only under its own inbox prefix (``inbox_prefix``), so it can neither read
@@ -200,11 +202,14 @@ class RelayIdentity:
         return fields
 
 
-def relay_permissions(host: str, stream: str = STREAM) -> dict[str, Any]:
+def relay_permissions(
+    host: str, stream: str = STREAM, *, create_stream: bool = True
+) -> dict[str, Any]:
     """The least a relay needs: publish anywhere in ``ccc.v1.*``, read only its own consumer.
 
     Publish: the federation subjects; the stream's INFO and CREATE (the link ensures the
-    stream, it never updates or deletes it); its own consumer's INFO, its CREATE in the
+    stream, it never updates or deletes it; without ``create_stream`` the operator made
+    it and no relay may); its own consumer's INFO, its CREATE in the
     form that names the filter subject in the API subject (so the server refuses a
     relay-h1 consumer filtered on another host's subject -- the legacy
     ``CONSUMER.DURABLE.CREATE`` form, which does not, stays denied); the pull request
@@ -213,12 +218,13 @@ def relay_permissions(host: str, stream: str = STREAM) -> dict[str, Any]:
     """
     consumer = consumer_name(host)
     api = "$JS.API"
+    create = [f"{api}.STREAM.CREATE.{stream}"] if create_stream else []
     return {
         "publish": {
             "allow": [
                 "ccc.v1.*",
                 f"{api}.STREAM.INFO.{stream}",
-                f"{api}.STREAM.CREATE.{stream}",
+                *create,
                 f"{api}.CONSUMER.INFO.{stream}.{consumer}",
                 f"{api}.CONSUMER.CREATE.{stream}.{consumer}.{subject_for(host)}",
                 f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
@@ -229,21 +235,36 @@ def relay_permissions(host: str, stream: str = STREAM) -> dict[str, Any]:
     }
 
 
+OPERATOR_INBOX = "_ccc_operator"
+
+
+def operator_permissions(stream: str = STREAM) -> dict[str, Any]:
+    """The NATS operator's user in the tests: it may create the stream, nothing else."""
+    return {
+        "publish": {"allow": [f"$JS.API.STREAM.CREATE.{stream}"]},
+        "subscribe": {"allow": [f"{OPERATOR_INBOX}.>"]},
+    }
+
+
 @dataclass
 class Pki:
     """The CA, the server certificate and every relay's identity, generated under ``directory``."""
 
     directory: Path
     hosts: tuple[str, ...] = HOSTS
+    # False: the relays may not create the stream; the operator user makes it.
+    relays_create_stream: bool = True
     ca: CertificateAuthority = field(init=False)
     server_cert: Path = field(init=False)
     server_key: Path = field(init=False)
     relays: dict[str, RelayIdentity] = field(init=False)
+    operator: RelayIdentity = field(init=False)
 
     def __post_init__(self) -> None:
         self.ca = CertificateAuthority(self.directory / "pki")
         self.server_cert, self.server_key = self.ca.issue("nats-server", server=True)
         self.relays = {host: self.identity(host) for host in self.hosts}
+        self.operator = self.identity("operator")
 
     def identity(self, host: str, *, ca: CertificateAuthority | None = None) -> RelayIdentity:
         """An identity for ``host``; with another ``ca`` its certificate is not trusted here.
@@ -257,10 +278,15 @@ class Pki:
         return RelayIdentity(host, self.ca.ca_file, cert, key, seed_file, nkey)
 
     def users(self) -> list[dict[str, Any]]:
-        return [
-            {"nkey": identity.nkey.public_key, "permissions": relay_permissions(host)}
+        relays = [
+            {
+                "nkey": identity.nkey.public_key,
+                "permissions": relay_permissions(host, create_stream=self.relays_create_stream),
+            }
             for host, identity in self.relays.items()
         ]
+        operator = {"nkey": self.operator.nkey.public_key, "permissions": operator_permissions()}
+        return [*relays, operator]
 
 
 # --- servers ---------------------------------------------------------------------------

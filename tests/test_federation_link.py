@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -31,11 +32,14 @@ from ccc_relay.federation.link import publish_id, tls_context
 from ccc_relay.federation.subjects import inbox_prefix
 from ccc_relay.policy.config_types import FederationConfig
 from tests.nats_support import (
+    OPERATOR_INBOX,
     STREAM,
     CertificateAuthority,
     NatsCluster,
     NatsServer,
+    Pki,
     RelayIdentity,
+    nats_server_missing,
 )
 
 pytest_plugins = ("tests.nats_fixtures",)
@@ -491,3 +495,69 @@ def test_the_link_accepts_the_stream_it_made_and_the_one_in_the_docs(
             assert second.status()["last_error"] is None
 
     asyncio.run(scenario())
+
+
+def documented_stream() -> dict[str, Any]:
+    """The stream configuration docs/federation.md tells the operator to create."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "federation.md").read_text()
+    (block,) = re.findall(r"```json\n(\{\n  \"name\": \"CCC_FEDERATION\".*?)```", text, re.S)
+    config: dict[str, Any] = json.loads(block)
+    return config
+
+
+@pytest.mark.slow
+def test_relays_work_with_the_stream_the_operator_made_and_cannot_make_one(
+    tmp_path: Path,
+) -> None:
+    """docs/federation.md step 3: the operator creates the stream with the documented
+    JSON; relays without STREAM.CREATE cannot make one, and use the operator's."""
+    missing = nats_server_missing()
+    if missing:
+        pytest.skip(missing)
+    pki = Pki(tmp_path / "nats", relays_create_stream=False)
+    server = NatsServer(tmp_path / "nats", pki)
+    h1, h2 = pki.relays["h1"], pki.relays["h2"]
+    inbox = Inbox()
+
+    async def scenario() -> None:
+        early = link_for(h1, server.urls)
+        async with running(early, connect=False):
+            await wait_until(
+                lambda: (
+                    "does not exist and this relay could not create it"
+                    in str(early.status()["last_error"])
+                ),
+                30,
+                "the stream missing",
+            )
+            assert not early.connected
+        operator = await nats.connect(
+            servers=server.urls,
+            tls=tls_context(FederationConfig(**pki.operator.config_fields(server.urls))),
+            nkeys_seed=str(pki.operator.nkey_seed),
+            inbox_prefix=OPERATOR_INBOX,
+            allow_reconnect=False,
+        )
+        try:
+            answer = await operator.request(
+                f"$JS.API.STREAM.CREATE.{STREAM}",
+                json.dumps({**documented_stream(), "num_replicas": 1}).encode(),
+                timeout=10,
+            )
+        finally:
+            await operator.close()
+        assert "error" not in json.loads(answer.data), answer.data
+        async with (
+            running(link_for(h1, server.urls)) as sender,
+            running(link_for(h2, server.urls), inbox) as receiver,
+        ):
+            await sender.publish("h2", "m1", b"via the operator's stream", timeout=5)
+            await wait_until(lambda: len(inbox.got) == 1, 10, "delivered")
+            assert sender.status()["last_error"] is None
+            assert receiver.status()["last_error"] is None
+
+    server.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()

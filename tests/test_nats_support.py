@@ -38,6 +38,7 @@ from tests.nats_support import (
     Pki,
     RelayIdentity,
     nats_server_missing,
+    relay_permissions,
 )
 
 pytest_plugins = ("tests.nats_fixtures",)
@@ -103,7 +104,8 @@ def test_the_server_config_binds_loopback_only_and_verifies_clients(tmp_path: Pa
         assert conf["tls"]["verify"] is True
         assert str(tmp_path) in conf["jetstream"]["store_dir"]
         users = conf["authorization"]["users"]
-        assert {u["nkey"] for u in users} == {r.nkey.public_key for r in pki.relays.values()}
+        relays = {r.nkey.public_key for r in pki.relays.values()}
+        assert {u["nkey"] for u in users} == relays | {pki.operator.nkey.public_key}
         assert "password" not in json.dumps(users)
     if nats_server_missing():
         pytest.skip(nats_server_missing() or "")
@@ -129,6 +131,21 @@ def test_permissions_name_only_the_relays_own_consumer_and_inbox(tmp_path: Path)
     readable = [s for s in h1["publish"]["allow"] if "CONSUMER" in s or "$JS.ACK" in s]
     assert readable and all(consumer_name("h1") in s for s in readable)
     assert "h2" not in json.dumps(h1)
+    # The operator's user may create the stream and nothing else.
+    operator = by_key[pki.operator.nkey.public_key]
+    assert operator["publish"] == {"allow": [f"$JS.API.STREAM.CREATE.{STREAM}"]}
+
+
+def test_relays_may_be_denied_creating_the_stream(tmp_path: Path) -> None:
+    pki = Pki(tmp_path, relays_create_stream=False)
+    conf = NatsServer(tmp_path, pki).config()
+    by_key = {u["nkey"]: u["permissions"] for u in conf["authorization"]["users"]}
+    for host, identity in pki.relays.items():
+        allowed = by_key[identity.nkey.public_key]["publish"]["allow"]
+        assert not [s for s in allowed if "STREAM.CREATE" in s], allowed
+        assert allowed == [
+            s for s in relay_permissions(host)["publish"]["allow"] if "STREAM.CREATE" not in s
+        ]
 
 
 # --- against a real server -------------------------------------------------------------

@@ -360,7 +360,14 @@ class FederationLink:
         try:
             info = await js.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
-            info = await js.add_stream(expected_stream(self._stream, self._replicas))
+            try:
+                info = await js.add_stream(expected_stream(self._stream, self._replicas))
+            except TimeoutError:  # what a permissions violation looks like to a request
+                raise LinkDown(
+                    f"stream {self._stream} does not exist and this relay could not create "
+                    "it (no answer: its NATS user may not): the NATS operator creates it as "
+                    "docs/federation.md step 3 shows; the relay retries"
+                ) from None
         problems = stream_problems(info.config, self._replicas)
         if problems:
             raise LinkDown(
