@@ -56,7 +56,10 @@ class _Owner:
     gid: int
 
     @classmethod
-    def of(cls, user: str | None) -> _Owner:
+    def of(cls, user: str | None) -> _Owner | None:
+        """None: ``daemon.user`` does not exist on this host. The relay cannot start
+        without it (preflight refuses), and reads this file again when it starts, so
+        the owner is checked then; a config checked elsewhere gets the mode check."""
         if user is None:
             return cls(None, os.geteuid(), os.getegid())
         try:
@@ -69,11 +72,7 @@ class _Owner:
                 except KeyError:
                     entry = None
         if entry is None:
-            raise ConfigError(
-                f"daemon.user: {user!r} does not exist on this host, so who may own the "
-                f"federation secrets cannot be checked: create it (useradd --system {user}) "
-                "or fix daemon.user"
-            )
+            return None
         return cls(user, entry.pw_uid, entry.pw_gid)
 
     @property
@@ -129,7 +128,7 @@ def parse_federation(section: object, *, user: str | None = None) -> FederationC
     if tls and set(tls) != _TLS_KEYS:
         missing = ", ".join(sorted(_TLS_KEYS - set(tls)))
         raise ConfigError(f"{P}tls: mutual TLS needs ca, cert and key; missing: {missing}")
-    owner = _Owner.of(user)
+    owner = _Owner.of(user) or True
     nkey_seed = _file(section, "nkey_seed", P, secret=owner)
     creds = _file(section, "credentials", P, secret=owner)
     if nkey_seed is not None and creds is not None:
@@ -148,8 +147,8 @@ def parse_federation(section: object, *, user: str | None = None) -> FederationC
         host=host,
         servers=servers,
         peers=_peers(section.get("peers"), host),
-        tls_ca=_file(tls, "ca", f"{P}tls.", secret=None),
-        tls_cert=_file(tls, "cert", f"{P}tls.", secret=None),
+        tls_ca=_file(tls, "ca", f"{P}tls.", secret=False),
+        tls_cert=_file(tls, "cert", f"{P}tls.", secret=False),
         tls_key=_file(tls, "key", f"{P}tls.", secret=owner),
         nkey_seed=nkey_seed,
         credentials=creds,
@@ -252,7 +251,7 @@ def _public_key(value: object, where: str, host: str) -> str:
 
 
 def _file(
-    section: Mapping[str, Any], key: str, prefix: str, *, secret: _Owner | None
+    section: Mapping[str, Any], key: str, prefix: str, *, secret: _Owner | bool
 ) -> Path | None:
     """An absolute path to a regular file that exists; a secret one (``secret`` is
     the relay's account) must be 0600 or 0640, owned by the relay's user or root,
@@ -275,12 +274,12 @@ def _file(
         raise ConfigError(f"{prefix}{key}: {path} is not a regular file")
     if not os.access(path, os.R_OK) and os.geteuid() != 0:
         raise ConfigError(f"{prefix}{key}: {path} is not readable by this user")
-    if secret is not None:
+    if secret is not False:
         _check_secret(info, path, f"{prefix}{key}", secret)
     return path
 
 
-def _check_secret(info: os.stat_result, path: Path, where: str, relay: _Owner) -> None:
+def _check_secret(info: os.stat_result, path: Path, where: str, relay: _Owner | bool) -> None:
     """Open to nobody but the relay: a file another user owns could be swapped or read
     by that user, and a group read bit is only as private as the group."""
     mode = stat.S_IMODE(info.st_mode)
@@ -289,6 +288,10 @@ def _check_secret(info: os.stat_result, path: Path, where: str, relay: _Owner) -
             f"{where}: {path} is mode {mode:04o}; a secret must be open to nobody "
             f"else: chmod 600 {path} (or 640 with the relay's group)"
         )
+    if info.st_size > MAX_SECRET_FILE:
+        raise ConfigError(f"{where}: {path} is too large to be a key")
+    if not isinstance(relay, _Owner):
+        return  # daemon.user is not on this host: see _Owner.of
     if info.st_uid not in (relay.uid, 0):
         raise ConfigError(
             f"{where}: {path} belongs to {_user_name(info.st_uid)}; a secret must belong to "
@@ -306,5 +309,3 @@ def _check_secret(info: os.stat_result, path: Path, where: str, relay: _Owner) -
             f"{relay.name} cannot read it: chown {relay.name} {path} (or chgrp "
             f"{relay.group} {path} and chmod 640 {path})"
         )
-    if info.st_size > MAX_SECRET_FILE:
-        raise ConfigError(f"{where}: {path} is too large to be a key")
