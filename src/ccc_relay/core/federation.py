@@ -13,7 +13,11 @@ this relay does with what another relay sends.
   one transaction: messages, held ones, the ids seen, the signed refusals to
   send back, and the audit lines naming the remote relay (``via``) and the
   verified sender. A refusal from another relay becomes a message to the
-  original sender from ``relay@<that host>``.
+  original sender from ``relay@<that host>`` -- only for a message this relay
+  sent to that host (``sent``), once, and within its sender's queue cap.
+* **Freshness**: an envelope older than ``MAX_AGE`` or more than ``MAX_AHEAD``
+  in the future is refused: its key may have left ``federation_seen``
+  (``SEEN_KEPT``), so it could otherwise be delivered a second time.
 
 The relay core calls this module; it never calls back.
 """
@@ -44,6 +48,15 @@ from ccc_relay.protocol.names import split_address
 from ccc_relay.store.records import AgentRecord, OutboxEntry, StoredMessage
 
 RELAY = "relay"  # the name a relay's own notices come from: relay@<host>
+DAY = 86400.0
+# Keys of stored envelopes (federation_seen) and the ids sent to each host
+# (federation_sent) are kept this long, then swept.
+SEEN_KEPT = 30 * DAY
+# An envelope older than this is refused: its key may be swept already, so a
+# captured copy must be too old to pass. A day short of SEEN_KEPT, for clocks
+# and for a sweep that runs hourly.
+MAX_AGE = SEEN_KEPT - DAY
+MAX_AHEAD = 600.0  # seconds an envelope's sent_at may be ahead of this clock
 
 
 @dataclass(slots=True)
@@ -67,6 +80,11 @@ class Arrivals:
     seen: list[str] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
+    # (id, host) of sent messages a refusal was accepted for: forgotten with the
+    # batch, so each id bounces once.
+    bounced: list[tuple[str, str]] = field(default_factory=list)
+    # Keys (from_host/stream id) of refusals not believed: terminated, not acked.
+    dropped: set[str] = field(default_factory=set)
 
 
 class Desk(Protocol):
@@ -76,6 +94,8 @@ class Desk(Protocol):
     agents: dict[str, AgentRecord]
     admission: Admission
     shares: Shares
+
+    def minted_here(self, message_id: str) -> bool: ...
 
     def new_message(
         self,
@@ -218,23 +238,32 @@ def decide_arrivals(
     envelopes: Iterable[Envelope],
     seen: set[str],
     in_use: set[str],
+    sent: dict[str, str],
     now: float,
 ) -> Arrivals:
     """Judge authenticated envelopes as local sends are judged; ``seen``: keys
     (``from_host/stream id``) stored before, dropped; ``in_use``: message ids
-    another message holds already, refused."""
+    another message holds already, refused; ``sent``: ``host/id`` of messages
+    this relay sent to that host and that have not bounced, with their local
+    sender (only a refusal of one of those is believed)."""
     out = Arrivals()
     taken = set(seen)
+    unbounced = dict(sent)
     for envelope in envelopes:
         key = f"{envelope.from_host}/{envelope.stream_id}"
         if key in taken:
             continue  # delivered again after a crash between commit and ack: once is enough
         taken.add(key)
         out.seen.append(key)
+        stale = _stale(envelope, now)
         if envelope.kind == "refused":
-            _bounce(desk, envelope, out, now)
+            if stale is not None:
+                out.audit.append(_bounce_dropped(envelope, stale.message, now))
+                out.dropped.add(key)
+            else:
+                _bounce(desk, envelope, unbounced, out, now)
             continue
-        refusal = _arrival_refusal(desk, envelope, in_use, now)
+        refusal = stale or _arrival_refusal(desk, envelope, in_use, now)
         if isinstance(refusal, Refusal):
             _refuse(federation, envelope, refusal, out, now)
             continue
@@ -248,6 +277,13 @@ def _arrival_refusal(desk: Desk, envelope: Envelope, in_use: set[str], now: floa
         return too_large
     if envelope.id in in_use:
         return Refusal(ErrorCode.INVALID, f"message id {envelope.id} is in use there already")
+    if desk.minted_here(envelope.id):
+        # The arrival keeps its id (replies and refusals on both sides name one
+        # message), and ids are unique in relay.db: an id of the form this relay
+        # mints now could take one of its own future messages' ids and fail that
+        # commit. Another relay's ids carry its own random run prefix, so only a
+        # made-up id is refused here.
+        return Refusal(ErrorCode.INVALID, f"message id {envelope.id} is of this relay's own form")
     return desk.admission.check_arrival(
         envelope.sender_address, envelope.recipient, envelope.deliver_at, now
     )
@@ -325,31 +361,70 @@ def _refused_line(envelope: Envelope, refusal: Refusal, now: float) -> AuditReco
     )
 
 
-def _bounce(desk: Desk, envelope: Envelope, out: Arrivals, now: float) -> None:
-    """Another relay refused a message of ours: tell its sender, as ``relay@host``."""
-    sender = f"{RELAY}@{envelope.from_host}"
-    to = envelope.recipient  # the original sender, an agent here
-    address = envelope.sender_address  # whom the message was for
-    line = {
+def _stale(envelope: Envelope, now: float) -> Refusal | None:
+    """Too old to be told from a replay once its key is swept, or from the future."""
+    if envelope.sent_at < now - MAX_AGE:
+        return Refusal(
+            ErrorCode.INVALID,
+            f"sent more than {MAX_AGE / DAY:g} days ago: too old to be told from a replay",
+        )
+    if envelope.sent_at > now + MAX_AHEAD:
+        return Refusal(
+            ErrorCode.INVALID,
+            f"sent more than {MAX_AHEAD:g} s in the future: check the clocks of both relays",
+        )
+    return None
+
+
+def _bounce_line(envelope: Envelope) -> dict[str, Any]:
+    return {
         "id": envelope.id,
-        "from": sender,
-        "to": to,
+        "from": f"{RELAY}@{envelope.from_host}",
+        "to": envelope.recipient,  # the original sender, an agent here
         "via": envelope.from_host,
-        "recipient": address,
+        "recipient": envelope.sender_address,  # whom the message was for
         "code": envelope.code,
         "reason": envelope.reason,
     }
+
+
+def _bounce_dropped(envelope: Envelope, why: str, now: float) -> AuditRecord:
+    return AuditRecord(now, "federation_bounce_dropped", {**_bounce_line(envelope), "why": why})
+
+
+def _bounce(
+    desk: Desk, envelope: Envelope, unbounced: dict[str, str], out: Arrivals, now: float
+) -> None:
+    """Another relay refused a message of ours: tell its sender, as ``relay@host``.
+    Believed only for a message this relay sent that host (and its sender), once."""
+    sender = f"{RELAY}@{envelope.from_host}"
+    to = envelope.recipient
+    key = f"{envelope.from_host}/{envelope.id}"
+    if unbounced.get(key) != to:
+        why = f"no message {envelope.id} from {to} was sent to {envelope.from_host}, or it bounced"
+        out.audit.append(_bounce_dropped(envelope, why, now))
+        out.dropped.add(f"{envelope.from_host}/{envelope.stream_id}")
+        return
+    del unbounced[key]
+    out.bounced.append((envelope.id, envelope.from_host))
     if to not in desk.agents:
-        out.audit.append(AuditRecord(now, "federation_bounce_dropped", line))
+        out.audit.append(_bounce_dropped(envelope, f"no agent {to} here now", now))
         return
     body = (
-        f"your message {envelope.id} to {address} was refused by {envelope.from_host}'s "
-        f"relay: {envelope.code}: {envelope.reason}"
+        f"your message {envelope.id} to {envelope.sender_address} was refused by "
+        f"{envelope.from_host}'s relay: {envelope.code}: {envelope.reason}"
     )
     options = desk.limits.sanitize
     if options.enabled:  # the reason is another relay's text
         body = sanitize(body, options).text
+    size = len(body.encode())
+    full = desk.shares.queue_refusal(sender, to, size)
+    if full is not None:
+        out.audit.append(_bounce_dropped(envelope, full.message, now))
+        return
     message = desk.new_message(sender, to, body, now, reply_to=envelope.id)
-    desk.shares.queued(sender, to, len(body.encode()))
+    desk.shares.queued(sender, to, size)
     out.messages.append(message)
-    out.audit.append(AuditRecord(now, "federation_bounce", {**line, "notice": message.id}))
+    out.audit.append(
+        AuditRecord(now, "federation_bounce", {**_bounce_line(envelope), "notice": message.id})
+    )

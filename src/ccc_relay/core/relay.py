@@ -123,7 +123,12 @@ WAITED_LONGEST = Refusal(
 
 def message_id(prefix: str, delivery: int) -> str:
     """``m_`` + the run's 8-character prefix + the delivery number in hex."""
-    return f"m_{prefix}{delivery:x}"
+    return f"{message_id_prefix(prefix)}{delivery:x}"
+
+
+def message_id_prefix(prefix: str) -> str:
+    """What every id minted with the run's ``prefix`` starts with."""
+    return f"m_{prefix}"
 
 
 @dataclass(slots=True)
@@ -1044,12 +1049,17 @@ class RelayCore:
         self.shares.unqueued(rows)
 
     def arrivals(
-        self, envelopes: list[Envelope], seen: set[str], in_use: set[str], now: float
+        self,
+        envelopes: list[Envelope],
+        seen: set[str],
+        in_use: set[str],
+        sent: dict[str, str],
+        now: float,
     ) -> Arrivals:
         """What to store of authenticated envelopes from other relays
         (``core/federation.py``)."""
         assert self.federation is not None
-        return decide_arrivals(self, self.federation, envelopes, seen, in_use, now)
+        return decide_arrivals(self, self.federation, envelopes, seen, in_use, sent, now)
 
     def arrived(self, arrivals: Arrivals, now: float) -> list[Effect]:
         """Arrivals are durable: route their messages, send their refusals back."""
@@ -1330,6 +1340,11 @@ class RelayCore:
             deliver_at=deliver_at,
             delivery=delivery,
         )
+
+    def minted_here(self, message_id: str) -> bool:
+        """Whether ``message_id`` has the form of this run's ids. Only this run's
+        prefix can mint ids again: a new run draws a new random prefix."""
+        return message_id.startswith(message_id_prefix(self._id_prefix))
 
     def next_delivery(self) -> int:
         self._last_delivery += 1

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.effects import Forward, SendOutcome
-from ccc_relay.core.federation import RELAY, Federation, Opened
+from ccc_relay.core.federation import RELAY, SEEN_KEPT, Federation, Opened
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.policy.config_types import FederationConfig
@@ -50,7 +50,8 @@ WINDOW = 64  # publishes in flight at once, in order: acks are pipelined, order 
 OUTBOX_PAGE = 1000  # outbox rows read at a time at start
 RETRY_MIN = 0.5  # after a failed publish, wait this long, doubling, before trying again
 RETRY_MAX = 30.0
-SEEN_KEPT = 86400.0  # ids of stored envelopes are kept a day (the stream's window is 10 min)
+# SEEN_KEPT (core/federation.py): keys of stored envelopes and ids sent are kept
+# 30 days, longer than any envelope is believed fresh; the stream's window is 10 min.
 SEEN_SWEEP = 3600.0
 
 
@@ -272,7 +273,9 @@ class FederationRunner:
                 core.new_message(RELAY, entry.sender, body, now, reply_to=entry.stream_id)
             )
         job: Job[list[tuple[str, str, int]]] = Job(
-            op=DeleteForwarded((entry.stream_id,)), messages=notices, audit=[line]
+            op=DeleteForwarded((entry.stream_id,), unsent_to=entry.to_host),
+            messages=notices,
+            audit=[line],
         )
         try:
             future = self.committer.submit(job)
@@ -338,14 +341,21 @@ class FederationRunner:
         envelopes: list[Envelope] = [o.envelope for o in opened if o.envelope is not None]
         seen: set[str] = set()
         in_use: set[str] = set()
+        sent: dict[str, str] = {}
         if envelopes:
             keys = tuple(f"{e.from_host}/{e.stream_id}" for e in envelopes)
             ids = tuple(e.id for e in envelopes if e.kind == "message")
-            seen, in_use = await self.committer.read(ReadArrivalState(keys, ids))
+            refused = tuple((e.id, e.from_host) for e in envelopes if e.kind == "refused")
+            seen, in_use, sent = await self.committer.read(ReadArrivalState(keys, ids, refused))
         now = shell.clock()
-        arrivals = shell.core.arrivals(envelopes, seen, in_use, now)
+        arrivals = shell.core.arrivals(envelopes, seen, in_use, sent, now)
         op = StoreArrivals(
-            arrivals.messages, arrivals.held, tuple(arrivals.seen), arrivals.outbox, now
+            arrivals.messages,
+            arrivals.held,
+            tuple(arrivals.seen),
+            arrivals.outbox,
+            now,
+            tuple(arrivals.bounced),
         )
         lines = [*audit, *arrivals.audit]
         if lines or arrivals.seen:
@@ -356,7 +366,8 @@ class FederationRunner:
                 raise
         shell.guarded(None, lambda: shell.core.arrived(arrivals, shell.clock()))
         for message, verdict in zip(batch, opened, strict=True):
-            if verdict.envelope is None:
+            envelope = verdict.envelope
+            if envelope is None or f"{envelope.from_host}/{envelope.stream_id}" in arrivals.dropped:
                 await message.term()
             else:
                 await message.ack()

@@ -4,9 +4,12 @@
 or the notice that one was refused) from the commit that accepted it until
 JetStream acknowledged its publish; a relay that restarts, or whose link comes
 back, publishes what is left in order (``seq``). ``federation_seen`` holds the
-``from_host/stream id`` of every envelope stored here for a day, so one that
+``from_host/stream id`` of every envelope stored here for 30 days, so one that
 the stream delivers again -- the relay died between its commit and its ack to
-the stream -- is dropped instead of delivered twice.
+the stream -- is dropped instead of delivered twice. ``federation_sent`` holds
+``(id, to_host)`` of every message put in the outbox, with its sender, until a
+refusal of it came back or it is as old as the seen keys kept: a refusal from
+a host is believed only for a message sent to that host, and only once.
 
 A mixin of ``Store``: it uses the store's connection.
 """
@@ -26,6 +29,16 @@ class FederationTables:
     _db: sqlite3.Connection
 
     def queue_remote(self, entries: Sequence[OutboxEntry]) -> None:
+        # Recorded with the outbox row, not at the publish-ack: the other relay
+        # may refuse it before this one has stored the ack.
+        self._db.executemany(
+            "INSERT OR IGNORE INTO federation_sent (id, to_host, sender, at) VALUES (?, ?, ?, ?)",
+            [
+                (e.message_id, e.to_host, e.sender, e.created)
+                for e in entries
+                if e.message_id is not None
+            ],
+        )
         self._db.executemany(
             "INSERT INTO federation_outbox (stream_id, to_host, sender, recipient, size,"
             " payload, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -69,6 +82,31 @@ class FederationTables:
             ).fetchall()
         return out
 
+    def unsent(self, stream_ids: Sequence[str], to_host: str) -> None:
+        """These messages were never published: no refusal of them can come."""
+        self._db.executemany(
+            "DELETE FROM federation_sent WHERE id = ? AND to_host = ?",
+            [(sid, to_host) for sid in stream_ids],
+        )
+
+    def sent_of(self, refused: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """Of these (id, host): ``host/id`` -> sender of each message sent to that host
+        and not refused yet."""
+        out: dict[str, str] = {}
+        for mid, host in refused:
+            row = self._db.execute(
+                "SELECT sender FROM federation_sent WHERE id = ? AND to_host = ?", (mid, host)
+            ).fetchone()
+            if row is not None:
+                out[f"{host}/{mid}"] = str(row[0])
+        return out
+
+    def bounced(self, refused: Sequence[tuple[str, str]]) -> None:
+        """A refusal of these (id, host) was taken: another is not believed."""
+        self._db.executemany(
+            "DELETE FROM federation_sent WHERE id = ? AND to_host = ?", list(refused)
+        )
+
     def outbox_totals(self) -> list[tuple[str, str, int, int]]:
         """(sender, recipient, envelopes, bytes) waiting for the stream, per pair."""
         return self._db.execute(
@@ -105,4 +143,6 @@ class FederationTables:
         )
 
     def forget_seen(self, before: float) -> int:
+        """Forget seen keys and sent ids older than ``before``; how many seen keys."""
+        self._db.execute("DELETE FROM federation_sent WHERE at < ?", (before,))
         return self._db.execute("DELETE FROM federation_seen WHERE at < ?", (before,)).rowcount

@@ -172,24 +172,30 @@ class ReadOutbox(StoreOp[list[OutboxEntry]]):
 
 @dataclass(frozen=True, slots=True)
 class DeleteForwarded(StoreOp[list[tuple[str, str, int]]]):
-    """The stream holds these envelopes: out of the outbox; (sender, recipient, size) each."""
+    """The stream holds these envelopes: out of the outbox; (sender, recipient, size) each.
+    ``unsent_to``: they were dropped unpublished, for this host (no refusal can come)."""
 
     stream_ids: tuple[str, ...]
+    unsent_to: str | None = None
 
     def apply(self, store: Store) -> list[tuple[str, str, int]]:
+        if self.unsent_to is not None:
+            store.unsent(self.stream_ids, self.unsent_to)
         return store.forwarded(self.stream_ids)
 
 
 @dataclass(frozen=True, slots=True)
-class ReadArrivalState(StoreOp[tuple[set[str], set[str]]]):
-    """Of envelopes just fetched: the keys stored here before, and the message ids
-    already taken by another message."""
+class ReadArrivalState(StoreOp[tuple[set[str], set[str], dict[str, str]]]):
+    """Of envelopes just fetched: the keys stored here before, the message ids
+    already taken by another message, and of the refusals' (id, host) the
+    messages sent to that host and not refused yet (``host/id`` -> sender)."""
 
     keys: tuple[str, ...]
     ids: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...] = ()
 
-    def apply(self, store: Store) -> tuple[set[str], set[str]]:
-        return store.seen_of(self.keys), store.ids_in_use(self.ids)
+    def apply(self, store: Store) -> tuple[set[str], set[str], dict[str, str]]:
+        return store.seen_of(self.keys), store.ids_in_use(self.ids), store.sent_of(self.refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +208,7 @@ class StoreArrivals(StoreOp[None]):
     seen: tuple[str, ...]
     outbox: Sequence[OutboxEntry]
     at: float
+    bounced: Sequence[tuple[str, str]] = ()  # (id, host) of sent messages refused now
     # A message id another message took meanwhile fails only this work, not the
     # batch it rides in: the envelopes are not acked and come again.
     may_fail = True
@@ -212,11 +219,13 @@ class StoreArrivals(StoreOp[None]):
             store.hold(message)
         store.remember_seen(self.seen, self.at)
         store.queue_remote(self.outbox)
+        store.bounced(self.bounced)
 
 
 @dataclass(frozen=True, slots=True)
 class ForgetSeen(StoreOp[int]):
-    """Forget the ids of envelopes stored before ``before`` (kept a day)."""
+    """Forget the keys of envelopes stored, and the ids of messages sent, before
+    ``before`` (kept ``SEEN_KEPT``)."""
 
     before: float
 

@@ -34,6 +34,12 @@ class OutboxEntry(msgspec.Struct, frozen=True):
     created: float
     seq: int = 0  # its place in the outbox, assigned by the store
 
+    @property
+    def message_id(self) -> str | None:
+        """The id of the message it carries; None for a refusal notice (whose
+        stream id is ``refused:<id>``, and a message id has no colon)."""
+        return None if self.stream_id.startswith("refused:") else self.stream_id
+
 
 class AgentRecord(msgspec.Struct, frozen=True):
     name: str

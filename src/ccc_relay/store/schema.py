@@ -12,7 +12,10 @@ import sqlite3
 # gains the empty table when it is opened.
 # 3: federation_outbox and federation_seen (relays that federate); an older
 # file gains both, empty, when it is opened.
-SCHEMA_VERSION = 3
+# 4: federation_sent (which message ids went to which host, so only a refusal
+# of one of those is believed); an older file gains it, filled from the
+# messages its outbox still holds.
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +81,14 @@ CREATE TABLE IF NOT EXISTS federation_outbox (
 );
 CREATE TABLE IF NOT EXISTS federation_seen (id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS federation_seen_at ON federation_seen (at);
+CREATE TABLE IF NOT EXISTS federation_sent (
+    id TEXT NOT NULL,
+    to_host TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (id, to_host)
+);
+CREATE INDEX IF NOT EXISTS federation_sent_at ON federation_sent (at);
 CREATE TABLE IF NOT EXISTS audit_outbox (
     seq INTEGER PRIMARY KEY,
     file TEXT NOT NULL,
@@ -88,8 +99,9 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
 
 def apply_schema(db: sqlite3.Connection) -> None:
     """Create what is missing, migrate what is old, and record the schema version."""
+    found = _version(db)
     db.executescript(SCHEMA)
-    migrate(db)
+    migrate(db, found)
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('schema', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -97,7 +109,23 @@ def apply_schema(db: sqlite3.Connection) -> None:
     )
 
 
-def migrate(db: sqlite3.Connection) -> None:
+def _version(db: sqlite3.Connection) -> int:
+    """The file's schema version before this open (0: a new file)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(db: sqlite3.Connection, found: int = SCHEMA_VERSION) -> None:
+    if 0 < found < 4:
+        # Messages still waiting to be published were sent as far as a refusal
+        # of them goes; older ones' refusals are no longer believed.
+        db.execute(
+            "INSERT OR IGNORE INTO federation_sent (id, to_host, sender, at)"
+            " SELECT stream_id, to_host, sender, created FROM federation_outbox"
+            " WHERE stream_id NOT LIKE 'refused:%'"
+        )
     columns = {row[1] for row in db.execute("PRAGMA table_info(agents)")}
     if "quarantined" not in columns:
         db.execute("ALTER TABLE agents ADD COLUMN quarantined TEXT")
