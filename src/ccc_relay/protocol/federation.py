@@ -4,10 +4,11 @@ One JSON object per stream message, on subject ``ccc.v1.<to_host>``:
 
 * ``kind: "message"``: ``sender`` (an agent at ``from_host``) wrote to
   ``recipient`` (an agent at ``to_host``); ``id`` is the message id the sender
-  was given, and travels as ``Nats-Msg-Id`` so JetStream drops a repeat;
+  was given (the stream's ``Nats-Msg-Id`` is the SHA-256 of the published bytes,
+  so that no other relay can take it first: ``federation/link.py``);
 * ``kind: "refused"``: ``to_host`` refused the message ``id`` that
   ``recipient`` (the original sender, an agent at ``to_host`` now) sent to
-  ``sender`` (at ``from_host``), with ``code`` and ``reason``; its stream id is
+  ``sender`` (at ``from_host``), with ``code`` and ``reason``; its outbox key is
   ``refused:<id>``.
 
 ``sig`` is the Ed25519 signature of ``from_host``'s relay over
@@ -56,7 +57,7 @@ class Envelope(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False, 
 
     @property
     def stream_id(self) -> str:
-        """The ``Nats-Msg-Id`` header: JetStream drops a second publish of it."""
+        """The envelope's key in the sender's outbox: one row per message or refusal."""
         return self.id if self.kind == "message" else f"refused:{self.id}"
 
     @property

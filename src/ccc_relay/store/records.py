@@ -25,7 +25,7 @@ class StoredMessage(msgspec.Struct, frozen=True):
 class OutboxEntry(msgspec.Struct, frozen=True):
     """An envelope bound for another relay, kept until the stream acknowledged it."""
 
-    stream_id: str  # its Nats-Msg-Id: the message id, or refused:<id>
+    stream_id: str  # its outbox key: the message id, or refused:<id>
     to_host: str
     sender: str  # who it counts against: the local sender, or "relay" for a notice
     recipient: str  # the address it goes to (name@host)
