@@ -138,12 +138,8 @@ ENGINE_LEVEL = frozenset({_no_daemon, _daemon_denied, _no_image, _storage, _runt
 def engine_problem(engine: str, returncode: int, text: str, spec: SandboxSpec) -> str | None:
     """The sentence for a failure of the engine itself (not of a container, a mount or
     a command in it), or None. Raises nothing."""
-    if returncode not in ENGINE_EXIT_CODES:
-        return None
-    for pattern, explain in _KNOWN:
-        if pattern.search(text):
-            return explain(engine, spec) if explain in ENGINE_LEVEL else None
-    return None
+    explain = _explainer(returncode, text)
+    return explain(engine, spec) if explain in ENGINE_LEVEL else None
 
 
 def explain_engine_failure(
@@ -155,12 +151,19 @@ def explain_engine_failure(
     """
     if returncode not in ENGINE_EXIT_CODES:
         return None
-    for pattern, explain in _KNOWN:
-        if pattern.search(text):
-            return f"{engine} could not start {spec.agent}'s sandbox: {explain(engine, spec)}"
+    explain = _explainer(returncode, text)
+    if explain is not None:
+        return f"{engine} could not start {spec.agent}'s sandbox: {explain(engine, spec)}"
     if returncode != ENGINE_FAILED:
         return None  # 126 and 127 may as well be the agent's own command's
     return (
         f"{engine} could not start {spec.agent}'s sandbox (exit {returncode}); 'ccc doctor' "
         "checks the relay, the sockets and the sandbox tools one by one"
     )
+
+
+def _explainer(returncode: int, text: str) -> _Explain | None:
+    """The first known failure ``text`` shows, when ``returncode`` is an engine's."""
+    if returncode not in ENGINE_EXIT_CODES:
+        return None
+    return next((explain for pattern, explain in _KNOWN if pattern.search(text)), None)
