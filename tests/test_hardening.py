@@ -8,6 +8,7 @@ agents still exchange messages through it.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -89,6 +90,33 @@ def daemon_command() -> tuple[list[str], dict[str, str]]:
     return [str(system), "-m", "ccc_relay.cli.statusd"], {"PYTHONPATH": os.pathsep.join(paths)}
 
 
+@contextlib.contextmanager
+def started_as_root(config: Path, state: Path) -> Iterator[subprocess.Popen[str]]:
+    """``ccc-statusd start --config CONFIG`` as root, once its pid file is in ``state``;
+    killed afterwards if the test did not stop it."""
+    command, env = daemon_command()
+    proc = subprocess.Popen(
+        [*command, "start", "--config", str(config)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (state / "daemon.pid").exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
 def ids_of(pid: int) -> dict[str, list[int]]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -110,20 +138,7 @@ def test_root_start_drops_to_the_user_and_confines_itself(
         f"  state_dir: {state}\n  socket_path: {state_dir}/claude-ipc.sock\n"
         f"  audit:\n    log_path: {state_dir}/log\n"
     )
-    command, env = daemon_command()
-    proc = subprocess.Popen(
-        [*command, "start", "--config", str(config)],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not (state / "daemon.pid").exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with started_as_root(config, state) as proc:
         account = pwd.getpwnam(user)
         ids = ids_of(proc.pid)
         assert ids["Uid"] == [account.pw_uid] * 4  # real, effective, saved, fs
@@ -161,12 +176,6 @@ def test_root_start_drops_to_the_user_and_confines_itself(
         stopped = run_cli("ccc-statusd", "stop", "--config", str(config))
         assert stopped.returncode == 0, stopped.stderr
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def status_fields(pid: int, *names: str) -> dict[str, str]:
@@ -192,20 +201,7 @@ def test_the_started_daemon_runs_under_its_seccomp_filter(
         f"  state_dir: {state}\n  socket_path: {state_dir}/claude-ipc.sock\n"
         f"  audit:\n    log_path: {state_dir}/log\n"
     )
-    command, env = daemon_command()
-    proc = subprocess.Popen(
-        [*command, "start", "--config", str(config)],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not (state / "daemon.pid").exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with started_as_root(config, state) as proc:
         fields = status_fields(proc.pid, "Seccomp", "Seccomp_filters", "NoNewPrivs")
         assert fields == {"Seccomp": "2", "Seccomp_filters": "2", "NoNewPrivs": "1"}
         status = AdminClient(state / "admin.sock").request("status")
@@ -221,12 +217,6 @@ def test_the_started_daemon_runs_under_its_seccomp_filter(
         stopped = run_cli("ccc-statusd", "stop", "--config", str(config))
         assert stopped.returncode == 0, stopped.stderr
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_root_without_a_user_is_refused(state_dir: Path) -> None:
