@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ccc_relay.policy.config import Config
-from tests.support import FakeClock, RunningRelay, make_config, start_relay
+from tests.support import BIN, FakeClock, RunningRelay, make_config, run_cli, start_relay
 
 
 @pytest.fixture
@@ -48,3 +48,31 @@ def relay(relay_factory: Callable[..., RunningRelay]) -> RunningRelay:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def daemon(state_dir: Path) -> Iterator[dict[str, str]]:
+    """A real `ccc-statusd start` in state_dir; yields the environment the CLI needs to reach it."""
+    env = {
+        "CCC_CACHE_DIR": str(state_dir),
+        "CCC_SOCKET": "",
+        "CCC_CREDENTIAL": "",
+        "CCC_CONFIG": "",
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "ccc-statusd"), "start", "--allow-root"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while not (state_dir / "daemon.pid").exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    yield env
+    stopped = run_cli("ccc-statusd", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert proc.wait(10) == 0
+    if proc.stderr:
+        proc.stderr.close()

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,33 +14,6 @@ import pytest
 from tests.support import BIN, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemon(state_dir: Path) -> Iterator[dict[str, str]]:
-    env = {
-        "CCC_CACHE_DIR": str(state_dir),
-        "CCC_SOCKET": "",
-        "CCC_CREDENTIAL": "",
-        "CCC_CONFIG": "",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "ccc-statusd"), "start", "--allow-root"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while not (state_dir / "daemon.pid").exists():
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    yield env
-    stopped = run_cli("ccc-statusd", "stop", env=env)
-    assert stopped.returncode == 0, stopped.stderr
-    assert proc.wait(10) == 0
-    if proc.stderr:
-        proc.stderr.close()
 
 
 def ok(*args: str, env: dict[str, str], input: str | None = None) -> str:

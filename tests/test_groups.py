@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from ccc_relay.policy.config import load_config
 from ccc_relay.protocol.frames import GroupAccepted
 from ccc_relay.store import Store
 from ccc_relay.store.schema import SCHEMA_VERSION
-from tests.support import BIN, RunningRelay, run_cli
+from tests.support import RunningRelay, run_cli
 from tests.test_relay import audit_lines, wait_for
 
 
@@ -242,32 +239,6 @@ def test_the_v1_schema_gains_the_group_table(tmp_path: Path) -> None:
 
 
 # --- the command line and the MCP tool ------------------------------------------------------
-
-
-@pytest.fixture
-def daemon(state_dir: Path) -> Iterator[dict[str, str]]:
-    env = {
-        "CCC_CACHE_DIR": str(state_dir),
-        "CCC_SOCKET": "",
-        "CCC_CREDENTIAL": "",
-        "CCC_CONFIG": "",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "ccc-statusd"), "start", "--allow-root"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while not (state_dir / "daemon.pid").exists():
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    yield env
-    assert run_cli("ccc-statusd", "stop", env=env).returncode == 0
-    assert proc.wait(10) == 0
-    if proc.stderr:
-        proc.stderr.close()
 
 
 def ok(*args: str, env: dict[str, str]) -> str:
