@@ -174,8 +174,11 @@ class FederationRunner:
             if len(page) < OUTBOX_PAGE:
                 break
             after = page[-1].seq
-        newer = [p for p in self._queue if p.entry.stream_id not in {r.stream_id for r in rows}]
+        # Queued since start (a send waiting for its answer keeps its _Pending):
+        # the outbox's rows go first, in order, then what it did not hold yet.
         kept = {p.entry.stream_id: p for p in self._queue}
+        stored = {r.stream_id for r in rows}
+        newer = [p for p in self._queue if p.entry.stream_id not in stored]
         self._queue = deque([kept.get(r.stream_id) or _Pending(r) for r in rows] + newer)
         self._queued = {p.entry.stream_id for p in self._queue}
         self._loaded = True
