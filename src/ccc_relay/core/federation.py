@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.admission import Admission
 from ccc_relay.core.checks import clean_thread, size_refusal
@@ -190,7 +192,7 @@ class Federation:
         return self._entry(notice, RELAY, held.sender, now)
 
     def _entry(self, envelope: Envelope, sender: str, recipient: str, now: float) -> OutboxEntry:
-        signed = Envelope(**{**_fields(envelope), "sig": self._sign(signed_bytes(envelope))})
+        signed = msgspec.structs.replace(envelope, sig=self._sign(signed_bytes(envelope)))
         return OutboxEntry(
             stream_id=signed.stream_id,
             to_host=signed.to_host,
@@ -226,10 +228,6 @@ class Federation:
                 verified=True,
             )
         return Opened(envelope, claimed=claimed, verified=True)
-
-
-def _fields(envelope: Envelope) -> dict[str, Any]:
-    return {name: getattr(envelope, name) for name in envelope.__struct_fields__}
 
 
 def decide_arrivals(
@@ -320,17 +318,7 @@ def _accept(
         deliver_at=envelope.deliver_at,
     )
     # The sender's id travels with it: replies and acks on both sides name one message.
-    message = StoredMessage(
-        id=envelope.id,
-        sender=message.sender,
-        recipient=message.recipient,
-        body=message.body,
-        sent_at=envelope.sent_at,
-        thread=message.thread,
-        reply_to=message.reply_to,
-        deliver_at=message.deliver_at,
-        delivery=message.delivery,
-    )
+    message = msgspec.structs.replace(message, id=envelope.id, sent_at=envelope.sent_at)
     extra: dict[str, Any] = {"via": envelope.from_host}
     if cleaned is not None and cleaned.changes:
         extra["sanitized"] = dict(cleaned.changes)
