@@ -7,6 +7,7 @@ python that user cannot run. Real commands, a throwaway system user and group.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -111,6 +112,29 @@ def seed_config(tmp_path: Path, user: str, group: str, socket: Path, extra: str 
     return path
 
 
+@contextlib.contextmanager
+def started(config: Path, pid_file: Path) -> Iterator[subprocess.Popen[str]]:
+    """``ccc-statusd start --config CONFIG`` as root, once ``pid_file`` is there;
+    killed afterwards if the test did not stop it."""
+    proc = subprocess.Popen(
+        [str(_system_python()), "-m", "ccc_relay.cli.statusd", "start", "--config", str(config)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the relay did not start"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
 def problems_of(config: Path) -> tuple[int, list[str], list[dict[str, object]]]:
     result = statusd("check-config", str(config), "--json")
     document = json.loads(result.stdout)
@@ -131,35 +155,22 @@ def test_the_seed_config_pasted_as_the_readme_says_starts(
     states = {d["path"]: d["state"] for d in directories}
     assert states["/var/lib/ccc-statusd"] == f"created at start (owner {user}, mode 0700)"
     assert states["/var/log/claude-ipc"] == f"created at start (owner {user}, mode 0700)"
-    proc = subprocess.Popen(
-        [str(_system_python()), "-m", "ccc_relay.cli.statusd", "start", "--config", str(config)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not Path("/var/lib/ccc-statusd/daemon.pid").exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the relay did not start"
-            time.sleep(0.05)
-        uid = pwd.getpwnam(user).pw_uid
-        for directory in PRODUCTION_DIRS:  # like systemd's StateDirectory=/LogsDirectory=
-            info = os.stat(directory)
-            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (uid, 0o700), directory
-        assert os.stat(open_dir / "claude-ipc.sock").st_gid == grp.getgrnam(group).gr_gid
+        with started(config, Path("/var/lib/ccc-statusd/daemon.pid")) as proc:
+            uid = pwd.getpwnam(user).pw_uid
+            for directory in PRODUCTION_DIRS:  # like systemd's StateDirectory=/LogsDirectory=
+                info = os.stat(directory)
+                assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (uid, 0o700), directory
+            assert os.stat(open_dir / "claude-ipc.sock").st_gid == grp.getgrnam(group).gr_gid
 
-        again = statusd("start", "--config", str(config))
-        assert again.returncode == 7, again.stderr  # conflict, docs/cli.md
-        assert f"stop it first with: ccc-statusd stop --config {config}" in again.stderr
+            again = statusd("start", "--config", str(config))
+            assert again.returncode == 7, again.stderr  # conflict, docs/cli.md
+            assert f"stop it first with: ccc-statusd stop --config {config}" in again.stderr
 
-        stopped = statusd("stop", "--config", str(config))
-        assert stopped.returncode == 0, stopped.stderr
-        assert proc.wait(15) == 0
+            stopped = statusd("stop", "--config", str(config))
+            assert stopped.returncode == 0, stopped.stderr
+            assert proc.wait(15) == 0
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
         for directory in PRODUCTION_DIRS:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -318,28 +329,13 @@ def test_a_missing_admin_socket_directory_is_made_as_runtime_directory_would(
     assert (code, problems) == (0, [])
     assert {"key": "daemon.admin_socket_path", "path": str(run), "problem": False,
             "state": f"created at start (owner {user}, mode 0700)"} in directories  # fmt: skip
-    proc = subprocess.Popen(
-        [str(_system_python()), "-m", "ccc_relay.cli.statusd", "start", "--config", str(config)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (open_dir / "state" / "daemon.pid").exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the relay did not start"
-            time.sleep(0.05)
+    with started(config, open_dir / "state" / "daemon.pid") as proc:
         info = os.stat(run)
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pwd.getpwnam(user).pw_uid, 0o700)
         assert stat.S_ISSOCK(os.stat(run / "admin.sock").st_mode)
         stopped = statusd("stop", "--config", str(config))
         assert stopped.returncode == 0, stopped.stderr
         assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_the_docs_say_where_the_state_goes_and_which_python_to_use() -> None:
