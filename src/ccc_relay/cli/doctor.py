@@ -39,16 +39,12 @@ from ccc_relay.containers.probe import (
 )
 from ccc_relay.containers.spec import RUNTIMES, SANDBOX_PATH
 from ccc_relay.containers.staging import LaunchError, prepare_podman_rootfs
+from ccc_relay.integrations.install import SERVER_NAME
+from ccc_relay.integrations.install_claude import HOOK_EVENTS
 from ccc_relay.policy.config import Config, ConfigError
 
 CONNECT_TIMEOUT = 5.0  # seconds for the relay to accept and answer: it answers in milliseconds
 TOOL_TIMEOUT = 20.0  # seconds for 'podman info' and a bubblewrap start
-MCP_SERVER = "ccc-relay"  # the name 'ccc install claude' gives its server in .mcp.json
-HOOK_VERBS = {
-    "SessionStart": "session-start",
-    "UserPromptSubmit": "user-prompt-submit",
-    "Stop": "stop",
-}
 NOBODY = 65534  # the probe's uid when root has no project owner to run it as
 
 
@@ -475,23 +471,23 @@ def _project_checks(project: Path) -> Iterator[Check]:
     mcp = project / ".mcp.json"
     data = _json_object(mcp)
     server = (
-        (data.get("mcpServers") or {}).get(MCP_SERVER)
+        (data.get("mcpServers") or {}).get(SERVER_NAME)
         if isinstance(data.get("mcpServers"), dict)
         else None
     )
     if not isinstance(server, dict):
-        yield Check("MCP server", False, f"{mcp} has no '{MCP_SERVER}' server", install)
+        yield Check("MCP server", False, f"{mcp} has no '{SERVER_NAME}' server", install)
     else:
         yield _program_check("MCP server", f"{mcp}: ", str(server.get("command", "")), install)
     events: dict[str, str] = {}
     for name in ("settings.json", "settings.local.json"):
         hooks = _json_object(project / ".claude" / name).get("hooks")
         if isinstance(hooks, dict):
-            for event, verb in HOOK_VERBS.items():
+            for event, verb in HOOK_EVENTS.items():
                 command = _hook_command(hooks.get(event), verb)
                 if command is not None:
                     events.setdefault(event, command)
-    missing = [event for event in HOOK_VERBS if event not in events]
+    missing = [event for event in HOOK_EVENTS if event not in events]
     if missing:
         yield Check(
             "hooks",
