@@ -248,7 +248,7 @@ def test_an_envelope_the_server_cannot_take_holds_up_nothing_and_its_sender_is_t
         assert notice is not None and notice.sender == "relay" and big.id in notice.body
         assert "max_payload" in notice.body
     [failed] = events(pair.h1, "forward_failed")
-    assert failed["id"] == big.id and failed["to"] == "bob@h2"
+    assert failed["id"] == big.id and failed["to"] == "bob@h2" and failed["code"] == "too_large"
 
 
 def test_a_pair_h2_forbids_is_bounced_to_the_sender_from_relay_at_h2(

@@ -33,6 +33,7 @@ from ccc_relay.core.federation import RELAY, SEEN_KEPT, Federation, Opened
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.shell import RelayShell
 from ccc_relay.policy.config_types import FederationConfig
+from ccc_relay.protocol.errors import ErrorCode
 from ccc_relay.protocol.federation import Envelope
 from ccc_relay.store import StoreFailure
 from ccc_relay.store.ops import (
@@ -265,7 +266,13 @@ class FederationRunner:
         line = AuditRecord(
             now,
             "forward_failed",
-            {"id": entry.stream_id, "from": entry.sender, "to": entry.recipient, "reason": reason},
+            {
+                "id": entry.stream_id,
+                "from": entry.sender,
+                "to": entry.recipient,
+                "code": ErrorCode.TOO_LARGE.value,
+                "reason": reason,
+            },
         )
         notices = []
         if entry.sender in core.agents:
