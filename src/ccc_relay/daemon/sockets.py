@@ -65,11 +65,7 @@ def ensure_private_dir(
             f"fix it with: {sudo()}chown -R {uid} {path}"
         )
     if not created and info.st_mode & 0o022:
-        raise StateDirError(
-            f"{path} is writable by {_who_may_write(info.st_mode)} (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}), so anything in it may have been planted; "
-            f"check what it holds, then fix it with: chmod {mode:o} {path}"
-        )
+        raise _writable(path, info.st_mode, f"chmod {mode:o} {path}")
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
 
@@ -103,11 +99,7 @@ def ensure_agent_socket_dir(path: Path) -> None:
             f"runs as; if you did not put it there, remove it, else: chown {os.geteuid()} {path}"
         )
     if info.st_mode & 0o022:
-        raise StateDirError(
-            f"{path} is writable by {_who_may_write(info.st_mode)} (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}), so anything in it may have been planted; "
-            f"check what it holds, then fix it with: chmod go-w {path}"
-        )
+        raise _writable(path, info.st_mode, f"chmod go-w {path}")
     wanted = AGENT_DIR_MODE | (info.st_mode & stat.S_ISGID)
     if stat.S_IMODE(info.st_mode) != wanted:
         os.chmod(path, wanted)
@@ -199,12 +191,7 @@ def _check_entry(path: Path, info: os.stat_result, uid: int, *, own: bool, key: 
             f"chmod 600 {path}; else remove it (rm {path}) and the relay makes a new one"
         )
     if info.st_mode & 0o022 and not stat.S_ISSOCK(info.st_mode):
-        planted = ", so anything in it may have been planted" if stat.S_ISDIR(info.st_mode) else ""
-        raise StateDirError(
-            f"{path} is writable by {_who_may_write(info.st_mode)} (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}){planted}; check it, then fix it with: "
-            f"chmod go-w {path}"
-        )
+        raise _writable(path, info.st_mode, f"chmod go-w {path}")
 
 
 def private_roots(*dirs: Path) -> list[Path]:
@@ -213,8 +200,18 @@ def private_roots(*dirs: Path) -> list[Path]:
     return [d for d in unique if not any(o != d and o in d.parents for o in unique)]
 
 
-def _who_may_write(mode: int) -> str:
-    return " and ".join(who for who, bit in (("its group", 0o020), ("others", 0o002)) if mode & bit)
+def _writable(path: Path, mode: int, fix: str) -> StateDirError:
+    """The refusal of ``path``, writable by group or others, with the command ``fix``."""
+    who = " and ".join(w for w, bit in (("its group", 0o020), ("others", 0o002)) if mode & bit)
+    check = (
+        ", so anything in it may have been planted; check what it holds"
+        if stat.S_ISDIR(mode)
+        else "; check it"
+    )
+    return StateDirError(
+        f"{path} is writable by {who} (mode {stat.S_IMODE(mode):04o}){check}, "
+        f"then fix it with: {fix}"
+    )
 
 
 def clear_stale_socket(path: Path) -> None:
