@@ -82,7 +82,7 @@ def drop_privileges(user: str, *, group: str | None = None) -> None:
         )
     require_single_thread("drop privileges")
     if os.geteuid() == 0:
-        gids = _supplementary_groups(target, group)
+        gids = group_ids(target, group)
         os.setgroups(gids)
         # Group before user: once the uid is gone, so is the right to change groups.
         os.setresgid(target.pw_gid, target.pw_gid, target.pw_gid)
@@ -137,7 +137,20 @@ def group_ids(target: pwd.struct_passwd, group: str | None) -> list[int]:
 
     Raises PrivilegeError when ``group`` does not exist or root's group is among them.
     """
-    return _supplementary_groups(target, group)
+    gids = set(os.getgrouplist(target.pw_name, target.pw_gid))
+    if group is not None:
+        entry = _find_group(group)
+        if entry is None:
+            raise PrivilegeError(
+                f"group {group!r} does not exist; create it with: {sudo()}groupadd --system {group}"
+            )
+        # Kept so the relay can give sockets it creates later to the agents' group.
+        gids.add(entry.gr_gid)
+    if 0 in gids:
+        raise PrivilegeError(
+            f"user {target.pw_name!r} belongs to group root (0); the relay must not keep it"
+        )
+    return sorted(gids)
 
 
 def set_no_new_privs() -> None:
@@ -236,23 +249,6 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
-
-
-def _supplementary_groups(target: pwd.struct_passwd, group: str | None) -> list[int]:
-    gids = set(os.getgrouplist(target.pw_name, target.pw_gid))
-    if group is not None:
-        entry = _find_group(group)
-        if entry is None:
-            raise PrivilegeError(
-                f"group {group!r} does not exist; create it with: {sudo()}groupadd --system {group}"
-            )
-        # Kept so the relay can give sockets it creates later to the agents' group.
-        gids.add(entry.gr_gid)
-    if 0 in gids:
-        raise PrivilegeError(
-            f"user {target.pw_name!r} belongs to group root (0); the relay must not keep it"
-        )
-    return sorted(gids)
 
 
 def _verify_ids(target: pwd.struct_passwd) -> None:
