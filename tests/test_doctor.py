@@ -173,3 +173,21 @@ def test_an_mcp_server_outside_usr_is_named(relay: Relay, tmp_path: Path) -> Non
     if outside:
         assert "which a sandbox cannot see" in str(checks["MCP server"]["detail"])
         assert code == 1
+
+
+def test_the_start_and_restart_advice_names_this_relays_config(tmp_path: Path) -> None:
+    """A relay started with --config FILE is stopped and started with it (quoted)."""
+    import dataclasses
+
+    from ccc_relay.cli.doctor import _relay_checks, _restart
+    from ccc_relay.policy.config import embedded_defaults
+
+    source = tmp_path / "my configs" / "relay.yaml"
+    config = dataclasses.replace(embedded_defaults(), source=source)
+    flag = f"--config '{source}'"
+    assert _restart(config) == (
+        f"restart the relay: ccc-statusd stop {flag}; ccc-statusd start {flag}"
+    )
+    (check,) = list(_relay_checks(config, tmp_path / "no.sock"))
+    assert check.ok is False
+    assert check.fix == f"start the relay: ccc-statusd start {flag}"

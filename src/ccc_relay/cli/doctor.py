@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import click
 
-from ccc_relay.cli.common import emit_json
+from ccc_relay.cli.common import emit_json, start_command
 from ccc_relay.containers.detect import (
     LIMITS_NEXT_STEP,
     HostError,
@@ -136,7 +136,7 @@ def _all_checks(options: Any, project: Path | None, runtime: str | None) -> Iter
 
 def _relay_checks(config: Config, path: Path) -> Generator[Check, None, bool]:
     """Returns (as the generator's value) whether the relay answered."""
-    start = f"start the relay: ccc-statusd start{_config_flag(config)}"
+    start = f"start the relay: {start_command(config)}"
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -540,12 +540,10 @@ def _json_object(path: Path) -> dict[str, Any]:
 # --- helpers ---------------------------------------------------------------------
 
 
-def _config_flag(config: Config) -> str:
-    return f" --config {config.source}" if config.source else ""
-
-
 def _restart(config: Config) -> str:
-    return f"restart the relay: ccc-statusd stop; ccc-statusd start{_config_flag(config)}"
+    # stop takes the same --config as start: without it, it would stop the default relay.
+    flag = start_command(config).removeprefix("ccc-statusd start")
+    return f"restart the relay: ccc-statusd stop{flag}; ccc-statusd start{flag}"
 
 
 def _group_name(gid: int) -> str:
