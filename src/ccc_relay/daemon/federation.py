@@ -123,7 +123,6 @@ class FederationRunner:
         self._queued: set[str] = set()  # stream ids in _queue
         self._wake = asyncio.Event()
         self._loaded = False
-        self.published = 0
 
     # --- out -----------------------------------------------------------------------------
 
