@@ -23,6 +23,7 @@ from ccc_relay.containers.engine_errors import engine_problem
 from ccc_relay.containers.sandbox import run_sandbox
 from ccc_relay.containers.spec import SandboxSpec, SandboxSpecError
 from ccc_relay.containers.staging import LaunchError
+from ccc_relay.daemon.privileges import sudo
 
 # Where the sandbox's PATH looks, as host paths (its /bin and /sbin are links into /usr).
 SANDBOX_BIN_DIRS = (
@@ -55,11 +56,11 @@ def install_recipe(source: str | None = None) -> list[str]:
     Raises nothing.
     """
     source = source or _checkout() or "ccc-relay"
-    sudo = "" if os.geteuid() == 0 else "sudo "
+    as_root = sudo()
     return [
-        f"{sudo}/usr/bin/python3 -m venv {INSTALL_DIR}",
-        f"{sudo}{INSTALL_DIR}/bin/pip install {source}",
-        f"{sudo}ln -sf {INSTALL_DIR}/bin/ccc /usr/local/bin/ccc",
+        f"{as_root}/usr/bin/python3 -m venv {INSTALL_DIR}",
+        f"{as_root}{INSTALL_DIR}/bin/pip install {source}",
+        f"{as_root}ln -sf {INSTALL_DIR}/bin/ccc /usr/local/bin/ccc",
     ]
 
 
