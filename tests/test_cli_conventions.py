@@ -25,7 +25,7 @@ from ccc_relay.cli.statusd import main as statusd_main
 from ccc_relay.client.errors import RelayError, RelayUnavailable, SocketPermissionDenied
 from ccc_relay.policy.config import Config, embedded_defaults
 from tests.support import BIN, run_cli
-from tests.test_cli import daemon, ok  # noqa: F401  (daemon is a fixture)
+from tests.test_cli import ok
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def _json_lines(stdout: str) -> list[dict[str, object]]:
 
 @pytest.mark.slow
 def test_every_json_output_parses_as_the_convention_says(
-    daemon: dict[str, str],  # noqa: F811
+    daemon: dict[str, str],
     state_dir: Path,
 ) -> None:
     env = daemon
@@ -146,7 +146,7 @@ def test_the_exit_code_table_is_the_documented_one() -> None:
 
 @pytest.mark.slow
 def test_the_same_error_leaves_with_the_same_code_from_both_commands(
-    daemon: dict[str, str],  # noqa: F811
+    daemon: dict[str, str],
     state_dir: Path,
 ) -> None:
     env = daemon
@@ -176,7 +176,7 @@ def test_the_same_error_leaves_with_the_same_code_from_both_commands(
 
 
 @pytest.mark.slow
-def test_refusals_are_in_the_users_words(daemon: dict[str, str]) -> None:  # noqa: F811
+def test_refusals_are_in_the_users_words(daemon: dict[str, str]) -> None:
     env = daemon
     for name in ("alice", "bob"):
         ok("ccc", "agent", "add", name, env=env)
@@ -215,7 +215,7 @@ def test_durations_and_online_state_read_as_people_say_them() -> None:
 
 
 @pytest.mark.slow
-def test_status_is_one_command_in_one_form(daemon: dict[str, str]) -> None:  # noqa: F811
+def test_status_is_one_command_in_one_form(daemon: dict[str, str]) -> None:
     env = daemon
     ok("ccc", "agent", "add", "alice", env=env)
     status = ok("ccc", "status", env=env)
@@ -326,7 +326,7 @@ def test_man_pages_cover_every_command_and_render(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_progress_shows_on_a_terminal_and_nowhere_else(
-    daemon: dict[str, str],  # noqa: F811
+    daemon: dict[str, str],
 ) -> None:
     env = daemon
     ok("ccc", "agent", "add", "bob", env=env)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.support import run_cli
-from tests.test_cli import daemon, ok  # noqa: F401  (daemon is a fixture)
+from tests.test_cli import ok
 
 pytestmark = pytest.mark.slow
 
 
-def test_errors_share_one_shape(daemon: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+def test_errors_share_one_shape(daemon: dict[str, str], tmp_path: Path) -> None:
     env = daemon
     ok("ccc", "agent", "add", "alice", env=env)
     ok("ccc", "agent", "add", "bob", env=env)

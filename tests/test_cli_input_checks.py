@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.support import BIN
-from tests.test_cli import daemon, ok  # noqa: F401  (daemon is a fixture)
+from tests.test_cli import ok
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def _ccc(
 
 
 def test_input_that_is_not_utf8_is_refused_before_connecting(
-    daemon: dict[str, str],  # noqa: F811
+    daemon: dict[str, str],
 ) -> None:
     env = daemon
     for name in ("alice", "bob"):
@@ -71,7 +71,7 @@ def test_input_that_is_not_utf8_is_refused_before_connecting(
     assert [m["body"] for m in inbox] == ["h\u00e9llo"]
 
 
-def test_a_usage_error_has_the_shape_of_every_error(daemon: dict[str, str]) -> None:  # noqa: F811
+def test_a_usage_error_has_the_shape_of_every_error(daemon: dict[str, str]) -> None:
     result = _ccc([b"send", b"--bogus", b"--json"], daemon)
     assert result.returncode == 2
     assert result.stderr.decode() == (

@@ -14,7 +14,7 @@ import pytest
 
 from tests.relay_process import RelayProcess
 from tests.support import run_cli
-from tests.test_cli import daemon, ok  # noqa: F401  (daemon is a fixture)
+from tests.test_cli import ok
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def _run(*args: str, env: dict[str, str], rc: int) -> subprocess.CompletedProces
     return result
 
 
-def test_deny_with_nothing_to_remove_is_not_found(daemon: dict[str, str]) -> None:  # noqa: F811
+def test_deny_with_nothing_to_remove_is_not_found(daemon: dict[str, str]) -> None:
     env = daemon
     for name in ("alice", "bob"):
         ok("ccc", "agent", "add", name, env=env)
@@ -72,7 +72,7 @@ def test_deny_of_a_rule_from_the_config_file_says_to_edit_it() -> None:
 
 
 def test_a_mistyped_name_gets_the_near_ones_not_advice_to_create_it(
-    daemon: dict[str, str],  # noqa: F811
+    daemon: dict[str, str],
 ) -> None:
     env = daemon
     for name in ("alice", "bob"):

@@ -12,13 +12,13 @@ import pytest
 
 from ccc_relay.cli.when import delivery_words
 from tests.support import run_cli
-from tests.test_cli import daemon, ok  # noqa: F401  (daemon is a fixture)
+from tests.test_cli import ok
 
 pytestmark = pytest.mark.slow
 
 
 def test_at_and_in_refuse_what_cannot_be_meant_and_say_when(
-    daemon: dict[str, str],  # noqa: F811
+    daemon: dict[str, str],
 ) -> None:
     env = daemon
     for name in ("alice", "bob"):
