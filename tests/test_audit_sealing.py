@@ -238,15 +238,10 @@ def test_rewriting_a_past_epoch_fails_even_resealed_with_the_current_key(
     assert report["seals_verified"] == 1  # epoch 0, before the change, still holds
 
 
-def test_dropping_the_past_seals_and_sealing_once_with_the_current_key_fails(
-    relay_factory, state_dir: Path
-) -> None:
-    log_dir = runs(relay_factory, ["pay 10 dollars", "an unrelated later message"])
-    seal_key = export(state_dir)
-    current = read_state(state_dir)
+def seal_once_with_the_current_key(state: Path, path: Path, head: Head) -> None:
+    """Append one seal of everything up to ``head``, made with the current epoch's key."""
+    current = read_state(state)
     assert current is not None
-    [path] = audit_files(log_dir)
-    head = rewrite(log_dir, b"pay 10 dollars", b"pay 99 dollars", lambda *_: None)
     seal = {"seq": head.seq + 1, "ts": T0 + 999, "prev": head.hash, "event": "seal",
             "key_id": current.key_id, "epoch": current.epoch, "sealed_seq": head.seq,
             "sealed_head": head.hash, "mac": seal_mac(current.key, current.key_id,
@@ -255,7 +250,17 @@ def test_dropping_the_past_seals_and_sealing_once_with_the_current_key_fails(
     line = json.dumps(seal, separators=(",", ":")).encode()
     with open(path, "ab") as f:
         f.write(line + b"\n")
-    record_head(state_dir, Head(head.seq + 1, line_hash(line)))
+    record_head(state, Head(head.seq + 1, line_hash(line)))
+
+
+def test_dropping_the_past_seals_and_sealing_once_with_the_current_key_fails(
+    relay_factory, state_dir: Path
+) -> None:
+    log_dir = runs(relay_factory, ["pay 10 dollars", "an unrelated later message"])
+    seal_key = export(state_dir)
+    [path] = audit_files(log_dir)
+    head = rewrite(log_dir, b"pay 10 dollars", b"pay 99 dollars", lambda *_: None)
+    seal_once_with_the_current_key(state_dir, path, head)
 
     report = json.loads(ccc(state_dir, "audit", "verify", "--seal-key", seal_key, "--json").stdout)
     assert report["problem"]["kind"] == "missing seal", report
@@ -271,21 +276,11 @@ def test_dropping_every_seal_and_sealing_once_with_the_current_key_fails(
 ) -> None:
     log_dir = runs(relay_factory, ["one run", "another run"])
     seal_key = export(state_dir)
-    current = read_state(state_dir)
-    assert current is not None
     # A change before the first seal: every seal has to go.
     head = rewrite(log_dir, b'"event":"daemon_started"', b'"event":"daemon_started","x":1',
                    lambda *_: None)  # fmt: skip
     [path] = audit_files(log_dir)
-    seal = {"seq": head.seq + 1, "ts": T0 + 999, "prev": head.hash, "event": "seal",
-            "key_id": current.key_id, "epoch": current.epoch, "sealed_seq": head.seq,
-            "sealed_head": head.hash, "mac": seal_mac(current.key, current.key_id,
-                                                      current.epoch, head.seq, head.hash,
-                                                      T0 + 999)}  # fmt: skip
-    line = json.dumps(seal, separators=(",", ":")).encode()
-    with open(path, "ab") as f:
-        f.write(line + b"\n")
-    record_head(state_dir, Head(head.seq + 1, line_hash(line)))
+    seal_once_with_the_current_key(state_dir, path, head)
     report = json.loads(ccc(state_dir, "audit", "verify", "--seal-key", seal_key, "--json").stdout)
     assert report["problem"]["kind"] == "missing seal", report
     assert "is of epoch 4: the seals of epochs 0..3 are missing" in report["problem"]["detail"]
