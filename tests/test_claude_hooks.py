@@ -178,3 +178,30 @@ def test_a_hook_through_a_relay_that_signs_verifies_every_delivery(relay: Runnin
     out = json.loads(run_hook("user-prompt-submit", "{}", lambda: signed_bob))
     [fenced] = parse_fences(_fenced_part(out["hookSpecificOutput"]["additionalContext"]))
     assert fenced.message_id == sent.id
+
+
+def test_a_hook_given_the_socket_and_credential_as_options_delivers(
+    relay: RunningRelay, tmp_path: Path
+) -> None:
+    """``ccc --socket S --credential F hook EVENT`` takes the full CLI, not the short
+    path, and reads the relay those options name (the environment names none)."""
+    alice = relay.add_agent("alice")
+    relay.add_agent("bob")
+    relay.allow("alice", "bob")
+    with relay.client(alice) as a:
+        sent = a.send("bob", "through the options")
+    result = run_cli(
+        "ccc",
+        "--socket",
+        str(relay.config.socket_path),
+        "--credential",
+        str(relay.config.credentials_dir / "bob.cred"),
+        "hook",
+        "user-prompt-submit",
+        env={"CCC_SOCKET": str(tmp_path / "no.sock"), "CCC_CREDENTIAL": "", "CCC_CONFIG": ""},
+        input='{"prompt": "hi"}',
+    )
+    assert result.returncode == 0, result.stderr
+    context = json.loads(result.stdout)["hookSpecificOutput"]["additionalContext"]
+    [fenced] = parse_fences(context.split("\n\n", 1)[1])
+    assert (fenced.sender, fenced.message_id) == ("alice", sent.id)

@@ -59,15 +59,9 @@ def hook(ctx: click.Context, event: str) -> None:
     stop keeps the turn going while messages wait. Never fails the session: with
     no relay reachable it prints nothing and exits 0.
     """
-    from ccc_relay.integrations.hooks import run_hook
+    from ccc_relay.integrations.hooks import main as hook_main
 
-    try:
-        stdin_text = sys.stdin.read(1024 * 1024) if not sys.stdin.isatty() else ""
-    except (OSError, UnicodeDecodeError):
-        stdin_text = ""
-    output = run_hook(event, stdin_text, _endpoint_factory(ctx))  # type: ignore[arg-type]
-    if output:
-        click.echo(output)
+    hook_main(event, _endpoint_factory(ctx))  # type: ignore[arg-type]
 
 
 # --- install / uninstall ------------------------------------------------------------

@@ -70,14 +70,14 @@ def run_hook(
         return ""
 
 
-def main(event: str) -> int:
-    """``ccc hook EVENT`` on the short path (see ``cli/entry.py``): stdin in,
-    stdout out, exit 0 whatever happens."""
+def main(event: str, endpoint_factory: Callable[[], Endpoint] | None = None) -> int:
+    """``ccc hook EVENT``, on the short path (see ``cli/entry.py``) or through the
+    full CLI: stdin in, stdout out, exit 0 whatever happens."""
     try:
         stdin_text = sys.stdin.read(1024 * 1024) if not sys.stdin.isatty() else ""
     except (OSError, UnicodeDecodeError):
         stdin_text = ""
-    output = run_hook(event, stdin_text)
+    output = run_hook(event, stdin_text, endpoint_factory)
     if output:
         sys.stdout.write(output + "\n")
     return 0
