@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ccc_relay.integrations.install import FileEdit
 
 
-def _endpoint_factory(ctx: click.Context) -> object:
+def _endpoint_factory(ctx: click.Context) -> Callable[[], Endpoint]:
     obj = ctx.find_root().obj
 
     def factory() -> Endpoint:
@@ -46,7 +46,7 @@ def mcp(ctx: click.Context) -> None:
     """
     from ccc_relay.integrations.mcp_server import build_server
 
-    build_server(_endpoint_factory(ctx)).run("stdio")  # type: ignore[arg-type]
+    build_server(_endpoint_factory(ctx)).run("stdio")
 
 
 @click.command()
@@ -61,7 +61,7 @@ def hook(ctx: click.Context, event: str) -> None:
     """
     from ccc_relay.integrations.hooks import main as hook_main
 
-    hook_main(event, _endpoint_factory(ctx))  # type: ignore[arg-type]
+    hook_main(event, _endpoint_factory(ctx))
 
 
 # --- install / uninstall ------------------------------------------------------------
