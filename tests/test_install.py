@@ -499,6 +499,31 @@ def test_a_directory_this_user_cannot_write_is_named_before_anything_is_written(
         shutil.rmtree(project)
 
 
+def test_a_write_that_fails_after_the_checks_names_the_file_and_its_code(project: Path) -> None:
+    """A write the checks could not foresee (here: files may not grow, as on a full
+    disk) names the file and the stable code, in text and under --json."""
+    import resource
+    import signal
+
+    def no_room() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+    for extra in ([], ["--json"]):
+        result = subprocess.run(
+            [str(BIN / "ccc"), "install", "claude", "--project", str(project), *extra],
+            capture_output=True, text=True, timeout=60, check=False, preexec_fn=no_room,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert f"cannot write {project}/" in result.stderr
+        assert result.stderr.rstrip().endswith("[write_failed]")
+        if extra:
+            error = json.loads(result.stdout)["error"]
+            assert error["code"] == "write_failed" and error["exit"] == 1
+            assert f"cannot write {project}/" in error["message"]
+    assert [p for p in project.rglob("*.tmp")] == []
+
+
 def test_the_installed_command_refuses_a_bad_command_line(project: Path) -> None:
     result = ccc(
         "install", "claude", "--project", str(project), "--command", "'unbalanced", ok=False

@@ -107,7 +107,7 @@ def _run(
     agent: str, action: str, plan: Callable[[], list[FileEdit]], *, dry_run: bool, as_json: bool
 ) -> None:
     """Plan every file, then write all or nothing, then report one line per file."""
-    from ccc_relay.cli.common import EXIT_CONFIG, emit_json
+    from ccc_relay.cli.common import EXIT_CONFIG, EXIT_REFUSED, emit_json, fail
     from ccc_relay.cli.terminal import shown
     from ccc_relay.integrations.install import InstallError, apply, check_writable
 
@@ -126,10 +126,7 @@ def _run(
         sys.exit(EXIT_CONFIG)
     except OSError as exc:
         message = f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
-        if as_json:
-            emit_json({"error": {"code": "write_failed", "message": message, "exit": 1}})
-        click.echo(f"error: {shown(message, one_line=True)}", err=True)
-        sys.exit(1)
+        fail(message, EXIT_REFUSED, code="write_failed")
     if as_json:
         emit_json(
             {

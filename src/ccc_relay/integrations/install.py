@@ -334,9 +334,13 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            # Name the file being written, not the hidden temporary (or, for a
+            # failed write or fsync, nothing at all).
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
