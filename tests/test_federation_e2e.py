@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ccc_relay.federation import FederationLink
 from ccc_relay.policy.config_types import FederationConfig
 from ccc_relay.protocol.federation import Envelope, encode_envelope, signed_bytes
 from ccc_relay.protocol.frames import Accepted, Message
+from tests.federation_support import wait_for
 from tests.nats_support import NatsCluster, NatsServer
 from tests.relay_process import RelayProcess
 from tests.support import BIN
@@ -117,16 +118,6 @@ class FederatedRelay(RelayProcess):
         for path in sorted((self.state / "audit").glob("audit-*.jsonl")):
             lines += [json.loads(line) for line in path.read_text().splitlines()]
         return [x for x in lines if event is None or x["event"] == event]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def read_all(client: RelayClient, count: int, timeout: float = 30.0) -> list[Message]:
