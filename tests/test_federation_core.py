@@ -78,6 +78,11 @@ def keys(tmp_path: Path) -> dict[str, MessageSigner]:
     return out
 
 
+# alice@h1 -> bob@h2, as h1 would put it on the stream (before signing).
+HI = Envelope(kind="message", id="m_h1pfx0001", from_host="h1", to_host="h2",
+              sender="alice", recipient="bob", sent_at=T0, body="hi")  # fmt: skip
+
+
 def h1_h2(
     keys: dict[str, MessageSigner], h1_rules: Sequence[Rule] = (), h2_rules: Sequence[Rule] = ()
 ) -> tuple[Host, Host]:
@@ -192,16 +197,7 @@ def test_the_receiving_relay_decides_again_and_bounces_what_it_refuses(
     h1 = Host("h1", keys, (Rule("alice", "bob@h2"),))
     h2 = Host("h2", keys, h2_rules)
     h2.core.limits = replace(h2.core.limits, max_message_size=1000)
-    envelope = Envelope(
-        kind="message",
-        id="m_h1pfx0001",
-        from_host="h1",
-        to_host="h2",
-        sender="alice",
-        recipient="bob",
-        sent_at=T0,
-        body="hi",
-    )
+    envelope = HI
     envelope = msgspec.structs.replace(envelope, **change)
     payload = h1.federation._entry(envelope, "alice", "x@h2", T0).payload  # signed by h1
     _opened, arrivals = h2.arrive(payload)
@@ -235,16 +231,7 @@ def test_forged_misaddressed_and_junk_envelopes_are_refused_unbelieved(
 ) -> None:
     h1, h2 = h1_h2(keys)
     h3 = Host("h3", keys, ())
-    envelope = Envelope(
-        kind="message",
-        id="m_h1pfx0001",
-        from_host="h1",
-        to_host="h2",
-        sender="alice",
-        recipient="bob",
-        sent_at=T0,
-        body="hi",
-    )
+    envelope = HI
     forged = h3.federation._entry(envelope, "alice", "bob@h2", T0).payload  # h3 claims h1
     opened = h2.federation.open(forged)
     assert opened.envelope is None and opened.claimed == "h1" and not opened.verified
@@ -271,16 +258,7 @@ def test_arrivals_are_rate_limited_per_remote_sender(keys: dict[str, MessageSign
     h2.core.admission._agent_limiters.clear()
     payloads = []
     for n in range(3):
-        envelope = Envelope(
-            kind="message",
-            id=f"m_h1pfx000{n}",
-            from_host="h1",
-            to_host="h2",
-            sender="alice",
-            recipient="bob",
-            sent_at=T0,
-            body="hi",
-        )
+        envelope = msgspec.structs.replace(HI, id=f"m_h1pfx000{n}")
         payloads.append(h1.federation._entry(envelope, "alice", "bob@h2", T0).payload)
     _opened, arrivals = h2.arrive(*payloads)
     assert len(arrivals.messages) == 2
