@@ -7,6 +7,7 @@ real event loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -221,3 +222,74 @@ def test_a_slow_commit_is_counted_and_the_longest_kept(
     assert committer.slow_commits == 1
     assert committer.longest_commit >= committer_module.SLOW_COMMIT * 2
     assert committer.batches == 2
+
+
+def test_the_thread_commits_what_queued_meanwhile_without_the_loop(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood's commits follow each other on the committer thread: what queued
+    during one commit is the next batch, taken there, each answered as it commits."""
+    store, _audit, committer = parts
+    real_commit = store.commit
+    entered = threading.Event()
+
+    def slow_commit() -> None:
+        entered.set()
+        time.sleep(0.05)
+        real_commit()
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    first = [message_job(n) for n in range(1, 2 + committer_module.INLINE_BATCH)]
+    second = [message_job(n) for n in range(100, 103)]  # small: inline if the loop took it
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        futures = [committer.submit(job) for job in first]
+        await loop.run_in_executor(None, entered.wait)  # the thread is in the first COMMIT
+        later = [committer.submit(job) for job in second]
+        threads: list[str] = []
+
+        def named_commit() -> None:
+            threads.append(threading.current_thread().name)
+            real_commit()
+
+        monkeypatch.setattr(store, "commit", named_commit)
+        await asyncio.gather(*futures, *later)  # type: ignore[arg-type]
+        assert threads == [t for t in threads if t.startswith("ccc-commit")] and threads
+        assert committer.batches == 2
+
+    asyncio.run(run_committer(committer, scenario))
+    assert store.pending_count("bob") == len(first) + len(second)
+
+
+def test_stopping_during_a_thread_commit_drains_after_it_one_writer_at_a_time(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, audit, committer = parts
+    real_commit = store.commit
+    in_commit = threading.Event()
+
+    def slow_commit() -> None:
+        in_commit.set()
+        time.sleep(0.1)
+        real_commit()
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    big = [message_job(n) for n in range(1, 2 + committer_module.INLINE_BATCH)]
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        runner = asyncio.ensure_future(committer.run())
+        futures = [committer.submit(job) for job in big]
+        await loop.run_in_executor(None, in_commit.wait)
+        committer.submit(lazy_job(50), want_result=False)  # queued behind the thread's batch
+        runner.cancel()  # the daemon stops while the thread is in COMMIT
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert all(f.done() and f.exception() is None for f in futures)  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+    assert committer.failure is None
+    assert store.pending_count("bob") == len(big)
+    assert store.get_meta("audit_head") == f"{audit.seq} {audit.head}"  # the lazy line too
+    assert b'"delivered"' in audit_files(audit.log_dir)[0].read_bytes().splitlines()[-1]
