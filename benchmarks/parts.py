@@ -137,8 +137,8 @@ def store_parts(root: Path, rounds: int) -> dict[str, float]:
                 "id": message.id, "from": "alice", "to": "bob", "body": BODY, "size": len(BODY),
             }))  # fmt: skip
         committer._apply([Job(messages=messages, audit=records, seqs={"s_x": delivery[0]})], False)
-        items = [(m.delivery, m.id) for m in messages]
-        committer._apply([Job(op=AckMessages("bob", items))], False)
+        known = [(m.delivery, m.sender, len(m.body)) for m in messages]
+        committer._apply([Job(op=AckMessages("bob", known))], False)
 
     try:
         return {"the committer: audit lines, rows, commits, delete on ack": per_message(

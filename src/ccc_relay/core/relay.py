@@ -829,10 +829,10 @@ class RelayCore:
         agent = link.agent
         assert agent is not None
         ids = list(dict.fromkeys(frame.ids))
-        items = [(self.routing.delivery_of(agent, mid), mid) for mid in ids]
+        known, unknown = self.routing.acked(agent, ids)
         out.append(
             Persist(
-                op=AckMessages(agent, items),
+                op=AckMessages(agent, known, unknown),
                 audit=[
                     self.record(now, "acked", agent=agent, ids=ids, session=link.session.session_id)
                 ],

@@ -55,6 +55,10 @@ class Link:
         return self.session.agent
 
 
+# A message in flight: the link it went to, its sender, its body's bytes as stored.
+Flight = tuple[Link, str, int]
+
+
 @dataclass(slots=True)
 class Counters:
     accepted: int = 0
@@ -71,8 +75,9 @@ class Routing:
         self.counters = counters
         self.links: dict[int, Link] = {}
         self.online: dict[str, list[Link]] = {}
-        # message id -> the link it is in flight on, per recipient
-        self.inflight: dict[str, dict[str, Link]] = {}
+        # Per recipient: message id -> the link it is in flight on, and what an
+        # ack of it removes from the queue (sender, body bytes as stored).
+        self.inflight: dict[str, dict[str, Flight]] = {}
         # Per agent: committed, due messages that found no window room, in
         # delivery order. For agents in ``authoritative`` the deque holds every
         # due, undelivered message, so a top-up needs no store read.
@@ -113,7 +118,9 @@ class Routing:
         session = link.session
         agent = session.agent
         assert agent is not None
-        self.inflight.setdefault(agent, {})[message.id] = link
+        body = message.body
+        size = len(body) if body.isascii() else len(body.encode())
+        self.inflight.setdefault(agent, {})[message.id] = (link, message.sender, size)
         frame = session.deliver(
             Message(
                 id=message.id,
@@ -178,10 +185,20 @@ class Routing:
 
     # --- in flight ------------------------------------------------------------------
 
-    def delivery_of(self, agent: str, message_id: str) -> int | None:
-        """The delivery number of a message in flight to ``agent``, if it is."""
-        link = self.inflight.get(agent, {}).get(message_id)
-        return None if link is None else link.session.inflight.get(message_id)
+    def acked(self, agent: str, ids: Iterable[str]) -> tuple[list[tuple[int, str, int]], list[str]]:
+        """What acking ``ids`` removes: (delivery number, sender, body bytes) of
+        each one in flight to ``agent``, and the ids of the others."""
+        table = self.inflight.get(agent, {})
+        known: list[tuple[int, str, int]] = []
+        unknown: list[str] = []
+        for mid in ids:
+            flight = table.get(mid)
+            delivery = None if flight is None else flight[0].session.inflight.get(mid)
+            if flight is None or delivery is None:
+                unknown.append(mid)
+            else:
+                known.append((delivery, flight[1], flight[2]))
+        return known, unknown
 
     def inflight_ids(self, agent: str) -> frozenset[str]:
         return frozenset(self.inflight.get(agent, ()))
@@ -195,9 +212,9 @@ class Routing:
         if table is None:
             return
         for mid in ids:
-            link = table.pop(mid, None)
-            if link is not None:
-                link.session.inflight.pop(mid, None)
+            flight = table.pop(mid, None)
+            if flight is not None:
+                flight[0].session.inflight.pop(mid, None)
 
     # --- links ----------------------------------------------------------------------
 

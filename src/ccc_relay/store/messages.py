@@ -46,26 +46,42 @@ class MessageQueue:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
         return int(row[0]) if row else 0
 
-    def ack(self, recipient: str, items: Sequence[tuple[int | None, str]]) -> list[tuple[str, int]]:
+    def ack(
+        self,
+        recipient: str,
+        known: Sequence[tuple[int, str, int]],
+        by_id: Sequence[str] = (),
+    ) -> list[tuple[str, int]]:
         """Delete acknowledged messages; only the recipient's own count. Returns the
         (sender, body bytes) of each row deleted.
 
-        ``items`` are (delivery number when known, id): the relay knows the number
-        of a message in flight, and then the delete is a primary-key lookup;
-        without it the id's index is used.
+        ``known`` are (delivery number, sender, body bytes) of messages the relay
+        has in flight: their delete is a primary-key lookup that reads back only
+        the numbers of the rows it found, not their bodies. ``by_id`` are ids the
+        relay has no record of; their rows are found by the id's index.
         """
-        by_key = [d for d, _mid in items if d is not None]
-        by_id = [mid for d, mid in items if d is None]
         deleted: list[tuple[str, int]] = []
-        for column, values in (("delivery", by_key), ("id", by_id)):
-            for start in range(0, len(values), _IN_CHUNK):
-                chunk = values[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                deleted += self._db.execute(
-                    f"DELETE FROM messages WHERE recipient = ? AND {column} IN ({marks})"  # noqa: S608
-                    " RETURNING sender, length(CAST(body AS BLOB))",
-                    (recipient, *chunk),
-                ).fetchall()
+        db = self._db
+        for start in range(0, len(known), _IN_CHUNK):
+            chunk = {
+                delivery: (sender, size)
+                for delivery, sender, size in known[start : start + _IN_CHUNK]
+            }
+            marks = ",".join("?" * len(chunk))
+            found = db.execute(
+                f"DELETE FROM messages WHERE recipient = ? AND delivery IN ({marks})"  # noqa: S608
+                " RETURNING delivery",
+                (recipient, *chunk),
+            ).fetchall()
+            deleted += [chunk[delivery] for (delivery,) in found]
+        for start in range(0, len(by_id), _IN_CHUNK):
+            ids = by_id[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(ids))
+            deleted += db.execute(
+                f"DELETE FROM messages WHERE recipient = ? AND id IN ({marks})"  # noqa: S608
+                " RETURNING sender, length(CAST(body AS BLOB))",
+                (recipient, *ids),
+            ).fetchall()
         return deleted
 
     def queue_totals(self) -> list[tuple[str, str, int, int]]:

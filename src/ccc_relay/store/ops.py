@@ -41,10 +41,11 @@ class AckMessages(StoreOp[list[tuple[str, int]]]):
     """Delete the recipient's own acknowledged rows; the (sender, body bytes) of each."""
 
     agent: str
-    items: Sequence[tuple[int | None, str]]  # (delivery number if known, id)
+    known: Sequence[tuple[int, str, int]]  # in flight: (delivery number, sender, body bytes)
+    by_id: Sequence[str] = ()  # ids the relay has no record of
 
     def apply(self, store: Store) -> list[tuple[str, int]]:
-        return store.ack(self.agent, self.items)
+        return store.ack(self.agent, self.known, self.by_id)
 
 
 @dataclass(frozen=True, slots=True)
