@@ -293,3 +293,40 @@ def test_stopping_during_a_thread_commit_drains_after_it_one_writer_at_a_time(
     assert store.pending_count("bob") == len(big)
     assert store.get_meta("audit_head") == f"{audit.seq} {audit.head}"  # the lazy line too
     assert b'"delivered"' in audit_files(audit.log_dir)[0].read_bytes().splitlines()[-1]
+
+
+def test_a_store_failure_the_thread_returned_as_the_daemon_stops_is_still_answered(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop lands after the thread came back with a failing batch but before the
+    committer task resumed: the batch is refused, the failure recorded, nothing more
+    is written."""
+    store, _audit, committer = parts
+    failures: list[str] = []
+    committer.on_failure = failures.append
+
+    def full_disk() -> None:
+        time.sleep(0.02)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "commit", full_disk)
+    big = [message_job(n) for n in range(1, 2 + committer_module.INLINE_BATCH)]
+
+    async def scenario() -> None:
+        runner = asyncio.ensure_future(committer.run())
+        futures = [committer.submit(job) for job in big]
+        while committer._working is None:
+            await asyncio.sleep(0)
+        working = committer._working
+        while not working.done():
+            await asyncio.sleep(0)
+        runner.cancel()  # before the committer task has seen the thread's answer
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)  # type: ignore[arg-type]
+        assert all(isinstance(o, StoreFailure) for o in outcomes)
+
+    asyncio.run(scenario())
+    assert len(failures) == 1 and "No space left" in failures[0]
+    assert committer.failure is not None
+    assert store.pending_count("bob") == 0

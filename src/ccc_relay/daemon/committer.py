@@ -107,6 +107,12 @@ class Job(Generic[T]):
     future: asyncio.Future[T] | None = None
 
 
+def _small(batch: list[Job[Any]]) -> bool:
+    """Whether ``batch`` is an idle relay's: its audit lines ride in relay.db's
+    outbox, and it commits on the loop unless the thread is already busy."""
+    return len(batch) + sum(len(job.messages) for job in batch) <= INLINE_BATCH
+
+
 class Committer:
     def __init__(self, store: Store, audit: AuditLog) -> None:
         self._store = store
@@ -263,7 +269,7 @@ class Committer:
         """On shutdown, write what is queued before the store closes (after what
         the committer thread is still writing: one writer at a time)."""
         if self._working is not None:
-            await asyncio.shield(self._after_thread(self._working, loop))
+            await asyncio.shield(self._after_thread(self._working))
         while self._queue and self.failure is None:
             await asyncio.shield(self._commit(loop, self._take_batch()))
 
@@ -271,9 +277,9 @@ class Committer:
         if self.failure is not None:
             self._fail(batch, self.failure)
             return
-        if len(batch) + sum(len(job.messages) for job in batch) > INLINE_BATCH:
+        if not _small(batch):
             self._working = loop.run_in_executor(self._executor, self._work, loop, batch)
-            await self._after_thread(self._working, loop)
+            await self._after_thread(self._working)
             return
         try:
             results = self._apply(batch, True)
@@ -288,19 +294,21 @@ class Committer:
         await asyncio.sleep(0)
 
     async def _after_thread(
-        self,
-        working: asyncio.Future[tuple[list[Job[Any]], BaseException] | None],
-        loop: asyncio.AbstractEventLoop,
+        self, working: asyncio.Future[tuple[list[Job[Any]], BaseException] | None]
     ) -> None:
         """Wait for the committer thread to run out of ready batches; a batch that
         failed the store stops it and fails everything queued."""
         try:
-            stopped = await asyncio.shield(working)
+            await asyncio.shield(working)
         finally:
+            # Also when this wait is cancelled (the daemon stops) just as the
+            # thread returned: a failure it brought back is still the store's.
             if working.done():
                 self._working = None
-        if stopped is not None:
-            self._failed(*stopped)
+                if not working.cancelled() and working.exception() is None:
+                    stopped = working.result()
+                    if stopped is not None:
+                        self._failed(*stopped)
 
     def _work(
         self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]
@@ -310,7 +318,7 @@ class Committer:
         Returns the batch whose store failure stopped it, and the failure."""
         while batch:
             try:
-                results = self._apply(batch, False)
+                results = self._apply(batch, _small(batch))
             except (OSError, sqlite3.Error) as exc:
                 return batch, exc
             except Exception as exc:  # a defect: told to the batch's waiters
