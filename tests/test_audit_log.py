@@ -86,6 +86,18 @@ def test_each_line_chains_to_the_sha256_of_the_line_before(log_dir: Path) -> Non
     assert (log.seq, log.head) == (4, line_hash(raw[-1]))
 
 
+def test_a_lines_time_is_written_rounded_to_microseconds_as_given(log_dir: Path) -> None:
+    """Lines of one batch share a time (rounded once); each is still written as given."""
+    log = AuditLog(log_dir)
+    log.append([event(T0 + 0.1234567), event(T0 + 0.1234567), event(int(T0) + 1)])
+    log.append([event(float(int(T0) + 1)), event(T0 + 2.5)])
+    log.close()
+    [path] = audit_files(log_dir)
+    raw = [line.split(b'"ts":')[1].split(b",")[0] for line in path.read_bytes().splitlines()]
+    assert raw[1:] == [b"1714521600.123457", b"1714521600.123457", b"1714521601",
+                       b"1714521601.0", b"1714521602.5"]  # fmt: skip
+
+
 def test_rewinding_takes_back_the_lines_of_a_rolled_back_batch(log_dir: Path) -> None:
     """The committer rewinds when a batch's transaction fails: the log must not say
     that what rolled back happened, and the chain goes on from where it stood."""

@@ -295,7 +295,7 @@ class AuditLog(Restoring, Upkeep, TamperChecks):
             fields = {(f"{k}_" if k in CHAIN_KEYS else k): v for k, v in fields.items()}
         # The lines of one batch mostly share a time, and rounding a float to a
         # number of digits is slower than the rest of the line's encoding.
-        if ts != self._ts_seen:
+        if ts != self._ts_seen or type(ts) is not type(self._ts_seen):  # 1 and 1.0 differ
             self._ts_seen, self._ts_rounded = ts, round(ts, 6)
         line = _encoder.encode(
             {
