@@ -192,6 +192,51 @@ def test_alice_at_h1_writes_to_bob_at_h2_and_gets_a_reply(pair: Pair) -> None:
     wait_for(lambda: not pair.bus.pending.get("h2") and not pair.bus.pending.get("h1"))
 
 
+def test_big_arrivals_are_verified_and_sanitised_off_the_event_loop(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of big bodies from another relay would hold every agent's connection
+    while it is checked: like a big local send, it is checked on a worker thread,
+    and the receiving relay's own sanitiser still applies to it."""
+    import ccc_relay.daemon.federation as federation_module
+
+    where: list[str] = []
+    real_sanitize = federation_module.sanitize
+
+    def recording_sanitize(text: str, options: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            where.append("event loop")
+        except RuntimeError:
+            where.append("worker thread")
+        return real_sanitize(text, options)
+
+    monkeypatch.setattr(federation_module, "sanitize", recording_sanitize)
+    bob = pair.h2.add_agent("bob")
+    wait_for(lambda: len(pair.links) == 2 and all(link.loop for link in pair.links.values()))
+    # As h1 signs it, but with a body h1's sanitiser would have changed.
+    envelope = Envelope(
+        kind="message",
+        id="m_h1bigbody01",
+        from_host="h1",
+        to_host="h2",
+        sender="alice",
+        recipient="bob",
+        sent_at=time.time(),
+        body="see /etc/passwd\n" + "x" * (200 * 1024),
+    )
+    sig = pair.keys["h1"].sign_bytes(signed_bytes(envelope))
+    pair.bus.put("h2", envelope.id, encode_envelope(msgspec.structs.replace(envelope, sig=sig)))
+    with pair.h2.client(bob) as b:
+        b.subscribe()
+        message = b.wait_for_message(10)
+    assert message is not None and message.id == envelope.id
+    assert message.body.startswith("see [path:%2Fetc%2Fpasswd]\n")
+    assert where == ["worker thread"]
+    [arrived] = [x for x in events(pair.h2, "accepted") if x["id"] == envelope.id]
+    assert arrived["sanitized"] == {"path": 1} and arrived["via"] == "h1"
+
+
 def test_a_link_that_is_down_stores_remote_sends_and_drains_when_back(pair: Pair) -> None:
     alice, carol = pair.h1.add_agent("alice"), pair.h1.add_agent("carol")
     bob = pair.h2.add_agent("bob")

@@ -24,7 +24,7 @@ The relay core calls this module; it never calls back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ from ccc_relay.core.checks import clean_thread, size_refusal
 from ccc_relay.core.shares import Shares
 from ccc_relay.policy.acl import HOLD
 from ccc_relay.policy.config_types import FederationConfig, Limits
-from ccc_relay.policy.sanitize import sanitize
+from ccc_relay.policy.sanitize import Sanitized, sanitize
 from ccc_relay.protocol.errors import ErrorCode, Refusal
 from ccc_relay.protocol.federation import (
     MAX_REASON,
@@ -238,12 +238,14 @@ def decide_arrivals(
     in_use: set[str],
     sent: dict[str, str],
     now: float,
+    cleaned: Mapping[str, Sanitized] | None = None,
 ) -> Arrivals:
     """Judge authenticated envelopes as local sends are judged; ``seen``: keys
     (``from_host/stream id``) stored before, dropped; ``in_use``: message ids
     another message holds already, refused; ``sent``: ``host/id`` of messages
     this relay sent to that host and that have not bounced, with their local
-    sender (only a refusal of one of those is believed)."""
+    sender (only a refusal of one of those is believed); ``cleaned``: bodies
+    the shell sanitised beforehand, off the event loop, by key."""
     out = Arrivals()
     taken = set(seen)
     unbounced = dict(sent)
@@ -265,7 +267,7 @@ def decide_arrivals(
         if isinstance(refusal, Refusal):
             _refuse(federation, envelope, refusal, out, now)
             continue
-        _accept(desk, federation, envelope, refusal, out, now)
+        _accept(desk, federation, envelope, refusal, out, now, (cleaned or {}).get(key))
     return out
 
 
@@ -294,11 +296,15 @@ def _accept(
     action: str,
     out: Arrivals,
     now: float,
+    cleaned: Sanitized | None = None,
 ) -> None:
     sender = envelope.sender_address
     recipient = envelope.recipient
     options = desk.limits.sanitize
-    cleaned = sanitize(envelope.body, options) if options.enabled else None
+    if not options.enabled:
+        cleaned = None
+    elif cleaned is None:  # not sanitised beforehand (a small batch)
+        cleaned = sanitize(envelope.body, options)
     body = envelope.body if cleaned is None else cleaned.text
     size = len(body.encode())
     hold = action == HOLD

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -1055,11 +1055,12 @@ class RelayCore:
         in_use: set[str],
         sent: dict[str, str],
         now: float,
+        cleaned: Mapping[str, Sanitized] | None = None,
     ) -> Arrivals:
         """What to store of authenticated envelopes from other relays
-        (``core/federation.py``)."""
+        (``core/federation.py``); ``cleaned``: bodies sanitised beforehand, by key."""
         assert self.federation is not None
-        return decide_arrivals(self, self.federation, envelopes, seen, in_use, sent, now)
+        return decide_arrivals(self, self.federation, envelopes, seen, in_use, sent, now, cleaned)
 
     def arrived(self, arrivals: Arrivals, now: float) -> list[Effect]:
         """Arrivals are durable: route their messages, send their refusals back."""
