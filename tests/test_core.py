@@ -634,3 +634,32 @@ def test_once_the_store_has_failed_a_hello_is_refused_unavailable() -> None:
     assert errors(effects) == [("unavailable", None)]
     assert closes(effects) == [conn]
     assert not any(isinstance(r, Welcome) for r in replies(effects))
+
+
+def test_the_overflow_cap_counts_body_bytes_not_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Committed messages waiting for window room are held up to a byte cap; a
+    body of three-byte characters counts three times its length."""
+    from ccc_relay.core import routing as routing_module
+    from ccc_relay.core.routing import Counters, Link, Routing
+    from ccc_relay.protocol.session import AgentSession
+
+    monkeypatch.setattr(routing_module, "OVERFLOW_MAX_BYTES", 100)
+    routing = Routing(lambda _message: "", Counters())
+    link = Link(1, AgentSession(10**6), (1, 0, 0), T0)
+    link.session.authenticated("bob", "s_overflowtest", wants_signatures=False)
+    link.session.subscribe(1)
+    routing.attach(link)
+
+    def message(n: int) -> StoredMessage:
+        return StoredMessage(id=f"m_OVERFLOW{n}", sender="alice", recipient="bob",
+                             body="€" * 20, sent_at=T0, delivery=n)  # fmt: skip
+
+    out: list = []
+    routing.route("bob", message(1), out)  # pushed: the window had room for one
+    routing.route("bob", message(2), out)  # kept: 60 bytes
+    assert [m.delivery for m in routing.overflow["bob"]] == [2]
+    routing.route("bob", message(3), out)  # 120 bytes would pass the cap: the store is the queue
+    assert list(routing.overflow["bob"]) == []
+    assert routing.inflight["bob"]["m_OVERFLOW1"][1:] == ("alice", 60)

@@ -59,6 +59,12 @@ class Link:
 Flight = tuple[Link, str, int]
 
 
+def stored_size(message: StoredMessage) -> int:
+    """The body's size in UTF-8 bytes, as the store and the queue shares count it."""
+    body = message.body
+    return len(body) if body.isascii() else len(body.encode())
+
+
 @dataclass(slots=True)
 class Counters:
     accepted: int = 0
@@ -118,9 +124,8 @@ class Routing:
         session = link.session
         agent = session.agent
         assert agent is not None
-        body = message.body
-        size = len(body) if body.isascii() else len(body.encode())
-        self.inflight.setdefault(agent, {})[message.id] = (link, message.sender, size)
+        flight = (link, message.sender, stored_size(message))
+        self.inflight.setdefault(agent, {})[message.id] = flight
         frame = session.deliver(
             Message(
                 id=message.id,
@@ -145,7 +150,7 @@ class Routing:
             ids.append(message.id)
 
     def _keep(self, agent: str, message: StoredMessage) -> None:
-        size = self._overflow_bytes.get(agent, 0) + len(message.body)
+        size = self._overflow_bytes.get(agent, 0) + stored_size(message)
         if size > OVERFLOW_MAX_BYTES:
             # Too much to hold: the store stays the queue (nothing is lost), and
             # the overflow starts again empty, unsure, on the next store drain.
@@ -169,7 +174,7 @@ class Routing:
         queue = self.overflow.setdefault(agent, deque())
         self._overflow_bytes.setdefault(agent, 0)
         while queue and queue[0].delivery <= watermark:
-            self._overflow_bytes[agent] -= len(queue.popleft().body)
+            self._overflow_bytes[agent] -= stored_size(queue.popleft())
         self.authoritative.add(agent)
 
     def take_overflow(self, agent: str, limit: int) -> list[StoredMessage]:
@@ -178,7 +183,7 @@ class Routing:
         inflight = self.inflight.get(agent, {})
         while queue and len(taken) < limit:
             message = queue.popleft()
-            self._overflow_bytes[agent] -= len(message.body)
+            self._overflow_bytes[agent] -= stored_size(message)
             if message.id not in inflight:  # a fetch elsewhere may have taken it
                 taken.append(message)
         return taken
