@@ -16,6 +16,8 @@ from ccc_relay.core.effects import Effect, Forward, Persist, SendsDurable
 from ccc_relay.core.federation import Arrivals, Federation, Opened
 from ccc_relay.core.relay import RelayCore
 from ccc_relay.daemon.signing import MessageSigner, PeerKeys
+from ccc_relay.policy.anomaly import AnomalyConfig, AnomalyDetector
+from ccc_relay.policy.anomaly import Rule as AnomalyRule
 from ccc_relay.policy.config import FederationConfig, Rule
 from ccc_relay.protocol.federation import (
     Envelope,
@@ -416,3 +418,41 @@ def test_an_envelope_must_be_fresh(
     assert len(back.messages) == int(accepted)
     assert back.bounced == ([("m_h1pfx001", "h2")] if accepted else [])
     assert back.dropped == (set() if accepted else {"h2/refused:m_h1pfx001"})
+
+
+def test_the_anomaly_rules_watch_remote_senders_and_bound_what_a_peer_can_name(
+    keys: dict[str, MessageSigner],
+) -> None:
+    """A remote sender a pair here names is watched like a local agent; any other
+    name a peer claims counts against that relay, relay@h1. A rule that quarantines
+    alerts for a remote sender but cannot quarantine it: only its relay can."""
+    h1, h2 = h1_h2(keys)
+    rules = {"sanitized": AnomalyRule(2, quarantine=True), "forbidden": AnomalyRule(3)}
+    h2.core.anomaly = AnomalyDetector(AnomalyConfig(rules=rules))
+    # alice@h1 (named by a pair) sends two bodies the sanitiser must change.
+    payloads = [
+        h1.federation._entry(
+            msgspec.structs.replace(HI, id=f"m_h1pfx00a{n}", body=f"\x1b[2Jwipe {n}"),
+            "alice", "bob@h2", T0,
+        ).payload
+        for n in range(2)
+    ]  # fmt: skip
+    _opened, arrivals = h2.arrive(*payloads)
+    assert len(arrivals.messages) == 2
+    [alert] = arrivals.alerts
+    assert (alert.agent, alert.rule) == ("alice@h1", "sanitized")
+    effects = h2.core.arrived(arrivals, T0)
+    [line] = [r for p in persists(effects) for r in p.audit if r.event == "anomaly"]
+    assert line.fields["agent"] == "alice@h1" and line.fields["quarantine"] is False
+    assert not any(r.event == "quarantined" for p in persists(effects) for r in p.audit)
+    # Names no pair here has: forbidden, and counted against the relay they came by.
+    strangers = [
+        h1.federation._entry(
+            msgspec.structs.replace(HI, id=f"m_h1pfx00b{n}", sender=f"mallory{n}"),
+            f"mallory{n}", "bob@h2", T0,
+        ).payload
+        for n in range(3)
+    ]  # fmt: skip
+    _opened, arrivals = h2.arrive(*strangers)
+    assert [(a.agent, a.rule) for a in arrivals.alerts] == [("relay@h1", "forbidden")]
+    assert not any(name.startswith("mallory") for name in h2.core.anomaly._agents)

@@ -3,9 +3,21 @@ relay's envelope. Pure."""
 
 from __future__ import annotations
 
+from ccc_relay.policy.sanitize import Sanitized
 from ccc_relay.policy.sanitize_unicode import strip_unicode
 from ccc_relay.protocol.codec import body_size
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError, Refusal
+
+# Normalisations that say nothing about intent; the rest count towards the
+# "sanitized" anomaly rule.
+BENIGN_CHANGES = frozenset({"newline", "nfc"})
+
+
+def findings(cleaned: Sanitized | None) -> int:
+    """What the sanitiser removed that says something about the sender's intent."""
+    if cleaned is None or not cleaned.changes:
+        return 0
+    return sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
 
 
 def clean_thread(thread: str) -> str:

@@ -32,9 +32,10 @@ import msgspec
 
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.admission import Admission
-from ccc_relay.core.checks import clean_thread, size_refusal
+from ccc_relay.core.checks import clean_thread, findings, size_refusal
 from ccc_relay.core.shares import Shares
-from ccc_relay.policy.acl import HOLD
+from ccc_relay.policy.acl import HOLD, Policy
+from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import FederationConfig, Limits
 from ccc_relay.policy.sanitize import Sanitized, sanitize
 from ccc_relay.protocol.errors import ErrorCode, Refusal
@@ -87,6 +88,8 @@ class Arrivals:
     bounced: list[tuple[str, str]] = field(default_factory=list)
     # Keys (from_host/stream id) of refusals not believed: terminated, not acked.
     dropped: set[str] = field(default_factory=set)
+    # What the anomaly rules made of the batch's senders (raised once it is stored).
+    alerts: list[Alert] = field(default_factory=list)
 
 
 class Desk(Protocol):
@@ -96,6 +99,10 @@ class Desk(Protocol):
     agents: dict[str, AgentRecord]
     admission: Admission
     shares: Shares
+    anomaly: AnomalyDetector
+
+    @property
+    def policy(self) -> Policy: ...
 
     def minted_here(self, message_id: str) -> bool: ...
 
@@ -249,6 +256,10 @@ def decide_arrivals(
     out = Arrivals()
     taken = set(seen)
     unbounced = dict(sent)
+    # The anomaly rules watch each remote sender a pair here names; the others a
+    # relay may claim are counted against that relay (relay@host), so a peer
+    # cannot make this relay remember names without end.
+    named = {sender for sender, _recipient in desk.policy.pairs if "@" in sender}
     for envelope in envelopes:
         key = f"{envelope.from_host}/{envelope.stream_id}"
         if key in taken:
@@ -264,11 +275,20 @@ def decide_arrivals(
                 _bounce(desk, envelope, unbounced, out, now)
             continue
         refusal = stale or _arrival_refusal(desk, envelope, in_use, now)
+        watched = _watched(envelope, named)
         if isinstance(refusal, Refusal):
             _refuse(federation, envelope, refusal, out, now)
+            out.alerts += desk.anomaly.refused(watched, refusal.code.value, now)
             continue
-        _accept(desk, federation, envelope, refusal, out, now, (cleaned or {}).get(key))
+        body = (cleaned or {}).get(key)
+        _accept(desk, federation, envelope, refusal, out, now, watched, body)
     return out
+
+
+def _watched(envelope: Envelope, named: set[str]) -> str:
+    """Whom the anomaly rules count an envelope's message against."""
+    address = envelope.sender_address
+    return address if address in named else f"{RELAY}@{envelope.from_host}"
 
 
 def _arrival_refusal(desk: Desk, envelope: Envelope, in_use: set[str], now: float) -> Refusal | str:
@@ -296,6 +316,7 @@ def _accept(
     action: str,
     out: Arrivals,
     now: float,
+    watched: str,
     cleaned: Sanitized | None = None,
 ) -> None:
     sender = envelope.sender_address
@@ -312,6 +333,7 @@ def _accept(
         full = desk.shares.queue_refusal(sender, recipient, size)
         if full is not None:
             _refuse(federation, envelope, full, out, now)
+            out.alerts += desk.anomaly.refused(watched, full.code.value, now)
             return
         desk.shares.queued(sender, recipient, size)
     message = desk.new_message(
@@ -330,6 +352,10 @@ def _accept(
         extra["sanitized"] = dict(cleaned.changes)
     out.audit.append(desk.message_record(message, now, "held" if hold else "accepted", **extra))
     (out.held if hold else out.messages).append(message)
+    out.alerts += desk.anomaly.accepted(watched, recipient, now)
+    found = findings(cleaned)
+    if found:
+        out.alerts += desk.anomaly.sanitized(watched, found, now)
 
 
 def _refuse(

@@ -27,7 +27,7 @@ import msgspec
 from ccc_relay.audit.body import body_fields
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.admission import AUTH_FAILED, Admission, Session
-from ccc_relay.core.checks import clean_thread, size_refusal
+from ccc_relay.core.checks import clean_thread, findings, size_refusal
 from ccc_relay.core.effects import (
     AckDurable,
     Close,
@@ -103,9 +103,6 @@ RECENT_ALERTS = 100  # anomaly alerts kept for status and top
 # Bodies longer than this are sanitised off the event loop (their frames still
 # in order), so one hostile megabyte cannot stall every other agent's frames.
 SANITIZE_INLINE_LIMIT = 64 * 1024
-# Normalisations that say nothing about intent; the rest count towards the
-# "sanitized" anomaly rule.
-BENIGN_CHANGES = frozenset({"newline", "nfc"})
 
 
 # Refusals one connection may earn per SUMMARY_INTERVAL before it is closed; a
@@ -1066,6 +1063,7 @@ class RelayCore:
         """Arrivals are durable: route their messages, send their refusals back."""
         out: list[Effect] = []
         self.counters.held += len(arrivals.held)
+        self._alert(arrivals.alerts, now, out)
         for message in arrivals.messages:
             self._committed(message, now, out)
         out.extend(Forward(entry) for entry in arrivals.outbox)
@@ -1230,18 +1228,21 @@ class RelayCore:
     def _alert(self, alerts: list[Alert], now: float, out: list[Effect]) -> None:
         for alert in alerts:
             self.counters.anomalies += 1
+            # Only this relay's own agents can be quarantined here; another
+            # relay's agent is stopped by its relay, or by withdrawing its pair.
+            quarantine = alert.quarantine and "@" not in alert.agent
             fields = {
                 "agent": alert.agent,
                 "rule": alert.rule,
                 "value": alert.value,
                 "threshold": alert.threshold,
                 "window": alert.window,
-                "quarantine": alert.quarantine,
+                "quarantine": quarantine,
             }
             self.alerts.append({"ts": now, **fields})
             self._audit(out, now, "anomaly", **fields, detail=alert.describe())
             out.append(Log(logging.WARNING, f"anomaly: {alert.describe()}"))
-            if alert.quarantine:
+            if quarantine:
                 self._quarantine(
                     alert.agent, f"anomaly rule {alert.rule}: {alert.describe()}", now, out
                 )
@@ -1304,9 +1305,9 @@ class RelayCore:
         if cleaned is not None and cleaned.changes:
             changes = cleaned.describe()
             extra["sanitized"] = dict(cleaned.changes)
-            findings = sum(n for kind, n in cleaned.changes.items() if kind not in BENIGN_CHANGES)
-            if findings:
-                self._alert(self.anomaly.sanitized(agent, findings, now), now, out)
+            found = findings(cleaned)
+            if found:
+                self._alert(self.anomaly.sanitized(agent, found, now), now, out)
         thread = frame.thread
         if thread is not None:
             thread = clean_thread(thread)
