@@ -13,12 +13,14 @@ import msgspec
 import pytest
 
 from ccc_relay.core.effects import Effect, Forward, Persist, SendsDurable
-from ccc_relay.core.federation import Arrivals, Federation, Opened
+from ccc_relay.core.federation import Arrivals, Cleaned, Federation, Opened
 from ccc_relay.core.relay import RelayCore
+from ccc_relay.daemon.federation import FederationRunner
 from ccc_relay.daemon.signing import MessageSigner, PeerKeys
 from ccc_relay.policy.anomaly import AnomalyConfig, AnomalyDetector
 from ccc_relay.policy.anomaly import Rule as AnomalyRule
 from ccc_relay.policy.config import FederationConfig, Rule
+from ccc_relay.policy.sanitize import SanitizeOptions
 from ccc_relay.protocol.federation import (
     Envelope,
     decode_envelope,
@@ -420,6 +422,10 @@ def test_an_envelope_must_be_fresh(
     assert back.dropped == (set() if accepted else {"h2/refused:m_h1pfx001"})
 
 
+def anomaly_lines(effects: list[Effect]) -> list[dict[str, Any]]:
+    return [r.fields for p in persists(effects) for r in p.audit if r.event == "anomaly"]
+
+
 def test_the_anomaly_rules_watch_remote_senders_and_bound_what_a_peer_can_name(
     keys: dict[str, MessageSigner],
 ) -> None:
@@ -439,11 +445,9 @@ def test_the_anomaly_rules_watch_remote_senders_and_bound_what_a_peer_can_name(
     ]  # fmt: skip
     _opened, arrivals = h2.arrive(*payloads)
     assert len(arrivals.messages) == 2
-    [alert] = arrivals.alerts
-    assert (alert.agent, alert.rule) == ("alice@h1", "sanitized")
-    effects = h2.core.arrived(arrivals, T0)
-    [line] = [r for p in persists(effects) for r in p.audit if r.event == "anomaly"]
-    assert line.fields["agent"] == "alice@h1" and line.fields["quarantine"] is False
+    effects = h2.core.arrived(arrivals, T0)  # the rules see a batch once it is stored
+    [line] = anomaly_lines(effects)
+    assert (line["agent"], line["rule"], line["quarantine"]) == ("alice@h1", "sanitized", False)
     assert not any(r.event == "quarantined" for p in persists(effects) for r in p.audit)
     # Names no pair here has: forbidden, and counted against the relay they came by.
     strangers = [
@@ -454,5 +458,67 @@ def test_the_anomaly_rules_watch_remote_senders_and_bound_what_a_peer_can_name(
         for n in range(3)
     ]  # fmt: skip
     _opened, arrivals = h2.arrive(*strangers)
-    assert [(a.agent, a.rule) for a in arrivals.alerts] == [("relay@h1", "forbidden")]
+    [line] = anomaly_lines(h2.core.arrived(arrivals, T0))
+    assert (line["agent"], line["rule"]) == ("relay@h1", "forbidden")
     assert not any(name.startswith("mallory") for name in h2.core.anomaly._agents)
+
+
+def test_a_batch_the_store_could_not_take_is_seen_by_the_rules_once_when_redelivered(
+    keys: dict[str, MessageSigner],
+) -> None:
+    h1, h2 = h1_h2(keys)
+    h2.core.anomaly = AnomalyDetector(AnomalyConfig(rules={"forbidden": AnomalyRule(3)}))
+    payloads = [
+        h1.federation._entry(
+            msgspec.structs.replace(HI, id=f"m_h1pfx00c{n}", sender=f"mallory{n}"),
+            f"mallory{n}", "bob@h2", T0,
+        ).payload
+        for n in range(2)
+    ]  # fmt: skip
+    _opened, first = h2.arrive(*payloads)
+    h2.core.arrivals_failed(first)  # nothing stored, nothing acked: the stream redelivers
+    _opened, again = h2.arrive(*payloads)
+    assert anomaly_lines(h2.core.arrived(again, T0)) == []  # 2 forbidden, not 4
+    _opened, third = h2.arrive(payloads[0], now=T0 + 1)  # a new one reaches 3: one alert
+    [line] = anomaly_lines(h2.core.arrived(third, T0 + 1))
+    assert (line["agent"], line["value"]) == ("relay@h1", 3)
+
+
+def big_batch(host: Host, payloads: Sequence[bytes]) -> tuple[list[Envelope], Cleaned]:
+    """What the shell does with a batch over 64 KiB, here on this thread."""
+    runner = FederationRunner.__new__(FederationRunner)
+    runner.federation = host.federation
+    batch = [msgspec.defstruct("Inbound", [("data", bytes)])(p) for p in payloads]
+    opened, cleaned = runner._open_and_clean(batch, host.core.limits)  # type: ignore[arg-type]
+    return [o.envelope for o in opened if o.envelope is not None], cleaned
+
+
+def test_a_body_cleaned_beforehand_is_used_for_its_own_envelope_only(
+    keys: dict[str, MessageSigner],
+) -> None:
+    """A peer signs two envelopes with one id and different bodies: the first is
+    judged (the second is a repeat) with its own body, size limit included."""
+    h1, h2 = h1_h2(keys)
+    h2.core.limits = replace(h2.core.limits, max_message_size=1000)
+    first = msgspec.structs.replace(HI, id="m_h1pfxdup1", body="small and harmless")
+    second = msgspec.structs.replace(HI, id="m_h1pfxdup1", body="EVIL " + "x" * 5000)
+    envelopes, cleaned = big_batch(
+        h2, [h1.federation._entry(e, "alice", "bob@h2", T0).payload for e in (first, second)]
+    )
+    assert cleaned.bodies[1] is None  # too large to be accepted: not sanitised at all
+    [message] = h2.core.arrivals(envelopes, set(), set(), {}, T0, cleaned).messages
+    assert message.body == "small and harmless"
+
+
+def test_a_reload_while_a_worker_sanitised_the_batch_is_honoured(
+    keys: dict[str, MessageSigner],
+) -> None:
+    h1, h2 = h1_h2(keys)
+    h2.core.limits = replace(h2.core.limits, sanitize=SanitizeOptions(redact_secrets=False))
+    secret = "token ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    envelope = msgspec.structs.replace(HI, body=secret)
+    envelopes, cleaned = big_batch(h2, [h1.federation._entry(envelope, "a", "b", T0).payload])
+    assert cleaned.bodies[0] is not None and "ghp_" in cleaned.bodies[0].text
+    h2.core.limits = replace(h2.core.limits, sanitize=SanitizeOptions())  # reloaded meanwhile
+    [message] = h2.core.arrivals(envelopes, set(), set(), {}, T0, cleaned).messages
+    assert message.body == "token [redacted:github-token]"

@@ -24,9 +24,9 @@ The relay core calls this module; it never calls back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -37,7 +37,7 @@ from ccc_relay.core.shares import Shares
 from ccc_relay.policy.acl import HOLD, Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import FederationConfig, Limits
-from ccc_relay.policy.sanitize import Sanitized, sanitize
+from ccc_relay.policy.sanitize import Sanitized, SanitizeOptions, sanitize
 from ccc_relay.protocol.errors import ErrorCode, Refusal
 from ccc_relay.protocol.federation import (
     MAX_REASON,
@@ -88,8 +88,35 @@ class Arrivals:
     bounced: list[tuple[str, str]] = field(default_factory=list)
     # Keys (from_host/stream id) of refusals not believed: terminated, not acked.
     dropped: set[str] = field(default_factory=set)
-    # What the anomaly rules made of the batch's senders (raised once it is stored).
-    alerts: list[Alert] = field(default_factory=list)
+    # What the anomaly rules are to see of the batch's senders: shown to them once
+    # the batch is stored, so a batch the stream redelivers is seen once.
+    observed: list[Observation] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One event for the anomaly rules: a ``refused`` code, an ``accepted``
+    message (``detail``: its recipient), or ``sanitized`` findings (a count)."""
+
+    kind: Literal["refused", "accepted", "sanitized"]
+    sender: str  # whom it counts against: a named remote sender, or relay@HOST
+    detail: str | int
+
+    def shown_to(self, anomaly: AnomalyDetector, now: float) -> list[Alert]:
+        if self.kind == "refused":
+            return anomaly.refused(self.sender, str(self.detail), now)
+        if self.kind == "accepted":
+            return anomaly.accepted(self.sender, str(self.detail), now)
+        return anomaly.sanitized(self.sender, int(self.detail), now)
+
+
+@dataclass(frozen=True, slots=True)
+class Cleaned:
+    """Bodies the shell sanitised beforehand, off the event loop, with ``options``:
+    ``bodies[i]`` is the ``i``-th envelope's (None: left to the core)."""
+
+    options: SanitizeOptions
+    bodies: Sequence[Sanitized | None]
 
 
 class Desk(Protocol):
@@ -99,7 +126,6 @@ class Desk(Protocol):
     agents: dict[str, AgentRecord]
     admission: Admission
     shares: Shares
-    anomaly: AnomalyDetector
 
     @property
     def policy(self) -> Policy: ...
@@ -245,14 +271,15 @@ def decide_arrivals(
     in_use: set[str],
     sent: dict[str, str],
     now: float,
-    cleaned: Mapping[str, Sanitized] | None = None,
+    cleaned: Cleaned | None = None,
 ) -> Arrivals:
     """Judge authenticated envelopes as local sends are judged; ``seen``: keys
     (``from_host/stream id``) stored before, dropped; ``in_use``: message ids
     another message holds already, refused; ``sent``: ``host/id`` of messages
     this relay sent to that host and that have not bounced, with their local
     sender (only a refusal of one of those is believed); ``cleaned``: bodies
-    the shell sanitised beforehand, off the event loop, by key."""
+    the shell sanitised beforehand, used while the sanitiser's options are still
+    the ones they were cleaned with."""
     out = Arrivals()
     taken = set(seen)
     unbounced = dict(sent)
@@ -260,7 +287,10 @@ def decide_arrivals(
     # relay may claim are counted against that relay (relay@host), so a peer
     # cannot make this relay remember names without end.
     named = {sender for sender, _recipient in desk.policy.pairs if "@" in sender}
-    for envelope in envelopes:
+    bodies: Sequence[Sanitized | None] = ()
+    if cleaned is not None and cleaned.options == desk.limits.sanitize:
+        bodies = cleaned.bodies  # else a reload changed the rules meanwhile: clean again
+    for index, envelope in enumerate(envelopes):
         key = f"{envelope.from_host}/{envelope.stream_id}"
         if key in taken:
             continue  # delivered again after a crash between commit and ack: once is enough
@@ -278,9 +308,9 @@ def decide_arrivals(
         watched = _watched(envelope, named)
         if isinstance(refusal, Refusal):
             _refuse(federation, envelope, refusal, out, now)
-            out.alerts += desk.anomaly.refused(watched, refusal.code.value, now)
+            out.observed.append(Observation("refused", watched, refusal.code.value))
             continue
-        body = (cleaned or {}).get(key)
+        body = bodies[index] if index < len(bodies) else None
         _accept(desk, federation, envelope, refusal, out, now, watched, body)
     return out
 
@@ -333,7 +363,7 @@ def _accept(
         full = desk.shares.queue_refusal(sender, recipient, size)
         if full is not None:
             _refuse(federation, envelope, full, out, now)
-            out.alerts += desk.anomaly.refused(watched, full.code.value, now)
+            out.observed.append(Observation("refused", watched, full.code.value))
             return
         desk.shares.queued(sender, recipient, size)
     message = desk.new_message(
@@ -352,10 +382,10 @@ def _accept(
         extra["sanitized"] = dict(cleaned.changes)
     out.audit.append(desk.message_record(message, now, "held" if hold else "accepted", **extra))
     (out.held if hold else out.messages).append(message)
-    out.alerts += desk.anomaly.accepted(watched, recipient, now)
+    out.observed.append(Observation("accepted", watched, recipient))
     found = findings(cleaned)
     if found:
-        out.alerts += desk.anomaly.sanitized(watched, found, now)
+        out.observed.append(Observation("sanitized", watched, found))
 
 
 def _refuse(

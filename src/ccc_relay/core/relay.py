@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -45,7 +45,7 @@ from ccc_relay.core.effects import (
     Then,
     TopUpRead,
 )
-from ccc_relay.core.federation import Arrivals, Federation, decide_arrivals
+from ccc_relay.core.federation import Arrivals, Cleaned, Federation, decide_arrivals
 from ccc_relay.core.routing import Counters, Link, Routing
 from ccc_relay.core.shares import ACK_IDS_PER_FRAME, SUMMARY_INTERVAL, Shares
 from ccc_relay.policy.acl import HOLD, Policy
@@ -1052,10 +1052,10 @@ class RelayCore:
         in_use: set[str],
         sent: dict[str, str],
         now: float,
-        cleaned: Mapping[str, Sanitized] | None = None,
+        cleaned: Cleaned | None = None,
     ) -> Arrivals:
         """What to store of authenticated envelopes from other relays
-        (``core/federation.py``); ``cleaned``: bodies sanitised beforehand, by key."""
+        (``core/federation.py``); ``cleaned``: bodies sanitised beforehand."""
         assert self.federation is not None
         return decide_arrivals(self, self.federation, envelopes, seen, in_use, sent, now, cleaned)
 
@@ -1063,7 +1063,8 @@ class RelayCore:
         """Arrivals are durable: route their messages, send their refusals back."""
         out: list[Effect] = []
         self.counters.held += len(arrivals.held)
-        self._alert(arrivals.alerts, now, out)
+        for observation in arrivals.observed:
+            self._alert(observation.shown_to(self.anomaly, now), now, out)
         for message in arrivals.messages:
             self._committed(message, now, out)
         out.extend(Forward(entry) for entry in arrivals.outbox)

@@ -29,12 +29,12 @@ from typing import Any, Protocol
 
 from ccc_relay.audit.records import AuditRecord
 from ccc_relay.core.effects import Forward, SendOutcome
-from ccc_relay.core.federation import RELAY, SEEN_KEPT, Federation, Opened
+from ccc_relay.core.federation import RELAY, SEEN_KEPT, Cleaned, Federation, Opened
 from ccc_relay.core.relay import SANITIZE_INLINE_LIMIT
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.shell import RelayShell
-from ccc_relay.policy.config_types import FederationConfig
-from ccc_relay.policy.sanitize import Sanitized, SanitizeOptions, sanitize
+from ccc_relay.policy.config_types import FederationConfig, Limits
+from ccc_relay.policy.sanitize import sanitize
 from ccc_relay.protocol.errors import ErrorCode
 from ccc_relay.protocol.federation import Envelope
 from ccc_relay.store import StoreFailure
@@ -346,16 +346,16 @@ class FederationRunner:
 
     async def _deliver(self, batch: list[Inbound]) -> None:
         shell = self.shell
-        options = shell.core.limits.sanitize
+        cleaned: Cleaned | None = None
         if sum(len(m.data) for m in batch) > SANITIZE_INLINE_LIMIT:
             # Verifying and sanitising big bodies would hold every agent's
             # connection for that long: a worker thread does both, as for a
             # big local send (both are pure functions of the bytes).
             opened, cleaned = await asyncio.get_running_loop().run_in_executor(
-                None, self._open_and_clean, batch, options
+                None, self._open_and_clean, batch, shell.core.limits
             )
         else:
-            opened, cleaned = [self.federation.open(m.data) for m in batch], {}
+            opened = [self.federation.open(m.data) for m in batch]
         now = shell.clock()
         audit = [_unbelieved(o, now) for o in opened if o.envelope is None]
         envelopes: list[Envelope] = [o.envelope for o in opened if o.envelope is not None]
@@ -392,18 +392,21 @@ class FederationRunner:
             else:
                 await message.ack()
 
-    def _open_and_clean(
-        self, batch: list[Inbound], options: SanitizeOptions
-    ) -> tuple[list[Opened], dict[str, Sanitized]]:
+    def _open_and_clean(self, batch: list[Inbound], limits: Limits) -> tuple[list[Opened], Cleaned]:
         """On a worker thread: each message opened, and the body of each believed
-        message sanitised, by key (``from_host/stream id``)."""
+        message that could be accepted sanitised, in the order of the envelopes."""
         opened = [self.federation.open(m.data) for m in batch]
-        cleaned = {
-            f"{o.envelope.from_host}/{o.envelope.stream_id}": sanitize(o.envelope.body, options)
-            for o in opened
-            if o.envelope is not None and o.envelope.kind == "message" and options.enabled
-        }
-        return opened, cleaned
+        options = limits.sanitize
+        bodies = [
+            sanitize(envelope.body, options)
+            if options.enabled
+            and envelope.kind == "message"
+            and len(envelope.body) <= limits.max_message_size  # else refused as too large
+            else None
+            for envelope in (o.envelope for o in opened)
+            if envelope is not None
+        ]
+        return opened, Cleaned(options, bodies)
 
     async def _store(self, op: StoreArrivals, audit: list[AuditRecord]) -> None:
         future = self.committer.submit(Job(op=op, audit=audit))
