@@ -663,3 +663,44 @@ def test_the_overflow_cap_counts_body_bytes_not_characters(
     routing.route("bob", message(3), out)  # 120 bytes would pass the cap: the store is the queue
     assert list(routing.overflow["bob"]) == []
     assert routing.inflight["bob"]["m_OVERFLOW1"][1:] == ("alice", 60)
+
+
+def test_a_reload_while_a_big_body_was_sanitised_is_honoured() -> None:
+    """The worker sanitised with the rules of before a reload: the core cleans the body
+    again with the rules of now, so no body slips through under the old ones."""
+    from dataclasses import replace
+
+    from ccc_relay.core.effects import Sanitize
+    from ccc_relay.core.relay import SANITIZE_INLINE_LIMIT
+    from ccc_relay.policy.sanitize import SanitizeOptions, sanitize
+
+    c = Core()
+    c.core.limits = replace(c.core.limits, sanitize=SanitizeOptions(redact_secrets=False))
+    alice = c.hello("alice")
+    body = "token ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8 " + "x" * SANITIZE_INLINE_LIMIT
+    [work] = [
+        e for e in c.frames(alice, Send(seq=1, to="bob", body=body)) if isinstance(e, Sanitize)
+    ]
+    before = c.core.limits.sanitize
+    cleaned = sanitize(work.frame.body, before)  # on the worker, with the rules of before
+    c.core.limits = replace(c.core.limits, sanitize=SanitizeOptions())  # the reload
+    [persist] = waited(
+        c.core.sanitized(alice, work.frame, work.action, cleaned, T0, options=before)
+    )
+    [message] = persist.messages
+    assert message.body.startswith("token [redacted:github-token] ")
+
+
+def test_the_audit_body_budget_counts_bytes_not_characters() -> None:
+    from dataclasses import replace
+
+    c = Core()
+    c.core.limits = c.core.shares.limits = replace(
+        c.core.limits, audit_body_bytes_per_minute=100, audit_body_bytes_per_minute_total=10**9
+    )
+    alice = c.hello("alice")
+    effects = c.frames(alice, Send(seq=1, to="bob", body="€" * 30))  # 30 characters, 90 bytes
+    effects += c.frames(alice, Send(seq=2, to="bob", body="€" * 30))
+    lines = [r.fields for p in persists(effects) for r in p.audit if r.event == "accepted"]
+    assert ["body" in line for line in lines] == [True, False]
+    assert lines[1]["body_omitted"] == "audit_body_bytes_per_minute"

@@ -195,7 +195,9 @@ def test_a_big_body_is_sanitised_off_the_loop_once_for_every_copy() -> None:
     [work] = [e for e in effects if isinstance(e, Sanitize)]
     assert errors(effects) == [] and waited(effects) == []  # the direct send waits behind it
     cleaned = sanitize(work.frame.body, c.core.limits.sanitize)
-    resumed = c.core.sanitized(alice, work.frame, work.action, cleaned, T0)
+    resumed = c.core.sanitized(
+        alice, work.frame, work.action, cleaned, T0, options=c.core.limits.sanitize
+    )
     persist = the_fanout(resumed)
     assert [m.recipient for m in persist.messages] == ["bob", "carol"]
     assert all("\u200b" not in m.body for m in persist.messages)

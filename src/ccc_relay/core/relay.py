@@ -46,13 +46,13 @@ from ccc_relay.core.effects import (
     TopUpRead,
 )
 from ccc_relay.core.federation import Arrivals, Cleaned, Federation, decide_arrivals
-from ccc_relay.core.routing import Counters, Link, Routing
+from ccc_relay.core.routing import Counters, Link, Routing, stored_size
 from ccc_relay.core.shares import ACK_IDS_PER_FRAME, SUMMARY_INTERVAL, Shares
 from ccc_relay.policy.acl import HOLD, Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import Config, Rule
 from ccc_relay.policy.groups import GroupTable
-from ccc_relay.policy.sanitize import Sanitized, sanitize
+from ccc_relay.policy.sanitize import Sanitized, SanitizeOptions, sanitize
 from ccc_relay.protocol.codec import line_cap_for
 from ccc_relay.protocol.errors import ErrorCode, Refusal
 from ccc_relay.protocol.federation import Envelope
@@ -564,21 +564,33 @@ class RelayCore:
         self._alert_accepted(link, batch, now, out)
 
     def sanitized(
-        self, conn: int, frame: Send, action: str, cleaned: Sanitized, now: float
+        self,
+        conn: int,
+        frame: Send,
+        action: str,
+        cleaned: Sanitized,
+        now: float,
+        *,
+        options: SanitizeOptions,
     ) -> list[Effect]:
-        """A big body came back clean from the shell's worker; go on with the link."""
+        """A big body came back clean from the shell's worker, sanitised with
+        ``options``; go on with the link."""
         link = self.routing.links.get(conn)
         out: list[Effect] = []
         if link is None or link.closed:
             return out
         link.held = False
+        current = self.limits.sanitize
+        kept: Sanitized | None = cleaned
+        if options != current:  # a reload changed the rules while the worker ran
+            kept = sanitize(frame.body, current) if current.enabled else None
         if frame.to[0] == "@":
             copies, skipped = self._fanouts.pop(conn)
-            self._admit_fanout(link, frame, copies, skipped, cleaned, now, out)
+            self._admit_fanout(link, frame, copies, skipped, kept, now, out)
             self._drain(link, now, out)
             return self._finish(out, now)
         batch = _Batch()
-        self._admit(link, frame, action, cleaned, now, out, batch)
+        self._admit(link, frame, action, kept, now, out, batch)
         self._alert_accepted(link, batch, now, out)
         self._flush(link, batch, now, out)
         self._drain(link, now, out)
@@ -1362,7 +1374,7 @@ class RelayCore:
         agent = sender in self.agents
         scrubbed = options.enabled and options.redact_secrets and agent
         whole = self.config.audit.log_all_messages
-        if whole and agent and not self.shares.audit_body(sender, len(message.body), now):
+        if whole and agent and not self.shares.audit_body(sender, stored_size(message), now):
             whole = False  # this agent's share of the audit is spent for now
             extra["body_omitted"] = "audit_body_bytes_per_minute"
         fields = {

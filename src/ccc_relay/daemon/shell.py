@@ -36,7 +36,7 @@ from ccc_relay.core.effects import (
 )
 from ccc_relay.core.relay import RelayCore
 from ccc_relay.daemon.committer import Committer, Job
-from ccc_relay.policy.sanitize import Sanitized, sanitize
+from ccc_relay.policy.sanitize import Sanitized, SanitizeOptions, sanitize
 from ccc_relay.protocol.errors import ErrorCode
 from ccc_relay.protocol.frames import Error, Goodbye, Send
 from ccc_relay.store import StoreFailure
@@ -192,11 +192,16 @@ class RelayShell:
             None, sanitize, effect.frame.body, options
         )
         work.add_done_callback(
-            lambda done: self._sanitized(effect.conn, effect.frame, effect.action, done)
+            lambda done: self._sanitized(effect.conn, effect.frame, effect.action, options, done)
         )
 
     def _sanitized(
-        self, cid: int, frame: Send, action: str, done: asyncio.Future[Sanitized]
+        self,
+        cid: int,
+        frame: Send,
+        action: str,
+        options: SanitizeOptions,
+        done: asyncio.Future[Sanitized],
     ) -> None:
         conn = self.connections.get(cid)
         if conn is not None:
@@ -207,7 +212,10 @@ class RelayShell:
         if cleaned is None:
             self._defect(cid, done.exception())
             return
-        self._guarded(cid, lambda: self.core.sanitized(cid, frame, action, cleaned, self.clock()))
+        self._guarded(
+            cid,
+            lambda: self.core.sanitized(cid, frame, action, cleaned, self.clock(), options=options),
+        )
 
     def _guarded(self, cid: int | None, step: Callable[[], list[Effect]]) -> None:
         """Run one step of the core and its effects; a defect in either is reported."""
