@@ -474,3 +474,14 @@ def test_an_arrival_held_here_and_rejected_tells_its_sender_on_the_other_relay(
     finally:
         pair.h1.stop()
         pair.h2.stop()
+
+
+def test_no_rule_may_name_the_sender_of_another_relays_notices(pair: Pair) -> None:
+    """relay@h1 is whom h1's notices come from, and the name any sender h2's pairs do
+    not name counts against: the operator cannot allow it, as the config cannot."""
+    from ccc_relay.client.errors import RelayError
+
+    pair.h2.add_agent("bob")
+    with pytest.raises(RelayError) as refused:
+        pair.h2.admin.request("allow", sender="relay@h1", recipient="bob")
+    assert refused.value.code == "invalid" and "reserved" in str(refused.value)
