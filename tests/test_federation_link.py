@@ -191,6 +191,41 @@ def test_an_unacked_message_comes_again_after_the_ack_wait(nats_server: NatsServ
     asyncio.run(scenario())
 
 
+def test_a_batch_in_hand_when_the_relay_stops_comes_again_at_once_not_after_the_ack_wait(
+    nats_server: NatsServer,
+) -> None:
+    """The relay stops (its link task is cancelled) while deliver() holds a batch it has
+    not settled: the link gives the batch back, so the relay's next start reads it at
+    once instead of after the consumer's 30 s ack wait."""
+    h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]
+    in_hand = asyncio.Event()
+
+    async def stuck(batch: list[InboundMessage]) -> None:
+        in_hand.set()
+        await asyncio.Event().wait()  # the commit that never finishes before the stop
+
+    def receiver() -> FederationLink:
+        config = FederationConfig(**h2.config_fields(nats_server.urls))
+        return FederationLink(config, on_change=lambda: None, ack_wait=30.0)
+
+    async def scenario() -> None:
+        async with running(link_for(h1, nats_server.urls)) as sender:
+            await sender.publish("h2", "m1", b"in hand", timeout=5)
+        task = asyncio.create_task(receiver().run(stuck))
+        await asyncio.wait_for(in_hand.wait(), 20)
+        task.cancel()  # the relay stops
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        inbox = Inbox()
+        started = time.monotonic()
+        async with running(receiver(), inbox):
+            await wait_until(lambda: len(inbox.got) == 1, 10, "given back and delivered")
+        assert time.monotonic() - started < 10  # the ack wait is 30 s
+        assert inbox.got[0].data == b"in hand" and inbox.got[0].delivery_count == 2
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.slow
 def test_a_repeated_msg_id_is_stored_once(nats_server: NatsServer) -> None:
     h1, h2 = nats_server.relays["h1"], nats_server.relays["h2"]

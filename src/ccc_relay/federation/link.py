@@ -14,6 +14,7 @@ durable consumer were ensured on the current connection and a publish can be ack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import time
@@ -64,6 +65,7 @@ MAX_OUTSTANDING_PINGS = 3
 DUPLICATE_WINDOW = 600.0
 # A message not acked in this long is delivered again (the relay acks after its commit).
 DEFAULT_ACK_WAIT = 30.0
+GIVE_BACK_WAIT = 1.0  # seconds a stopping relay spends handing back an unfinished batch
 # Messages delivered and not yet acked, per consumer: a few batches' worth.
 MAX_ACK_PENDING = 4 * FETCH_BATCH
 # The consumer and stream figures in status() are refreshed at most this often.
@@ -106,9 +108,10 @@ class LinkSettings(Protocol):
 class InboundMessage:
     """One message for this host, fetched from its durable consumer.
 
-    ``ack`` after the local commit; ``term`` for one refused for good. Either is best
-    effort: when the link is down the message simply comes again after the ack wait
-    (the receiving store drops what it has already committed).
+    ``ack`` after the local commit; ``term`` for one refused for good; the link gives
+    back what a stopping relay did not settle. Each is best effort: when the link is
+    down the message simply comes again after the ack wait (the receiving store drops
+    what it has already committed).
     """
 
     data: bytes
@@ -116,6 +119,7 @@ class InboundMessage:
     msg_id: str  # the Nats-Msg-Id header ("" when absent): see publish_id()
     delivery_count: int = 1  # 2 and more: delivered before and not acked in time
     _msg: Msg | None = field(default=None, repr=False, compare=False)
+    settled: bool = field(default=False, compare=False)  # acked, termed or given back
 
     async def ack(self) -> None:
         await self._settle("ack")
@@ -123,11 +127,17 @@ class InboundMessage:
     async def term(self) -> None:
         await self._settle("term")
 
+    async def give_back(self) -> None:
+        """Not taken: the server may deliver it again at once, not after the ack wait."""
+        await self._settle("nak")
+
     async def _settle(self, how: str) -> None:
-        if self._msg is None:
+        if self._msg is None or self.settled:
             return
+        self.settled = True
+        settle = {"ack": self._msg.ack, "term": self._msg.term, "nak": self._msg.nak}[how]
         try:
-            await (self._msg.ack() if how == "ack" else self._msg.term())
+            await settle()
         except nats.errors.MsgAlreadyAckdError:
             pass
         except (nats.errors.Error, OSError):
@@ -506,6 +516,14 @@ class FederationLink:
                 ]
                 try:
                     await deliver(batch)
+                except asyncio.CancelledError:
+                    # The relay is stopping with this batch in hand: what it did not
+                    # settle comes again as soon as it reads again, not after the ack wait.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            asyncio.gather(*(m.give_back() for m in batch)), GIVE_BACK_WAIT
+                        )
+                    raise
                 except Exception as exc:
                     raise _DeliverFailed(exc) from exc
             await self._refresh(js)
