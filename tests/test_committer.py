@@ -224,44 +224,6 @@ def test_a_slow_commit_is_counted_and_the_longest_kept(
     assert committer.batches == 2
 
 
-def test_the_thread_commits_what_queued_meanwhile_without_the_loop(
-    parts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A flood's commits follow each other on the committer thread: what queued
-    during one commit is the next batch, taken there, each answered as it commits."""
-    store, _audit, committer = parts
-    real_commit = store.commit
-    entered = threading.Event()
-
-    def slow_commit() -> None:
-        entered.set()
-        time.sleep(0.05)
-        real_commit()
-
-    monkeypatch.setattr(store, "commit", slow_commit)
-    first = [message_job(n) for n in range(1, 2 + committer_module.INLINE_BATCH)]
-    second = [message_job(n) for n in range(100, 103)]  # small: inline if the loop took it
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        futures = [committer.submit(job) for job in first]
-        await loop.run_in_executor(None, entered.wait)  # the thread is in the first COMMIT
-        later = [committer.submit(job) for job in second]
-        threads: list[str] = []
-
-        def named_commit() -> None:
-            threads.append(threading.current_thread().name)
-            real_commit()
-
-        monkeypatch.setattr(store, "commit", named_commit)
-        await asyncio.gather(*futures, *later)  # type: ignore[arg-type]
-        assert threads == [t for t in threads if t.startswith("ccc-commit")] and threads
-        assert committer.batches == 2
-
-    asyncio.run(run_committer(committer, scenario))
-    assert store.pending_count("bob") == len(first) + len(second)
-
-
 def test_stopping_during_a_thread_commit_drains_after_it_one_writer_at_a_time(
     parts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -317,7 +279,7 @@ def test_a_store_failure_the_thread_returned_as_the_daemon_stops_is_still_answer
         futures = [committer.submit(job) for job in big]
         while committer._working is None:
             await asyncio.sleep(0)
-        working = committer._working
+        _batch, working = committer._working
         while not working.done():
             await asyncio.sleep(0)
         runner.cancel()  # before the committer task has seen the thread's answer

@@ -8,10 +8,7 @@ messages. A job's future resolves only after its batch's COMMIT.
 A small batch (an idle relay's) commits on the event loop itself: handing it to
 the committer thread and back costs more than the commit's own CPU, and the
 loop has nothing better to do meanwhile. Larger batches go to the thread, so
-the loop keeps reading and checking the next messages during the fsync. Once
-there, the thread takes the next batch itself as soon as one commit ends, and
-hands each batch's answers back to the loop: a flood's commits follow each
-other without waiting for the loop to finish what it is doing and turn round.
+the loop keeps reading and checking the next messages during the fsync.
 
 A batch's audit lines are written to their day file (no fsync) before its
 transaction, and are durable before anyone is answered in one of two ways:
@@ -47,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,23 +103,16 @@ class Job(Generic[T]):
     future: asyncio.Future[T] | None = None
 
 
-def _small(batch: list[Job[Any]]) -> bool:
-    """Whether ``batch`` is an idle relay's: its audit lines ride in relay.db's
-    outbox, and it commits on the loop unless the thread is already busy."""
-    return len(batch) + sum(len(job.messages) for job in batch) <= INLINE_BATCH
-
-
 class Committer:
     def __init__(self, store: Store, audit: AuditLog) -> None:
         self._store = store
         self._audit = audit
-        # The queue and its two counts are shared with the committer thread,
-        # which takes batches itself while a flood lasts (``_work``).
-        self._lock = threading.Lock()
         self._queue: list[Job[Any]] = []
         self._waited = 0  # queued jobs someone waits for
         self._lazy_overdue = False  # a queued job nobody waits for has waited LAZY_DELAY
-        self._working: asyncio.Future[tuple[list[Job[Any]], BaseException] | None] | None = None
+        # A batch on the committer thread, and its result to come: a stop that
+        # cancels the wait for it must still answer it before writing anything else.
+        self._working: tuple[list[Job[Any]], asyncio.Future[list[Any]]] | None = None
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-commit")
         # The audit file's fsyncs run here, beside the commits.
@@ -151,12 +140,10 @@ class Committer:
         """
         if self.failure is not None:
             raise StoreFailure(self.failure)
+        self._queue.append(job)
         if want_result:
             job.future = asyncio.get_running_loop().create_future()
-        with self._lock:
-            self._queue.append(job)
-            self._waited += want_result
-        if want_result:
+            self._waited += 1
             self._wake.set()
         elif self._lazy_timer is None:
             # Armed by the oldest queued job nobody waits for: it goes out by then.
@@ -165,31 +152,17 @@ class Committer:
 
     def _lazy_due(self) -> None:
         self._lazy_timer = None
-        with self._lock:
-            self._lazy_overdue = True
+        self._lazy_overdue = True
         self._wake.set()
 
-    def _ready(self) -> bool:
-        """Whether the queue should commit now: someone waits, or a job nobody
-        waits for has waited long enough. Called with the lock held."""
-        return bool(self._queue) and (self._waited > 0 or self._lazy_overdue)
-
-    def _take_locked(self) -> list[Job[Any]]:
-        """The next batch (the lock held)."""
+    def _take_batch(self) -> list[Job[Any]]:
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._waited -= sum(1 for job in batch if job.future is not None)
-        if not self._queue:  # nothing is left to be overdue
+        if not self._queue:  # nothing is left to wait for a timer or to be overdue
             self._lazy_overdue = False
-        return batch
-
-    def _take_batch(self) -> list[Job[Any]]:
-        """On the loop: the next batch, ready or not."""
-        with self._lock:
-            batch = self._take_locked()
-            empty = not self._queue
-        if empty and self._lazy_timer is not None:  # nothing is left for it
-            self._lazy_timer.cancel()
-            self._lazy_timer = None
+            if self._lazy_timer is not None:
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
         return batch
 
     async def read(self, op: StoreOp[T]) -> T:
@@ -218,11 +191,7 @@ class Committer:
                 # say) otherwise ride with the next waited-for one instead of
                 # costing a commit of their own. A wake whose job has already
                 # gone out in an earlier batch commits nothing.
-                while True:
-                    with self._lock:
-                        ready = self._ready()
-                    if not ready:
-                        break
+                while self._queue and (self._waited or self._lazy_overdue):
                     await self._commit(loop, self._take_batch())
         finally:
             await self._drain(loop)
@@ -269,7 +238,14 @@ class Committer:
         """On shutdown, write what is queued before the store closes (after what
         the committer thread is still writing: one writer at a time)."""
         if self._working is not None:
-            await asyncio.shield(self._after_thread(self._working))
+            batch, working = self._working
+            self._working = None
+            try:
+                results = await asyncio.shield(working)
+            except Exception as exc:  # every kind is told to the batch's waiters
+                self._failed(batch, exc)
+            else:
+                self._settle(batch, results)
         while self._queue and self.failure is None:
             await asyncio.shield(self._commit(loop, self._take_batch()))
 
@@ -277,60 +253,30 @@ class Committer:
         if self.failure is not None:
             self._fail(batch, self.failure)
             return
-        if not _small(batch):
-            self._working = loop.run_in_executor(self._executor, self._work, loop, batch)
-            await self._after_thread(self._working)
-            return
+        small = len(batch) + sum(len(job.messages) for job in batch) <= INLINE_BATCH
         try:
-            results = self._apply(batch, True)
+            if small:
+                results = self._apply(batch, small)
+            else:
+                working = loop.run_in_executor(self._executor, self._apply, batch, small)
+                self._working = (batch, working)
+                # Shielded: when the daemon stops meanwhile, _drain answers the batch.
+                results = await asyncio.shield(working)
+                self._working = None
         except Exception as exc:  # every kind is told to the batch's waiters
+            self._working = None
             self._failed(batch, exc)
             return
         self._settle(batch, results)
-        # The loop never waited for this commit. Give it two turns -- one for
-        # the futures' callbacks (answers, pushes), one for the socket writes
-        # they schedule -- before the next commit holds it again.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    async def _after_thread(
-        self, working: asyncio.Future[tuple[list[Job[Any]], BaseException] | None]
-    ) -> None:
-        """Wait for the committer thread to run out of ready batches; a batch that
-        failed the store stops it and fails everything queued."""
-        try:
-            await asyncio.shield(working)
-        finally:
-            # Also when this wait is cancelled (the daemon stops) just as the
-            # thread returned: a failure it brought back is still the store's.
-            if working.done():
-                self._working = None
-                if not working.cancelled() and working.exception() is None:
-                    stopped = working.result()
-                    if stopped is not None:
-                        self._failed(*stopped)
-
-    def _work(
-        self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]
-    ) -> tuple[list[Job[Any]], BaseException] | None:
-        """Runs on the committer thread: commit ``batch``, then every batch that
-        is ready meanwhile, each one's answers handed to the loop as it commits.
-        Returns the batch whose store failure stopped it, and the failure."""
-        while batch:
-            try:
-                results = self._apply(batch, _small(batch))
-            except (OSError, sqlite3.Error) as exc:
-                return batch, exc
-            except Exception as exc:  # a defect: told to the batch's waiters
-                loop.call_soon_threadsafe(self._failed, batch, exc)
-            else:
-                loop.call_soon_threadsafe(self._settle, batch, results)
-            with self._lock:
-                batch = self._take_locked() if self._ready() else []
-        return None
+        if small:
+            # The loop never waited for this commit. Give it two turns -- one
+            # for the futures' callbacks (answers, pushes), one for the socket
+            # writes they schedule -- before the next commit holds it again.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
 
     def _failed(self, batch: list[Job[Any]], exc: BaseException) -> None:
-        """On the loop: ``batch`` was rolled back. A failing store stops acceptance
+        """``batch`` was rolled back. A failing store stops acceptance
         (this batch and everything queued are refused); any other exception is a
         defect in one operation, told to the batch's waiters, and the store goes on."""
         if not isinstance(exc, OSError | sqlite3.Error):
@@ -342,14 +288,13 @@ class Committer:
         self.failure = f"durable store failed: {exc}"
         log.critical("%s; the relay stops accepting messages", self.failure)
         self._fail(batch, self.failure)
-        with self._lock:
-            queued, self._queue, self._waited = self._queue, [], 0
-        self._fail(queued, self.failure)
+        self._fail(self._queue, self.failure)
+        self._queue, self._waited = [], 0
         if self.on_failure is not None:
             self.on_failure(self.failure)
 
     def _settle(self, batch: list[Job[Any]], results: list[Any]) -> None:
-        """On the loop: ``batch`` committed; answer whoever waits for its jobs."""
+        """``batch`` committed; answer whoever waits for its jobs."""
         self.batches += 1
         self.jobs += len(batch)
         for job, result in zip(batch, results, strict=True):
