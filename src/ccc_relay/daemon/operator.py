@@ -39,7 +39,7 @@ from ccc_relay.policy.groups import MAX_GROUPS, group_name_problem
 from ccc_relay.protocol import admin as ops
 from ccc_relay.protocol.codec import body_size
 from ccc_relay.protocol.errors import ErrorCode, ProtocolError
-from ccc_relay.protocol.names import MAX_GROUP_MEMBERS, address_problem, agent_name_problem
+from ccc_relay.protocol.names import MAX_GROUP_MEMBERS, agent_name_problem
 from ccc_relay.store import AgentRecord, StoredMessage, StoreFailure
 from ccc_relay.store import ops as store_ops
 
@@ -262,12 +262,6 @@ class Operator:
 
     async def allow(self, request: ops.Allow) -> dict[str, Any]:
         pairs = self._address_pairs(request.sender, request.recipient, request.both)
-        for address in pairs[0]:
-            # "relay@h2" is the name another relay's notices come from: no rule names it
-            # (a deny still may, to take back a rule from before this check).
-            problem = address_problem(address)
-            if problem:
-                raise ProtocolError(ErrorCode.INVALID, f"{address!r}: {problem}")
         problem = pair_problem(*pairs[0], request.action, both=request.both)
         if problem:
             raise ProtocolError(ErrorCode.INVALID, problem)

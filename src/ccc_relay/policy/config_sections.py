@@ -116,10 +116,6 @@ def parse_rule(text: str, action: str = "allow") -> list[Rule]:
             break
     else:
         raise ConfigError(f"policy.{action}: {text!r} -- write 'sender -> recipient' or 'a <-> b'")
-    for name in (left, right):
-        problem = address_problem(name)
-        if problem:
-            raise ConfigError(f"policy.{action}: {text!r} -- {problem}")
     problem = pair_problem(left, right, action, both=both)
     if problem:
         raise ConfigError(f"policy.{action}: {text!r} -- {problem}")
@@ -132,7 +128,12 @@ def parse_rule(text: str, action: str = "allow") -> list[Rule]:
 def pair_problem(sender: str, recipient: str, action: str, *, both: bool = False) -> str | None:
     """Why a rule for this pair cannot be, or None: a relay decides only for its own
     agents (one side must be local), and a message for another relay is held, if at
-    all, by that relay (``hold`` names a local recipient)."""
+    all, by that relay (``hold`` names a local recipient). Neither side may be a
+    reserved name (``relay@h2`` is whom another relay's notices come from)."""
+    for name in (sender, recipient):
+        problem = address_problem(name)
+        if problem:
+            return problem
     if sender == recipient:
         return "an agent does not message itself"
     if is_remote(sender) and is_remote(recipient):
