@@ -15,7 +15,6 @@ import pytest
 from ccc_relay.core.effects import Effect, Forward, Persist, SendsDurable
 from ccc_relay.core.federation import Arrivals, Cleaned, Federation, Opened
 from ccc_relay.core.relay import RelayCore
-from ccc_relay.daemon.federation import FederationRunner
 from ccc_relay.daemon.signing import MessageSigner, PeerKeys
 from ccc_relay.policy.anomaly import AnomalyConfig, AnomalyDetector
 from ccc_relay.policy.anomaly import Rule as AnomalyRule
@@ -484,12 +483,9 @@ def test_a_batch_the_store_could_not_take_is_seen_by_the_rules_once_when_redeliv
     assert (line["agent"], line["value"]) == ("relay@h1", 3)
 
 
-def big_batch(host: Host, payloads: Sequence[bytes]) -> tuple[list[Envelope], Cleaned]:
-    """What the shell does with a batch over 64 KiB, here on this thread."""
-    runner = FederationRunner.__new__(FederationRunner)
-    runner.federation = host.federation
-    batch = [msgspec.defstruct("Inbound", [("data", bytes)])(p) for p in payloads]
-    opened, cleaned = runner._open_and_clean(batch, host.core.limits)  # type: ignore[arg-type]
+def big_batch(host: Host, payloads: list[bytes]) -> tuple[list[Envelope], Cleaned]:
+    """What the shell has a worker do with a batch over 64 KiB, here on this thread."""
+    opened, cleaned = host.federation.open_and_clean(payloads, host.core.limits)
     return [o.envelope for o in opened if o.envelope is not None], cleaned
 
 

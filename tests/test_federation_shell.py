@@ -204,7 +204,7 @@ def test_big_arrivals_are_verified_and_sanitised_off_the_event_loop(
     """A batch of big bodies from another relay would hold every agent's connection
     while it is checked: like a big local send, it is checked on a worker thread,
     and the receiving relay's own sanitiser still applies to it."""
-    import ccc_relay.daemon.federation as federation_module
+    import ccc_relay.core.federation as federation_module
 
     where: list[str] = []
     real_sanitize = federation_module.sanitize

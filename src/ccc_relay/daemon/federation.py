@@ -33,8 +33,7 @@ from ccc_relay.core.federation import RELAY, SEEN_KEPT, Cleaned, Federation, Ope
 from ccc_relay.core.relay import SANITIZE_INLINE_LIMIT
 from ccc_relay.daemon.committer import Committer, Job
 from ccc_relay.daemon.shell import RelayShell
-from ccc_relay.policy.config_types import FederationConfig, Limits
-from ccc_relay.policy.sanitize import sanitize
+from ccc_relay.policy.config_types import FederationConfig
 from ccc_relay.protocol.errors import ErrorCode
 from ccc_relay.protocol.federation import Envelope
 from ccc_relay.store import StoreFailure
@@ -352,7 +351,7 @@ class FederationRunner:
             # connection for that long: a worker thread does both, as for a
             # big local send (both are pure functions of the bytes).
             opened, cleaned = await asyncio.get_running_loop().run_in_executor(
-                None, self._open_and_clean, batch, shell.core.limits
+                None, self.federation.open_and_clean, [m.data for m in batch], shell.core.limits
             )
         else:
             opened = [self.federation.open(m.data) for m in batch]
@@ -391,22 +390,6 @@ class FederationRunner:
                 await message.term()
             else:
                 await message.ack()
-
-    def _open_and_clean(self, batch: list[Inbound], limits: Limits) -> tuple[list[Opened], Cleaned]:
-        """On a worker thread: each message opened, and the body of each believed
-        message that could be accepted sanitised, in the order of the envelopes."""
-        opened = [self.federation.open(m.data) for m in batch]
-        options = limits.sanitize
-        bodies = [
-            sanitize(envelope.body, options)
-            if options.enabled
-            and envelope.kind == "message"
-            and len(envelope.body) <= limits.max_message_size  # else refused as too large
-            else None
-            for envelope in (o.envelope for o in opened)
-            if envelope is not None
-        ]
-        return opened, Cleaned(options, bodies)
 
     async def _store(self, op: StoreArrivals, audit: list[AuditRecord]) -> None:
         future = self.committer.submit(Job(op=op, audit=audit))
