@@ -46,14 +46,14 @@ from ccc_relay.core.effects import (
     TopUpRead,
 )
 from ccc_relay.core.federation import Arrivals, Cleaned, Federation, decide_arrivals
-from ccc_relay.core.routing import Counters, Link, Routing, stored_size
+from ccc_relay.core.routing import Counters, Link, Routing
 from ccc_relay.core.shares import ACK_IDS_PER_FRAME, SUMMARY_INTERVAL, Shares
 from ccc_relay.policy.acl import HOLD, Policy
 from ccc_relay.policy.anomaly import Alert, AnomalyDetector
 from ccc_relay.policy.config_types import Config, Rule
 from ccc_relay.policy.groups import GroupTable
 from ccc_relay.policy.sanitize import Sanitized, SanitizeOptions, sanitize
-from ccc_relay.protocol.codec import line_cap_for
+from ccc_relay.protocol.codec import body_size, line_cap_for
 from ccc_relay.protocol.errors import ErrorCode, Refusal
 from ccc_relay.protocol.federation import Envelope
 from ccc_relay.protocol.frames import (
@@ -1374,7 +1374,7 @@ class RelayCore:
         agent = sender in self.agents
         scrubbed = options.enabled and options.redact_secrets and agent
         whole = self.config.audit.log_all_messages
-        if whole and agent and not self.shares.audit_body(sender, stored_size(message), now):
+        if whole and agent and not self.shares.audit_body(sender, body_size(message.body), now):
             whole = False  # this agent's share of the audit is spent for now
             extra["body_omitted"] = "audit_body_bytes_per_minute"
         fields = {

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ccc_relay.core.effects import Effect, Reply
+from ccc_relay.protocol.codec import body_size
 from ccc_relay.protocol.errors import Refusal
 from ccc_relay.protocol.frames import ClientFrame, Message, Send
 from ccc_relay.protocol.session import AgentSession, Rejected
@@ -57,12 +58,6 @@ class Link:
 
 # A message in flight: the link it went to, its sender, its body's bytes as stored.
 Flight = tuple[Link, str, int]
-
-
-def stored_size(message: StoredMessage) -> int:
-    """The body's size in UTF-8 bytes, as the store and the queue shares count it."""
-    body = message.body
-    return len(body) if body.isascii() else len(body.encode())
 
 
 @dataclass(slots=True)
@@ -124,7 +119,7 @@ class Routing:
         session = link.session
         agent = session.agent
         assert agent is not None
-        flight = (link, message.sender, stored_size(message))
+        flight = (link, message.sender, body_size(message.body))
         self.inflight.setdefault(agent, {})[message.id] = flight
         frame = session.deliver(
             Message(
@@ -150,7 +145,7 @@ class Routing:
             ids.append(message.id)
 
     def _keep(self, agent: str, message: StoredMessage) -> None:
-        size = self._overflow_bytes.get(agent, 0) + stored_size(message)
+        size = self._overflow_bytes.get(agent, 0) + body_size(message.body)
         if size > OVERFLOW_MAX_BYTES:
             # Too much to hold: the store stays the queue (nothing is lost), and
             # the overflow starts again empty, unsure, on the next store drain.
@@ -174,7 +169,7 @@ class Routing:
         queue = self.overflow.setdefault(agent, deque())
         self._overflow_bytes.setdefault(agent, 0)
         while queue and queue[0].delivery <= watermark:
-            self._overflow_bytes[agent] -= stored_size(queue.popleft())
+            self._overflow_bytes[agent] -= body_size(queue.popleft().body)
         self.authoritative.add(agent)
 
     def take_overflow(self, agent: str, limit: int) -> list[StoredMessage]:
@@ -183,7 +178,7 @@ class Routing:
         inflight = self.inflight.get(agent, {})
         while queue and len(taken) < limit:
             message = queue.popleft()
-            self._overflow_bytes[agent] -= stored_size(message)
+            self._overflow_bytes[agent] -= body_size(message.body)
             if message.id not in inflight:  # a fetch elsewhere may have taken it
                 taken.append(message)
         return taken
